@@ -1,0 +1,529 @@
+//! Requests, responses and stream chunks shaped like OpenAI chat completions.
+//!
+//! Every struct keeps the fields it does not name in an `extra` map
+//! (`temperature`, `tools`, `response_format`, `logprobs`, ...), so nothing a
+//! caller sends is silently dropped and nothing an upstream returns is lost.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Fields a struct does not name, kept as they came.
+pub type Extra = Map<String, Value>;
+
+/// Who wrote a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Instructions from the application.
+    System,
+    /// OpenAI's newer name for system instructions.
+    Developer,
+    /// The end user.
+    User,
+    /// The model.
+    Assistant,
+    /// A tool's result.
+    Tool,
+    /// A legacy function result.
+    Function,
+}
+
+/// A message's content: a plain string or a list of typed parts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    /// Plain text.
+    Text(String),
+    /// Typed parts (`{"type": "text", "text": ...}`, images, audio...).
+    Parts(Vec<Value>),
+}
+
+impl Content {
+    /// The text of the content: the string, or the `text` parts joined.
+    pub fn text(&self) -> String {
+        match self {
+            Content::Text(t) => t.clone(),
+            Content::Parts(parts) => {
+                let mut out = String::new();
+                for part in parts {
+                    if let Some(t) = part.get("text").and_then(Value::as_str) {
+                        out.push_str(t);
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    /// Visits every text fragment without allocating.
+    fn for_each_text(&self, mut f: impl FnMut(&str)) {
+        match self {
+            Content::Text(t) => f(t),
+            Content::Parts(parts) => {
+                for part in parts {
+                    if let Some(t) = part.get("text").and_then(Value::as_str) {
+                        f(t);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One message of a conversation (also the message of a response choice).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    /// Who wrote it.
+    pub role: Role,
+    /// What it says; absent on assistant messages that only call tools.
+    #[serde(default)]
+    pub content: Option<Content>,
+    /// `name`, `tool_calls`, `tool_call_id`, `refusal`, ...
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+impl Message {
+    /// A message with text content.
+    pub fn text(role: Role, text: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: Some(Content::Text(text.into())),
+            extra: Extra::new(),
+        }
+    }
+
+    /// The message's text (empty when it has none).
+    pub fn text_content(&self) -> String {
+        self.content.as_ref().map(Content::text).unwrap_or_default()
+    }
+}
+
+/// `stream_options` of a streaming request.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StreamOptions {
+    /// Ask for a final chunk that carries `usage`.
+    #[serde(default)]
+    pub include_usage: bool,
+    /// Anything else.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// A chat completion request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatRequest {
+    /// A scenario name or a model id.
+    pub model: String,
+    /// The conversation.
+    pub messages: Vec<Message>,
+    /// Output-token bound (legacy name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// Output-token bound (current name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_completion_tokens: Option<u32>,
+    /// Stream the answer as server-sent events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    /// Streaming options.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<StreamOptions>,
+    /// `temperature`, `tools`, `response_format`, `stop`, `user`, ...
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+impl ChatRequest {
+    /// A request with one user message.
+    pub fn user(model: impl Into<String>, text: impl Into<String>) -> Self {
+        Self {
+            model: model.into(),
+            messages: vec![Message::text(Role::User, text)],
+            max_tokens: None,
+            max_completion_tokens: None,
+            stream: None,
+            stream_options: None,
+            extra: Extra::new(),
+        }
+    }
+
+    /// Whether the caller asked for a stream.
+    pub fn is_stream(&self) -> bool {
+        self.stream.unwrap_or(false)
+    }
+
+    /// The caller's output-token bound, whichever name it used.
+    pub fn requested_max_tokens(&self) -> Option<u32> {
+        self.max_completion_tokens.or(self.max_tokens)
+    }
+
+    /// Whether the request offers tools to the model.
+    pub fn has_tools(&self) -> bool {
+        self.extra
+            .get("tools")
+            .and_then(Value::as_array)
+            .is_some_and(|t| !t.is_empty())
+            || self.extra.contains_key("functions")
+    }
+
+    /// Whether the caller asked for usage in the stream.
+    pub fn wants_stream_usage(&self) -> bool {
+        self.stream_options.as_ref().is_some_and(|o| o.include_usage)
+    }
+
+    /// Whether the conversation ends with an assistant message (a prefill the
+    /// model is asked to continue).
+    pub fn ends_with_assistant(&self) -> bool {
+        self.messages.last().is_some_and(|m| m.role == Role::Assistant)
+    }
+
+    /// A cheap, conservative estimate of the prompt's tokens: ASCII text at
+    /// four bytes a token, every other character a token of its own (CJK
+    /// text is close to one token a character), plus a few tokens of
+    /// framing per message. Good enough to price a request and check a
+    /// context window; never used for billing.
+    pub fn estimated_prompt_tokens(&self) -> u32 {
+        let mut ascii_bytes: u64 = 0;
+        let mut other_chars: u64 = 0;
+        for message in &self.messages {
+            if let Some(content) = &message.content {
+                content.for_each_text(|t| {
+                    if t.is_ascii() {
+                        ascii_bytes += t.len() as u64;
+                    } else {
+                        for c in t.chars() {
+                            if c.is_ascii() {
+                                ascii_bytes += 1;
+                            } else {
+                                other_chars += 1;
+                            }
+                        }
+                    }
+                });
+            }
+        }
+        let framing = 4 * self.messages.len() as u64 + 3;
+        let tokens = ascii_bytes.div_ceil(4) + other_chars + framing;
+        u32::try_from(tokens).unwrap_or(u32::MAX)
+    }
+}
+
+/// Token counts of one call.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Tokens of prompt.
+    pub prompt_tokens: u32,
+    /// Tokens generated.
+    pub completion_tokens: u32,
+    /// The sum.
+    pub total_tokens: u32,
+    /// `prompt_tokens_details`, `completion_tokens_details`, ...
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+impl Usage {
+    /// Usage with the total filled in.
+    pub fn new(prompt_tokens: u32, completion_tokens: u32) -> Self {
+        Self {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens.saturating_add(completion_tokens),
+            extra: Extra::new(),
+        }
+    }
+}
+
+/// One choice of a complete response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Choice {
+    /// Position among the choices.
+    #[serde(default)]
+    pub index: u32,
+    /// The answer.
+    pub message: Message,
+    /// Why generation stopped (`stop`, `length`, `tool_calls`, ...).
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+    /// `logprobs`, ...
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// A complete (non-streaming) chat completion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatResponse {
+    /// The completion's id.
+    #[serde(default)]
+    pub id: String,
+    /// Always `chat.completion`.
+    #[serde(default = "object_completion")]
+    pub object: String,
+    /// Unix seconds.
+    #[serde(default)]
+    pub created: u64,
+    /// The model that answered.
+    #[serde(default)]
+    pub model: String,
+    /// The answers.
+    pub choices: Vec<Choice>,
+    /// Token counts, when the upstream reported them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    /// `system_fingerprint`, `service_tier`, ...
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+fn object_completion() -> String {
+    "chat.completion".to_owned()
+}
+
+fn object_chunk() -> String {
+    "chat.completion.chunk".to_owned()
+}
+
+impl ChatResponse {
+    /// A one-choice assistant answer.
+    pub fn assistant(
+        id: impl Into<String>,
+        model: impl Into<String>,
+        created: u64,
+        text: impl Into<String>,
+        usage: Option<Usage>,
+    ) -> Self {
+        Self {
+            id: id.into(),
+            object: object_completion(),
+            created,
+            model: model.into(),
+            choices: vec![Choice {
+                index: 0,
+                message: Message::text(Role::Assistant, text),
+                finish_reason: Some("stop".to_owned()),
+                extra: Extra::new(),
+            }],
+            usage,
+            extra: Extra::new(),
+        }
+    }
+
+    /// The first choice's text.
+    pub fn text(&self) -> String {
+        self.choices
+            .first()
+            .map(|c| c.message.text_content())
+            .unwrap_or_default()
+    }
+}
+
+/// The incremental part of a streamed choice.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Delta {
+    /// Set on the first chunk of a choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    /// The next piece of text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    /// `tool_calls`, `refusal`, ...
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// One choice of a stream chunk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChunkChoice {
+    /// Position among the choices.
+    #[serde(default)]
+    pub index: u32,
+    /// What this chunk adds.
+    #[serde(default)]
+    pub delta: Delta,
+    /// Set on the choice's last chunk.
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+    /// `logprobs`, ...
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// One server-sent event of a streamed chat completion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatChunk {
+    /// The completion's id (the same on every chunk).
+    #[serde(default)]
+    pub id: String,
+    /// Always `chat.completion.chunk`.
+    #[serde(default = "object_chunk")]
+    pub object: String,
+    /// Unix seconds.
+    #[serde(default)]
+    pub created: u64,
+    /// The model that answered.
+    #[serde(default)]
+    pub model: String,
+    /// Usually one; empty on the usage-only chunk.
+    #[serde(default)]
+    pub choices: Vec<ChunkChoice>,
+    /// Set on the final chunk when usage was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    /// `system_fingerprint`, ...
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+impl ChatChunk {
+    /// A chunk carrying a piece of text for choice 0.
+    pub fn text(
+        id: impl Into<String>,
+        model: impl Into<String>,
+        created: u64,
+        text: impl Into<String>,
+    ) -> Self {
+        Self {
+            id: id.into(),
+            object: object_chunk(),
+            created,
+            model: model.into(),
+            choices: vec![ChunkChoice {
+                index: 0,
+                delta: Delta {
+                    role: None,
+                    content: Some(text.into()),
+                    extra: Extra::new(),
+                },
+                finish_reason: None,
+                extra: Extra::new(),
+            }],
+            usage: None,
+            extra: Extra::new(),
+        }
+    }
+
+    /// A chunk that ends choice 0 with a finish reason.
+    pub fn finish(
+        id: impl Into<String>,
+        model: impl Into<String>,
+        created: u64,
+        finish_reason: impl Into<String>,
+    ) -> Self {
+        let mut chunk = Self::text(id, model, created, "");
+        if let Some(choice) = chunk.choices.first_mut() {
+            choice.delta.content = None;
+            choice.finish_reason = Some(finish_reason.into());
+        }
+        chunk
+    }
+
+    /// A chunk with no choices that carries usage.
+    pub fn usage_only(
+        id: impl Into<String>,
+        model: impl Into<String>,
+        created: u64,
+        usage: Usage,
+    ) -> Self {
+        Self {
+            id: id.into(),
+            object: object_chunk(),
+            created,
+            model: model.into(),
+            choices: Vec::new(),
+            usage: Some(usage),
+            extra: Extra::new(),
+        }
+    }
+
+    /// The text this chunk adds to choice 0.
+    pub fn content(&self) -> Option<&str> {
+        self.choices
+            .iter()
+            .find(|c| c.index == 0)
+            .and_then(|c| c.delta.content.as_deref())
+    }
+
+    /// The finish reason of any choice, if this chunk ends one.
+    pub fn finish_reason(&self) -> Option<&str> {
+        self.choices.iter().find_map(|c| c.finish_reason.as_deref())
+    }
+
+    /// Whether the chunk carries anything a caller would see: text, a role,
+    /// a tool call or a finish reason. Usage-only chunks do not count.
+    pub fn carries_output(&self) -> bool {
+        self.choices.iter().any(|c| {
+            c.delta.content.as_deref().is_some_and(|t| !t.is_empty())
+                || !c.delta.extra.is_empty()
+                || c.finish_reason.is_some()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn unknown_request_fields_survive_a_round_trip() {
+        let body = json!({
+            "model": "realtime_chat",
+            "messages": [{"role": "user", "content": "hi", "name": "ann"}],
+            "temperature": 0.2,
+            "response_format": {"type": "json_object"},
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+            "max_tokens": 50
+        });
+        let req: ChatRequest = serde_json::from_value(body.clone()).unwrap();
+        assert!(req.has_tools());
+        assert_eq!(req.requested_max_tokens(), Some(50));
+        assert_eq!(serde_json::to_value(&req).unwrap(), body);
+    }
+
+    #[test]
+    fn content_parts_are_read_as_text() {
+        let req: ChatRequest = serde_json::from_value(json!({
+            "model": "m",
+            "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "hello "},
+                {"type": "image_url", "image_url": {"url": "data:"}},
+                {"type": "text", "text": "world"}
+            ]}]
+        }))
+        .unwrap();
+        assert_eq!(req.messages[0].text_content(), "hello world");
+    }
+
+    #[test]
+    fn prompt_estimate_counts_cjk_characters_as_tokens() {
+        let ascii = ChatRequest::user("m", "a".repeat(400));
+        let cjk = ChatRequest::user("m", "降".repeat(400));
+        assert_eq!(ascii.estimated_prompt_tokens(), 100 + 7);
+        assert_eq!(cjk.estimated_prompt_tokens(), 400 + 7);
+    }
+
+    #[test]
+    fn upstream_response_with_extras_parses() {
+        let body = json!({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 1,
+            "model": "gpt-4o-2024-08-06", "system_fingerprint": "fp",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi", "refusal": null},
+                         "logprobs": null, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4,
+                      "prompt_tokens_details": {"cached_tokens": 0}}
+        });
+        let resp: ChatResponse = serde_json::from_value(body.clone()).unwrap();
+        assert_eq!(resp.text(), "Hi");
+        assert_eq!(resp.usage.as_ref().unwrap().total_tokens, 4);
+        assert_eq!(serde_json::to_value(&resp).unwrap(), body);
+    }
+
+    #[test]
+    fn usage_only_chunk_carries_no_output() {
+        let chunk = ChatChunk::usage_only("c", "m", 0, Usage::new(1, 2));
+        assert!(!chunk.carries_output());
+        assert!(ChatChunk::text("c", "m", 0, "x").carries_output());
+        assert!(ChatChunk::finish("c", "m", 0, "stop").carries_output());
+    }
+}

@@ -1,0 +1,591 @@
+//! Streaming requests.
+//!
+//! Until some model produced its first output chunk, failover is invisible:
+//! [`start`] tries the chain and returns only when a stream is under way.
+//! After that the scenario's mid-stream policy decides what a failure
+//! means: `error` ends the stream with a clean in-band error; `continue`
+//! sends the partial answer as an assistant prefill to the next model that
+//! can take one and streams only the continuation; `restart` (and
+//! `continue` to a model without prefill support) asks the next model for
+//! the whole answer and streams what the caller does not have yet, provided
+//! the new answer begins with it word for word. A stream that stalls past
+//! the idle timeout, ends without a finish reason, or fails in transport is
+//! classified as a failure, never passed off as a complete answer.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use smallvec::SmallVec;
+
+use super::run::{
+    BudgetHold, CallDeadlines, CallGuard, Mode, Requests, RunShared, RunState, Winner, error_name,
+};
+use super::{RequestContext, Route, RouterInner};
+use crate::chat::{ChatChunk, ChatRequest, Content, Message, Role, Usage};
+use crate::error::{Attempt, AttemptOutcome, FailureKind, ProviderError, RouteError};
+use crate::health::CallOutcome;
+use crate::latency::LatencyKind;
+use crate::model::ModelIndex;
+use crate::provider::{Call, ChunkStream, Provider};
+use crate::scenario::MidStreamPolicy;
+
+/// What is known when a stream starts: enough for response headers.
+#[derive(Debug, Clone)]
+pub struct StreamMeta {
+    /// The model streaming the answer.
+    pub model_used: Arc<str>,
+    /// Its index in the order tried (0 = primary).
+    pub fallback_level: usize,
+    /// The trail so far (the streaming call last).
+    pub attempts: Vec<Attempt>,
+    /// Upstream calls made so far.
+    pub upstream_attempts: u32,
+    /// Set when a backup model answers.
+    pub warning: Option<Arc<str>>,
+    /// Set when the answer may lack features of the primary.
+    pub limitation: Option<Arc<str>>,
+    /// The id every chunk carries.
+    pub id: String,
+    /// The creation time every chunk carries (Unix seconds).
+    pub created: u64,
+}
+
+/// How a finished stream was served.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamSummary {
+    /// The model that finished the answer.
+    pub model_used: Arc<str>,
+    /// Its index in the order tried (0 = primary).
+    pub fallback_level: usize,
+    /// Every attempt and skip, in order.
+    pub attempts: Vec<Attempt>,
+    /// Upstream calls made.
+    pub upstream_attempts: u32,
+    /// The finishing attempt's usage, when the upstream reported it.
+    pub usage: Option<Usage>,
+    /// Set when a backup model answered.
+    pub warning: Option<Arc<str>>,
+    /// Set when the answer may lack features of the primary.
+    pub limitation: Option<Arc<str>>,
+}
+
+/// One item of a [`FallbackStream`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamItem {
+    /// A chunk for the caller (usage is kept for the summary).
+    Chunk(ChatChunk),
+    /// The answer is complete. Always the last item of a good stream.
+    Done(StreamSummary),
+    /// The answer could not be completed; always the last item.
+    Failed(RouteError),
+}
+
+/// A streamed answer. Dropping it cancels the upstream call.
+pub struct FallbackStream {
+    meta: StreamMeta,
+    items: Pin<Box<dyn Stream<Item = StreamItem> + Send>>,
+}
+
+impl FallbackStream {
+    /// What was known when the stream started.
+    pub fn meta(&self) -> &StreamMeta {
+        &self.meta
+    }
+}
+
+impl std::fmt::Debug for FallbackStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FallbackStream")
+            .field("meta", &self.meta)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stream for FallbackStream {
+    type Item = StreamItem;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<StreamItem>> {
+        self.items.as_mut().poll_next(cx)
+    }
+}
+
+/// A stream that produced its first output.
+pub(crate) struct Opened {
+    /// Chunks up to and including the first one with output.
+    head: SmallVec<[ChatChunk; 2]>,
+    rest: ChunkStream,
+}
+
+/// A stream under way, with its health call and budget hold still open.
+pub(crate) struct StreamStart {
+    head: SmallVec<[ChatChunk; 2]>,
+    rest: ChunkStream,
+    call: CallGuard,
+    hold: BudgetHold,
+    first_token: Duration,
+    deadlines: CallDeadlines,
+}
+
+/// Streaming requests: a call succeeds at its first output chunk.
+pub(crate) struct StreamMode;
+
+impl Mode for StreamMode {
+    type Opened = Opened;
+    type Won = StreamStart;
+
+    async fn open(
+        shared: &RunShared,
+        provider: &dyn Provider,
+        call: Call<'_>,
+        deadlines: CallDeadlines,
+    ) -> Result<Opened, ProviderError> {
+        let (deadline, phase, limit) =
+            deadlines.phase("first token", shared.route.policy.timeouts.first_token);
+        let opening = async {
+            let mut rest = provider.stream(call).await?;
+            let mut head = SmallVec::new();
+            loop {
+                match rest.next().await {
+                    Some(Ok(chunk)) => {
+                        let output = chunk.carries_output();
+                        head.push(chunk);
+                        if output {
+                            return Ok(Opened { head, rest });
+                        }
+                    }
+                    Some(Err(error)) => return Err(error),
+                    None => {
+                        return Err(ProviderError::new(
+                            FailureKind::StreamInterrupted,
+                            "the stream ended before any output",
+                        ));
+                    }
+                }
+            }
+        };
+        tokio::time::timeout_at(deadline, opening)
+            .await
+            .unwrap_or_else(|_| Err(ProviderError::timeout(phase, limit)))
+    }
+
+    fn accept(
+        shared: &RunShared,
+        index: ModelIndex,
+        opened: Opened,
+        call: CallGuard,
+        hold: BudgetHold,
+        deadlines: CallDeadlines,
+    ) -> StreamStart {
+        let first_token = call.elapsed();
+        shared
+            .inner
+            .ctx
+            .latency
+            .observe(index, LatencyKind::FirstToken, first_token);
+        StreamStart {
+            head: opened.head,
+            rest: opened.rest,
+            call,
+            hold,
+            first_token,
+            deadlines,
+        }
+    }
+}
+
+/// Starts a streamed answer.
+pub(crate) async fn start(
+    inner: Arc<RouterInner>,
+    route: Arc<Route>,
+    request: ChatRequest,
+    cx: RequestContext,
+) -> Result<FallbackStream, RouteError> {
+    let shared = RunShared::new(inner, route, request, cx, true);
+    let mut state = RunState::new(&shared);
+    let requests = Requests {
+        original: shared.request.clone(),
+        prefill: None,
+    };
+    let winner = match state.first_success::<StreamMode>(&shared, &requests).await {
+        Ok(winner) => winner,
+        Err(error) => {
+            shared.emit_finished(&state, None, Some(error_name(&error)));
+            return Err(error);
+        }
+    };
+    let annotation = shared.annotate(&state, winner.index, winner.level);
+    let (id, created) = winner
+        .won
+        .head
+        .first()
+        .map(|c| (c.id.clone(), c.created))
+        .unwrap_or_default();
+    let meta = StreamMeta {
+        model_used: shared.model_id(winner.index).clone(),
+        fallback_level: winner.level,
+        attempts: state.trail.clone(),
+        upstream_attempts: state.upstream_calls,
+        warning: annotation.warning,
+        limitation: annotation.limitation,
+        id: id.clone(),
+        created,
+    };
+    let mut machine = Machine {
+        shared,
+        state,
+        current: None,
+        pending: VecDeque::new(),
+        id,
+        created,
+        delivered: String::new(),
+        delivered_other: false,
+        verify: None,
+        usage: None,
+        finished: false,
+        cut_cause: None,
+        done: false,
+    };
+    machine.take_over(winner);
+    let items = futures::stream::unfold(machine, |mut machine| async move {
+        let item = machine.next_item().await?;
+        Some((item, machine))
+    });
+    Ok(FallbackStream {
+        meta,
+        items: Box::pin(items),
+    })
+}
+
+/// The model currently streaming.
+struct Current {
+    index: ModelIndex,
+    level: usize,
+    trail_entry: usize,
+    rest: ChunkStream,
+    call: CallGuard,
+    hold: BudgetHold,
+    first_token: Duration,
+    deadlines: CallDeadlines,
+    /// It was sent the prefill and streams only the continuation.
+    continues: bool,
+}
+
+/// The part of an answer a restarted model must repeat before it adds
+/// anything.
+struct Verify {
+    expected: String,
+    matched: usize,
+}
+
+struct Machine {
+    shared: Arc<RunShared>,
+    state: RunState,
+    current: Option<Current>,
+    pending: VecDeque<ChatChunk>,
+    id: String,
+    created: u64,
+    /// Text of choice 0 the caller has received.
+    delivered: String,
+    /// Something other than text (a tool call, another choice) reached the
+    /// caller; such an answer cannot be continued by another model.
+    delivered_other: bool,
+    verify: Option<Verify>,
+    usage: Option<Usage>,
+    /// The current stream sent a finish reason.
+    finished: bool,
+    /// The failure that cut the answer after it started.
+    cut_cause: Option<ProviderError>,
+    done: bool,
+}
+
+/// Why a restarted answer could not be used.
+fn diverged(model: &str) -> ProviderError {
+    ProviderError::new(
+        FailureKind::StreamInterrupted,
+        format!("`{model}` restarted the answer differently from what was already streamed"),
+    )
+}
+
+impl Machine {
+    fn take_over(&mut self, winner: Winner<StreamStart>) {
+        let start = winner.won;
+        self.pending.extend(start.head);
+        self.finished = false;
+        self.usage = None;
+        self.current = Some(Current {
+            index: winner.index,
+            level: winner.level,
+            trail_entry: winner.trail_entry,
+            rest: start.rest,
+            call: start.call,
+            hold: start.hold,
+            first_token: start.first_token,
+            deadlines: start.deadlines,
+            continues: winner.continues,
+        });
+    }
+
+    async fn next_item(&mut self) -> Option<StreamItem> {
+        loop {
+            if self.done {
+                return None;
+            }
+            if let Some(chunk) = self.pending.pop_front() {
+                match self.process(chunk) {
+                    Ok(Some(chunk)) => return Some(StreamItem::Chunk(chunk)),
+                    Ok(None) => continue,
+                    Err(error) => match self.fail(error).await {
+                        Some(item) => return Some(item),
+                        None => continue,
+                    },
+                }
+            }
+            let idle = self.shared.route.policy.timeouts.idle;
+            let current = self.current.as_mut()?;
+            let (deadline, phase, limit) = current.deadlines.phase("next chunk", idle);
+            let next = tokio::time::timeout_at(deadline, current.rest.next()).await;
+            let failure = match next {
+                Ok(Some(Ok(chunk))) => {
+                    self.pending.push_back(chunk);
+                    continue;
+                }
+                Ok(None) if self.finished => return Some(self.succeed()),
+                Ok(None) => ProviderError::new(
+                    FailureKind::StreamInterrupted,
+                    "the stream ended without a finish reason",
+                ),
+                Ok(Some(Err(error))) => error,
+                Err(_) => ProviderError::timeout(phase, limit),
+            };
+            if self.finished {
+                // The answer itself is complete; only its tail (usage, the
+                // terminator) went missing.
+                tracing::debug!(error = %failure, "stream tail lost after finish");
+                return Some(self.succeed());
+            }
+            if let Some(item) = self.fail(failure).await {
+                return Some(item);
+            }
+        }
+    }
+
+    /// Rewrites a chunk for the caller and checks a restarted answer
+    /// against what was delivered. `Ok(None)` drops a chunk with nothing
+    /// left to show.
+    fn process(&mut self, mut chunk: ChatChunk) -> Result<Option<ChatChunk>, ProviderError> {
+        let Some(current) = &self.current else {
+            return Ok(None);
+        };
+        let model = self.shared.model_id(current.index);
+        let resumed = current.continues || self.verify.is_some() || !self.delivered.is_empty();
+        if let Some(usage) = chunk.usage.take() {
+            self.usage = Some(usage);
+        }
+        if chunk.finish_reason().is_some() {
+            self.finished = true;
+        }
+        replace(&mut chunk.id, &self.id);
+        replace(&mut chunk.model, model);
+        chunk.created = self.created;
+
+        for choice in &mut chunk.choices {
+            if resumed {
+                choice.delta.role = None;
+            }
+            if choice.index != 0 {
+                self.delivered_other = true;
+                continue;
+            }
+            if let Some(verify) = &mut self.verify {
+                let text = choice.delta.content.take().unwrap_or_default();
+                let rest = verify.expected.get(verify.matched..).unwrap_or_default();
+                if text.len() <= rest.len() {
+                    if !rest.as_bytes().starts_with(text.as_bytes()) {
+                        return Err(diverged(model));
+                    }
+                    verify.matched += text.len();
+                } else {
+                    let Some(new) = text.strip_prefix(rest) else {
+                        return Err(diverged(model));
+                    };
+                    choice.delta.content = Some(new.to_owned());
+                    self.verify = None;
+                }
+                if self.verify.is_some() && choice.finish_reason.is_some() {
+                    return Err(diverged(model));
+                }
+            }
+            if let Some(text) = &choice.delta.content {
+                self.delivered.push_str(text);
+            }
+            if !choice.delta.extra.is_empty() {
+                self.delivered_other = true;
+            }
+        }
+        chunk.choices.retain(|c| {
+            c.delta.role.is_some()
+                || c.delta.content.as_deref().is_some_and(|t| !t.is_empty())
+                || !c.delta.extra.is_empty()
+                || c.finish_reason.is_some()
+        });
+        Ok((!chunk.choices.is_empty()).then_some(chunk))
+    }
+
+    /// The current stream finished properly.
+    fn succeed(&mut self) -> StreamItem {
+        self.done = true;
+        let Some(current) = self.current.take() else {
+            return self.abort(None);
+        };
+        let total = current.call.elapsed();
+        current.call.finish(CallOutcome::Success {
+            latency: current.first_token,
+        });
+        current.hold.settle(self.usage.as_ref());
+        self.shared
+            .emit_attempt(current.index, AttemptOutcome::Succeeded, total);
+        if let Some(entry) = self.state.trail.get_mut(current.trail_entry) {
+            entry.duration = total;
+        }
+        let annotation = self
+            .shared
+            .annotate(&self.state, current.index, current.level);
+        self.shared
+            .emit_finished(&self.state, Some((current.index, current.level)), None);
+        StreamItem::Done(StreamSummary {
+            model_used: self.shared.model_id(current.index).clone(),
+            fallback_level: current.level,
+            attempts: std::mem::take(&mut self.state.trail),
+            upstream_attempts: self.state.upstream_calls,
+            usage: self.usage.take(),
+            warning: annotation.warning,
+            limitation: annotation.limitation,
+        })
+    }
+
+    /// The current stream failed after output reached the caller: record
+    /// it, then continue or restart on the next model, or end cleanly.
+    async fn fail(&mut self, error: ProviderError) -> Option<StreamItem> {
+        let current = self.current.take()?;
+        let elapsed = current.call.elapsed();
+        tracing::warn!(model = %self.shared.model_id(current.index), %error, "stream failed mid-answer");
+        current.call.finish(CallOutcome::Failure {
+            kind: error.kind,
+            retry_after: error.retry_after,
+            latency: elapsed,
+        });
+        // The cut attempt still cost something: settle what was streamed.
+        let streamed = ChatRequest::user("", self.delivered.as_str()).estimated_prompt_tokens();
+        let prompt = self.shared.request.estimated_prompt_tokens();
+        current.hold.settle(Some(&Usage::new(prompt, streamed)));
+        self.shared
+            .emit_attempt(current.index, AttemptOutcome::Failed(error.kind), elapsed);
+        if let Some(entry) = self.state.trail.get_mut(current.trail_entry) {
+            *entry = Attempt::failed(entry.model.clone(), &error, elapsed);
+        }
+        self.state.note_failure(error.clone());
+        if self.cut_cause.is_none() {
+            self.cut_cause = Some(error);
+        }
+
+        let policy = self.shared.route.policy.mid_stream;
+        if policy == MidStreamPolicy::Error || self.delivered_other || many_choices(&self.shared.request)
+        {
+            return Some(self.abort(None));
+        }
+        let prefill = (policy == MidStreamPolicy::Continue && !self.delivered.is_empty())
+            .then(|| Arc::new(with_prefill(&self.shared.request, &self.delivered)));
+        let requests = Requests {
+            original: self.shared.request.clone(),
+            prefill,
+        };
+        let shared = self.shared.clone();
+        match self
+            .state
+            .first_success::<StreamMode>(&shared, &requests)
+            .await
+        {
+            Ok(winner) => {
+                tracing::info!(
+                    model = %self.shared.model_id(winner.index),
+                    continues = winner.continues,
+                    "stream resumed on another model"
+                );
+                self.verify = (!winner.continues && !self.delivered.is_empty()).then(|| Verify {
+                    expected: self.delivered.clone(),
+                    matched: 0,
+                });
+                self.take_over(winner);
+                None
+            }
+            Err(error) => Some(self.abort(Some(error))),
+        }
+    }
+
+    /// Ends the stream with a clean error carrying the whole trail.
+    fn abort(&mut self, later: Option<RouteError>) -> StreamItem {
+        self.done = true;
+        self.current = None;
+        let mut attempts = std::mem::take(&mut self.state.trail);
+        if let Some(later) = later {
+            attempts.extend(later.attempts().iter().cloned());
+        }
+        let cause = self.cut_cause.clone().unwrap_or_else(|| {
+            ProviderError::new(FailureKind::StreamInterrupted, "the stream was cut")
+        });
+        let error = RouteError::StreamAborted { cause, attempts };
+        self.shared
+            .emit_finished(&self.state, None, Some(error_name(&error)));
+        StreamItem::Failed(error)
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        if !self.done {
+            // The caller went away: the current call's guards cancel it.
+            self.current = None;
+            self.shared
+                .emit_finished(&self.state, None, Some("cancelled"));
+        }
+    }
+}
+
+/// Overwrites `target` with `value`, reusing its allocation.
+fn replace(target: &mut String, value: &str) {
+    if target != value {
+        target.clear();
+        target.push_str(value);
+    }
+}
+
+/// Whether the caller asked for several choices (`n` > 1), which no other
+/// model can continue faithfully.
+fn many_choices(request: &ChatRequest) -> bool {
+    request
+        .extra
+        .get("n")
+        .and_then(serde_json::Value::as_u64)
+        .is_some_and(|n| n > 1)
+}
+
+/// The caller's request with the partial answer as a trailing assistant
+/// message (appended to the caller's own prefill, if it had one).
+pub(crate) fn with_prefill(request: &ChatRequest, partial: &str) -> ChatRequest {
+    let mut request = request.clone();
+    match request.messages.last_mut() {
+        Some(last) if last.role == Role::Assistant => {
+            let mut text = last.text_content();
+            text.push_str(partial);
+            last.content = Some(Content::Text(text));
+        }
+        _ => request
+            .messages
+            .push(Message::text(Role::Assistant, partial)),
+    }
+    request
+}
