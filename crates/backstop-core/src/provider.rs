@@ -22,6 +22,8 @@ pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<ChatChunk, ProviderError
 /// One call to a provider.
 #[derive(Debug, Clone, Copy)]
 pub struct Call<'a> {
+    /// The scenario (or single-model route) being served.
+    pub scenario: &'a str,
     /// The model to call (its `upstream` name goes on the wire).
     pub model: &'a ModelSpec,
     /// The caller's request (with a trailing assistant message when the
@@ -52,6 +54,7 @@ pub trait Provider: Send + Sync + 'static {
     async fn probe(&self, model: &ModelSpec, connect_timeout: Duration) -> Result<(), ProviderError> {
         let request = ChatRequest::user(model.upstream.clone(), "ping");
         let call = Call {
+            scenario: "probe",
             model,
             request: &request,
             max_tokens: PROBE_MAX_TOKENS,

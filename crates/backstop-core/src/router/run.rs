@@ -374,6 +374,7 @@ async fn run_model<M: Mode>(
             total: shared.deadline,
         };
         let call = Call {
+            scenario: &shared.route.name,
             model: spec,
             request: &request,
             max_tokens: spec.effective_max_tokens(shared.max_tokens),
