@@ -169,13 +169,17 @@ impl ChatRequest {
 
     /// Whether the caller asked for usage in the stream.
     pub fn wants_stream_usage(&self) -> bool {
-        self.stream_options.as_ref().is_some_and(|o| o.include_usage)
+        self.stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage)
     }
 
     /// Whether the conversation ends with an assistant message (a prefill the
     /// model is asked to continue).
     pub fn ends_with_assistant(&self) -> bool {
-        self.messages.last().is_some_and(|m| m.role == Role::Assistant)
+        self.messages
+            .last()
+            .is_some_and(|m| m.role == Role::Assistant)
     }
 
     /// A cheap, conservative estimate of the prompt's tokens: ASCII text at

@@ -89,7 +89,8 @@ impl ManualClock {
 
     /// Move time forward.
     pub fn advance(&self, by: Duration) {
-        self.nanos.fetch_add(duration_to_nanos(by), Ordering::SeqCst);
+        self.nanos
+            .fetch_add(duration_to_nanos(by), Ordering::SeqCst);
     }
 
     /// Set the monotonic time. Panics if that would move time backwards.

@@ -372,7 +372,10 @@ pub enum RouteError {
     AllFailed(#[from] AllModelsFailed),
     /// The stream failed after part of the answer had reached the caller and
     /// the mid-stream policy could not complete it.
-    #[error("the answer was cut after it started streaming: {cause}; attempts: {}", TrailDisplay(attempts))]
+    #[error(
+        "the answer was cut after it started streaming: {cause}; attempts: {}",
+        TrailDisplay(attempts)
+    )]
     StreamAborted {
         /// What cut the answer (the first failure, not the last).
         cause: ProviderError,

@@ -41,8 +41,8 @@ pub use chat::{
 };
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use error::{
-    AllModelsFailed, Attempt, AttemptOutcome, FailureKind, HealthEffect, ProviderError,
-    RouteError, SkipReason,
+    AllModelsFailed, Attempt, AttemptOutcome, FailureKind, HealthEffect, ProviderError, RouteError,
+    SkipReason,
 };
 pub use events::{Event, EventSink, FallbackEvent, RequestFinished};
 pub use facts::RequestFacts;

@@ -51,7 +51,11 @@ pub trait Provider: Send + Sync + 'static {
 
     /// A tiny health probe (a few output tokens). The default sends a
     /// one-word prompt through [`Provider::complete`].
-    async fn probe(&self, model: &ModelSpec, connect_timeout: Duration) -> Result<(), ProviderError> {
+    async fn probe(
+        &self,
+        model: &ModelSpec,
+        connect_timeout: Duration,
+    ) -> Result<(), ProviderError> {
         let request = ChatRequest::user(model.upstream.clone(), "ping");
         let call = Call {
             scenario: "probe",

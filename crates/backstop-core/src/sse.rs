@@ -164,7 +164,10 @@ mod tests {
         assert_eq!(events.len(), 1);
         assert!(partial);
         let (_, partial) = decode_in_pieces(b"data: one\n\ndata: two\n", 4);
-        assert!(partial, "a data line without its blank line is still partial");
+        assert!(
+            partial,
+            "a data line without its blank line is still partial"
+        );
     }
 
     #[test]

@@ -319,7 +319,12 @@ impl HealthPolicy for AlwaysAdmit {
         Admission::Admit(Permit::default())
     }
 
-    fn record(&self, model: ModelIndex, _: Permit, outcome: CallOutcome) -> Option<HealthTransition> {
+    fn record(
+        &self,
+        model: ModelIndex,
+        _: Permit,
+        outcome: CallOutcome,
+    ) -> Option<HealthTransition> {
         self.outcomes
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -327,7 +332,11 @@ impl HealthPolicy for AlwaysAdmit {
         None
     }
 
-    fn record_probe(&self, _: ModelIndex, _: Result<Duration, FailureKind>) -> Option<HealthTransition> {
+    fn record_probe(
+        &self,
+        _: ModelIndex,
+        _: Result<Duration, FailureKind>,
+    ) -> Option<HealthTransition> {
         None
     }
 
@@ -366,7 +375,11 @@ impl HealthPolicy for DownList {
         None
     }
 
-    fn record_probe(&self, _: ModelIndex, _: Result<Duration, FailureKind>) -> Option<HealthTransition> {
+    fn record_probe(
+        &self,
+        _: ModelIndex,
+        _: Result<Duration, FailureKind>,
+    ) -> Option<HealthTransition> {
         None
     }
 
@@ -413,7 +426,12 @@ impl BudgetPolicy for Unlimited {
         "unlimited"
     }
 
-    fn reserve(&self, index: ModelIndex, _: &ModelSpec, _: &RequestFacts<'_>) -> Result<Reservation, OverBudget> {
+    fn reserve(
+        &self,
+        index: ModelIndex,
+        _: &ModelSpec,
+        _: &RequestFacts<'_>,
+    ) -> Result<Reservation, OverBudget> {
         self.open.fetch_add(1, Ordering::SeqCst);
         Ok(Reservation {
             model: index,
@@ -422,7 +440,13 @@ impl BudgetPolicy for Unlimited {
         })
     }
 
-    fn settle(&self, reservation: Reservation, _: &ModelSpec, _: &RequestFacts<'_>, usage: Option<&Usage>) {
+    fn settle(
+        &self,
+        reservation: Reservation,
+        _: &ModelSpec,
+        _: &RequestFacts<'_>,
+        usage: Option<&Usage>,
+    ) {
         self.open.fetch_sub(1, Ordering::SeqCst);
         self.settled
             .lock()
@@ -449,7 +473,12 @@ impl BudgetPolicy for Refuse {
         "refuse"
     }
 
-    fn reserve(&self, index: ModelIndex, _: &ModelSpec, _: &RequestFacts<'_>) -> Result<Reservation, OverBudget> {
+    fn reserve(
+        &self,
+        index: ModelIndex,
+        _: &ModelSpec,
+        _: &RequestFacts<'_>,
+    ) -> Result<Reservation, OverBudget> {
         if self.0.contains(&index) {
             Err(OverBudget {
                 needed: 1.0,
@@ -488,7 +517,11 @@ impl ResultHandler for LevelNote {
     fn annotate(&self, summary: &RouteSummary<'_>) -> Annotation {
         Annotation {
             warning: (summary.fallback_level > 0).then(|| {
-                format!("level {} via {}", summary.fallback_level, summary.model_used).into()
+                format!(
+                    "level {} via {}",
+                    summary.fallback_level, summary.model_used
+                )
+                .into()
             }),
             limitation: None,
         }

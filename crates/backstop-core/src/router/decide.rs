@@ -110,12 +110,19 @@ mod tests {
     #[test]
     fn retries_are_bounded_per_model() {
         let p = RoutePolicy::default();
-        for kind in [FailureKind::Connect, FailureKind::Server, FailureKind::Overloaded] {
+        for kind in [
+            FailureKind::Connect,
+            FailureKind::Server,
+            FailureKind::Overloaded,
+        ] {
             assert_eq!(decide(&err(kind), 1, &p, 0.0), Next::FallOver, "{kind}");
         }
         let mut p = p;
         p.retries.same_model = 0;
-        assert_eq!(decide(&err(FailureKind::Connect), 0, &p, 0.0), Next::FallOver);
+        assert_eq!(
+            decide(&err(FailureKind::Connect), 0, &p, 0.0),
+            Next::FallOver
+        );
     }
 
     #[test]

@@ -367,7 +367,11 @@ impl Router {
     /// Sends a tiny probe request to a model, outside any request, with its
     /// cost held and settled on the default budget. Returns the probe's
     /// latency. Health policies are told by the caller (the prober).
-    pub async fn probe(&self, model: ModelIndex, timeout: Duration) -> Result<Duration, ProviderError> {
+    pub async fn probe(
+        &self,
+        model: ModelIndex,
+        timeout: Duration,
+    ) -> Result<Duration, ProviderError> {
         let inner = &self.inner;
         let (Some(spec), Some(entry)) = (inner.ctx.models.get(model), inner.entries.get(model))
         else {
@@ -404,9 +408,9 @@ impl Router {
             .unwrap_or_else(|_| Err(ProviderError::timeout("probe answer", timeout)));
         let elapsed = inner.ctx.clock.now().saturating_sub(started);
         if let (Some(budget), Some(reservation)) = (&inner.probe_budget, reservation) {
-            let usage = result.is_ok().then(|| {
-                Usage::new(facts.prompt_tokens, crate::provider::PROBE_MAX_TOKENS)
-            });
+            let usage = result
+                .is_ok()
+                .then(|| Usage::new(facts.prompt_tokens, crate::provider::PROBE_MAX_TOKENS));
             budget.settle(reservation, spec, &facts, usage.as_ref());
         }
         result.map(|()| elapsed)

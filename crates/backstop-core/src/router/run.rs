@@ -108,7 +108,12 @@ impl RunShared {
         }
     }
 
-    pub(crate) fn emit_attempt(&self, index: ModelIndex, outcome: AttemptOutcome, duration: Duration) {
+    pub(crate) fn emit_attempt(
+        &self,
+        index: ModelIndex,
+        outcome: AttemptOutcome,
+        duration: Duration,
+    ) {
         self.inner.emit(&Event::Attempt {
             scenario: &self.route.name,
             model: self.model_id(index),
@@ -193,11 +198,12 @@ impl BudgetHold {
     fn settle_inner(&mut self, usage: Option<&Usage>) {
         if let Some(reservation) = self.reservation.take() {
             let spec = self.shared.spec(reservation.model);
-            self.shared
-                .route
-                .strategies
-                .budget
-                .settle(reservation, spec, &self.shared.facts(), usage);
+            self.shared.route.strategies.budget.settle(
+                reservation,
+                spec,
+                &self.shared.facts(),
+                usage,
+            );
         }
     }
 }
@@ -228,7 +234,12 @@ impl CallGuard {
     }
 
     pub(crate) fn elapsed(&self) -> Duration {
-        self.shared.inner.ctx.clock.now().saturating_sub(self.started)
+        self.shared
+            .inner
+            .ctx
+            .clock
+            .now()
+            .saturating_sub(self.started)
     }
 
     pub(crate) fn finish(mut self, outcome: CallOutcome) {
@@ -268,7 +279,11 @@ pub(crate) struct CallDeadlines {
 impl CallDeadlines {
     /// The earlier of `limit` from now and the attempt's end, with a name
     /// for the phase whose deadline it is.
-    pub(crate) fn phase(&self, phase: &'static str, limit: Duration) -> (Instant, &'static str, Duration) {
+    pub(crate) fn phase(
+        &self,
+        phase: &'static str,
+        limit: Duration,
+    ) -> (Instant, &'static str, Duration) {
         let start = Instant::now();
         let own = start + limit;
         if own <= self.attempt {
@@ -276,7 +291,11 @@ impl CallDeadlines {
         } else if self.attempt < self.total {
             (self.attempt, "answer in the attempt", self.attempt - start)
         } else {
-            (self.total, "answer before the request deadline", self.total.saturating_duration_since(start))
+            (
+                self.total,
+                "answer before the request deadline",
+                self.total.saturating_duration_since(start),
+            )
         }
     }
 }
@@ -415,7 +434,11 @@ async fn run_model<M: Mode>(
                     latency: elapsed,
                 });
                 shared.emit_attempt(index, AttemptOutcome::Failed(error.kind), elapsed);
-                attempts.push(Attempt::failed(shared.model_id(index).clone(), &error, elapsed));
+                attempts.push(Attempt::failed(
+                    shared.model_id(index).clone(),
+                    &error,
+                    elapsed,
+                ));
                 let next = match decide(&error, retries_done, policy, jitter()) {
                     Next::Retry(wait) if Instant::now() + wait < shared.deadline => {
                         if !wait.is_zero() {
@@ -584,7 +607,8 @@ impl RunState {
                         });
                     }
                     Next::FallOverLarger => {
-                        self.min_window = self.min_window.max(shared.spec(run.index).context_window);
+                        self.min_window =
+                            self.min_window.max(shared.spec(run.index).context_window);
                         self.context_error = Some((model, error.clone()));
                     }
                     Next::FallOver | Next::Retry(_) => self.context_error = None,
@@ -629,7 +653,9 @@ impl RunState {
         requests: &Requests,
     ) -> Result<Winner<M::Won>, RouteError> {
         if let Some(hedge_after) = shared.route.policy.hedge_after {
-            return self.first_success_hedged::<M>(shared, requests, hedge_after).await;
+            return self
+                .first_success_hedged::<M>(shared, requests, hedge_after)
+                .await;
         }
         loop {
             let Some(admitted) = self.next_candidate(shared) else {
@@ -730,7 +756,8 @@ impl Mode for CompleteMode {
         call: Call<'_>,
         deadlines: CallDeadlines,
     ) -> Result<ChatResponse, ProviderError> {
-        let (deadline, phase, limit) = deadlines.phase("answer", shared.route.policy.timeouts.attempt);
+        let (deadline, phase, limit) =
+            deadlines.phase("answer", shared.route.policy.timeouts.attempt);
         match tokio::time::timeout_at(deadline, provider.complete(call)).await {
             Err(_) => Err(ProviderError::timeout(phase, limit)),
             Ok(Ok(response)) if response.choices.is_empty() => Err(ProviderError::new(
@@ -775,7 +802,10 @@ pub(crate) async fn complete(
         original: shared.request.clone(),
         prefill: None,
     };
-    match state.first_success::<CompleteMode>(&shared, &requests).await {
+    match state
+        .first_success::<CompleteMode>(&shared, &requests)
+        .await
+    {
         Ok(winner) => {
             let model_used = shared.model_id(winner.index).clone();
             let mut response = winner.won;

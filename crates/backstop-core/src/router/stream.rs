@@ -493,7 +493,9 @@ impl Machine {
         }
 
         let policy = self.shared.route.policy.mid_stream;
-        if policy == MidStreamPolicy::Error || self.delivered_other || many_choices(&self.shared.request)
+        if policy == MidStreamPolicy::Error
+            || self.delivered_other
+            || many_choices(&self.shared.request)
         {
             return Some(self.abort(None));
         }
