@@ -1,1 +1,22 @@
-//! Placeholder.
+//! # backstop-gateway
+//!
+//! An OpenAI-compatible HTTP front for the Backstop fallback Router: point
+//! any OpenAI client at it and get failover by changing one base URL.
+//!
+//! - `POST /v1/chat/completions`, complete and streaming (SSE), with
+//!   `x-backstop-*` headers and a `backstop` object telling which model
+//!   answered, at which fallback level, and why.
+//! - `GET /v1/models`, `/healthz`, `/readyz`, `/metrics` (Prometheus) and
+//!   `/v1/backstop/status`.
+//! - Bearer-key auth, a body limit, a header read timeout, graceful
+//!   shutdown, and cancellation of the upstream call when a caller leaves.
+
+pub mod annotate;
+pub mod api_error;
+mod app;
+pub mod auth;
+mod completions;
+pub mod introspect;
+pub mod server;
+
+pub use app::{DEFAULT_BODY_LIMIT, Gateway, GatewayOptions, Observability};

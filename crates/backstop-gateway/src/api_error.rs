@@ -1,0 +1,248 @@
+//! Errors in OpenAI's shape: `{"error": {"message", "type", "code", "param"}}`,
+//! with a status that fits, plus a `backstop` object carrying the attempt
+//! trail when there is one.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use backstop_core::{Attempt, FailureKind, RouteError};
+use serde::Serialize;
+
+/// An error answer of the gateway.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// What went wrong, for a person.
+    pub message: String,
+    /// OpenAI's error `type`.
+    pub kind: &'static str,
+    /// A machine-readable code.
+    pub code: String,
+    /// Every attempt and skip, when the Router tried models.
+    pub attempts: Vec<Attempt>,
+}
+
+#[derive(Serialize)]
+struct ErrorObject<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    code: &'a str,
+    param: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct TrailObject<'a> {
+    attempts: &'a [Attempt],
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorObject<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backstop: Option<TrailObject<'a>>,
+}
+
+impl ApiError {
+    fn new(
+        status: StatusCode,
+        kind: &'static str,
+        code: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            kind,
+            code: code.into(),
+            attempts: Vec::new(),
+        }
+    }
+
+    /// 400: the body is not a chat completion request.
+    pub fn invalid_body(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_request",
+            message,
+        )
+    }
+
+    /// 401: no key, or not a known key. Never echoes the key.
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "invalid_api_key",
+            "Missing or incorrect API key. Send `Authorization: Bearer <key>` with a key this gateway knows.",
+        )
+    }
+
+    /// 413: the body is larger than the limit.
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            "request_too_large",
+            format!("The request body exceeds the gateway's limit of {limit} bytes."),
+        )
+    }
+
+    /// 404: no such endpoint.
+    pub fn no_route(path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "unknown_url",
+            format!("Unknown endpoint `{path}`."),
+        )
+    }
+
+    /// 503: the gateway is shutting down or not ready.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "unavailable",
+            message,
+        )
+    }
+
+    /// Maps a Router error: unknown scenario 404, the upstream's own 4xx
+    /// for a request it rejected, 503 with the trail when every model
+    /// failed.
+    pub fn from_route(error: RouteError, known: impl FnOnce() -> String) -> Self {
+        match error {
+            RouteError::UnknownRoute(name) => Self::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "model_not_found",
+                format!(
+                    "No scenario or model is named `{name}`. Known: {}.",
+                    known()
+                ),
+            ),
+            RouteError::Rejected {
+                model,
+                error,
+                attempts,
+            } => {
+                let status = error
+                    .status
+                    .and_then(|s| StatusCode::from_u16(s).ok())
+                    .filter(StatusCode::is_client_error)
+                    .unwrap_or(StatusCode::BAD_REQUEST);
+                let code = error.code.clone().unwrap_or_else(|| match error.kind {
+                    FailureKind::ContextLength => "context_length_exceeded".to_owned(),
+                    FailureKind::ContentPolicy => "content_policy_violation".to_owned(),
+                    kind => kind.as_str().to_owned(),
+                });
+                Self {
+                    status,
+                    message: format!("`{model}` rejected the request: {}", error.message),
+                    kind: "invalid_request_error",
+                    code,
+                    attempts,
+                }
+            }
+            RouteError::AllFailed(all) => {
+                let message = all.to_string();
+                Self {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    message,
+                    kind: "server_error",
+                    code: "all_models_failed".to_owned(),
+                    attempts: all.attempts,
+                }
+            }
+            RouteError::StreamAborted { cause, attempts } => Self {
+                status: StatusCode::BAD_GATEWAY,
+                message: format!("The answer was cut after it started: {cause}"),
+                kind: "server_error",
+                code: "stream_aborted".to_owned(),
+                attempts,
+            },
+        }
+    }
+
+    /// The JSON body.
+    pub fn to_json(&self) -> Vec<u8> {
+        let body = ErrorBody {
+            error: ErrorObject {
+                message: &self.message,
+                kind: self.kind,
+                code: &self.code,
+                param: None,
+            },
+            backstop: (!self.attempts.is_empty()).then_some(TrailObject {
+                attempts: &self.attempts,
+            }),
+        };
+        serde_json::to_vec(&body)
+            .unwrap_or_else(|_| b"{\"error\":{\"message\":\"error\"}}".to_vec())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, self.to_json()).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backstop_core::{AllModelsFailed, ProviderError};
+    use serde_json::Value;
+
+    #[test]
+    fn an_upstream_rejection_keeps_its_status_and_code() {
+        let e = ApiError::from_route(
+            RouteError::Rejected {
+                model: "gpt-4o".into(),
+                error: ProviderError::new(FailureKind::ContentPolicy, "flagged")
+                    .with_status(400)
+                    .with_code("content_filter"),
+                attempts: vec![],
+            },
+            String::new,
+        );
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        let body: Value = serde_json::from_slice(&e.to_json()).unwrap();
+        assert_eq!(body["error"]["code"], "content_filter");
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("flagged")
+        );
+    }
+
+    #[test]
+    fn every_model_failing_is_a_503_with_the_trail() {
+        let cause = ProviderError::new(FailureKind::Connect, "refused");
+        let e = ApiError::from_route(
+            RouteError::AllFailed(AllModelsFailed {
+                scenario: "chat".into(),
+                attempts: vec![Attempt::failed(
+                    "a".into(),
+                    &cause,
+                    std::time::Duration::ZERO,
+                )],
+                first_cause: Some(cause),
+            }),
+            String::new,
+        );
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        let body: Value = serde_json::from_slice(&e.to_json()).unwrap();
+        assert_eq!(body["error"]["code"], "all_models_failed");
+        assert_eq!(body["backstop"]["attempts"][0]["kind"], "connect");
+    }
+}

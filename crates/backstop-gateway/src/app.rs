@@ -1,0 +1,143 @@
+//! The gateway's shared state and its routes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use axum::Router as HttpRouter;
+use axum::http::{HeaderMap, Uri};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use backstop_core::{RouteError, Router};
+
+use crate::api_error::ApiError;
+use crate::auth::ApiKeys;
+use crate::{completions, introspect};
+
+/// Default request body limit: 10 MiB.
+pub const DEFAULT_BODY_LIMIT: usize = 10 * 1024 * 1024;
+
+/// Something that adds to `/metrics` and `/v1/backstop/status`: the
+/// metrics and alert sinks of the strategies, for instance.
+pub trait Observability: Send + Sync {
+    /// Appends Prometheus text-format lines.
+    fn render_prometheus(&self, out: &mut String);
+    /// Adds keys to the status document.
+    fn status(&self, status: &mut serde_json::Map<String, serde_json::Value>);
+}
+
+/// How the gateway behaves around the Router.
+pub struct GatewayOptions {
+    /// Keys callers must present.
+    pub keys: ApiKeys,
+    /// Largest request body, in bytes.
+    pub body_limit: usize,
+    /// Contributors to `/metrics` and the status page.
+    pub observers: Vec<Arc<dyn Observability>>,
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        Self {
+            keys: ApiKeys::none(),
+            body_limit: DEFAULT_BODY_LIMIT,
+            observers: Vec::new(),
+        }
+    }
+}
+
+/// The gateway: a Router behind an OpenAI-compatible HTTP API.
+pub struct Gateway {
+    router: Router,
+    options: GatewayOptions,
+    id_prefix: String,
+    next_id: AtomicU64,
+    draining: AtomicBool,
+}
+
+impl Gateway {
+    /// A gateway in front of `router`.
+    pub fn new(router: Router, options: GatewayOptions) -> Arc<Self> {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Arc::new(Self {
+            router,
+            options,
+            id_prefix: format!("{:x}", seed & 0xff_ffff_ffff),
+            next_id: AtomicU64::new(1),
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// The HTTP routes.
+    pub fn http(self: &Arc<Self>) -> HttpRouter {
+        HttpRouter::new()
+            .route("/v1/chat/completions", post(completions::chat_completions))
+            .route("/chat/completions", post(completions::chat_completions))
+            .route("/v1/models", get(introspect::models))
+            .route("/healthz", get(introspect::healthz))
+            .route("/readyz", get(introspect::readyz))
+            .route("/metrics", get(introspect::metrics))
+            .route("/v1/backstop/status", get(introspect::status))
+            .fallback(|uri: Uri| async move { ApiError::no_route(uri.path()).into_response() })
+            .with_state(self.clone())
+    }
+
+    /// The Router.
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// The caller keys.
+    pub fn keys(&self) -> &ApiKeys {
+        &self.options.keys
+    }
+
+    /// Largest request body.
+    pub fn body_limit(&self) -> usize {
+        self.options.body_limit
+    }
+
+    /// Contributors to metrics and status.
+    pub fn observers(&self) -> &[Arc<dyn Observability>] {
+        &self.options.observers
+    }
+
+    /// Marks the gateway as shutting down: `/readyz` turns 503 so load
+    /// balancers stop sending traffic while in-flight requests finish.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the gateway is shutting down.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// The caller's `x-request-id` (if short and printable) or a new one.
+    pub fn request_id(&self, headers: &HeaderMap) -> String {
+        if let Some(id) = headers
+            .get(crate::annotate::REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return id.to_owned();
+        }
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("req-{}-{n}", self.id_prefix)
+    }
+
+    /// Maps a Router error, listing the known routes for an unknown one.
+    pub fn route_error(&self, error: RouteError) -> ApiError {
+        ApiError::from_route(error, || {
+            let mut names: Vec<String> = self
+                .router
+                .scenario_names()
+                .iter()
+                .map(|n| n.to_string())
+                .collect();
+            names.extend(self.router.models().iter().map(|m| m.id.clone()));
+            names.join(", ")
+        })
+    }
+}

@@ -1,0 +1,238 @@
+//! `POST /v1/chat/completions`: parse, route, and answer in OpenAI's shape,
+//! complete or as server-sent events.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use backstop_core::sse::write_data;
+use backstop_core::{ChatRequest, ChatResponse, FallbackStream, RequestContext, StreamItem, Usage};
+use futures::StreamExt;
+use serde::Serialize;
+use tracing::Instrument;
+
+use crate::annotate::{self, BackstopInfo};
+use crate::api_error::ApiError;
+use crate::app::Gateway;
+
+#[derive(Serialize)]
+struct CompleteBody<'a> {
+    #[serde(flatten)]
+    response: &'a ChatResponse,
+    backstop: BackstopInfo<'a>,
+}
+
+/// The last chunk of a stream: no choices, the usage when the caller asked
+/// for it, and the `backstop` object.
+#[derive(Serialize)]
+struct FinalChunk<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: [(); 0],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<&'a Usage>,
+    backstop: BackstopInfo<'a>,
+}
+
+/// Handles one chat completion request.
+pub async fn chat_completions(
+    State(gateway): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let request_id = gateway.request_id(&headers);
+    let span = tracing::info_span!("request", id = %request_id);
+    let mut response = async {
+        let caller = match gateway.keys().authenticate(&headers) {
+            Ok(caller) => caller,
+            Err(e) => return e.into_response(),
+        };
+        let limit = gateway.body_limit();
+        let bytes = match axum::body::to_bytes(body, limit).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                let too_large = std::error::Error::source(&e)
+                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+                return if too_large {
+                    ApiError::too_large(limit).into_response()
+                } else {
+                    ApiError::invalid_body(format!("could not read the body: {e}")).into_response()
+                };
+            }
+        };
+        let request = match parse(&bytes) {
+            Ok(request) => request,
+            Err(e) => return e.into_response(),
+        };
+        let cx = RequestContext {
+            caller,
+            request_id: Some(request_id.as_str().into()),
+        };
+        tracing::info!(route = %request.model, stream = request.is_stream(), "chat completion");
+        if request.is_stream() {
+            stream(&gateway, request, cx).await
+        } else {
+            complete(&gateway, request, cx).await
+        }
+    }
+    .instrument(span)
+    .await;
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(annotate::REQUEST_ID, v);
+    }
+    response
+}
+
+fn parse(bytes: &Bytes) -> Result<ChatRequest, ApiError> {
+    let request: ChatRequest = serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::invalid_body(format!("the body is not a chat completion request: {e}"))
+    })?;
+    if request.messages.is_empty() {
+        return Err(ApiError::invalid_body("`messages` must not be empty"));
+    }
+    Ok(request)
+}
+
+async fn complete(gateway: &Gateway, request: ChatRequest, cx: RequestContext) -> Response {
+    let result = match gateway.router().complete(request, cx).await {
+        Ok(result) => result,
+        Err(e) => return gateway.route_error(e).into_response(),
+    };
+    let body = CompleteBody {
+        response: &result.response,
+        backstop: BackstopInfo {
+            model_used: &result.model_used,
+            fallback_level: result.fallback_level,
+            warning: result.warning.as_deref(),
+            limitation: result.limitation.as_deref(),
+            attempts: &result.attempts,
+        },
+    };
+    let json = match serde_json::to_vec(&body) {
+        Ok(json) => json,
+        Err(e) => {
+            return ApiError::unavailable(format!("could not encode the answer: {e}"))
+                .into_response();
+        }
+    };
+    let mut response = (StatusCode::OK, json).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    annotate::set_headers(
+        h,
+        &result.model_used,
+        result.fallback_level,
+        result.upstream_attempts() as u32,
+        result.warning.as_ref(),
+        result.limitation.as_ref(),
+    );
+    response
+}
+
+async fn stream(gateway: &Gateway, request: ChatRequest, cx: RequestContext) -> Response {
+    let include_usage = request.wants_stream_usage();
+    let stream = match gateway.router().stream(request, cx).await {
+        Ok(stream) => stream,
+        Err(e) => return gateway.route_error(e).into_response(),
+    };
+    let meta = stream.meta().clone();
+    let body = Body::from_stream(sse_body(stream, include_usage));
+    let mut response = (StatusCode::OK, body).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    annotate::set_headers(
+        h,
+        &meta.model_used,
+        meta.fallback_level,
+        meta.upstream_attempts,
+        meta.warning.as_ref(),
+        meta.limitation.as_ref(),
+    );
+    response
+}
+
+/// The SSE body: a `data:` event per chunk, then a final chunk with the
+/// `backstop` object and `data: [DONE]`; or, when the answer cannot be
+/// completed, an in-band `data: {"error": ...}` event and no `[DONE]`, so
+/// no client mistakes a cut answer for a complete one.
+fn sse_body(
+    stream: FallbackStream,
+    include_usage: bool,
+) -> impl futures::Stream<Item = Result<Bytes, Infallible>> + Send {
+    let id = stream.meta().id.clone();
+    let created = stream.meta().created;
+    stream.map(move |item| {
+        let mut out = Vec::with_capacity(256);
+        match item {
+            StreamItem::Chunk(chunk) => write_json(&mut out, &chunk),
+            StreamItem::Done(summary) => {
+                let last = FinalChunk {
+                    id: &id,
+                    object: "chat.completion.chunk",
+                    created,
+                    model: &summary.model_used,
+                    choices: [],
+                    usage: summary.usage.as_ref().filter(|_| include_usage),
+                    backstop: BackstopInfo {
+                        model_used: &summary.model_used,
+                        fallback_level: summary.fallback_level,
+                        warning: summary.warning.as_deref(),
+                        limitation: summary.limitation.as_deref(),
+                        attempts: &summary.attempts,
+                    },
+                };
+                write_json(&mut out, &last);
+                write_data(&mut out, "[DONE]");
+            }
+            StreamItem::Failed(error) => {
+                tracing::warn!(%error, "stream failed after it started");
+                let error = ApiError::from_route(error, String::new);
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(&error.to_json());
+                out.extend_from_slice(b"\n\n");
+            }
+        }
+        Ok(Bytes::from(out))
+    })
+}
+
+fn write_json<T: Serialize>(out: &mut Vec<u8>, value: &T) {
+    out.extend_from_slice(b"data: ");
+    if serde_json::to_writer(&mut *out, value).is_err() {
+        out.extend_from_slice(b"{}");
+    }
+    out.extend_from_slice(b"\n\n");
+}
+
+/// For tests: a chunk as the gateway writes it.
+#[cfg(test)]
+fn encode_chunk(chunk: &backstop_core::ChatChunk) -> String {
+    let mut out = Vec::new();
+    write_json(&mut out, chunk);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_is_one_data_event() {
+        let s = encode_chunk(&backstop_core::ChatChunk::text("c", "m", 1, "hi"));
+        assert!(s.starts_with("data: {"));
+        assert!(s.ends_with("}\n\n"));
+        assert_eq!(s.matches('\n').count(), 2);
+    }
+}
