@@ -1,0 +1,353 @@
+//! Upstream error bodies and statuses, classified into [`FailureKind`]s.
+//!
+//! OpenAI answers errors with `{"error": {"message", "type", "param",
+//! "code"}}`; compatible servers vary: vLLM sends `{"object": "error",
+//! "message", "type", "code": 400}` (a numeric code), Ollama `{"error":
+//! "text"}`, Azure `{"error": {"code": "content_filter", ...}}`. The kind
+//! comes from the status and from `error.code` / `error.type` together, so
+//! a 429 that means "out of credits" is not mistaken for a rate limit.
+
+use std::time::Duration;
+
+use backstop_core::{FailureKind, ProviderError};
+use serde_json::Value;
+
+use crate::transport::{ApiKey, redact};
+
+/// What an error body says.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct ErrorInfo {
+    pub(crate) message: String,
+    pub(crate) code: Option<String>,
+    pub(crate) kind: Option<String>,
+}
+
+impl ErrorInfo {
+    /// Reads an error object (`{"message", "type", "code"}`), an error
+    /// string, or a body with a top-level `message` / `detail`.
+    pub(crate) fn from_value(value: &Value) -> Option<Self> {
+        let error = value.get("error").unwrap_or(value);
+        if let Some(text) = error.as_str() {
+            return Some(Self {
+                message: text.to_owned(),
+                ..Self::default()
+            });
+        }
+        let object = error.as_object()?;
+        let text = |key: &str| match object.get(key)? {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        };
+        let message = text("message").or_else(|| text("detail"))?;
+        Some(Self {
+            message,
+            code: text("code"),
+            kind: text("type"),
+        })
+    }
+
+    /// Reads an error body; `None` when it is not JSON of a known shape.
+    pub(crate) fn from_body(body: &[u8]) -> Option<Self> {
+        Self::from_value(&serde_json::from_slice(body).ok()?)
+    }
+
+    fn is(&self, name: &str) -> bool {
+        self.code.as_deref() == Some(name) || self.kind.as_deref() == Some(name)
+    }
+
+    fn says(&self, words: &[&str]) -> bool {
+        let message = self.message.to_ascii_lowercase();
+        words.iter().any(|w| message.contains(w))
+    }
+
+    fn overloaded(&self) -> bool {
+        self.is("overloaded_error") || self.says(&["overload", "capacity"])
+    }
+}
+
+/// The kind of an upstream error. `status` is `None` for an error object
+/// inside a stream or a 200 body.
+pub(crate) fn classify(status: Option<u16>, info: &ErrorInfo) -> FailureKind {
+    let client_side = status.is_none_or(|s| (400..500).contains(&s));
+    if matches!(status, Some(401 | 403))
+        || info.is("invalid_api_key")
+        || info.is("authentication_error")
+    {
+        return FailureKind::Auth;
+    }
+    if status == Some(402)
+        || info.is("insufficient_quota")
+        || info.is("billing_hard_limit_reached")
+        || info.is("billing_not_active")
+    {
+        return FailureKind::QuotaExhausted;
+    }
+    if client_side
+        && (info.is("context_length_exceeded")
+            || info.says(&["maximum context length", "context window"]))
+    {
+        return FailureKind::ContextLength;
+    }
+    if client_side && (info.is("content_policy_violation") || info.is("content_filter")) {
+        return FailureKind::ContentPolicy;
+    }
+    if status == Some(429) || info.is("rate_limit_exceeded") || info.is("rate_limit_error") {
+        return FailureKind::RateLimited;
+    }
+    match status {
+        Some(529) => FailureKind::Overloaded,
+        Some(503) if info.overloaded() => FailureKind::Overloaded,
+        Some(408 | 500..=599) => FailureKind::Server,
+        Some(400..=499) => FailureKind::BadRequest,
+        Some(_) => FailureKind::InvalidResponse,
+        None if info.is("invalid_request_error") => FailureKind::BadRequest,
+        None if info.overloaded() => FailureKind::Overloaded,
+        None => FailureKind::Server,
+    }
+}
+
+/// The error for a non-success response.
+pub(crate) fn status_error(
+    status: u16,
+    body: &[u8],
+    retry_after: Option<Duration>,
+    key: Option<&ApiKey>,
+) -> ProviderError {
+    let info = ErrorInfo::from_body(body).unwrap_or_else(|| ErrorInfo {
+        message: fallback_message(status, body),
+        ..ErrorInfo::default()
+    });
+    let mut error = build(classify(Some(status), &info), info, key).with_status(status);
+    error.retry_after = retry_after;
+    error
+}
+
+/// The error for an `error` object inside a stream or a 200 body.
+pub(crate) fn inband_error(value: &Value, key: Option<&ApiKey>) -> ProviderError {
+    let info = ErrorInfo::from_value(value).unwrap_or_else(|| ErrorInfo {
+        message: "the upstream reported an error without a message".to_owned(),
+        ..ErrorInfo::default()
+    });
+    build(classify(None, &info), info, key)
+}
+
+fn build(kind: FailureKind, info: ErrorInfo, key: Option<&ApiKey>) -> ProviderError {
+    let mut error = ProviderError::new(kind, redact(&info.message, key));
+    error.code = info.code.or(info.kind);
+    error
+}
+
+/// A message for a body that is not a known error shape: its start, if it
+/// is short text, else the status.
+fn fallback_message(status: u16, body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() || text.starts_with('<') {
+        return format!("HTTP {status} with no error message");
+    }
+    let mut end = text.len().min(300);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn kind(status: Option<u16>, body: Value) -> FailureKind {
+        classify(status, &ErrorInfo::from_value(&body).unwrap())
+    }
+
+    fn openai(message: &str, kind: &str, code: Value) -> Value {
+        json!({"error": {"message": message, "type": kind, "param": null, "code": code}})
+    }
+
+    #[test]
+    fn openai_error_bodies_map_by_status_and_code() {
+        use FailureKind::*;
+        let cases = [
+            (
+                400,
+                openai(
+                    "This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens.",
+                    "invalid_request_error",
+                    json!("context_length_exceeded"),
+                ),
+                ContextLength,
+            ),
+            (
+                400,
+                openai(
+                    "Your request was rejected as a result of our safety system.",
+                    "invalid_request_error",
+                    json!("content_policy_violation"),
+                ),
+                ContentPolicy,
+            ),
+            (
+                400,
+                json!({"error": {"code": "content_filter", "message": "The response was filtered due to the prompt triggering Azure OpenAI's content management policy.", "param": "prompt", "status": 400}}),
+                ContentPolicy,
+            ),
+            (
+                429,
+                openai(
+                    "You exceeded your current quota, please check your plan and billing details.",
+                    "insufficient_quota",
+                    json!("insufficient_quota"),
+                ),
+                QuotaExhausted,
+            ),
+            (
+                402,
+                json!({"error": {"message": "Insufficient Balance", "type": "unknown_error", "code": "invalid_request_error"}}),
+                QuotaExhausted,
+            ),
+            (
+                429,
+                openai(
+                    "Rate limit reached for gpt-4o on tokens per min (TPM): Limit 30000, Used 30000, Requested 100.",
+                    "tokens",
+                    json!("rate_limit_exceeded"),
+                ),
+                RateLimited,
+            ),
+            (
+                401,
+                openai(
+                    "Incorrect API key provided: sk-abc***xyz.",
+                    "invalid_request_error",
+                    json!("invalid_api_key"),
+                ),
+                Auth,
+            ),
+            (
+                403,
+                openai(
+                    "Country, region, or territory not supported",
+                    "request_forbidden",
+                    json!("unsupported_country_region_territory"),
+                ),
+                Auth,
+            ),
+            (
+                503,
+                openai(
+                    "The engine is currently overloaded, please try again later",
+                    "server_error",
+                    Value::Null,
+                ),
+                Overloaded,
+            ),
+            (
+                503,
+                openai("Service Unavailable", "server_error", Value::Null),
+                Server,
+            ),
+            (529, openai("busy", "server_error", Value::Null), Overloaded),
+            (
+                500,
+                openai(
+                    "The server had an error while processing your request.",
+                    "server_error",
+                    Value::Null,
+                ),
+                Server,
+            ),
+            (502, json!({"error": "bad gateway"}), Server),
+            (408, openai("timeout", "server_error", Value::Null), Server),
+            (
+                404,
+                openai(
+                    "The model `gpt-9` does not exist or you do not have access to it.",
+                    "invalid_request_error",
+                    json!("model_not_found"),
+                ),
+                BadRequest,
+            ),
+            (
+                400,
+                json!({"object": "error", "message": "This model's maximum context length is 4096 tokens. However, you requested 5000 tokens.", "type": "BadRequestError", "param": null, "code": 400}),
+                ContextLength,
+            ),
+            (422, json!({"detail": "field required"}), BadRequest),
+        ];
+        for (status, body, expected) in cases {
+            assert_eq!(
+                kind(Some(status), body.clone()),
+                expected,
+                "{status} {body}"
+            );
+        }
+    }
+
+    #[test]
+    fn inband_errors_map_by_type() {
+        use FailureKind::*;
+        assert_eq!(
+            kind(None, openai("boom", "server_error", Value::Null)),
+            Server
+        );
+        assert_eq!(
+            kind(
+                None,
+                openai("slow down", "tokens", json!("rate_limit_exceeded"))
+            ),
+            RateLimited
+        );
+        assert_eq!(
+            kind(None, openai("bad", "invalid_request_error", Value::Null)),
+            BadRequest
+        );
+        assert_eq!(
+            kind(None, openai("Overloaded", "overloaded_error", Value::Null)),
+            Overloaded
+        );
+        assert_eq!(
+            kind(
+                None,
+                openai(
+                    "too long",
+                    "invalid_request_error",
+                    json!("context_length_exceeded")
+                )
+            ),
+            ContextLength
+        );
+    }
+
+    #[test]
+    fn status_error_keeps_code_status_retry_after_and_redacts() {
+        let key = ApiKey::bearer("sk-live-0123456789").unwrap();
+        let body = serde_json::to_vec(&openai(
+            "Incorrect API key provided: sk-live-0123456789.",
+            "invalid_request_error",
+            json!("invalid_api_key"),
+        ))
+        .unwrap();
+        let e = status_error(401, &body, Some(Duration::from_secs(2)), Some(&key));
+        assert_eq!(e.kind, FailureKind::Auth);
+        assert_eq!(e.status, Some(401));
+        assert_eq!(e.code.as_deref(), Some("invalid_api_key"));
+        assert_eq!(e.retry_after, Some(Duration::from_secs(2)));
+        assert!(!e.to_string().contains("0123456789"), "{e}");
+    }
+
+    #[test]
+    fn unknown_bodies_fall_back_to_text_or_status() {
+        let e = status_error(502, b"<html>Bad Gateway</html>", None, None);
+        assert_eq!(e.kind, FailureKind::Server);
+        assert_eq!(e.message, "HTTP 502 with no error message");
+        let e = status_error(400, b"upstream said no", None, None);
+        assert_eq!(
+            (e.kind, e.message.as_str()),
+            (FailureKind::BadRequest, "upstream said no")
+        );
+        let e = status_error(302, b"", None, None);
+        assert_eq!(e.kind, FailureKind::InvalidResponse);
+    }
+}

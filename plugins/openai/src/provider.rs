@@ -1,0 +1,385 @@
+//! The provider: builds requests, sends them, and turns responses into core
+//! types.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use backstop_core::{
+    Call, ChatResponse, ChunkStream, FailureKind, Provider, ProviderError, Timeouts,
+};
+use reqwest::Url;
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+
+use crate::classify::{inband_error, status_error};
+use crate::config::{MaxTokensField, OPENAI_BASE_URL, OPENAI_KEY_VAR, OpenAiConfig};
+use crate::error::OpenAiBuildError;
+use crate::stream::chunk_stream;
+use crate::transport::{ApiKey, Clients, error_body, error_chain, retry_after, send_error};
+use crate::wire::WireRequest;
+
+/// A provider for an OpenAI-compatible chat completions API.
+pub struct OpenAiProvider {
+    endpoint: Url,
+    key: Option<ApiKey>,
+    max_tokens_field: Option<MaxTokensField>,
+    clients: Clients,
+    malformed: Arc<AtomicU64>,
+}
+
+impl fmt::Debug for OpenAiProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenAiProvider")
+            .field("endpoint", &self.endpoint.as_str())
+            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .field("max_tokens_field", &self.max_tokens_field)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OpenAiProvider {
+    /// Builds the provider, reading the API key from the process
+    /// environment.
+    pub fn new(config: OpenAiConfig) -> Result<Self, OpenAiBuildError> {
+        Self::new_with_env(config, |name| std::env::var(name).ok())
+    }
+
+    /// Builds the provider, reading environment variables through `env`
+    /// (for tests and for `backstop check`, which resolve variables without
+    /// touching the process environment).
+    pub fn new_with_env(
+        config: OpenAiConfig,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, OpenAiBuildError> {
+        let base = parse_base_url(&config.base_url)?;
+        let endpoint =
+            base.join("chat/completions")
+                .map_err(|e| OpenAiBuildError::InvalidBaseUrl {
+                    url: config.base_url.clone(),
+                    reason: e.to_string(),
+                })?;
+        let key_var = match config.api_key_env.as_deref() {
+            Some("") => return Err(OpenAiBuildError::EmptyKeyVar),
+            Some(var) => Some(var),
+            None if config.base_url.trim_end_matches('/') == OPENAI_BASE_URL => {
+                Some(OPENAI_KEY_VAR)
+            }
+            None => None,
+        };
+        let key = match key_var {
+            Some(var) => {
+                let value = env(var).filter(|v| !v.trim().is_empty()).ok_or_else(|| {
+                    OpenAiBuildError::MissingKey {
+                        var: var.to_owned(),
+                    }
+                })?;
+                let key =
+                    ApiKey::bearer(value.trim()).ok_or_else(|| OpenAiBuildError::InvalidKey {
+                        var: var.to_owned(),
+                    })?;
+                Some(key)
+            }
+            None => None,
+        };
+        let clients = Clients::new(Timeouts::default().connect)
+            .map_err(|e| OpenAiBuildError::Client(error_chain(&e)))?;
+        Ok(Self {
+            endpoint,
+            key,
+            max_tokens_field: config.max_tokens_field,
+            clients,
+            malformed: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// Unparseable stream chunks skipped so far, over every stream of this
+    /// provider.
+    pub fn malformed_chunks(&self) -> u64 {
+        self.malformed.load(Ordering::Relaxed)
+    }
+
+    /// Sends the request; any non-success status comes back classified.
+    async fn send(
+        &self,
+        call: &Call<'_>,
+        stream: bool,
+    ) -> Result<reqwest::Response, ProviderError> {
+        let body = WireRequest::new(call, stream, self.max_tokens_field);
+        let body = serde_json::to_vec(&body).map_err(|e| {
+            ProviderError::new(
+                FailureKind::BadRequest,
+                format!("could not encode the request: {e}"),
+            )
+        })?;
+        let client = self.clients.get(call.connect_timeout)?;
+        let accept = if stream {
+            "text/event-stream"
+        } else {
+            "application/json"
+        };
+        let mut request = client
+            .post(self.endpoint.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .header(ACCEPT, accept)
+            .body(body);
+        if let Some(key) = &self.key {
+            request = request.header(AUTHORIZATION, key.header().clone());
+        }
+        if let Some(id) = call
+            .request_id
+            .and_then(|id| HeaderValue::from_str(id).ok())
+        {
+            request = request.header("x-client-request-id", id);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| send_error(e, call.connect_timeout))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let wait = retry_after(response.headers(), SystemTime::now());
+        let body = error_body(response).await;
+        let error = status_error(status.as_u16(), &body, wait, self.key.as_ref());
+        tracing::debug!(model = %call.model.id, %error, "upstream error");
+        Err(error)
+    }
+
+    /// Reads and checks a complete answer.
+    async fn read_completion(
+        &self,
+        response: reqwest::Response,
+    ) -> Result<ChatResponse, ProviderError> {
+        let status = response.status().as_u16();
+        let body = response.bytes().await.map_err(|e| {
+            ProviderError::new(
+                FailureKind::StreamInterrupted,
+                format!(
+                    "the response body was cut: {}",
+                    error_chain(&e.without_url())
+                ),
+            )
+            .with_status(status)
+        })?;
+        parse_completion(&body, self.key.as_ref()).map_err(|e| e.with_status(status))
+    }
+}
+
+/// Parses a 200 body: a completion with at least one choice, or an error
+/// object some servers send with a 200.
+fn parse_completion(body: &[u8], key: Option<&ApiKey>) -> Result<ChatResponse, ProviderError> {
+    match serde_json::from_slice::<ChatResponse>(body) {
+        Ok(response) if response.choices.is_empty() => Err(ProviderError::new(
+            FailureKind::InvalidResponse,
+            "the response has no choices",
+        )),
+        Ok(response) => Ok(response),
+        Err(parse) => match serde_json::from_slice::<serde_json::Value>(body) {
+            Ok(value) if value.get("error").is_some_and(|e| !e.is_null()) => {
+                Err(inband_error(&value, key))
+            }
+            _ => Err(ProviderError::new(
+                FailureKind::InvalidResponse,
+                format!("unparseable response body: {parse}"),
+            )),
+        },
+    }
+}
+
+fn parse_base_url(url: &str) -> Result<Url, OpenAiBuildError> {
+    let invalid = |reason: String| OpenAiBuildError::InvalidBaseUrl {
+        url: url.to_owned(),
+        reason,
+    };
+    // A trailing slash makes `join` append rather than replace the last
+    // path segment.
+    let mut parsed = Url::parse(url).map_err(|e| invalid(e.to_string()))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(invalid(format!(
+            "scheme `{}` is not http or https",
+            parsed.scheme()
+        )));
+    }
+    if parsed.cannot_be_a_base() || parsed.host_str().is_none() {
+        return Err(invalid("it has no host".to_owned()));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(invalid("it must not have a query or fragment".to_owned()));
+    }
+    if !parsed.path().ends_with('/') {
+        let path = format!("{}/", parsed.path());
+        parsed.set_path(&path);
+    }
+    Ok(parsed)
+}
+
+#[async_trait]
+impl Provider for OpenAiProvider {
+    async fn complete(&self, call: Call<'_>) -> Result<ChatResponse, ProviderError> {
+        let response = self.send(&call, false).await?;
+        self.read_completion(response).await
+    }
+
+    async fn stream(&self, call: Call<'_>) -> Result<ChunkStream, ProviderError> {
+        let response = self.send(&call, true).await?;
+        let json = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if json {
+            // A server that ignores `stream` (or reports an error with a
+            // 200) answers with JSON instead of events.
+            let error = match self.read_completion(response).await {
+                Ok(_) => ProviderError::new(
+                    FailureKind::InvalidResponse,
+                    "asked for a stream, got a complete JSON answer",
+                ),
+                Err(error) => error,
+            };
+            return Err(error);
+        }
+        Ok(chunk_stream(
+            response,
+            &call.model.id,
+            self.key.clone(),
+            self.malformed.clone(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_urls_are_checked_and_joined() {
+        let p = OpenAiProvider::new_with_env(
+            OpenAiConfig::with_base_url("http://127.0.0.1:8000/v1"),
+            |_| None,
+        )
+        .unwrap();
+        assert_eq!(
+            p.endpoint.as_str(),
+            "http://127.0.0.1:8000/v1/chat/completions"
+        );
+        let p =
+            OpenAiProvider::new_with_env(OpenAiConfig::with_base_url("http://h/api/v1/"), |_| None)
+                .unwrap();
+        assert_eq!(p.endpoint.as_str(), "http://h/api/v1/chat/completions");
+        for bad in ["ftp://h/v1", "not a url", "http://h/v1?x=1"] {
+            let e = OpenAiProvider::new_with_env(OpenAiConfig::with_base_url(bad), |_| None)
+                .unwrap_err();
+            assert!(
+                matches!(e, OpenAiBuildError::InvalidBaseUrl { .. }),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn openai_itself_needs_its_key_and_local_servers_need_none() {
+        let e = OpenAiProvider::new_with_env(OpenAiConfig::default(), |_| None).unwrap_err();
+        assert_eq!(
+            e,
+            OpenAiBuildError::MissingKey {
+                var: "OPENAI_API_KEY".into()
+            }
+        );
+        assert!(e.to_string().contains("`OPENAI_API_KEY` is not set"), "{e}");
+
+        let p = OpenAiProvider::new_with_env(OpenAiConfig::default(), |v| {
+            (v == "OPENAI_API_KEY").then(|| "sk-test".to_owned())
+        })
+        .unwrap();
+        assert!(p.key.is_some());
+
+        // A local server does not get the OpenAI key even when it is set.
+        let p = OpenAiProvider::new_with_env(
+            OpenAiConfig::with_base_url("http://127.0.0.1:11434/v1"),
+            |_| Some("sk-should-not-be-read".to_owned()),
+        )
+        .unwrap();
+        assert!(p.key.is_none());
+    }
+
+    #[test]
+    fn a_named_key_variable_must_be_set_and_sendable() {
+        let config = OpenAiConfig {
+            api_key_env: Some("DEEPSEEK_API_KEY".into()),
+            ..OpenAiConfig::with_base_url("https://api.deepseek.com")
+        };
+        let e = OpenAiProvider::new_with_env(config.clone(), |_| Some("  ".into())).unwrap_err();
+        assert_eq!(
+            e,
+            OpenAiBuildError::MissingKey {
+                var: "DEEPSEEK_API_KEY".into()
+            }
+        );
+        let e = OpenAiProvider::new_with_env(config.clone(), |_| Some("bad\nkey-value".into()))
+            .unwrap_err();
+        assert_eq!(
+            e,
+            OpenAiBuildError::InvalidKey {
+                var: "DEEPSEEK_API_KEY".into()
+            }
+        );
+        assert!(!e.to_string().contains("key-value"));
+        let empty = OpenAiConfig {
+            api_key_env: Some(String::new()),
+            ..config
+        };
+        assert_eq!(
+            OpenAiProvider::new_with_env(empty, |_| None).unwrap_err(),
+            OpenAiBuildError::EmptyKeyVar
+        );
+    }
+
+    #[test]
+    fn new_reads_the_process_environment() {
+        let config = OpenAiConfig {
+            api_key_env: Some("BACKSTOP_TEST_UNSET_OPENAI_KEY_VAR".into()),
+            ..OpenAiConfig::default()
+        };
+        let e = OpenAiProvider::new(config).unwrap_err();
+        assert!(
+            e.to_string().contains("BACKSTOP_TEST_UNSET_OPENAI_KEY_VAR"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn debug_never_shows_the_key() {
+        let p = OpenAiProvider::new_with_env(OpenAiConfig::default(), |_| {
+            Some("sk-secret-value".into())
+        })
+        .unwrap();
+        let debug = format!("{p:?}");
+        assert!(!debug.contains("secret-value"), "{debug}");
+        assert!(debug.contains("<redacted>"), "{debug}");
+    }
+
+    #[test]
+    fn a_200_body_must_parse_and_have_choices() {
+        let e = parse_completion(b"not json", None).unwrap_err();
+        assert_eq!(e.kind, FailureKind::InvalidResponse);
+        let e = parse_completion(
+            br#"{"id":"x","object":"chat.completion","choices":[]}"#,
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.kind, e.message.as_str()),
+            (FailureKind::InvalidResponse, "the response has no choices")
+        );
+        let e = parse_completion(
+            br#"{"error":{"message":"Overloaded","type":"server_error"}}"#,
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(e.kind, FailureKind::Overloaded);
+    }
+}
