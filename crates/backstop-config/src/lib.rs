@@ -1,1 +1,91 @@
-//! Placeholder.
+//! # backstop-config
+//!
+//! Backstop's configuration: one file (TOML; YAML and JSON by extension)
+//! layered with `BACKSTOP__SECTION__KEY` environment overrides, validated
+//! so that every problem is reported at once with its file and key path,
+//! and turned into a ready [`Router`](backstop_core::Router) through a
+//! [`Registry`] that maps each `type` name to a factory, for compiled-in
+//! and dynamically loaded plugins alike.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), backstop_config::Problems> {
+//! let resolved = backstop_config::load("examples/backstop.toml", backstop_config::Registry::builtin())?;
+//! let router = resolved.router;
+//! # Ok(()) }
+//! ```
+//!
+//! `backstop check --config FILE` is [`check`]: it loads and builds
+//! everything a running gateway would, without serving, and returns the
+//! printable [`Report`] or every [`Problem`].
+
+mod build;
+mod builtin;
+mod decode;
+mod dynamic;
+pub mod problem;
+mod registry;
+mod report;
+mod resolved;
+mod schema;
+mod source;
+
+use std::path::Path;
+
+use backstop_core::{SharedClock, SystemClock};
+
+pub use problem::{KeyPath, Location, Problem, Problems};
+pub use registry::{
+    BudgetFactory, DuplicateType, FactoryError, HealthFactory, Origin, ProviderFactory, Registry,
+    ResultFactory, SeamKind, SelectorFactory, SinkFactory, StrategyFactory,
+};
+pub use report::{
+    ModelEntry, PluginEntry, ProviderEntry, Report, RouteEntry, ScenarioEntry, StrategyChoice,
+};
+pub use resolved::{ApiKeys, ProbeSettings, Resolved, ServerSettings};
+pub use source::{ENV_PREFIX, Format};
+
+/// How to load a configuration.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Merge `BACKSTOP__SECTION__KEY` environment variables over the file.
+    pub env: bool,
+    /// The clock every strategy and the Router read.
+    pub clock: SharedClock,
+}
+
+impl Default for Options {
+    /// Environment overrides on, the system clock.
+    fn default() -> Self {
+        Self {
+            env: true,
+            clock: SystemClock::shared(),
+        }
+    }
+}
+
+/// Loads the file at `path` with the environment over it, loads its
+/// `[[plugins]]` into `registry`, and builds everything a running gateway
+/// needs. Returns every problem found when there is any.
+pub fn load(path: impl AsRef<Path>, registry: Registry) -> Result<Resolved, Problems> {
+    load_with(path, registry, Options::default())
+}
+
+/// [`load`] with explicit [`Options`].
+pub fn load_with(
+    path: impl AsRef<Path>,
+    mut registry: Registry,
+    options: Options,
+) -> Result<Resolved, Problems> {
+    let sources = source::read(path.as_ref(), options.env).map_err(|p| Problems(vec![p]))?;
+    build::build(&sources, &mut registry, options.clock)
+}
+
+/// `backstop check --config FILE`: loads, validates and builds everything
+/// a running gateway would, without serving or spawning anything. `Ok` is
+/// the resolved configuration to print (exit 0); `Err` is every problem
+/// found (print it, exit non-zero).
+pub fn check(path: impl AsRef<Path>, registry: Registry) -> Result<Report, Problems> {
+    let resolved = load(path, registry)?;
+    tracing::debug!(warnings = resolved.warnings.len(), "configuration checked");
+    Ok(resolved.report)
+}

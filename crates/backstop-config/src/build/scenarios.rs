@@ -1,0 +1,225 @@
+//! `[scenarios.<name>]`: named chains, their strategies and policy.
+
+use backstop_core::{RoutePolicy, Scenario, Strategies, StrategyContext};
+
+use super::Builder;
+use super::models::Models;
+use super::providers::BuiltProvider;
+use super::strategies::{Chosen, Parts, Pools};
+use crate::problem::{KeyPath, did_you_mean, list};
+use crate::registry::{Registry, SeamKind};
+use crate::report::ScenarioEntry;
+use crate::schema::ScenarioSection;
+
+/// A scenario ready for the Router.
+pub(crate) struct BuiltScenario {
+    pub scenario: Scenario,
+    pub strategies: Strategies,
+    pub entry: ScenarioEntry,
+}
+
+/// Every scenario, in file order.
+pub(crate) struct Scenarios {
+    pub routes: Vec<BuiltScenario>,
+}
+
+impl Builder<'_> {
+    /// Every scenario; `None` when any of them could not be resolved (the
+    /// problems say why).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn scenarios(
+        &mut self,
+        registry: &Registry,
+        ctx: &StrategyContext,
+        pools: &mut Pools,
+        models: &Models,
+        providers: &[BuiltProvider],
+        defaults: Option<&Chosen>,
+        default_policy: &RoutePolicy,
+    ) -> Option<Scenarios> {
+        let path = KeyPath::root().key("scenarios");
+        let mut routes = Vec::new();
+        let mut complete = true;
+        let Some(value) = self.section("scenarios") else {
+            return Some(Scenarios { routes });
+        };
+        let dict = self.table(&path, value, "a table of scenarios")?;
+        for name in self.src.ordered_keys("scenarios", dict) {
+            let at = path.key(name);
+            let Some(value) = dict.get(name) else {
+                continue;
+            };
+            let Some(decoded) = self.decode::<ScenarioSection>(&at, value) else {
+                complete = false;
+                continue;
+            };
+            let section = decoded.value;
+            let chain = self.chain(&at, &section, models, providers);
+            let strategies =
+                self.scenario_strategies(&at, &section, registry, ctx, pools, defaults);
+            let policy = self.policy(&at, default_policy, &section.policy(), decoded.clean);
+            if models.specs.iter().any(|m| m.id == name) {
+                self.warn(
+                    &at,
+                    format!(
+                        "has the id of a model: requests for {name:?} run this scenario, not the model alone"
+                    ),
+                );
+            }
+            let (Some((chain, chain_by_priority)), Some(chosen)) = (chain, strategies) else {
+                complete = false;
+                continue;
+            };
+            routes.push(BuiltScenario {
+                scenario: Scenario {
+                    name: name.to_owned(),
+                    chain: chain.clone(),
+                    policy,
+                },
+                strategies: chosen.strategies.clone(),
+                entry: ScenarioEntry {
+                    name: name.to_owned(),
+                    chain,
+                    chain_by_priority,
+                    route: chosen.entry(policy),
+                },
+            });
+        }
+        complete.then_some(Scenarios { routes })
+    }
+
+    /// The chain, checked: every id names a model, none twice. Without a
+    /// `chain` key: every model of `[models]` by priority.
+    fn chain(
+        &mut self,
+        at: &KeyPath,
+        section: &ScenarioSection,
+        models: &Models,
+        providers: &[BuiltProvider],
+    ) -> Option<(Vec<String>, bool)> {
+        let Some(chain) = &section.chain else {
+            if models.by_priority.is_empty() {
+                self.problem(
+                    at,
+                    "has no `chain`, and there is no model in [models] to derive one from",
+                );
+                return None;
+            }
+            return Some((models.by_priority.clone(), true));
+        };
+        let path = at.key("chain");
+        if chain.is_empty() {
+            self.problem(
+                &path,
+                "is empty: name at least one model, or remove the key to use every model by priority",
+            );
+            return None;
+        }
+        let mut ok = true;
+        for (i, id) in chain.iter().enumerate() {
+            if let Some(first) = chain[..i].iter().position(|c| c == id) {
+                self.problem(
+                    &path.index(i),
+                    format!("model {id:?} is already in the chain at chain[{first}]"),
+                );
+                ok = false;
+                continue;
+            }
+            if models.declared.contains(id) {
+                continue;
+            }
+            ok = false;
+            let message = if providers.iter().any(|p| p.id == *id) {
+                let served: Vec<&str> = models
+                    .specs
+                    .iter()
+                    .filter(|m| m.provider == *id)
+                    .map(|m| m.id.as_str())
+                    .collect();
+                format!(
+                    "{id:?} is a provider, not a model; a chain names models (models of {id:?}: {})",
+                    list(served)
+                )
+            } else {
+                format!(
+                    "unknown model {id:?}{}; models: {}",
+                    did_you_mean(id, models.declared.iter().map(String::as_str)),
+                    list(models.declared.iter().map(String::as_str))
+                )
+            };
+            self.problem(&path.index(i), message);
+        }
+        ok.then(|| (chain.clone(), false))
+    }
+
+    fn scenario_strategies(
+        &mut self,
+        at: &KeyPath,
+        section: &ScenarioSection,
+        registry: &Registry,
+        ctx: &StrategyContext,
+        pools: &mut Pools,
+        defaults: Option<&Chosen>,
+    ) -> Option<Chosen> {
+        let default = |i: usize| defaults.map(|d| d.choices[i].clone());
+        let parts = Parts {
+            selector: match &section.selector {
+                Some(v) => self.strategy(
+                    SeamKind::Selector,
+                    registry,
+                    ctx,
+                    &mut pools.selector,
+                    |r, n| r.selector_factory(n),
+                    &at.key("selector"),
+                    v,
+                ),
+                None => defaults
+                    .zip(default(0))
+                    .map(|(d, c)| (d.strategies.selector.clone(), c)),
+            },
+            health: match &section.health {
+                Some(v) => self.strategy(
+                    SeamKind::Health,
+                    registry,
+                    ctx,
+                    &mut pools.health,
+                    |r, n| r.health_factory(n),
+                    &at.key("health"),
+                    v,
+                ),
+                None => defaults
+                    .zip(default(1))
+                    .map(|(d, c)| (d.strategies.health.clone(), c)),
+            },
+            budget: match &section.budget {
+                Some(v) => self.strategy(
+                    SeamKind::Budget,
+                    registry,
+                    ctx,
+                    &mut pools.budget,
+                    |r, n| r.budget_factory(n),
+                    &at.key("budget"),
+                    v,
+                ),
+                None => defaults
+                    .zip(default(2))
+                    .map(|(d, c)| (d.strategies.budget.clone(), c)),
+            },
+            result: match &section.result {
+                Some(v) => self.strategy(
+                    SeamKind::Result,
+                    registry,
+                    ctx,
+                    &mut pools.result,
+                    |r, n| r.result_factory(n),
+                    &at.key("result"),
+                    v,
+                ),
+                None => defaults
+                    .zip(default(3))
+                    .map(|(d, c)| (d.strategies.result.clone(), c)),
+            },
+        };
+        parts.complete()
+    }
+}

@@ -1,0 +1,106 @@
+//! `[server]`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::Builder;
+use crate::problem::KeyPath;
+use crate::resolved::{ApiKeys, ServerSettings};
+use crate::schema::{DEFAULT_LISTEN, ServerSection};
+
+impl Builder<'_> {
+    pub(super) fn server(&mut self) -> ServerSettings {
+        let path = KeyPath::root().key("server");
+        let section = match self.section("server") {
+            Some(value) => self
+                .decode::<ServerSection>(&path, value)
+                .map(|d| d.value)
+                .unwrap_or_default(),
+            None => ServerSection::default(),
+        };
+
+        let listen = match section.listen.parse::<SocketAddr>() {
+            Ok(addr) => addr,
+            Err(_) => {
+                self.problem(
+                    &path.key("listen"),
+                    format!(
+                        "invalid address {:?}: expected IP:PORT, such as {DEFAULT_LISTEN:?} or \"0.0.0.0:8080\"",
+                        section.listen
+                    ),
+                );
+                SocketAddr::from(([127, 0, 0, 1], 8080))
+            }
+        };
+
+        let body_limit_bytes = match usize::try_from(section.body_limit_bytes) {
+            Ok(0) | Err(_) => {
+                self.problem(
+                    &path.key("body_limit_bytes"),
+                    format!(
+                        "must be between 1 and {} (got {})",
+                        usize::MAX,
+                        section.body_limit_bytes
+                    ),
+                );
+                0
+            }
+            Ok(n) => n,
+        };
+        if section.header_read_timeout_ms == 0 {
+            self.problem(
+                &path.key("header_read_timeout_ms"),
+                "must be greater than 0: a client that never finishes its headers would hold a connection forever",
+            );
+        }
+
+        let var = section.api_keys_env.trim().to_owned();
+        let api_keys = if var.is_empty() {
+            self.problem(
+                &path.key("api_keys_env"),
+                "is empty: name the environment variable that holds the comma-separated API keys",
+            );
+            None
+        } else {
+            match std::env::var(&var) {
+                Ok(list) => {
+                    let keys = ApiKeys::parse(&list);
+                    if keys.is_none() {
+                        self.problem(
+                            &path.key("api_keys_env"),
+                            format!(
+                                "environment variable {var:?} is set but holds no key: set comma-separated keys, or unset it to run without authentication"
+                            ),
+                        );
+                    }
+                    keys
+                }
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    self.problem(
+                        &path.key("api_keys_env"),
+                        format!("environment variable {var:?} is not valid Unicode"),
+                    );
+                    None
+                }
+                Err(std::env::VarError::NotPresent) => {
+                    self.warn(
+                        &path.key("api_keys_env"),
+                        format!(
+                            "environment variable {var:?} is not set: the gateway will accept requests WITHOUT authentication"
+                        ),
+                    );
+                    None
+                }
+            }
+        };
+
+        ServerSettings {
+            listen,
+            api_keys_env: var,
+            api_keys,
+            body_limit_bytes,
+            header_read_timeout: Duration::from_millis(section.header_read_timeout_ms),
+            shutdown_grace: Duration::from_millis(section.shutdown_grace_ms),
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! Decoding a table into its type while reporting every bad key.
+//!
+//! serde stops at the first error of a struct. To report every bad key of a
+//! table at once, [`decode`] reports the error, removes the key it names,
+//! and decodes again, until the table decodes or an error names no key
+//! (a missing required key, a table that is not a table).
+
+use figment::error::Kind;
+use figment::value::{Dict, Value};
+use serde::de::DeserializeOwned;
+
+use crate::problem::{KeyPath, Problem, did_you_mean, list};
+use crate::source::Sources;
+
+/// A decoded table, and whether any of its keys had to be dropped.
+pub(crate) struct Decoded<T> {
+    pub value: T,
+    /// No key was dropped: checks across keys may trust every value.
+    pub clean: bool,
+}
+
+/// Decodes `value` (found at `path`) into `T`, pushing one problem per bad
+/// key. `None` when the table cannot be decoded at all.
+pub(crate) fn decode<T: DeserializeOwned>(
+    src: &Sources,
+    path: &KeyPath,
+    value: &Value,
+    problems: &mut Vec<Problem>,
+) -> Option<Decoded<T>> {
+    let mut value = value.clone();
+    let mut dropped: Vec<Vec<String>> = Vec::new();
+    // Each round drops one key, so a table cannot loop longer than it has
+    // keys; the bound is a guard against a decoder that keeps failing.
+    for _ in 0..256 {
+        let error = match T::deserialize(&value) {
+            Ok(decoded) => {
+                return Some(Decoded {
+                    value: decoded,
+                    clean: dropped.is_empty(),
+                });
+            }
+            Err(error) => error,
+        };
+        if let Kind::MissingField(field) = &error.kind {
+            let mut missing = error.path.clone();
+            missing.push(field.to_string());
+            if dropped.contains(&missing) {
+                // We dropped it ourselves after reporting it.
+                return None;
+            }
+        }
+        let at = key_path(path, &value, &error.path);
+        problems.push(src.problem(&at, message(&error.kind)));
+        let key = droppable(&value, &error.path)?;
+        if !remove(&mut value, &key) {
+            return None;
+        }
+        dropped.push(key);
+    }
+    None
+}
+
+/// The message for an error kind, with the valid names listed and the
+/// nearest one suggested.
+pub(crate) fn message(kind: &Kind) -> String {
+    match kind {
+        Kind::UnknownField(field, expected) => format!(
+            "unknown key {field:?}{}; expected one of {}",
+            did_you_mean(field, expected.iter().copied()),
+            list(expected.iter().copied())
+        ),
+        Kind::UnknownVariant(variant, expected) => format!(
+            "unknown value {variant:?}{}; expected one of {}",
+            did_you_mean(variant, expected.iter().copied()),
+            list(expected.iter().copied())
+        ),
+        Kind::MissingField(field) => format!("missing required key {field:?}"),
+        Kind::DuplicateField(field) => format!("key {field:?} is set twice"),
+        other => other.to_string(),
+    }
+}
+
+/// The error's path (relative to `value`) as a key path under `base`.
+fn key_path(base: &KeyPath, value: &Value, relative: &[String]) -> KeyPath {
+    let mut path = base.clone();
+    let mut current = Some(value);
+    for segment in relative {
+        match current {
+            Some(Value::Array(_, items)) => match segment.parse::<usize>() {
+                Ok(i) => {
+                    path = path.index(i);
+                    current = items.get(i);
+                }
+                Err(_) => {
+                    path = path.key(segment.as_str());
+                    current = None;
+                }
+            },
+            Some(Value::Dict(_, dict)) => {
+                path = path.key(segment.as_str());
+                current = dict.get(segment);
+            }
+            _ => {
+                path = path.key(segment.as_str());
+                current = None;
+            }
+        }
+    }
+    path
+}
+
+/// The table key to drop so decoding can go on past this error: the
+/// innermost key of its path (an array is dropped whole, so later indexes
+/// keep their meaning). `None` when the error names no key.
+fn droppable(value: &Value, relative: &[String]) -> Option<Vec<String>> {
+    let mut keys = Vec::new();
+    let mut current = Some(value);
+    let mut last_key_len = 0;
+    for segment in relative {
+        match current {
+            Some(Value::Array(_, items)) => {
+                current = segment.parse::<usize>().ok().and_then(|i| items.get(i));
+            }
+            Some(Value::Dict(_, dict)) => {
+                keys.push(segment.clone());
+                last_key_len = keys.len();
+                current = dict.get(segment);
+            }
+            _ => return (last_key_len > 0).then(|| keys[..last_key_len].to_vec()),
+        }
+        // Only keys that are directly nested tables can be followed; an
+        // index into an array ends the walk at the array's key.
+        if matches!(current, Some(Value::Array(..))) {
+            return Some(keys);
+        }
+    }
+    (last_key_len > 0).then(|| keys[..last_key_len].to_vec())
+}
+
+/// Removes the value at a path of table keys.
+fn remove(value: &mut Value, keys: &[String]) -> bool {
+    let Some((last, parents)) = keys.split_last() else {
+        return false;
+    };
+    let mut dict: &mut Dict = match value {
+        Value::Dict(_, dict) => dict,
+        _ => return false,
+    };
+    for key in parents {
+        dict = match dict.get_mut(key) {
+            Some(Value::Dict(_, inner)) => inner,
+            _ => return false,
+        };
+    }
+    dict.remove(last).is_some()
+}
+
+/// The key path of a segment list, for tests and messages.
+#[cfg(test)]
+fn render(base: &KeyPath, value: &Value, relative: &[&str]) -> String {
+    let relative: Vec<String> = relative.iter().map(|s| (*s).to_owned()).collect();
+    key_path(base, value, &relative).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::util::map;
+
+    #[test]
+    fn error_paths_become_key_paths_with_indexes() {
+        let value = Value::from(map! {
+            "chain" => Value::from(vec![Value::from("a"), Value::from("b")]),
+        });
+        let base = KeyPath::root().key("scenarios").key("s");
+        assert_eq!(
+            render(&base, &value, &["chain", "1"]),
+            "scenarios.s.chain[1]"
+        );
+        assert_eq!(render(&base, &value, &["other"]), "scenarios.s.other");
+    }
+
+    #[test]
+    fn an_array_is_dropped_whole() {
+        let value = Value::from(map! {
+            "chain" => Value::from(vec![Value::from("a"), Value::from(5u8)]),
+            "t" => Value::from(map! { "x" => Value::from(1u8) }),
+        });
+        let chain = droppable(&value, &["chain".to_owned(), "1".to_owned()]);
+        assert_eq!(chain, Some(vec!["chain".to_owned()]));
+        let nested = droppable(&value, &["t".to_owned(), "x".to_owned()]);
+        assert_eq!(nested, Some(vec!["t".to_owned(), "x".to_owned()]));
+        assert_eq!(droppable(&value, &[]), None);
+    }
+}

@@ -1,0 +1,470 @@
+//! The Registry: every `type` name a configuration may use, and the factory
+//! that builds it.
+//!
+//! A table such as `selector = { type = "latency_aware", max_latency_ms =
+//! 5000 }` names its factory with `type`; the factory gets the rest of the
+//! table as JSON and returns the strategy behind its core trait. Compiled-in
+//! providers and strategies (see [`Registry::builtin`]) and the types a
+//! dynamic plugin declares are registered the same way, so a configuration
+//! cannot tell them apart.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use backstop_core::{
+    BudgetPolicy, EventSink, HealthPolicy, Provider, ResultHandler, Selector, StrategyContext,
+};
+
+/// Builds a provider from its table (without `type`).
+pub type ProviderFactory =
+    Arc<dyn Fn(&serde_json::Value) -> Result<Arc<dyn Provider>, FactoryError> + Send + Sync>;
+
+/// Builds a strategy of one seam from its table (without `type`).
+pub type StrategyFactory<T> =
+    Arc<dyn Fn(&serde_json::Value, &StrategyContext) -> Result<Arc<T>, FactoryError> + Send + Sync>;
+
+/// Builds a selector.
+pub type SelectorFactory = StrategyFactory<dyn Selector>;
+/// Builds a health policy.
+pub type HealthFactory = StrategyFactory<dyn HealthPolicy>;
+/// Builds a budget policy.
+pub type BudgetFactory = StrategyFactory<dyn BudgetPolicy>;
+/// Builds a result handler.
+pub type ResultFactory = StrategyFactory<dyn ResultHandler>;
+/// Builds an event sink.
+pub type SinkFactory = StrategyFactory<dyn EventSink>;
+
+/// Why a factory could not build from its table.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct FactoryError {
+    /// The key of the table at fault, when the factory knows it
+    /// (`api_key_env`, `failure_ratio`).
+    pub key: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl FactoryError {
+    /// An error about the table as a whole, or whose message names its key
+    /// the way serde does (`unknown field `x``, `missing field `x``): the
+    /// key is then taken from the message.
+    pub fn new(message: impl fmt::Display) -> Self {
+        let message = message.to_string();
+        let key = serde_field(&message).map(str::to_owned);
+        Self { key, message }
+    }
+
+    /// An error about one key of the table.
+    pub fn at(key: impl Into<String>, message: impl fmt::Display) -> Self {
+        Self {
+            key: Some(key.into()),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// The field a serde "unknown field" / "missing field" message names.
+fn serde_field(message: &str) -> Option<&str> {
+    let rest = message
+        .split_once("unknown field `")
+        .or_else(|| message.split_once("missing field `"))?
+        .1;
+    rest.split_once('`').map(|(field, _)| field)
+}
+
+/// A provider type.
+#[derive(Clone)]
+pub struct ProviderType {
+    factory: ProviderFactory,
+    stands_in: bool,
+    origin: Origin,
+}
+
+/// Where a type comes from, for `backstop check`'s report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// Compiled into this binary.
+    Builtin,
+    /// Declared by the dynamic plugin at this path.
+    Plugin(String),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Builtin => f.write_str("built in"),
+            Origin::Plugin(path) => write!(f, "plugin {path}"),
+        }
+    }
+}
+
+/// A name registered twice.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{seam} type {name:?} is already registered ({origin})")]
+pub struct DuplicateType {
+    /// The seam (`provider`, `selector`...).
+    pub seam: &'static str,
+    /// The name.
+    pub name: String,
+    /// Who registered it first.
+    pub origin: Origin,
+}
+
+/// One seam's factories by name.
+struct Seam<F> {
+    name: &'static str,
+    types: BTreeMap<String, (F, Origin)>,
+}
+
+impl<F: Clone> Seam<F> {
+    fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            types: BTreeMap::new(),
+        }
+    }
+
+    fn insert(&mut self, name: &str, factory: F, origin: Origin) -> Result<(), DuplicateType> {
+        if let Some((_, first)) = self.types.get(name) {
+            return Err(DuplicateType {
+                seam: self.name,
+                name: name.to_owned(),
+                origin: first.clone(),
+            });
+        }
+        self.types.insert(name.to_owned(), (factory, origin));
+        Ok(())
+    }
+
+    fn get(&self, name: &str) -> Option<&F> {
+        self.types.get(name).map(|(f, _)| f)
+    }
+
+    fn names(&self) -> impl Iterator<Item = &str> {
+        self.types.keys().map(String::as_str)
+    }
+}
+
+/// Every `type` name a configuration may use, by seam.
+pub struct Registry {
+    providers: BTreeMap<String, ProviderType>,
+    selectors: Seam<SelectorFactory>,
+    health: Seam<HealthFactory>,
+    budgets: Seam<BudgetFactory>,
+    results: Seam<ResultFactory>,
+    sinks: Seam<SinkFactory>,
+    /// Where new registrations come from (switched while a plugin loads).
+    origin: Origin,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registry")
+            .field("providers", &self.providers.keys().collect::<Vec<_>>())
+            .field("selectors", &self.selectors.names().collect::<Vec<_>>())
+            .field("health", &self.health.names().collect::<Vec<_>>())
+            .field("budgets", &self.budgets.names().collect::<Vec<_>>())
+            .field("results", &self.results.names().collect::<Vec<_>>())
+            .field("sinks", &self.sinks.names().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The seams a `type` name can belong to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SeamKind {
+    /// `[providers.*]`
+    Provider,
+    /// `selector`
+    Selector,
+    /// `health`
+    Health,
+    /// `budget`
+    Budget,
+    /// `result`
+    Result,
+    /// event sinks (`alert`, `metrics`)
+    Sink,
+}
+
+impl SeamKind {
+    /// The config word for the seam.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SeamKind::Provider => "provider",
+            SeamKind::Selector => "selector",
+            SeamKind::Health => "health",
+            SeamKind::Budget => "budget",
+            SeamKind::Result => "result",
+            SeamKind::Sink => "event sink",
+        }
+    }
+}
+
+impl fmt::Display for SeamKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Registry {
+    /// A registry that knows no type at all.
+    pub fn new() -> Self {
+        Self {
+            providers: BTreeMap::new(),
+            selectors: Seam::new("selector"),
+            health: Seam::new("health"),
+            budgets: Seam::new("budget"),
+            results: Seam::new("result"),
+            sinks: Seam::new("event sink"),
+            origin: Origin::Builtin,
+        }
+    }
+
+    /// Registers a provider type.
+    pub fn provider(
+        &mut self,
+        name: &str,
+        factory: impl Fn(&serde_json::Value) -> Result<Arc<dyn Provider>, FactoryError>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Result<(), DuplicateType> {
+        self.insert_provider(name, Arc::new(factory), false)
+    }
+
+    /// Registers a provider type whose providers may stand in as a model of
+    /// a chain under their own id (a rule-based template): the model is
+    /// implicit, free, with a window no prompt exceeds, and streams.
+    pub fn stand_in_provider(
+        &mut self,
+        name: &str,
+        factory: impl Fn(&serde_json::Value) -> Result<Arc<dyn Provider>, FactoryError>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Result<(), DuplicateType> {
+        self.insert_provider(name, Arc::new(factory), true)
+    }
+
+    fn insert_provider(
+        &mut self,
+        name: &str,
+        factory: ProviderFactory,
+        stands_in: bool,
+    ) -> Result<(), DuplicateType> {
+        if let Some(first) = self.providers.get(name) {
+            return Err(DuplicateType {
+                seam: "provider",
+                name: name.to_owned(),
+                origin: first.origin.clone(),
+            });
+        }
+        let origin = self.origin.clone();
+        self.providers.insert(
+            name.to_owned(),
+            ProviderType {
+                factory,
+                stands_in,
+                origin,
+            },
+        );
+        Ok(())
+    }
+
+    /// Registers a selector type.
+    pub fn selector(
+        &mut self,
+        name: &str,
+        factory: impl Fn(
+            &serde_json::Value,
+            &StrategyContext,
+        ) -> Result<Arc<dyn Selector>, FactoryError>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Result<(), DuplicateType> {
+        let origin = self.origin.clone();
+        self.selectors.insert(name, Arc::new(factory), origin)
+    }
+
+    /// Registers a health policy type.
+    pub fn health(
+        &mut self,
+        name: &str,
+        factory: impl Fn(
+            &serde_json::Value,
+            &StrategyContext,
+        ) -> Result<Arc<dyn HealthPolicy>, FactoryError>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Result<(), DuplicateType> {
+        let origin = self.origin.clone();
+        self.health.insert(name, Arc::new(factory), origin)
+    }
+
+    /// Registers a budget policy type.
+    pub fn budget(
+        &mut self,
+        name: &str,
+        factory: impl Fn(
+            &serde_json::Value,
+            &StrategyContext,
+        ) -> Result<Arc<dyn BudgetPolicy>, FactoryError>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Result<(), DuplicateType> {
+        let origin = self.origin.clone();
+        self.budgets.insert(name, Arc::new(factory), origin)
+    }
+
+    /// Registers a result handler type.
+    pub fn result(
+        &mut self,
+        name: &str,
+        factory: impl Fn(
+            &serde_json::Value,
+            &StrategyContext,
+        ) -> Result<Arc<dyn ResultHandler>, FactoryError>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Result<(), DuplicateType> {
+        let origin = self.origin.clone();
+        self.results.insert(name, Arc::new(factory), origin)
+    }
+
+    /// Registers an event sink type (`alert` is built from `[alerts]`,
+    /// `metrics` always).
+    pub fn sink(
+        &mut self,
+        name: &str,
+        factory: impl Fn(
+            &serde_json::Value,
+            &StrategyContext,
+        ) -> Result<Arc<dyn EventSink>, FactoryError>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Result<(), DuplicateType> {
+        let origin = self.origin.clone();
+        self.sinks.insert(name, Arc::new(factory), origin)
+    }
+
+    /// Runs `register` with every registration it makes attributed to the
+    /// plugin at `path`.
+    pub fn as_plugin<T>(&mut self, path: &str, register: impl FnOnce(&mut Self) -> T) -> T {
+        let before = std::mem::replace(&mut self.origin, Origin::Plugin(path.to_owned()));
+        let result = register(self);
+        self.origin = before;
+        result
+    }
+
+    /// Names known for a seam, sorted.
+    pub fn names(&self, seam: SeamKind) -> Vec<&str> {
+        match seam {
+            SeamKind::Provider => self.providers.keys().map(String::as_str).collect(),
+            SeamKind::Selector => self.selectors.names().collect(),
+            SeamKind::Health => self.health.names().collect(),
+            SeamKind::Budget => self.budgets.names().collect(),
+            SeamKind::Result => self.results.names().collect(),
+            SeamKind::Sink => self.sinks.names().collect(),
+        }
+    }
+
+    /// Whether `name` is known for `seam`.
+    pub fn knows(&self, seam: SeamKind, name: &str) -> bool {
+        match seam {
+            SeamKind::Provider => self.providers.contains_key(name),
+            SeamKind::Selector => self.selectors.get(name).is_some(),
+            SeamKind::Health => self.health.get(name).is_some(),
+            SeamKind::Budget => self.budgets.get(name).is_some(),
+            SeamKind::Result => self.results.get(name).is_some(),
+            SeamKind::Sink => self.sinks.get(name).is_some(),
+        }
+    }
+
+    /// Where a type comes from.
+    pub fn origin(&self, seam: SeamKind, name: &str) -> Option<&Origin> {
+        match seam {
+            SeamKind::Provider => self.providers.get(name).map(|p| &p.origin),
+            SeamKind::Selector => self.selectors.types.get(name).map(|t| &t.1),
+            SeamKind::Health => self.health.types.get(name).map(|t| &t.1),
+            SeamKind::Budget => self.budgets.types.get(name).map(|t| &t.1),
+            SeamKind::Result => self.results.types.get(name).map(|t| &t.1),
+            SeamKind::Sink => self.sinks.types.get(name).map(|t| &t.1),
+        }
+    }
+
+    /// Whether providers of this type stand in as a model of a chain.
+    pub fn stands_in(&self, provider_type: &str) -> bool {
+        self.providers
+            .get(provider_type)
+            .is_some_and(|p| p.stands_in)
+    }
+
+    pub(crate) fn provider_factory(&self, name: &str) -> Option<&ProviderFactory> {
+        self.providers.get(name).map(|p| &p.factory)
+    }
+
+    pub(crate) fn selector_factory(&self, name: &str) -> Option<&SelectorFactory> {
+        self.selectors.get(name)
+    }
+
+    pub(crate) fn health_factory(&self, name: &str) -> Option<&HealthFactory> {
+        self.health.get(name)
+    }
+
+    pub(crate) fn budget_factory(&self, name: &str) -> Option<&BudgetFactory> {
+        self.budgets.get(name)
+    }
+
+    pub(crate) fn result_factory(&self, name: &str) -> Option<&ResultFactory> {
+        self.results.get(name)
+    }
+
+    pub(crate) fn sink_factory(&self, name: &str) -> Option<&SinkFactory> {
+        self.sinks.get(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_messages_name_their_key() {
+        let e = FactoryError::new("unknown field `max_latncy_ms`, expected `max_latency_ms`");
+        assert_eq!(e.key.as_deref(), Some("max_latncy_ms"));
+        let e = FactoryError::new("missing field `text`");
+        assert_eq!(e.key.as_deref(), Some("text"));
+        assert_eq!(FactoryError::new("no key here").key, None);
+    }
+
+    #[test]
+    fn a_name_registers_once_per_seam() {
+        let mut registry = Registry::new();
+        let factory = |_: &serde_json::Value,
+                       _: &StrategyContext|
+         -> Result<Arc<dyn Selector>, FactoryError> {
+            Err(FactoryError::new("unused"))
+        };
+        assert!(registry.selector("priority", factory).is_ok());
+        let again = registry.as_plugin("libx.so", |r| r.selector("priority", factory));
+        assert_eq!(
+            again.err().map(|e| e.to_string()),
+            Some("selector type \"priority\" is already registered (built in)".to_owned())
+        );
+        assert_eq!(registry.names(SeamKind::Selector), ["priority"]);
+    }
+}

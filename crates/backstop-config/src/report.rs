@@ -1,0 +1,446 @@
+//! What `backstop check` prints: the resolved configuration, as a running
+//! gateway would use it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use backstop_core::{ModelSpec, RoutePolicy};
+
+use crate::problem::Problem;
+use crate::registry::{Origin, SeamKind};
+use crate::resolved::{ProbeSettings, ServerSettings};
+
+/// The resolved configuration, for people. `Display` is the output of
+/// `backstop check`.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The file, as the user named it.
+    pub file: String,
+    /// `[server]`.
+    pub server: ServerSettings,
+    /// Providers, in file order.
+    pub providers: Vec<ProviderEntry>,
+    /// Models, in the Router's order (file order; implicit stand-ins last).
+    pub models: Vec<ModelEntry>,
+    /// Scenarios, in file order.
+    pub scenarios: Vec<ScenarioEntry>,
+    /// The defaults of `[strategies]`, which single-model routes use.
+    pub defaults: RouteEntry,
+    /// Models reachable by their own id (those no scenario name hides).
+    pub single_model_routes: Vec<String>,
+    /// The prober.
+    pub probe: ProbeSettings,
+    /// Event sinks wired into the Router.
+    pub sinks: Vec<StrategyChoice>,
+    /// Dynamic plugins and the types they declared.
+    pub plugins: Vec<PluginEntry>,
+    /// Things that work but deserve attention.
+    pub warnings: Vec<Problem>,
+}
+
+/// A provider.
+#[derive(Debug, Clone)]
+pub struct ProviderEntry {
+    /// Its id.
+    pub id: String,
+    /// Its `type`.
+    pub type_name: String,
+    /// Where the type comes from.
+    pub origin: Origin,
+    /// Whether it stands in as a model of its own id.
+    pub stands_in: bool,
+    /// Its table without `type`.
+    pub config: serde_json::Value,
+}
+
+/// A model.
+#[derive(Debug, Clone)]
+pub struct ModelEntry {
+    /// The model.
+    pub spec: ModelSpec,
+    /// Whether it is a stand-in provider's implicit model.
+    pub implicit: bool,
+}
+
+/// A scenario.
+#[derive(Debug, Clone)]
+pub struct ScenarioEntry {
+    /// Its name.
+    pub name: String,
+    /// Model ids in configured order.
+    pub chain: Vec<String>,
+    /// Whether the chain was derived (every model, by priority) rather
+    /// than written.
+    pub chain_by_priority: bool,
+    /// Its strategies and policy.
+    pub route: RouteEntry,
+}
+
+/// The strategies and policy of a route.
+#[derive(Debug, Clone)]
+pub struct RouteEntry {
+    /// Selector.
+    pub selector: StrategyChoice,
+    /// Health policy.
+    pub health: StrategyChoice,
+    /// Budget policy.
+    pub budget: StrategyChoice,
+    /// Result handler.
+    pub result: StrategyChoice,
+    /// Timeouts, retries, streams, hedging, content policy.
+    pub policy: RoutePolicy,
+}
+
+/// A strategy as configured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StrategyChoice {
+    /// Its `type`.
+    pub type_name: String,
+    /// Its table without `type`.
+    pub config: serde_json::Value,
+    /// Which instance of its seam it is (1-based): routes with the same
+    /// number share one instance, and so its state.
+    pub instance: usize,
+}
+
+/// A dynamic plugin.
+#[derive(Debug, Clone)]
+pub struct PluginEntry {
+    /// Its path, as configured.
+    pub path: String,
+    /// The types it declared.
+    pub types: Vec<(SeamKind, String)>,
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{}: configuration OK", self.file)?;
+
+        let s = &self.server;
+        writeln!(f, "\nserver")?;
+        writeln!(f, "  listen               {}", s.listen)?;
+        match &s.api_keys {
+            Some(keys) => writeln!(
+                f,
+                "  auth                 {} bearer key{} from ${}",
+                keys.len(),
+                plural(keys.len()),
+                s.api_keys_env
+            )?,
+            None => writeln!(
+                f,
+                "  auth                 NONE (${} is unset)",
+                s.api_keys_env
+            )?,
+        }
+        writeln!(f, "  body limit           {} bytes", s.body_limit_bytes)?;
+        writeln!(
+            f,
+            "  header read timeout  {}",
+            ms(s.header_read_timeout.as_millis())
+        )?;
+        writeln!(
+            f,
+            "  shutdown grace       {}",
+            ms(s.shutdown_grace.as_millis())
+        )?;
+
+        writeln!(f, "\nproviders")?;
+        let width = self.providers.iter().map(|p| p.id.len()).max().unwrap_or(0);
+        for p in &self.providers {
+            write!(f, "  {:width$}  {}", p.id, p.type_name)?;
+            if p.origin != Origin::Builtin {
+                write!(f, " ({})", p.origin)?;
+            }
+            let config = inline(&p.config);
+            if !config.is_empty() {
+                write!(f, " {config}")?;
+            }
+            if p.stands_in {
+                write!(f, "  [stands in as model {:?}]", p.id)?;
+            }
+            writeln!(f)?;
+        }
+
+        writeln!(f, "\nmodels")?;
+        let width = self
+            .models
+            .iter()
+            .map(|m| m.spec.id.len())
+            .max()
+            .unwrap_or(0);
+        for m in &self.models {
+            let spec = &m.spec;
+            if m.implicit {
+                writeln!(
+                    f,
+                    "  {:width$}  stand-in of provider {:?}: free, any prompt size",
+                    spec.id, spec.provider
+                )?;
+                continue;
+            }
+            let mut caps = Vec::new();
+            if spec.capabilities.streaming {
+                caps.push("streaming");
+            }
+            if spec.capabilities.tools {
+                caps.push("tools");
+            }
+            if spec.capabilities.assistant_prefill {
+                caps.push("prefill");
+            }
+            writeln!(
+                f,
+                "  {:width$}  priority {}, provider {}, upstream {:?}, USD/1k in {} out {}, window {}, max_tokens {}, {}",
+                spec.id,
+                spec.priority,
+                spec.provider,
+                spec.upstream,
+                spec.input_cost_per_1k,
+                spec.output_cost_per_1k,
+                spec.context_window,
+                spec.max_tokens,
+                if caps.is_empty() {
+                    "no streaming".to_owned()
+                } else {
+                    caps.join(" + ")
+                }
+            )?;
+        }
+
+        let users = self.instance_users();
+        writeln!(f, "\nscenarios")?;
+        if self.scenarios.is_empty() {
+            writeln!(f, "  none (requests name a model)")?;
+        }
+        for scenario in &self.scenarios {
+            writeln!(f, "  {}", scenario.name)?;
+            write!(f, "    chain      {}", scenario.chain.join(" -> "))?;
+            if scenario.chain_by_priority {
+                write!(f, "  (every model, by priority)")?;
+            }
+            writeln!(f)?;
+            write_route(f, &scenario.route, &users, &scenario.name)?;
+        }
+
+        writeln!(f, "\ndefaults ([strategies], and single-model routes)")?;
+        write_route(f, &self.defaults, &users, DEFAULTS)?;
+        writeln!(
+            f,
+            "    models     {}",
+            if self.single_model_routes.is_empty() {
+                "none".to_owned()
+            } else {
+                self.single_model_routes.join(", ")
+            }
+        )?;
+
+        writeln!(f, "\nprobe")?;
+        if self.probe.enabled {
+            writeln!(
+                f,
+                "  every {}, models idle for {} or with an open circuit",
+                ms(self.probe.interval.as_millis()),
+                ms(self.probe.idle.as_millis())
+            )?;
+        } else {
+            writeln!(f, "  off")?;
+        }
+
+        writeln!(f, "\nevent sinks")?;
+        if self.sinks.is_empty() {
+            writeln!(f, "  none")?;
+        }
+        for sink in &self.sinks {
+            writeln!(f, "  {}", choice(sink))?;
+        }
+
+        if !self.plugins.is_empty() {
+            writeln!(f, "\nplugins")?;
+            for plugin in &self.plugins {
+                let types: Vec<String> = plugin
+                    .types
+                    .iter()
+                    .map(|(seam, name)| format!("{seam} {name:?}"))
+                    .collect();
+                writeln!(f, "  {}: {}", plugin.path, types.join(", "))?;
+            }
+        }
+
+        if !self.warnings.is_empty() {
+            writeln!(f, "\nwarnings")?;
+            for warning in &self.warnings {
+                writeln!(f, "  {warning}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+const DEFAULTS: &str = "defaults";
+
+impl Report {
+    /// Per seam and instance, the routes that use it.
+    fn instance_users(&self) -> BTreeMap<(&'static str, usize), Vec<&str>> {
+        let mut users: BTreeMap<(&'static str, usize), Vec<&str>> = BTreeMap::new();
+        let routes = self
+            .scenarios
+            .iter()
+            .map(|s| (s.name.as_str(), &s.route))
+            .chain(std::iter::once((DEFAULTS, &self.defaults)));
+        for (name, route) in routes {
+            for (seam, c) in seams(route) {
+                users.entry((seam, c.instance)).or_default().push(name);
+            }
+        }
+        users
+    }
+}
+
+fn seams(route: &RouteEntry) -> [(&'static str, &StrategyChoice); 4] {
+    [
+        ("selector", &route.selector),
+        ("health", &route.health),
+        ("budget", &route.budget),
+        ("result", &route.result),
+    ]
+}
+
+fn write_route(
+    f: &mut fmt::Formatter<'_>,
+    route: &RouteEntry,
+    users: &BTreeMap<(&'static str, usize), Vec<&str>>,
+    me: &str,
+) -> fmt::Result {
+    for (seam, c) in seams(route) {
+        write!(f, "    {seam:<10} {}", choice(c))?;
+        let others: Vec<&str> = users
+            .get(&(seam, c.instance))
+            .map(|u| u.iter().copied().filter(|n| *n != me).collect())
+            .unwrap_or_default();
+        if !others.is_empty() {
+            write!(f, "  (one instance, shared with {})", others.join(", "))?;
+        }
+        writeln!(f)?;
+    }
+    let p = &route.policy;
+    let t = &p.timeouts;
+    writeln!(
+        f,
+        "    timeouts   connect {}, first token {}, idle {}, attempt {}, total {}",
+        ms(t.connect.as_millis()),
+        ms(t.first_token.as_millis()),
+        ms(t.idle.as_millis()),
+        ms(t.attempt.as_millis()),
+        ms(t.total.as_millis())
+    )?;
+    let r = &p.retries;
+    writeln!(
+        f,
+        "    retries    {} same-model retr{}, Retry-After cap {}, backoff {} doubling to {}",
+        r.same_model,
+        if r.same_model == 1 { "y" } else { "ies" },
+        ms(r.retry_after_cap.as_millis()),
+        ms(r.backoff_base.as_millis()),
+        ms(r.backoff_max.as_millis())
+    )?;
+    writeln!(
+        f,
+        "    streams    mid-stream {}, hedge {}, content policy {}",
+        enum_name(&p.mid_stream),
+        p.hedge_after.map_or_else(
+            || "off".to_owned(),
+            |h| format!("after {}", ms(h.as_millis()))
+        ),
+        enum_name(&p.on_content_policy)
+    )
+}
+
+fn choice(c: &StrategyChoice) -> String {
+    let config = inline(&c.config);
+    if config.is_empty() {
+        c.type_name.clone()
+    } else {
+        format!("{} {config}", c.type_name)
+    }
+}
+
+/// The snake_case name a unit enum serializes to.
+fn enum_name<T: serde::Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => "?".to_owned(),
+    }
+}
+
+fn ms(n: u128) -> String {
+    format!("{n} ms")
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// A table as a TOML inline table (`{ a = 1, b = "x" }`); empty when the
+/// table is empty. Long strings are shortened.
+pub(crate) fn inline(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Object(map) if map.is_empty() => String::new(),
+        serde_json::Value::Null => String::new(),
+        other => toml_value(other),
+    }
+}
+
+fn toml_value(value: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match value {
+        Value::Null => "null".to_owned(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => {
+            const MAX: usize = 48;
+            if s.chars().count() > MAX {
+                let short: String = s.chars().take(MAX - 1).collect();
+                format!("{:?}", format!("{short}…"))
+            } else {
+                format!("{s:?}")
+            }
+        }
+        Value::Array(items) => {
+            let items: Vec<String> = items.iter().map(toml_value).collect();
+            format!("[{}]", items.join(", "))
+        }
+        Value::Object(map) => {
+            let entries: Vec<String> = map
+                .iter()
+                .map(|(k, v)| {
+                    let key = if !k.is_empty()
+                        && k.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                    {
+                        k.clone()
+                    } else {
+                        format!("{k:?}")
+                    };
+                    format!("{key} = {}", toml_value(v))
+                })
+                .collect();
+            format!("{{ {} }}", entries.join(", "))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_print_as_toml_inline_tables() {
+        let v = serde_json::json!({"locale": "en", "max_latency_ms": 5000, "w": {"a.b": 1, "gpt-4o": 2}});
+        assert_eq!(
+            inline(&v),
+            r#"{ locale = "en", max_latency_ms = 5000, w = { "a.b" = 1, gpt-4o = 2 } }"#
+        );
+        assert_eq!(inline(&serde_json::json!({})), "");
+    }
+}

@@ -1,0 +1,115 @@
+//! What a loaded configuration hands the gateway: a ready Router, the
+//! server settings, the event sinks, the probe settings and the report
+//! `backstop check` prints.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backstop_core::{EventSink, HealthPolicy, Router};
+
+use crate::problem::Problem;
+use crate::report::Report;
+
+/// `[server]`, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// The environment variable the bearer keys were read from.
+    pub api_keys_env: String,
+    /// The bearer keys callers must present; `None` when the variable is
+    /// unset, which means no authentication (the load warns loudly).
+    pub api_keys: Option<ApiKeys>,
+    /// Largest request body accepted, in bytes.
+    pub body_limit_bytes: usize,
+    /// Longest wait for a request's headers.
+    pub header_read_timeout: Duration,
+    /// How long a shutdown waits for requests in flight.
+    pub shutdown_grace: Duration,
+}
+
+/// Bearer keys. Never printed: `Debug` shows only how many there are.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKeys(Vec<String>);
+
+impl ApiKeys {
+    /// Parses a comma-separated list; blanks around keys are ignored.
+    /// `None` when it holds no key.
+    pub fn parse(list: &str) -> Option<Self> {
+        let keys: Vec<String> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(str::to_owned)
+            .collect();
+        (!keys.is_empty()).then_some(Self(keys))
+    }
+
+    /// The keys.
+    pub fn keys(&self) -> &[String] {
+        &self.0
+    }
+
+    /// How many keys there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Always false: an empty list is not a set of keys.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for ApiKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ApiKeys({} redacted)", self.0.len())
+    }
+}
+
+/// `[strategies] probe`, resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeSettings {
+    /// Whether the background prober runs.
+    pub enabled: bool,
+    /// Period of a probe round.
+    pub interval: Duration,
+    /// A model without traffic for this long is probed.
+    pub idle: Duration,
+}
+
+/// A configuration turned into everything a running gateway needs.
+pub struct Resolved {
+    /// The Router, with every scenario and single-model route.
+    pub router: Router,
+    /// `[server]`.
+    pub server: ServerSettings,
+    /// The metrics sink (always on), already wired into the Router.
+    pub metrics: Option<Arc<dyn EventSink>>,
+    /// The alert sink built from `[alerts]`, already wired into the Router.
+    pub alerts: Option<Arc<dyn EventSink>>,
+    /// When and how often to probe.
+    pub probe: ProbeSettings,
+    /// Every distinct health policy (one per distinct `health` table),
+    /// which the prober asks for targets and tells about probe results.
+    pub health_policies: Vec<Arc<dyn HealthPolicy>>,
+    /// What was resolved, as `backstop check` prints it.
+    pub report: Report,
+    /// Things that work but deserve attention (no API keys, unused
+    /// providers...), also listed in the report.
+    pub warnings: Vec<Problem>,
+}
+
+impl fmt::Debug for Resolved {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Resolved")
+            .field("router", &self.router)
+            .field("server", &self.server)
+            .field("probe", &self.probe)
+            .field("health_policies", &self.health_policies.len())
+            .field("warnings", &self.warnings.len())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,259 @@
+//! The shape of the file: one struct per table, every key with its default,
+//! unknown keys refused.
+//!
+//! Tables that name a factory with `type` (providers, strategies, alerts)
+//! are not described here: their keys belong to the factory, which refuses
+//! unknown ones itself. Only their `type` is read here.
+
+use backstop_core::{ContentPolicyAction, MidStreamPolicy};
+use figment::value::Value;
+use serde::Deserialize;
+
+/// The top-level tables.
+pub(crate) const SECTIONS: [&str; 7] = [
+    "server",
+    "providers",
+    "models",
+    "scenarios",
+    "strategies",
+    "alerts",
+    "plugins",
+];
+
+/// `[server]`: what the gateway listens on and how it guards itself.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ServerSection {
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Environment variable holding comma-separated bearer keys.
+    #[serde(default = "default_api_keys_env")]
+    pub api_keys_env: String,
+    /// Largest request body accepted.
+    #[serde(default = "default_body_limit")]
+    pub body_limit_bytes: u64,
+    /// Longest wait for a request's headers.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout_ms: u64,
+    /// How long a shutdown waits for requests in flight.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace_ms: u64,
+}
+
+pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub(crate) const DEFAULT_API_KEYS_ENV: &str = "BACKSTOP_API_KEYS";
+pub(crate) const DEFAULT_BODY_LIMIT: u64 = 10 * 1024 * 1024;
+pub(crate) const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+pub(crate) const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 30_000;
+
+fn default_listen() -> String {
+    DEFAULT_LISTEN.to_owned()
+}
+fn default_api_keys_env() -> String {
+    DEFAULT_API_KEYS_ENV.to_owned()
+}
+fn default_body_limit() -> u64 {
+    DEFAULT_BODY_LIMIT
+}
+fn default_header_read_timeout() -> u64 {
+    DEFAULT_HEADER_READ_TIMEOUT_MS
+}
+fn default_shutdown_grace() -> u64 {
+    DEFAULT_SHUTDOWN_GRACE_MS
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            api_keys_env: default_api_keys_env(),
+            body_limit_bytes: DEFAULT_BODY_LIMIT,
+            header_read_timeout_ms: DEFAULT_HEADER_READ_TIMEOUT_MS,
+            shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
+        }
+    }
+}
+
+/// `[models.<id>]`: one model of the fallback chains.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ModelSection {
+    /// Id of the provider that serves it.
+    pub provider: String,
+    /// Upstream model name; defaults to the id.
+    pub model: Option<String>,
+    /// Lower is preferred; ties keep file order.
+    #[serde(default = "default_priority")]
+    pub priority: u32,
+    /// Output-token ceiling per call.
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: u32,
+    /// USD per 1k tokens, input and output alike.
+    pub cost_per_1k: Option<f64>,
+    /// USD per 1k prompt tokens (overrides `cost_per_1k`).
+    pub input_cost_per_1k: Option<f64>,
+    /// USD per 1k completion tokens (overrides `cost_per_1k`).
+    pub output_cost_per_1k: Option<f64>,
+    /// Prompt plus completion tokens the model accepts.
+    #[serde(default = "default_context_window")]
+    pub context_window: u32,
+    /// Continues a trailing assistant message (mid-stream `continue`).
+    #[serde(default)]
+    pub supports_prefill: bool,
+    /// Can stream.
+    #[serde(default = "yes")]
+    pub streaming: bool,
+    /// Accepts `tools`.
+    #[serde(default = "yes")]
+    pub tools: bool,
+}
+
+pub(crate) const DEFAULT_PRIORITY: u32 = 1;
+pub(crate) const DEFAULT_MAX_TOKENS: u32 = 4096;
+pub(crate) const DEFAULT_COST_PER_1K: f64 = 0.01;
+pub(crate) const DEFAULT_CONTEXT_WINDOW: u32 = 128_000;
+
+fn default_priority() -> u32 {
+    DEFAULT_PRIORITY
+}
+fn default_max_tokens() -> u32 {
+    DEFAULT_MAX_TOKENS
+}
+fn default_context_window() -> u32 {
+    DEFAULT_CONTEXT_WINDOW
+}
+fn yes() -> bool {
+    true
+}
+
+/// `timeouts = { ... }`: every key optional; unset keys inherit.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TimeoutsSection {
+    pub connect_ms: Option<u64>,
+    pub first_token_ms: Option<u64>,
+    pub idle_ms: Option<u64>,
+    pub attempt_ms: Option<u64>,
+    pub total_ms: Option<u64>,
+}
+
+/// `retries = { ... }`: every key optional; unset keys inherit.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RetriesSection {
+    pub same_model: Option<u32>,
+    pub retry_after_cap_ms: Option<u64>,
+    pub backoff_base_ms: Option<u64>,
+    pub backoff_max_ms: Option<u64>,
+}
+
+/// The route-policy keys a scenario may set and `[strategies]` defaults.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PolicyKeys {
+    pub timeouts: Option<TimeoutsSection>,
+    pub retries: Option<RetriesSection>,
+    pub mid_stream: Option<MidStreamPolicy>,
+    pub hedge_after_ms: Option<u64>,
+    pub on_content_policy: Option<ContentPolicyAction>,
+}
+
+/// `[scenarios.<name>]`: a named chain and how it runs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ScenarioSection {
+    /// Model ids, most preferred first; unset = every model by priority.
+    pub chain: Option<Vec<String>>,
+    pub selector: Option<Value>,
+    pub health: Option<Value>,
+    pub budget: Option<Value>,
+    pub result: Option<Value>,
+    pub timeouts: Option<TimeoutsSection>,
+    pub retries: Option<RetriesSection>,
+    pub mid_stream: Option<MidStreamPolicy>,
+    pub hedge_after_ms: Option<u64>,
+    pub on_content_policy: Option<ContentPolicyAction>,
+}
+
+impl ScenarioSection {
+    pub fn policy(&self) -> PolicyKeys {
+        PolicyKeys {
+            timeouts: self.timeouts,
+            retries: self.retries,
+            mid_stream: self.mid_stream,
+            hedge_after_ms: self.hedge_after_ms,
+            on_content_policy: self.on_content_policy,
+        }
+    }
+}
+
+/// `[strategies]`: the defaults of every scenario.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StrategiesSection {
+    pub selector: Option<Value>,
+    pub health: Option<Value>,
+    pub budget: Option<Value>,
+    pub result: Option<Value>,
+    pub probe: Option<ProbeSection>,
+    pub timeouts: Option<TimeoutsSection>,
+    pub retries: Option<RetriesSection>,
+    pub mid_stream: Option<MidStreamPolicy>,
+    pub hedge_after_ms: Option<u64>,
+    pub on_content_policy: Option<ContentPolicyAction>,
+}
+
+impl StrategiesSection {
+    pub fn policy(&self) -> PolicyKeys {
+        PolicyKeys {
+            timeouts: self.timeouts,
+            retries: self.retries,
+            mid_stream: self.mid_stream,
+            hedge_after_ms: self.hedge_after_ms,
+            on_content_policy: self.on_content_policy,
+        }
+    }
+}
+
+/// `probe = { ... }`: the background prober.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProbeSection {
+    /// Probe round period.
+    #[serde(default = "default_probe_interval")]
+    pub interval_ms: u64,
+    /// A model without traffic for this long is probed.
+    #[serde(default = "default_probe_idle")]
+    pub idle_ms: u64,
+    /// Turns the prober off.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+pub(crate) const DEFAULT_PROBE_INTERVAL_MS: u64 = 5_000;
+pub(crate) const DEFAULT_PROBE_IDLE_MS: u64 = 60_000;
+
+fn default_probe_interval() -> u64 {
+    DEFAULT_PROBE_INTERVAL_MS
+}
+fn default_probe_idle() -> u64 {
+    DEFAULT_PROBE_IDLE_MS
+}
+
+impl Default for ProbeSection {
+    fn default() -> Self {
+        Self {
+            interval_ms: DEFAULT_PROBE_INTERVAL_MS,
+            idle_ms: DEFAULT_PROBE_IDLE_MS,
+            enabled: true,
+        }
+    }
+}
+
+/// `[[plugins]]`: a dynamic plugin library.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PluginSection {
+    /// Path of the library, relative to the working directory.
+    pub path: String,
+}
