@@ -8,10 +8,9 @@ use std::time::Duration;
 use backstop_core::{ChatRequest, FailureKind, Provider};
 use futures::StreamExt;
 use serde_json::{Value, json};
+use support::chunks::{drain, text};
 use support::raw_http::{End, RawServer, Reply};
-use support::{
-    call, chunk, drain, hello_events, model, provider, sse, sse_done, text, usage_chunk,
-};
+use support::{call, chunk, hello_events, model, provider, sse, sse_done, usage_chunk};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 

@@ -3,13 +3,13 @@
 
 #![allow(dead_code)]
 
+pub mod chunks;
 pub mod raw_http;
 
 use std::time::Duration;
 
-use backstop_core::{Call, ChatChunk, ChatRequest, ChunkStream, ModelSpec, ProviderError};
+use backstop_core::{Call, ChatRequest, ModelSpec};
 use backstop_provider_openai::{OpenAiConfig, OpenAiProvider};
-use futures::StreamExt;
 use serde_json::{Value, json};
 
 /// The key the test provider sends.
@@ -111,24 +111,4 @@ pub fn sse(events: &[Value]) -> String {
 /// One `data:` event per value, then `[DONE]`.
 pub fn sse_done(events: &[Value]) -> String {
     format!("{}data: [DONE]\n\n", sse(events))
-}
-
-/// Reads a stream to its end: the chunks, and the error that ended it.
-pub async fn drain(mut stream: ChunkStream) -> (Vec<ChatChunk>, Option<ProviderError>) {
-    let mut chunks = Vec::new();
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(chunk) => chunks.push(chunk),
-            Err(error) => {
-                assert!(stream.next().await.is_none(), "nothing follows an error");
-                return (chunks, Some(error));
-            }
-        }
-    }
-    (chunks, None)
-}
-
-/// The text of the chunks' choice 0.
-pub fn text(chunks: &[ChatChunk]) -> String {
-    chunks.iter().filter_map(ChatChunk::content).collect()
 }

@@ -1,0 +1,303 @@
+//! Anthropic error bodies and statuses, classified into [`FailureKind`]s.
+//!
+//! Anthropic answers errors, and fails streams, with `{"type": "error",
+//! "error": {"type": "...", "message": "..."}, "request_id": "..."}`. The
+//! error type names the failure (`overloaded_error`, `rate_limit_error`,
+//! `invalid_request_error`, ...); the status and the message refine it: a
+//! 429 spend limit is out of credits rather than a rate limit, and an
+//! `invalid_request_error` saying "prompt is too long" is a context-length
+//! failure.
+
+use std::time::Duration;
+
+use backstop_core::{FailureKind, ProviderError};
+use serde_json::Value;
+
+use crate::transport::{ApiKey, redact};
+
+/// What an error body says.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct ErrorInfo {
+    pub(crate) message: String,
+    /// `error.type`.
+    pub(crate) kind: Option<String>,
+    /// `error.details.error_code`, when present.
+    pub(crate) detail: Option<String>,
+}
+
+impl ErrorInfo {
+    /// Reads `{"error": {"type", "message"}}` (or the inner object).
+    pub(crate) fn from_value(value: &Value) -> Option<Self> {
+        let error = value.get("error").unwrap_or(value);
+        if let Some(text) = error.as_str() {
+            return Some(Self {
+                message: text.to_owned(),
+                ..Self::default()
+            });
+        }
+        let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
+        let message = text(error.get("message"))?;
+        Some(Self {
+            message,
+            kind: text(error.get("type")),
+            detail: text(error.get("details").and_then(|d| d.get("error_code"))),
+        })
+    }
+
+    fn is(&self, kind: &str) -> bool {
+        self.kind.as_deref() == Some(kind)
+    }
+
+    fn says(&self, words: &[&str]) -> bool {
+        let message = self.message.to_ascii_lowercase();
+        words.iter().any(|w| message.contains(w))
+    }
+}
+
+/// The kind of an error. `status` is `None` for an `error` event in a
+/// stream.
+pub(crate) fn classify(status: Option<u16>, info: &ErrorInfo) -> FailureKind {
+    let client_side = status.is_none_or(|s| (400..500).contains(&s));
+    if matches!(status, Some(401 | 403))
+        || info.is("authentication_error")
+        || info.is("permission_error")
+    {
+        return FailureKind::Auth;
+    }
+    if status == Some(402)
+        || info.is("billing_error")
+        || info.detail.as_deref() == Some("enforced_spend_limit_reached")
+        || (client_side && info.says(&["credit balance", "usage limits", "spend limit"]))
+    {
+        return FailureKind::QuotaExhausted;
+    }
+    if status == Some(429) || info.is("rate_limit_error") {
+        return FailureKind::RateLimited;
+    }
+    if status == Some(529)
+        || info.is("overloaded_error")
+        || (status == Some(503) && info.says(&["overload"]))
+    {
+        return FailureKind::Overloaded;
+    }
+    if client_side
+        && info.says(&[
+            "prompt is too long",
+            "exceed context limit",
+            "context window",
+            "context length",
+        ])
+    {
+        return FailureKind::ContextLength;
+    }
+    match status {
+        Some(408 | 500..=599) => FailureKind::Server,
+        Some(400..=499) => FailureKind::BadRequest,
+        Some(_) => FailureKind::InvalidResponse,
+        None if info.is("invalid_request_error")
+            || info.is("not_found_error")
+            || info.is("request_too_large") =>
+        {
+            FailureKind::BadRequest
+        }
+        None => FailureKind::Server,
+    }
+}
+
+/// The error for a non-success response.
+pub(crate) fn status_error(
+    status: u16,
+    body: &[u8],
+    retry_after: Option<Duration>,
+    key: Option<&ApiKey>,
+) -> ProviderError {
+    let info = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| ErrorInfo::from_value(&v))
+        .unwrap_or_else(|| ErrorInfo {
+            message: fallback_message(status, body),
+            ..ErrorInfo::default()
+        });
+    let mut error = build(classify(Some(status), &info), info, key).with_status(status);
+    error.retry_after = retry_after;
+    error
+}
+
+/// The error for an `error` event inside a stream.
+pub(crate) fn inband_error(value: &Value, key: Option<&ApiKey>) -> ProviderError {
+    let info = ErrorInfo::from_value(value).unwrap_or_else(|| ErrorInfo {
+        message: "the stream reported an error without a message".to_owned(),
+        ..ErrorInfo::default()
+    });
+    build(classify(None, &info), info, key)
+}
+
+fn build(kind: FailureKind, info: ErrorInfo, key: Option<&ApiKey>) -> ProviderError {
+    let mut error = ProviderError::new(kind, redact(&info.message, key));
+    error.code = info.detail.or(info.kind);
+    error
+}
+
+/// A message for a body that is not Anthropic's error shape.
+fn fallback_message(status: u16, body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() || text.starts_with('<') {
+        return format!("HTTP {status} with no error message");
+    }
+    let mut end = text.len().min(300);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn error(kind: &str, message: &str) -> Value {
+        json!({"type": "error", "error": {"type": kind, "message": message}, "request_id": "req_011CSHoEeqs5C35K2UUqR7Fy"})
+    }
+
+    fn kind(status: Option<u16>, body: Value) -> FailureKind {
+        classify(status, &ErrorInfo::from_value(&body).unwrap())
+    }
+
+    #[test]
+    fn anthropic_errors_map_by_status_type_and_message() {
+        use FailureKind::*;
+        let cases = [
+            (529, error("overloaded_error", "Overloaded"), Overloaded),
+            (
+                429,
+                error(
+                    "rate_limit_error",
+                    "Number of request tokens has exceeded your per-minute rate limit",
+                ),
+                RateLimited,
+            ),
+            (
+                429,
+                json!({"type": "error", "error": {"type": "rate_limit_error", "message": "You have reached your monthly spend limit.", "details": {"error_code": "enforced_spend_limit_reached"}}}),
+                QuotaExhausted,
+            ),
+            (
+                400,
+                error(
+                    "invalid_request_error",
+                    "prompt is too long: 215000 tokens > 200000 maximum",
+                ),
+                ContextLength,
+            ),
+            (
+                400,
+                error(
+                    "invalid_request_error",
+                    "input length and `max_tokens` exceed context limit: 197626 + 8192 > 200000, decrease input length or `max_tokens` and try again",
+                ),
+                ContextLength,
+            ),
+            (
+                400,
+                error(
+                    "invalid_request_error",
+                    "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits.",
+                ),
+                QuotaExhausted,
+            ),
+            (
+                400,
+                error(
+                    "invalid_request_error",
+                    "messages: roles must alternate between \"user\" and \"assistant\"",
+                ),
+                BadRequest,
+            ),
+            (
+                401,
+                error("authentication_error", "invalid x-api-key"),
+                Auth,
+            ),
+            (
+                403,
+                error(
+                    "permission_error",
+                    "Your API key does not have permission to use the specified resource.",
+                ),
+                Auth,
+            ),
+            (
+                402,
+                error("billing_error", "There is an issue with your billing."),
+                QuotaExhausted,
+            ),
+            (404, error("not_found_error", "model: claude-9"), BadRequest),
+            (
+                413,
+                error(
+                    "request_too_large",
+                    "Request exceeds the maximum allowed number of bytes.",
+                ),
+                BadRequest,
+            ),
+            (500, error("api_error", "Internal server error"), Server),
+            (504, error("timeout_error", "Request timed out"), Server),
+        ];
+        for (status, body, expected) in cases {
+            assert_eq!(
+                kind(Some(status), body.clone()),
+                expected,
+                "{status} {body}"
+            );
+        }
+    }
+
+    #[test]
+    fn stream_error_events_map_by_type() {
+        use FailureKind::*;
+        assert_eq!(
+            kind(None, error("overloaded_error", "Overloaded")),
+            Overloaded
+        );
+        assert_eq!(
+            kind(None, error("api_error", "Internal server error")),
+            Server
+        );
+        assert_eq!(
+            kind(None, error("rate_limit_error", "slow down")),
+            RateLimited
+        );
+        assert_eq!(
+            kind(
+                None,
+                error(
+                    "invalid_request_error",
+                    "prompt is too long: 9 tokens > 8 maximum"
+                )
+            ),
+            ContextLength
+        );
+        assert_eq!(
+            kind(None, error("invalid_request_error", "bad")),
+            BadRequest
+        );
+        assert_eq!(kind(None, error("authentication_error", "no")), Auth);
+    }
+
+    #[test]
+    fn status_error_keeps_type_status_and_retry_after() {
+        let body = serde_json::to_vec(&error("rate_limit_error", "slow down")).unwrap();
+        let e = status_error(429, &body, Some(Duration::from_secs(4)), None);
+        assert_eq!(e.kind, FailureKind::RateLimited);
+        assert_eq!(e.code.as_deref(), Some("rate_limit_error"));
+        assert_eq!(e.retry_after, Some(Duration::from_secs(4)));
+        assert_eq!(e.to_string(), "rate_limited (HTTP 429): slow down");
+        let e = status_error(502, b"<html>bad gateway</html>", None, None);
+        assert_eq!(
+            (e.kind, e.message.as_str()),
+            (FailureKind::Server, "HTTP 502 with no error message")
+        );
+    }
+}

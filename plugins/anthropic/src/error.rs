@@ -1,0 +1,42 @@
+//! Errors of building the provider from its config. Upstream failures are
+//! [`ProviderError`](backstop_core::ProviderError)s, classified in
+//! `classify.rs`.
+
+/// Why an [`AnthropicProvider`](crate::AnthropicProvider) could not be
+/// built. No variant ever carries the key's value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AnthropicBuildError {
+    /// The variable that should hold the API key is not set or is empty.
+    #[error(
+        "api_key_env: the environment variable `{var}` is not set (it should hold the Anthropic API key)"
+    )]
+    MissingKey {
+        /// The variable's name.
+        var: String,
+    },
+    /// The variable is set but its value cannot be sent in a header.
+    #[error(
+        "api_key_env: the value of `{var}` is not a valid API key (not sendable in an HTTP header)"
+    )]
+    InvalidKey {
+        /// The variable's name.
+        var: String,
+    },
+    /// `api_key_env` is the empty string.
+    #[error("api_key_env is empty; name the environment variable that holds the key")]
+    EmptyKeyVar,
+    /// `anthropic_version` is empty or not sendable in a header.
+    #[error("anthropic_version `{0}` is not a valid header value")]
+    InvalidVersion(String),
+    /// `base_url` is not an absolute http(s) URL.
+    #[error("base_url `{url}` is not a valid http(s) URL: {reason}")]
+    InvalidBaseUrl {
+        /// The configured value.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The TLS/HTTP stack could not be initialised.
+    #[error("could not build the HTTP client: {0}")]
+    Client(String),
+}

@@ -1,0 +1,308 @@
+//! The provider: translates, sends, and translates back.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use backstop_core::{
+    Call, ChatResponse, ChunkStream, FailureKind, Provider, ProviderError, Timeouts,
+};
+use reqwest::Url;
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
+
+use crate::classify::status_error;
+use crate::config::AnthropicConfig;
+use crate::error::AnthropicBuildError;
+use crate::prefill::Join;
+use crate::request::translate;
+use crate::response::completion;
+use crate::stream::chunk_stream;
+use crate::transport::{ApiKey, Clients, error_body, error_chain, retry_after, send_error};
+
+/// A provider for Anthropic's Messages API.
+pub struct AnthropicProvider {
+    endpoint: Url,
+    key: ApiKey,
+    version: HeaderValue,
+    clients: Clients,
+    malformed: Arc<AtomicU64>,
+}
+
+impl fmt::Debug for AnthropicProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AnthropicProvider")
+            .field("endpoint", &self.endpoint.as_str())
+            .field("key", &"<redacted>")
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AnthropicProvider {
+    /// Builds the provider, reading the API key from the process
+    /// environment.
+    pub fn new(config: AnthropicConfig) -> Result<Self, AnthropicBuildError> {
+        Self::new_with_env(config, |name| std::env::var(name).ok())
+    }
+
+    /// Builds the provider, reading environment variables through `env`
+    /// (for tests and for `backstop check`, which resolve variables without
+    /// touching the process environment).
+    pub fn new_with_env(
+        config: AnthropicConfig,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, AnthropicBuildError> {
+        let endpoint = endpoint(&config.base_url)?;
+        let version = HeaderValue::from_str(&config.anthropic_version)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| AnthropicBuildError::InvalidVersion(config.anthropic_version.clone()))?;
+        let var = config.api_key_env.as_str();
+        if var.is_empty() {
+            return Err(AnthropicBuildError::EmptyKeyVar);
+        }
+        let value = env(var).filter(|v| !v.trim().is_empty()).ok_or_else(|| {
+            AnthropicBuildError::MissingKey {
+                var: var.to_owned(),
+            }
+        })?;
+        let key = ApiKey::raw(value.trim()).ok_or_else(|| AnthropicBuildError::InvalidKey {
+            var: var.to_owned(),
+        })?;
+        let clients = Clients::new(Timeouts::default().connect)
+            .map_err(|e| AnthropicBuildError::Client(error_chain(&e)))?;
+        Ok(Self {
+            endpoint,
+            key,
+            version,
+            clients,
+            malformed: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// Unparseable stream events skipped so far, over every stream of this
+    /// provider.
+    pub fn malformed_chunks(&self) -> u64 {
+        self.malformed.load(Ordering::Relaxed)
+    }
+
+    /// Translates and sends the request; returns the response and the
+    /// join for a prefill continuation. Non-success statuses come back
+    /// classified.
+    async fn send(
+        &self,
+        call: &Call<'_>,
+        stream: bool,
+    ) -> Result<(reqwest::Response, Join), ProviderError> {
+        let translated = translate(call, stream)?;
+        let body = serde_json::to_vec(&translated.body).map_err(|e| {
+            ProviderError::new(
+                FailureKind::BadRequest,
+                format!("could not encode the request: {e}"),
+            )
+        })?;
+        let client = self.clients.get(call.connect_timeout)?;
+        let accept = if stream {
+            "text/event-stream"
+        } else {
+            "application/json"
+        };
+        let response = client
+            .post(self.endpoint.clone())
+            .header("x-api-key", self.key.header().clone())
+            .header("anthropic-version", self.version.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .header(ACCEPT, accept)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| send_error(e, call.connect_timeout))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok((response, Join::new(translated.trimmed)));
+        }
+        let wait = retry_after(response.headers(), SystemTime::now());
+        let body = error_body(response).await;
+        let error = status_error(status.as_u16(), &body, wait, Some(&self.key));
+        tracing::debug!(model = %call.model.id, %error, "upstream error");
+        Err(error)
+    }
+
+    async fn read_completion(
+        &self,
+        response: reqwest::Response,
+        mut join: Join,
+    ) -> Result<ChatResponse, ProviderError> {
+        let status = response.status().as_u16();
+        let body = response.bytes().await.map_err(|e| {
+            ProviderError::new(
+                FailureKind::StreamInterrupted,
+                format!(
+                    "the response body was cut: {}",
+                    error_chain(&e.without_url())
+                ),
+            )
+            .with_status(status)
+        })?;
+        completion(&body, &mut join, Some(&self.key)).map_err(|e| e.with_status(status))
+    }
+}
+
+/// `{base_url}/v1/messages`; a root that already ends in `/v1` is not
+/// doubled.
+fn endpoint(base_url: &str) -> Result<Url, AnthropicBuildError> {
+    let invalid = |reason: String| AnthropicBuildError::InvalidBaseUrl {
+        url: base_url.to_owned(),
+        reason,
+    };
+    let mut url = Url::parse(base_url).map_err(|e| invalid(e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid(format!(
+            "scheme `{}` is not http or https",
+            url.scheme()
+        )));
+    }
+    if url.cannot_be_a_base() || url.host_str().is_none() {
+        return Err(invalid("it has no host".to_owned()));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid("it must not have a query or fragment".to_owned()));
+    }
+    let root = url.path().trim_end_matches('/');
+    let path = if root.ends_with("/v1") {
+        format!("{root}/messages")
+    } else {
+        format!("{root}/v1/messages")
+    };
+    url.set_path(&path);
+    Ok(url)
+}
+
+#[async_trait]
+impl Provider for AnthropicProvider {
+    async fn complete(&self, call: Call<'_>) -> Result<ChatResponse, ProviderError> {
+        let (response, join) = self.send(&call, false).await?;
+        self.read_completion(response, join).await
+    }
+
+    async fn stream(&self, call: Call<'_>) -> Result<ChunkStream, ProviderError> {
+        let (response, join) = self.send(&call, true).await?;
+        let json = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if json {
+            let error = match self.read_completion(response, join).await {
+                Ok(_) => ProviderError::new(
+                    FailureKind::InvalidResponse,
+                    "asked for a stream, got a complete JSON answer",
+                ),
+                Err(error) => error,
+            };
+            return Err(error);
+        }
+        Ok(chunk_stream(
+            response,
+            &call.model.id,
+            join,
+            Some(self.key.clone()),
+            self.malformed.clone(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_key(config: AnthropicConfig) -> Result<AnthropicProvider, AnthropicBuildError> {
+        AnthropicProvider::new_with_env(config, |v| {
+            (v == "ANTHROPIC_API_KEY").then(|| "sk-ant-secret".to_owned())
+        })
+    }
+
+    #[test]
+    fn endpoints_are_built_from_the_root() {
+        for (base, expected) in [
+            (
+                "https://api.anthropic.com",
+                "https://api.anthropic.com/v1/messages",
+            ),
+            (
+                "https://api.anthropic.com/",
+                "https://api.anthropic.com/v1/messages",
+            ),
+            (
+                "https://proxy.example/anthropic/v1/",
+                "https://proxy.example/anthropic/v1/messages",
+            ),
+            ("http://127.0.0.1:9000", "http://127.0.0.1:9000/v1/messages"),
+        ] {
+            let p = with_key(AnthropicConfig::with_base_url(base)).unwrap();
+            assert_eq!(p.endpoint.as_str(), expected);
+        }
+        let e = with_key(AnthropicConfig::with_base_url("api.anthropic.com")).unwrap_err();
+        assert!(
+            matches!(e, AnthropicBuildError::InvalidBaseUrl { .. }),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_key_variable_must_be_set_and_is_named_in_the_error() {
+        let e = AnthropicProvider::new_with_env(AnthropicConfig::default(), |_| None).unwrap_err();
+        assert_eq!(
+            e,
+            AnthropicBuildError::MissingKey {
+                var: "ANTHROPIC_API_KEY".into()
+            }
+        );
+        assert!(
+            e.to_string().contains("`ANTHROPIC_API_KEY` is not set"),
+            "{e}"
+        );
+        let config = AnthropicConfig {
+            api_key_env: "BACKSTOP_TEST_UNSET_ANTHROPIC_KEY_VAR".into(),
+            ..AnthropicConfig::default()
+        };
+        let e = AnthropicProvider::new(config).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("BACKSTOP_TEST_UNSET_ANTHROPIC_KEY_VAR"),
+            "{e}"
+        );
+        let e = AnthropicProvider::new_with_env(AnthropicConfig::default(), |_| {
+            Some("bad\u{7f}secret".into())
+        })
+        .unwrap_err();
+        assert_eq!(
+            e,
+            AnthropicBuildError::InvalidKey {
+                var: "ANTHROPIC_API_KEY".into()
+            }
+        );
+        assert!(!e.to_string().contains("secret"));
+    }
+
+    #[test]
+    fn a_bad_version_is_refused() {
+        let config = AnthropicConfig {
+            anthropic_version: String::new(),
+            ..AnthropicConfig::default()
+        };
+        assert_eq!(
+            with_key(config).unwrap_err(),
+            AnthropicBuildError::InvalidVersion(String::new())
+        );
+    }
+
+    #[test]
+    fn debug_never_shows_the_key() {
+        let debug = format!("{:?}", with_key(AnthropicConfig::default()).unwrap());
+        assert!(!debug.contains("sk-ant-secret"), "{debug}");
+        assert!(debug.contains("2023-06-01"), "{debug}");
+    }
+}

@@ -1,0 +1,399 @@
+//! Messages API event streams translated to OpenAI-shaped chunks.
+//!
+//! | Anthropic event | chunk |
+//! |---|---|
+//! | `message_start` | role `assistant`, empty content (id and model kept) |
+//! | `content_block_start` text / tool_use | its text / a tool call with id and name |
+//! | `content_block_delta` `text_delta` / `input_json_delta` | text / tool call arguments |
+//! | `message_delta` | the finish reason, then a usage-only chunk |
+//! | `message_stop` | the end of the stream |
+//! | `ping`, `content_block_stop`, thinking deltas, unknown events | nothing |
+//! | `error` | the stream fails with the error's kind |
+//!
+//! An unparseable event is skipped, logged and counted. A stream that ends
+//! without `message_stop` is complete if `message_delta` brought a stop
+//! reason; otherwise, or if the transport cut it, it fails with
+//! `StreamInterrupted`.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use backstop_core::sse::{SseDecoder, SseEvent};
+use backstop_core::{ChatChunk, ChunkStream, Delta, FailureKind, ProviderError, Role};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use serde_json::{Value, json};
+
+use crate::classify::inband_error;
+use crate::prefill::Join;
+use crate::response::{AnthropicUsage, finish_reason, now_unix};
+use crate::transport::{ApiKey, error_chain};
+
+type Body = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
+
+/// Turns a streaming response into chunks.
+pub(crate) fn chunk_stream(
+    response: reqwest::Response,
+    model: &str,
+    join: Join,
+    key: Option<ApiKey>,
+    malformed: Arc<AtomicU64>,
+) -> ChunkStream {
+    let reader = Reader {
+        body: Box::pin(
+            response
+                .bytes_stream()
+                .map(|r| r.map_err(reqwest::Error::without_url)),
+        ),
+        decoder: SseDecoder::new(),
+        scratch: Vec::new(),
+        events: VecDeque::new(),
+        out: VecDeque::new(),
+        translator: Translator::new(join),
+        model: model.to_owned(),
+        key,
+        malformed,
+        skipped: 0,
+        done: false,
+    };
+    futures::stream::unfold(reader, |mut reader| async move {
+        let item = reader.next().await?;
+        Some((item, reader))
+    })
+    .boxed()
+}
+
+struct Reader {
+    body: Body,
+    decoder: SseDecoder,
+    scratch: Vec<SseEvent>,
+    events: VecDeque<SseEvent>,
+    out: VecDeque<ChatChunk>,
+    translator: Translator,
+    model: String,
+    key: Option<ApiKey>,
+    malformed: Arc<AtomicU64>,
+    skipped: u64,
+    /// No more events are read.
+    done: bool,
+}
+
+impl Reader {
+    async fn next(&mut self) -> Option<Result<ChatChunk, ProviderError>> {
+        loop {
+            if let Some(chunk) = self.out.pop_front() {
+                return Some(Ok(chunk));
+            }
+            if self.done {
+                return None;
+            }
+            if let Some(event) = self.events.pop_front() {
+                if let Err(error) = self.on_event(&event) {
+                    self.done = true;
+                    self.out.clear();
+                    return Some(Err(error));
+                }
+                continue;
+            }
+            match self.body.next().await {
+                Some(Ok(bytes)) => {
+                    self.decoder.feed(&bytes, &mut self.scratch);
+                    self.events.extend(self.scratch.drain(..));
+                }
+                Some(Err(error)) => return self.end(Some(&error)),
+                None => return self.end(None),
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: &SseEvent) -> Result<(), ProviderError> {
+        if event.data.trim().is_empty() {
+            return Ok(());
+        }
+        let data: Value = match serde_json::from_str(&event.data) {
+            Ok(data) => data,
+            Err(error) => {
+                self.skipped += 1;
+                self.malformed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(model = %self.model, skipped = self.skipped, %error, "skipped an unparseable stream event");
+                return Ok(());
+            }
+        };
+        let kind = data
+            .get("type")
+            .and_then(Value::as_str)
+            .or(event.event.as_deref())
+            .unwrap_or_default();
+        match kind {
+            "error" => {
+                let error = inband_error(&data, self.key.as_ref());
+                tracing::debug!(model = %self.model, %error, "error event inside the stream");
+                Err(error)
+            }
+            "message_stop" => {
+                self.done = true;
+                Ok(())
+            }
+            _ => {
+                self.translator.on_event(kind, &data, &mut self.out);
+                Ok(())
+            }
+        }
+    }
+
+    /// The transport ended, cleanly (`None`) or not.
+    fn end(&mut self, error: Option<&reqwest::Error>) -> Option<Result<ChatChunk, ProviderError>> {
+        self.done = true;
+        if self.translator.finished {
+            if let Some(error) = error {
+                tracing::debug!(model = %self.model, error = %error_chain(error), "stream cut after its stop reason");
+            }
+            return None;
+        }
+        let message = match error {
+            Some(error) => format!("the stream was cut: {}", error_chain(error)),
+            None => "the stream ended without message_stop and without a stop reason".to_owned(),
+        };
+        Some(Err(ProviderError::new(
+            FailureKind::StreamInterrupted,
+            message,
+        )))
+    }
+}
+
+/// What a content block of the answer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Block {
+    Text,
+    /// A tool call; its position among the answer's tool calls.
+    Tool(u32),
+    /// Thinking and server-tool blocks, which OpenAI's shape does not carry.
+    Other,
+}
+
+/// The state of one answer's translation.
+struct Translator {
+    id: String,
+    model: String,
+    created: u64,
+    blocks: Vec<Block>,
+    tools: u32,
+    join: Join,
+    usage: AnthropicUsage,
+    /// `message_delta` brought a stop reason.
+    finished: bool,
+}
+
+impl Translator {
+    fn new(join: Join) -> Self {
+        Self {
+            id: String::new(),
+            model: String::new(),
+            created: now_unix(),
+            blocks: Vec::new(),
+            tools: 0,
+            join,
+            usage: AnthropicUsage::default(),
+            finished: false,
+        }
+    }
+
+    fn on_event(&mut self, kind: &str, data: &Value, out: &mut VecDeque<ChatChunk>) {
+        match kind {
+            "message_start" => {
+                let message = &data["message"];
+                self.id = message["id"].as_str().unwrap_or_default().to_owned();
+                self.model = message["model"].as_str().unwrap_or_default().to_owned();
+                self.take_usage(&message["usage"]);
+                let mut chunk = self.chunk(Delta::default());
+                chunk.choices[0].delta.role = Some(Role::Assistant);
+                chunk.choices[0].delta.content = Some(String::new());
+                out.push_back(chunk);
+            }
+            "content_block_start" => {
+                let index = data["index"].as_u64().unwrap_or(self.blocks.len() as u64);
+                let block = &data["content_block"];
+                let kind = match block["type"].as_str() {
+                    Some("text") => {
+                        self.text(block["text"].as_str().unwrap_or_default(), out);
+                        Block::Text
+                    }
+                    Some("tool_use") => {
+                        let position = self.tools;
+                        self.tools += 1;
+                        out.push_back(self.tool_delta(json!({
+                            "index": position,
+                            "id": block["id"],
+                            "type": "function",
+                            "function": {"name": block["name"], "arguments": ""}
+                        })));
+                        Block::Tool(position)
+                    }
+                    _ => Block::Other,
+                };
+                let index = usize::try_from(index).unwrap_or(usize::MAX);
+                if index >= self.blocks.len() && index < self.blocks.len() + 64 {
+                    self.blocks.resize(index + 1, Block::Other);
+                }
+                if let Some(slot) = self.blocks.get_mut(index) {
+                    *slot = kind;
+                }
+            }
+            "content_block_delta" => {
+                let block = data["index"]
+                    .as_u64()
+                    .and_then(|i| usize::try_from(i).ok())
+                    .and_then(|i| self.blocks.get(i).copied());
+                let delta = &data["delta"];
+                match (delta["type"].as_str(), block) {
+                    (Some("text_delta"), Some(Block::Text) | None) => {
+                        self.text(delta["text"].as_str().unwrap_or_default(), out);
+                    }
+                    (Some("input_json_delta"), Some(Block::Tool(position))) => {
+                        let partial = delta["partial_json"].as_str().unwrap_or_default();
+                        if !partial.is_empty() {
+                            out.push_back(self.tool_delta(json!({
+                                "index": position,
+                                "function": {"arguments": partial}
+                            })));
+                        }
+                    }
+                    // thinking_delta, signature_delta, citations_delta, ...
+                    _ => {}
+                }
+            }
+            "message_delta" => {
+                self.take_usage(&data["usage"]);
+                if let Some(stop) = data["delta"]["stop_reason"].as_str() {
+                    self.finished = true;
+                    let mut chunk = self.chunk(Delta::default());
+                    chunk.choices[0].finish_reason = Some(finish_reason(stop).to_owned());
+                    out.push_back(chunk);
+                    out.push_back(ChatChunk::usage_only(
+                        self.id.clone(),
+                        self.model.clone(),
+                        self.created,
+                        self.usage.to_usage(),
+                    ));
+                }
+            }
+            // ping, content_block_stop, and event types added later
+            _ => {}
+        }
+    }
+
+    fn take_usage(&mut self, usage: &Value) {
+        if let Ok(usage) = serde_json::from_value::<AnthropicUsage>(usage.clone()) {
+            self.usage.update(&usage);
+        }
+    }
+
+    fn text(&mut self, text: &str, out: &mut VecDeque<ChatChunk>) {
+        let text = self.join.apply(text);
+        if !text.is_empty() {
+            out.push_back(ChatChunk::text(
+                self.id.clone(),
+                self.model.clone(),
+                self.created,
+                text,
+            ));
+        }
+    }
+
+    fn tool_delta(&self, call: Value) -> ChatChunk {
+        let mut delta = Delta::default();
+        delta.extra.insert("tool_calls".into(), json!([call]));
+        self.chunk(delta)
+    }
+
+    fn chunk(&self, delta: Delta) -> ChatChunk {
+        let mut chunk = ChatChunk::text(self.id.clone(), self.model.clone(), self.created, "");
+        chunk.choices[0].delta = delta;
+        chunk
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn translate(events: &[Value], join: Join) -> Vec<ChatChunk> {
+        let mut t = Translator::new(join);
+        let mut out = VecDeque::new();
+        for e in events {
+            t.on_event(e["type"].as_str().unwrap(), e, &mut out);
+        }
+        out.into_iter().collect()
+    }
+
+    fn message_start() -> Value {
+        json!({"type": "message_start", "message": {"id": "msg_1nZdL29xx5MUA1yADyHTEsnR8uuvGzszyY",
+            "type": "message", "role": "assistant", "content": [], "model": "claude-sonnet-4-5-20250929",
+            "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 25, "output_tokens": 1}}})
+    }
+
+    #[test]
+    fn tool_use_streams_as_tool_call_deltas() {
+        let chunks = translate(
+            &[
+                message_start(),
+                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Let me check."}}),
+                json!({"type": "content_block_stop", "index": 0}),
+                json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "toolu_01T1x1fJ34qAmk2tNTrN7Up6", "name": "get_weather", "input": {}}}),
+                json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": ""}}),
+                json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"location\": \"San Fra"}}),
+                json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "ncisco, CA\"}"}}),
+                json!({"type": "content_block_stop", "index": 1}),
+                json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": {"output_tokens": 89}}),
+            ],
+            Join::default(),
+        );
+        assert_eq!(chunks[0].choices[0].delta.role, Some(Role::Assistant));
+        assert_eq!(chunks[1].content(), Some("Let me check."));
+        assert_eq!(
+            chunks[2].choices[0].delta.extra["tool_calls"],
+            json!([{"index": 0, "id": "toolu_01T1x1fJ34qAmk2tNTrN7Up6", "type": "function",
+                    "function": {"name": "get_weather", "arguments": ""}}])
+        );
+        let args: String = chunks[3..5]
+            .iter()
+            .map(|c| {
+                c.choices[0].delta.extra["tool_calls"][0]["function"]["arguments"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(args, "{\"location\": \"San Francisco, CA\"}");
+        assert_eq!(chunks[5].finish_reason(), Some("tool_calls"));
+        let usage = chunks[6].usage.as_ref().unwrap();
+        assert_eq!((usage.prompt_tokens, usage.completion_tokens), (25, 89));
+        assert!(
+            chunks
+                .iter()
+                .all(|c| c.id == "msg_1nZdL29xx5MUA1yADyHTEsnR8uuvGzszyY")
+        );
+    }
+
+    #[test]
+    fn thinking_is_not_streamed_and_prefill_continuations_join() {
+        let chunks = translate(
+            &[
+                message_start(),
+                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": ""}}),
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "Counting."}}),
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": "EqQB"}}),
+                json!({"type": "content_block_start", "index": 1, "content_block": {"type": "text", "text": ""}}),
+                json!({"type": "content_block_delta", "index": 1, "delta": {"type": "text_delta", "text": " "}}),
+                json!({"type": "content_block_delta", "index": 1, "delta": {"type": "text_delta", "text": "three"}}),
+            ],
+            Join::new(" ".into()),
+        );
+        let text: String = chunks.iter().filter_map(ChatChunk::content).collect();
+        assert_eq!(text, "three");
+        assert_eq!(chunks.len(), 2, "role chunk and one text chunk");
+    }
+}

@@ -1,0 +1,299 @@
+//! The HTTP transport: pooled clients keyed by connect timeout, the API key,
+//! transport-error classification and `Retry-After`.
+//!
+//! (The OpenAI provider has the same transport; each provider crate stays
+//! self-contained so it can be built alone as a dynamic plugin.)
+//!
+//! reqwest sets the connect timeout per `Client`, while the Router passes
+//! one per call; scenarios use only a few distinct values, so a handful of
+//! pooled clients, one per value, serves them all. Every other timeout is
+//! the Router's.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use backstop_core::{FailureKind, ProviderError};
+use reqwest::header::{HeaderMap, HeaderValue};
+
+/// Clients kept at most; more distinct connect timeouts than this evict the
+/// oldest.
+const MAX_CLIENTS: usize = 8;
+
+/// How much of an error body is read.
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
+/// Pooled HTTP clients, one per connect timeout.
+pub(crate) struct Clients {
+    cache: Mutex<Vec<(Duration, reqwest::Client)>>,
+}
+
+impl Clients {
+    /// A cache holding a client for `connect_timeout`, built now so that a
+    /// broken TLS stack shows up when the provider is built.
+    pub(crate) fn new(connect_timeout: Duration) -> Result<Self, reqwest::Error> {
+        let client = build_client(connect_timeout)?;
+        Ok(Self {
+            cache: Mutex::new(vec![(connect_timeout, client)]),
+        })
+    }
+
+    /// The client for this connect timeout (a cheap handle on its pool).
+    pub(crate) fn get(&self, connect_timeout: Duration) -> Result<reqwest::Client, ProviderError> {
+        if let Some(client) = self.find(connect_timeout) {
+            return Ok(client);
+        }
+        let client = build_client(connect_timeout).map_err(|e| {
+            ProviderError::new(
+                FailureKind::Connect,
+                format!("could not build an HTTP client: {}", error_chain(&e)),
+            )
+        })?;
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, raced)) = cache.iter().find(|(t, _)| *t == connect_timeout) {
+            return Ok(raced.clone());
+        }
+        if cache.len() >= MAX_CLIENTS {
+            cache.remove(0);
+        }
+        cache.push((connect_timeout, client.clone()));
+        Ok(client)
+    }
+
+    fn find(&self, connect_timeout: Duration) -> Option<reqwest::Client> {
+        let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        cache
+            .iter()
+            .find(|(t, _)| *t == connect_timeout)
+            .map(|(_, c)| c.clone())
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+fn build_client(connect_timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_nodelay(true)
+        // A redirected POST would be replayed as a GET; an API never
+        // redirects on purpose, so a 3xx is reported instead.
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+}
+
+/// An API key: the header value to send and the text to scrub from upstream
+/// messages. Its `Debug` never shows it.
+#[derive(Clone)]
+pub(crate) struct ApiKey {
+    secret: Arc<str>,
+    header: HeaderValue,
+}
+
+impl ApiKey {
+    /// A key sent as `x-api-key: <key>`; `None` when the key cannot be sent
+    /// in a header.
+    pub(crate) fn raw(secret: &str) -> Option<Self> {
+        let mut header = HeaderValue::from_str(secret).ok()?;
+        header.set_sensitive(true);
+        Some(Self {
+            secret: secret.into(),
+            header,
+        })
+    }
+
+    /// The `x-api-key` header value (marked sensitive).
+    pub(crate) fn header(&self) -> &HeaderValue {
+        &self.header
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+/// Removes secrets from an upstream message: the key itself, should a server
+/// echo it, and any word shaped like an API key (`sk-ant-...`), masked or
+/// not.
+pub(crate) fn redact(message: &str, key: Option<&ApiKey>) -> String {
+    let mut out = match key {
+        Some(key) if !key.secret.is_empty() => message.replace(&*key.secret, "<redacted>"),
+        _ => message.to_owned(),
+    };
+    if out.contains("sk-") {
+        out = out
+            .split(' ')
+            .map(|word| {
+                if word.starts_with("sk-") {
+                    "sk-<redacted>"
+                } else {
+                    word
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+    }
+    out
+}
+
+/// Classifies an error from sending a request (before any response).
+pub(crate) fn send_error(error: reqwest::Error, connect_timeout: Duration) -> ProviderError {
+    let error = error.without_url();
+    // No other timeout is set on the client, so a timeout is the connect's.
+    if error.is_timeout() {
+        return ProviderError::new(
+            FailureKind::Timeout,
+            format!("no connection within {} ms", connect_timeout.as_millis()),
+        );
+    }
+    let what = if error.is_connect() {
+        "could not connect"
+    } else {
+        "the connection failed before a response"
+    };
+    ProviderError::new(
+        FailureKind::Connect,
+        format!("{what}: {}", error_chain(&error)),
+    )
+}
+
+/// An error and its sources, `: `-separated, without repeats.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}
+
+/// How long the upstream asked us to wait: `retry-after-ms` (milliseconds),
+/// else `Retry-After` as seconds or an HTTP date (a date in the past means
+/// now).
+pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(ms) = text("retry-after-ms").and_then(|v| v.parse::<f64>().ok())
+        && let Ok(wait) = Duration::try_from_secs_f64(ms / 1000.0)
+    {
+        return Some(wait);
+    }
+    let value = text("retry-after")?;
+    if let Ok(seconds) = value.parse::<f64>() {
+        return Duration::try_from_secs_f64(seconds).ok();
+    }
+    let date = httpdate::parse_http_date(value).ok()?;
+    Some(date.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// Reads at most 64 KiB of an error response's body; a body cut short
+/// yields what arrived.
+pub(crate) async fn error_body(mut response: reqwest::Response) -> Vec<u8> {
+    let mut body = Vec::new();
+    while body.len() < ERROR_BODY_LIMIT {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    body.truncate(ERROR_BODY_LIMIT);
+    body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_dates_and_milliseconds() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", "7")]), now),
+            Some(Duration::from_secs(7))
+        );
+        let date = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", &date)]), now),
+            Some(Duration::from_secs(30))
+        );
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", &past)]), now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            retry_after(
+                &headers(&[("retry-after", "7"), ("retry-after-ms", "1500")]),
+                now
+            ),
+            Some(Duration::from_millis(1500)),
+            "the precise header wins"
+        );
+        assert_eq!(retry_after(&headers(&[("retry-after", "soon")]), now), None);
+        assert_eq!(retry_after(&headers(&[("retry-after", "-3")]), now), None);
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", "1e300")]), now),
+            None
+        );
+        assert_eq!(retry_after(&HeaderMap::new(), now), None);
+    }
+
+    #[test]
+    fn redaction_removes_the_key_and_key_shaped_words() {
+        let key = ApiKey::raw("sk-ant-api03-abcdef123456").unwrap();
+        let msg = "invalid x-api-key sk-ant-api03-abcdef123456 given";
+        assert_eq!(
+            redact(msg, Some(&key)),
+            "invalid x-api-key <redacted> given"
+        );
+        assert_eq!(
+            redact("key sk-ant-***456 is bad", None),
+            "key sk-<redacted> is bad"
+        );
+        let local = ApiKey::raw("local-secret").unwrap();
+        assert_eq!(
+            redact("bad key local-secret!", Some(&local)),
+            "bad key <redacted>!"
+        );
+        assert_eq!(format!("{local:?}"), "ApiKey(<redacted>)");
+        assert!(local.header().is_sensitive());
+    }
+
+    #[test]
+    fn clients_are_cached_per_connect_timeout_and_bounded() {
+        let clients = Clients::new(Duration::from_secs(5)).unwrap();
+        clients.get(Duration::from_secs(5)).unwrap();
+        clients.get(Duration::from_secs(2)).unwrap();
+        clients.get(Duration::from_secs(2)).unwrap();
+        assert_eq!(clients.len(), 2);
+        for ms in 0..20 {
+            clients.get(Duration::from_millis(ms)).unwrap();
+        }
+        assert_eq!(clients.len(), MAX_CLIENTS);
+    }
+}
