@@ -27,3 +27,7 @@ pub use behaviour::{Api, Behaviour, ErrorKind, Pacing, Prefill};
 pub use error::{ChaosError, ConfigError, FakeError, LoadError, ReportError};
 pub use fake::{Backend, FakeProvider, FakeSet, FakeSpec, FakeStats, ServedRequest};
 pub use timeline::{Phase, PhaseMode, Schedule, Timeline};
+pub mod scenario;
+pub use scenario::{
+    Mode, RenderOptions, SCENARIO_NAMES, ScenarioSpec, catalog, render_config, scenario,
+};
