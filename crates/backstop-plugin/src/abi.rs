@@ -301,7 +301,8 @@ pub struct ProviderVTable {
     /// [`WireError`](crate::wire::WireError).
     pub complete: extern "C" fn(instance: *const c_void, call: FfiStr<'_>) -> FfiFuture<FfiOutcome>,
     /// `Provider::stream`; the OK result is a stream handle.
-    pub stream: extern "C" fn(instance: *const c_void, call: FfiStr<'_>) -> FfiFuture<FfiStreamStart>,
+    pub stream:
+        extern "C" fn(instance: *const c_void, call: FfiStr<'_>) -> FfiFuture<FfiStreamStart>,
     /// `Provider::probe`; `model` is a JSON `ModelSpec`.
     pub probe: extern "C" fn(
         instance: *const c_void,

@@ -50,10 +50,10 @@ pub mod wire;
 pub use abi::{ABI_VERSION, PluginKind};
 pub use sdk::{InitError, PluginProvider, PluginSelector};
 
-/// Core, re-exported so a plugin can depend on this crate alone.
-pub use backstop_core as core;
 /// The `#[async_trait]` attribute core's `Provider` is written with.
 pub use async_trait::async_trait;
+/// Core, re-exported so a plugin can depend on this crate alone.
+pub use backstop_core as core;
 
 /// The version of this SDK, recorded in every plugin's declaration.
 pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -89,7 +89,9 @@ fn cdylib_of(messages: &str, package: &str) -> Option<PathBuf> {
     messages
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == crate_name.as_str())
+        .filter(|m| {
+            m["reason"] == "compiler-artifact" && m["target"]["name"] == crate_name.as_str()
+        })
         .filter_map(|m| m["filenames"].as_array().cloned())
         .flatten()
         .filter_map(|f| f.as_str().map(PathBuf::from))

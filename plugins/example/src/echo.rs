@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use backstop_plugin::core::{
-    Call, ChatChunk, ChatResponse, ChunkStream, Delta, ProviderError, Role, Usage, Provider,
+    Call, ChatChunk, ChatResponse, ChunkStream, Provider, ProviderError, Role, Usage,
 };
 use backstop_plugin::{InitError, PluginProvider, async_trait};
 use futures::StreamExt;
@@ -102,8 +102,13 @@ impl Provider for Echo {
         Self::wait(self.config.latency_ms).await;
         let (words, cut) = self.answer(&call);
         let usage = usage(&call, words.len());
-        let mut response =
-            ChatResponse::assistant(self.next_id(), &call.model.upstream, now(), words.concat(), Some(usage));
+        let mut response = ChatResponse::assistant(
+            self.next_id(),
+            &call.model.upstream,
+            now(),
+            words.concat(),
+            Some(usage),
+        );
         if cut {
             for choice in &mut response.choices {
                 choice.finish_reason = Some("length".to_owned());
@@ -117,31 +122,38 @@ impl Provider for Echo {
         let id = self.next_id();
         let model = call.model.upstream.clone();
         let created = now();
-        let usage = call.request.wants_stream_usage().then(|| usage(&call, words.len()));
+        let usage = call
+            .request
+            .wants_stream_usage()
+            .then(|| usage(&call, words.len()));
 
         let mut chunks = Vec::with_capacity(words.len() + 2);
         for (i, word) in words.into_iter().enumerate() {
             let mut chunk = ChatChunk::text(&id, &model, created, word);
-            if i == 0 {
-                if let Some(choice) = chunk.choices.first_mut() {
-                    choice.delta = Delta {
-                        role: Some(Role::Assistant),
-                        ..std::mem::take(&mut choice.delta)
-                    };
-                }
+            if i == 0
+                && let Some(choice) = chunk.choices.first_mut()
+            {
+                choice.delta.role = Some(Role::Assistant);
             }
             chunks.push(chunk);
         }
-        chunks.push(ChatChunk::finish(&id, &model, created, if cut { "length" } else { "stop" }));
+        chunks.push(ChatChunk::finish(
+            &id,
+            &model,
+            created,
+            if cut { "length" } else { "stop" },
+        ));
         if let Some(usage) = usage {
             chunks.push(ChatChunk::usage_only(&id, &model, created, usage));
         }
 
         let (latency, gap) = (self.config.latency_ms, self.config.chunk_delay_ms);
-        let stream = futures::stream::iter(chunks.into_iter().enumerate()).then(move |(i, chunk)| async move {
-            Self::wait(if i == 0 { latency } else { gap }).await;
-            Ok(chunk)
-        });
+        let stream = futures::stream::iter(chunks.into_iter().enumerate()).then(
+            move |(i, chunk)| async move {
+                Self::wait(if i == 0 { latency } else { gap }).await;
+                Ok(chunk)
+            },
+        );
         Ok(stream.boxed())
     }
 }
@@ -257,6 +269,9 @@ mod tests {
     #[test]
     fn unknown_knobs_are_refused() {
         let error = Echo::from_config(serde_json::json!({"latency": 5})).unwrap_err();
-        assert!(error.to_string().contains("unknown field `latency`"), "{error}");
+        assert!(
+            error.to_string().contains("unknown field `latency`"),
+            "{error}"
+        );
     }
 }

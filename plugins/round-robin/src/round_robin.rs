@@ -159,7 +159,11 @@ mod tests {
         let rr = RoundRobin::new(&config, &models).unwrap();
         let leads: Vec<String> = (0..8).map(|_| order(&rr, &models)[0].clone()).collect();
         assert_eq!(leads, ["a", "a", "a", "b", "a", "a", "a", "b"]);
-        assert_eq!(order(&rr, &models).len(), 3, "a zero weight still serves as a fallback");
+        assert_eq!(
+            order(&rr, &models).len(),
+            3,
+            "a zero weight still serves as a fallback"
+        );
     }
 
     #[test]

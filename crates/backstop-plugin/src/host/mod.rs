@@ -34,8 +34,9 @@ use serde::de::DeserializeOwned;
 pub use error::PluginError;
 
 use crate::abi::{
-    ABI_VERSION, ABI_VERSION_SYMBOL, DECLARATION_SYMBOL, FfiBytes, FfiNew, FfiStr, PluginDeclaration,
-    PluginKind, ProviderVTable, STATUS_ERROR, STATUS_OK, STATUS_PANIC, SelectorVTable,
+    ABI_VERSION, ABI_VERSION_SYMBOL, DECLARATION_SYMBOL, FfiBytes, FfiNew, FfiStr,
+    PluginDeclaration, PluginKind, ProviderVTable, STATUS_ERROR, STATUS_OK, STATUS_PANIC,
+    SelectorVTable,
 };
 use crate::wire::WireMessage;
 
@@ -154,10 +155,9 @@ pub fn load(path: impl AsRef<Path>) -> Result<LoadedPlugin, PluginError> {
 
     // SAFETY: the library speaks this host's ABI version, which defines the
     // declaration symbol as this function type.
-    let declare = *unsafe {
-        library.get::<extern "C" fn() -> *const PluginDeclaration>(DECLARATION_SYMBOL)
-    }
-    .map_err(|_| missing(DECLARATION_SYMBOL))?;
+    let declare =
+        *unsafe { library.get::<extern "C" fn() -> *const PluginDeclaration>(DECLARATION_SYMBOL) }
+            .map_err(|_| missing(DECLARATION_SYMBOL))?;
     let bad = |reason: String| PluginError::BadDeclaration {
         path: path.into(),
         reason,
@@ -177,8 +177,8 @@ fn read_declaration(
     // SAFETY: the declaration's strings are `'static` in the library.
     let name = unsafe { static_text(declaration.name) }.map_err(|e| format!("its name {e}"))?;
     // SAFETY: as above.
-    let sdk_version =
-        unsafe { static_text(declaration.sdk_version) }.map_err(|e| format!("its SDK version {e}"))?;
+    let sdk_version = unsafe { static_text(declaration.sdk_version) }
+        .map_err(|e| format!("its SDK version {e}"))?;
     if name.is_empty() {
         return Err("its name is empty".to_owned());
     }
@@ -202,7 +202,10 @@ fn read_declaration(
         if type_name.is_empty() {
             return Err(format!("a {kind} type has an empty name"));
         }
-        if types.iter().any(|t: &PluginType| t.kind == kind && t.name == type_name) {
+        if types
+            .iter()
+            .any(|t: &PluginType| t.kind == kind && t.name == type_name)
+        {
             return Err(format!("{kind} type `{type_name}` is exported twice"));
         }
         if export.vtable.is_null() {
@@ -211,9 +214,13 @@ fn read_declaration(
         let vtable = match kind {
             // SAFETY: under this ABI version a provider export's vtable
             // points at a `'static` `ProviderVTable`.
-            PluginKind::Provider => VTable::Provider(unsafe { &*export.vtable.cast::<ProviderVTable>() }),
+            PluginKind::Provider => {
+                VTable::Provider(unsafe { &*export.vtable.cast::<ProviderVTable>() })
+            }
             // SAFETY: likewise for selectors.
-            PluginKind::Selector => VTable::Selector(unsafe { &*export.vtable.cast::<SelectorVTable>() }),
+            PluginKind::Selector => {
+                VTable::Selector(unsafe { &*export.vtable.cast::<SelectorVTable>() })
+            }
             PluginKind::Unknown(_) => {
                 tracing::warn!(
                     plugin = name,

@@ -130,7 +130,11 @@ impl DynProvider {
     }
 
     /// The JSON result of an outcome, or its error.
-    fn outcome<T: DeserializeOwned>(&self, operation: &str, outcome: FfiOutcome) -> Result<T, ProviderError> {
+    fn outcome<T: DeserializeOwned>(
+        &self,
+        operation: &str,
+        outcome: FfiOutcome,
+    ) -> Result<T, ProviderError> {
         match outcome.status {
             STATUS_OK => decode(&outcome.bytes).map_err(|e| {
                 self.invalid(format!(
@@ -167,8 +171,12 @@ impl DynProvider {
     }
 
     fn encode_call(&self, call: &Call<'_>) -> Result<Vec<u8>, ProviderError> {
-        serde_json::to_vec(&WireCall::of(call))
-            .map_err(|e| self.invalid(format!("cannot encode the call for plugin `{}`: {e}", self.plugin)))
+        serde_json::to_vec(&WireCall::of(call)).map_err(|e| {
+            self.invalid(format!(
+                "cannot encode the call for plugin `{}`: {e}",
+                self.plugin
+            ))
+        })
     }
 }
 
@@ -204,9 +212,17 @@ impl Provider for DynProvider {
         }
     }
 
-    async fn probe(&self, model: &ModelSpec, connect_timeout: Duration) -> Result<(), ProviderError> {
-        let json = serde_json::to_vec(model)
-            .map_err(|e| self.invalid(format!("cannot encode the model for plugin `{}`: {e}", self.plugin)))?;
+    async fn probe(
+        &self,
+        model: &ModelSpec,
+        connect_timeout: Duration,
+    ) -> Result<(), ProviderError> {
+        let json = serde_json::to_vec(model).map_err(|e| {
+            self.invalid(format!(
+                "cannot encode the model for plugin `{}`: {e}",
+                self.plugin
+            ))
+        })?;
         let timeout_ms = u64::try_from(connect_timeout.as_millis()).unwrap_or(u64::MAX);
         let future = (self.vtable.probe)(self.instance, FfiStr::new(&json), timeout_ms);
         drop(json);
@@ -266,7 +282,12 @@ impl Stream for DynChunkStream {
                 ))),
             },
             NEXT_ERROR => Poll::Ready(Some(Err(decode::<WireError>(&next.bytes).map_or_else(
-                |e| invalid(format!("plugin `{}` streamed an unreadable error: {e}", this.plugin)),
+                |e| {
+                    invalid(format!(
+                        "plugin `{}` streamed an unreadable error: {e}",
+                        this.plugin
+                    ))
+                },
                 ProviderError::from,
             )))),
             NEXT_END => {

@@ -193,11 +193,14 @@ fn reorder(candidates: &mut [Candidate<'_>], slots: &[FfiCandidate]) -> Result<(
     let mut taken: SmallVec<[bool; 16]> = SmallVec::from_elem(false, original.len());
     let mut order: SmallVec<[usize; 16]> = SmallVec::with_capacity(original.len());
     for slot in slots {
-        let found = original.iter().enumerate().position(|(i, c)| {
-            !taken[i] && c.index == slot.index && c.position == slot.position
-        });
+        let found = original
+            .iter()
+            .enumerate()
+            .position(|(i, c)| !taken[i] && c.index == slot.index && c.position == slot.position);
         let Some(i) = found else {
-            return Err("the plugin returned candidates that are not a reordering of those it was given");
+            return Err(
+                "the plugin returned candidates that are not a reordering of those it was given",
+            );
         };
         taken[i] = true;
         order.push(i);
@@ -228,9 +231,89 @@ mod tests {
         FfiCandidate { index, position }
     }
 
+    /// Reverses the chain for streams and remembers the facts it saw.
+    #[derive(Debug)]
+    struct FactsSelector;
+
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+    impl crate::PluginSelector for FactsSelector {
+        fn from_config(
+            _: serde_json::Value,
+            models: Arc<[ModelSpec]>,
+        ) -> Result<Self, crate::InitError> {
+            assert_eq!(models.len(), 3);
+            Ok(Self)
+        }
+    }
+
+    impl Selector for FactsSelector {
+        fn name(&self) -> &str {
+            "facts"
+        }
+
+        fn order(&self, facts: &RequestFacts<'_>, candidates: &mut [Candidate<'_>]) {
+            SEEN.lock().unwrap().push(format!("{facts:?}"));
+            if facts.stream {
+                candidates.reverse();
+            }
+        }
+    }
+
+    #[test]
+    fn facts_and_candidates_cross_the_boundary_intact() {
+        let factory = SelectorFactory {
+            plugin: "in-process".into(),
+            type_name: "facts".into(),
+            vtable: &crate::sdk::selector::Exports::<FactsSelector>::VTABLE,
+        };
+        let specs = [
+            ModelSpec::new("a", "p"),
+            ModelSpec::new("b", "p"),
+            ModelSpec::new("c", "p"),
+        ];
+        let selector = factory.create(&serde_json::json!({}), &specs).unwrap();
+        assert_eq!(selector.name(), "facts");
+        let streaming = RequestFacts {
+            scenario: "chat",
+            caller: Some("team-a"),
+            prompt_tokens: 42,
+            max_tokens: Some(7),
+            stream: true,
+            tools: true,
+        };
+        let plain = RequestFacts {
+            scenario: "batch",
+            caller: None,
+            prompt_tokens: 1,
+            max_tokens: None,
+            stream: false,
+            tools: false,
+        };
+        let mut c = candidates(&specs);
+        selector.order(&streaming, &mut c);
+        let ids: Vec<_> = c
+            .iter()
+            .map(|c| (c.spec.id.as_str(), c.index, c.position))
+            .collect();
+        assert_eq!(ids, [("c", 2, 2), ("b", 1, 1), ("a", 0, 0)]);
+        let mut c = candidates(&specs);
+        selector.order(&plain, &mut c);
+        let ids: Vec<_> = c.iter().map(|c| c.spec.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        assert_eq!(
+            *SEEN.lock().unwrap(),
+            [format!("{streaming:?}"), format!("{plain:?}")]
+        );
+    }
+
     #[test]
     fn reorder_applies_a_permutation() {
-        let specs = [ModelSpec::new("a", "p"), ModelSpec::new("b", "p"), ModelSpec::new("c", "p")];
+        let specs = [
+            ModelSpec::new("a", "p"),
+            ModelSpec::new("b", "p"),
+            ModelSpec::new("c", "p"),
+        ];
         let mut c = candidates(&specs);
         reorder(&mut c, &[slot(2, 2), slot(0, 0), slot(1, 1)]).unwrap();
         let ids: Vec<_> = c.iter().map(|c| c.spec.id.as_str()).collect();

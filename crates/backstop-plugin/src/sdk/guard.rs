@@ -39,6 +39,9 @@ mod tests {
         let literal = guard(|| -> u32 { panic!("plain") });
         assert_eq!(literal, Err("plain".to_owned()));
         let other = guard(|| -> u32 { std::panic::panic_any(5_u8) });
-        assert_eq!(other, Err("a panic with a payload that is not text".to_owned()));
+        assert_eq!(
+            other,
+            Err("a panic with a payload that is not text".to_owned())
+        );
     }
 }

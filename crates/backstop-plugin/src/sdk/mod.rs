@@ -10,9 +10,9 @@
 //! side that allocated them.
 
 mod guard;
-mod provider;
+pub(crate) mod provider;
 mod runtime;
-mod selector;
+pub(crate) mod selector;
 
 use std::ffi::c_void;
 use std::sync::OnceLock;
@@ -51,13 +51,21 @@ impl DeclarationBuilder {
     /// Exports provider type `P` as `type_name`.
     pub fn provider<P: PluginProvider>(&mut self, type_name: &'static str) {
         let vtable: &'static crate::abi::ProviderVTable = &provider::Exports::<P>::VTABLE;
-        self.push(PluginKind::Provider, type_name, std::ptr::from_ref(vtable).cast());
+        self.push(
+            PluginKind::Provider,
+            type_name,
+            std::ptr::from_ref(vtable).cast(),
+        );
     }
 
     /// Exports selector type `S` as `type_name`.
     pub fn selector<S: PluginSelector>(&mut self, type_name: &'static str) {
         let vtable: &'static crate::abi::SelectorVTable = &selector::Exports::<S>::VTABLE;
-        self.push(PluginKind::Selector, type_name, std::ptr::from_ref(vtable).cast());
+        self.push(
+            PluginKind::Selector,
+            type_name,
+            std::ptr::from_ref(vtable).cast(),
+        );
     }
 
     fn push(&mut self, kind: PluginKind, type_name: &'static str, vtable: *const c_void) {

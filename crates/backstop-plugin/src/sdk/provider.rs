@@ -179,12 +179,13 @@ extern "C" fn probe<P: PluginProvider>(
         // SAFETY: the host passes the pointer of a live instance.
         let provider = unsafe { instance::<P>(instance_ptr) };
         // SAFETY: the host lends the model for the duration of this call.
-        let model: ModelSpec = serde_json::from_slice(unsafe { model.as_bytes() }).map_err(|e| {
-            ProviderError::new(
-                FailureKind::InvalidResponse,
-                format!("the plugin could not read the model to probe: {e}"),
-            )
-        })?;
+        let model: ModelSpec =
+            serde_json::from_slice(unsafe { model.as_bytes() }).map_err(|e| {
+                ProviderError::new(
+                    FailureKind::InvalidResponse,
+                    format!("the plugin could not read the model to probe: {e}"),
+                )
+            })?;
         let handle = runtime().map_err(|e| ProviderError::new(FailureKind::InvalidResponse, e))?;
         let timeout = Duration::from_millis(connect_timeout_ms);
         Ok(PluginTask::new(handle, async move {

@@ -73,7 +73,10 @@ enum TaskState<T> {
 
 impl<T: Send + 'static> PluginTask<T> {
     /// A task for `future`, not started yet.
-    pub(crate) fn new(handle: &'static Handle, future: impl Future<Output = T> + Send + 'static) -> Self {
+    pub(crate) fn new(
+        handle: &'static Handle,
+        future: impl Future<Output = T> + Send + 'static,
+    ) -> Self {
         Self {
             handle,
             state: TaskState::Inline(Box::pin(future)),
@@ -121,9 +124,9 @@ impl<T: Send + 'static> Future for PluginTask<T> {
                     }))
                 }
             },
-            TaskState::Inline(_) | TaskState::Done => {
-                Poll::Ready(Err("the plugin task was polled after it finished".to_owned()))
-            }
+            TaskState::Inline(_) | TaskState::Done => Poll::Ready(Err(
+                "the plugin task was polled after it finished".to_owned(),
+            )),
         }
     }
 }

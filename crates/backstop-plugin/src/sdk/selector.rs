@@ -113,10 +113,15 @@ extern "C" fn order<S: PluginSelector>(
         let slots = unsafe { std::slice::from_raw_parts_mut(candidates, len) };
         // SAFETY: the host lends the facts' strings for this call.
         let (scenario, caller) = unsafe { (facts.scenario.as_bytes(), facts.caller.as_bytes()) };
-        let text = |bytes| std::str::from_utf8(bytes).map_err(|e| format!("facts are not UTF-8: {e}"));
+        let text =
+            |bytes| std::str::from_utf8(bytes).map_err(|e| format!("facts are not UTF-8: {e}"));
         let facts = RequestFacts {
             scenario: text(scenario)?,
-            caller: if facts.has_caller == 1 { Some(text(caller)?) } else { None },
+            caller: if facts.has_caller == 1 {
+                Some(text(caller)?)
+            } else {
+                None
+            },
             prompt_tokens: facts.prompt_tokens,
             max_tokens: (facts.has_max_tokens == 1).then_some(facts.max_tokens),
             stream: facts.stream == 1,
