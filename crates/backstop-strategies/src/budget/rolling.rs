@@ -1,0 +1,557 @@
+//! `rolling`: spend caps per time window — in total, per caller, per
+//! scenario.
+//!
+//! What it does:
+//!
+//! 1. Time is cut into windows of `window_ms`, aligned to UTC (a one-hour
+//!    window runs from the top of the hour, a one-day window from midnight
+//!    UTC). Each window starts with nothing spent.
+//! 2. Before a call, the request's estimated cost (estimated prompt tokens
+//!    at the input price plus the output bound at the output price) is
+//!    reserved on every account the request draws on: the total
+//!    (`max_cost`), its caller's (`max_cost_per_caller`; requests without a
+//!    caller share one anonymous account) and its scenario's
+//!    (`max_cost_per_scenario`). Each reservation is one compare-and-swap
+//!    against the cap, so concurrent requests can never together overspend;
+//!    if one account refuses, the others are released and the model is
+//!    skipped (`over_budget` in the trail; a cheaper model may still fit).
+//! 3. After the call the reservation is replaced by the actual cost of the
+//!    usage reported, or released when the call failed.
+//!
+//! Calls in flight when a window ends keep their reservation in the next
+//! window until they settle, so a window boundary cannot be used to
+//! overspend either. Probes are counted under the scenario `probe`.
+//!
+//! When to pick it: to cap spend per hour or per day, for everyone, per API
+//! key, or per product scenario.
+//!
+//! Knobs (at least one cap is required):
+//!
+//! | key | default | meaning |
+//! |---|---|---|
+//! | `window_ms` | `3600000` (one hour) | length of a budget window |
+//! | `max_cost` | none | USD all requests together may spend per window |
+//! | `max_cost_per_caller` | none | USD each caller (API key) may spend per window |
+//! | `max_cost_per_scenario` | none | USD each scenario may spend per window |
+
+use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use backstop_core::{
+    BudgetPolicy, BudgetSnapshot, ModelIndex, ModelSpec, OverBudget, RequestFacts, Reservation,
+    SharedClock, StrategyContext, Usage,
+};
+use serde::Deserialize;
+use smallvec::SmallVec;
+
+use super::{actual_nano, saturating_sub, to_nano, to_usd};
+use crate::error::{StrategyError, check_cost, check_non_zero};
+use crate::selector::cost_aware::estimated_cost;
+
+/// The config `type` name.
+pub const NAME: &str = "rolling";
+
+/// Knobs of the rolling budget.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RollingConfig {
+    /// Length of a budget window. Default 3600000 (one hour).
+    pub window_ms: u64,
+    /// USD all requests together may spend per window. Default none.
+    pub max_cost: Option<f64>,
+    /// USD each caller may spend per window. Default none.
+    pub max_cost_per_caller: Option<f64>,
+    /// USD each scenario may spend per window. Default none.
+    pub max_cost_per_scenario: Option<f64>,
+}
+
+impl Default for RollingConfig {
+    fn default() -> Self {
+        Self {
+            window_ms: 3_600_000,
+            max_cost: None,
+            max_cost_per_caller: None,
+            max_cost_per_scenario: None,
+        }
+    }
+}
+
+impl RollingConfig {
+    /// Checks every value, naming the first bad key.
+    pub fn validate(&self) -> Result<(), StrategyError> {
+        check_non_zero("window_ms", self.window_ms)?;
+        for (field, cap) in [
+            ("max_cost", self.max_cost),
+            ("max_cost_per_caller", self.max_cost_per_caller),
+            ("max_cost_per_scenario", self.max_cost_per_scenario),
+        ] {
+            if let Some(cap) = cap {
+                check_cost(field, cap)?;
+            }
+        }
+        if self.max_cost.is_none()
+            && self.max_cost_per_caller.is_none()
+            && self.max_cost_per_scenario.is_none()
+        {
+            return Err(StrategyError::invalid(
+                "max_cost",
+                "is missing: set at least one of max_cost, max_cost_per_caller, max_cost_per_scenario",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One capped account: spend in the current window plus reservations.
+#[derive(Debug)]
+struct Account {
+    cap: u64,
+    /// The window `spent` belongs to.
+    window: AtomicU64,
+    /// Spent in the window plus held by calls in flight: what the cap
+    /// bounds.
+    used: AtomicU64,
+    /// Spent in the window.
+    spent: AtomicU64,
+}
+
+impl Account {
+    fn new(cap: u64, window: u64) -> Self {
+        Self {
+            cap,
+            window: AtomicU64::new(window),
+            used: AtomicU64::new(0),
+            spent: AtomicU64::new(0),
+        }
+    }
+
+    /// Starts `window` if it is newer than the account's: the spend of the
+    /// old one is forgotten, reservations in flight are kept.
+    fn roll(&self, window: u64) {
+        let mut current = self.window.load(Ordering::Acquire);
+        while current < window {
+            match self.window.compare_exchange_weak(
+                current,
+                window,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    let old = self.spent.swap(0, Ordering::AcqRel);
+                    saturating_sub(&self.used, old);
+                    return;
+                }
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Holds `amount`, or returns what is left under the cap.
+    fn reserve(&self, window: u64, amount: u64) -> Result<(), u64> {
+        self.roll(window);
+        let mut used = self.used.load(Ordering::Acquire);
+        loop {
+            let after = used.saturating_add(amount);
+            if after > self.cap {
+                return Err(self.cap.saturating_sub(used));
+            }
+            match self.used.compare_exchange_weak(
+                used,
+                after,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(actual) => used = actual,
+            }
+        }
+    }
+
+    fn release(&self, amount: u64) {
+        saturating_sub(&self.used, amount);
+    }
+
+    /// Replaces a reservation of `held` by the `actual` cost.
+    fn settle(&self, window: u64, held: u64, actual: u64) {
+        self.roll(window);
+        // Add before subtracting, so `used` never dips below the truth and
+        // lets a concurrent reservation through that should not pass.
+        self.used.fetch_add(actual, Ordering::AcqRel);
+        self.spent.fetch_add(actual, Ordering::AcqRel);
+        saturating_sub(&self.used, held);
+    }
+
+    fn snapshot(&self, window: u64, limit: Option<f64>) -> BudgetSnapshot {
+        self.roll(window);
+        let spent = self.spent.load(Ordering::Acquire);
+        let used = self.used.load(Ordering::Acquire);
+        BudgetSnapshot {
+            policy: NAME.into(),
+            spent: to_usd(spent),
+            reserved: to_usd(used.saturating_sub(spent)),
+            limit,
+        }
+    }
+}
+
+const SHARDS: usize = 8;
+
+/// Accounts by key (caller or scenario), created on first use, sharded so
+/// that lookups of different keys do not contend.
+#[derive(Debug)]
+struct Accounts {
+    cap: u64,
+    hasher: RandomState,
+    shards: [RwLock<HashMap<Box<str>, Arc<Account>>>; SHARDS],
+}
+
+impl Accounts {
+    fn new(cap: u64) -> Self {
+        Self {
+            cap,
+            hasher: RandomState::new(),
+            shards: std::array::from_fn(|_| RwLock::new(HashMap::new())),
+        }
+    }
+
+    fn get(&self, key: &str, window: u64) -> Arc<Account> {
+        let shard = &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS];
+        if let Some(account) = shard
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+        {
+            return account.clone();
+        }
+        shard
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(key.into())
+            .or_insert_with(|| Arc::new(Account::new(self.cap, window)))
+            .clone()
+    }
+
+    fn find(&self, key: &str) -> Option<Arc<Account>> {
+        let shard = &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS];
+        shard
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .cloned()
+    }
+}
+
+/// The account of requests without a caller.
+const ANONYMOUS: &str = "";
+
+/// Spend caps per window; see the module docs.
+#[derive(Debug)]
+pub struct Rolling {
+    clock: SharedClock,
+    window_ms: u64,
+    max_cost: Option<f64>,
+    total: Account,
+    per_caller: Option<Accounts>,
+    per_scenario: Option<Accounts>,
+}
+
+impl Rolling {
+    /// The budget, reading `ctx`'s clock.
+    pub fn new(config: RollingConfig, ctx: &StrategyContext) -> Result<Self, StrategyError> {
+        config.validate()?;
+        let window = ctx.clock.unix_ms() / config.window_ms;
+        Ok(Self {
+            clock: ctx.clock.clone(),
+            window_ms: config.window_ms,
+            max_cost: config.max_cost,
+            total: Account::new(config.max_cost.map_or(u64::MAX, to_nano), window),
+            per_caller: config.max_cost_per_caller.map(|c| Accounts::new(to_nano(c))),
+            per_scenario: config
+                .max_cost_per_scenario
+                .map(|c| Accounts::new(to_nano(c))),
+        })
+    }
+
+    /// Builds one from its config table.
+    pub fn from_value(
+        value: &serde_json::Value,
+        ctx: &StrategyContext,
+    ) -> Result<Self, StrategyError> {
+        Self::new(crate::error::parse(value)?, ctx)
+    }
+
+    fn window(&self) -> u64 {
+        self.clock.unix_ms() / self.window_ms
+    }
+
+    /// The keyed accounts a request draws on (the total is separate).
+    fn keyed(&self, facts: &RequestFacts<'_>, window: u64) -> SmallVec<[Arc<Account>; 2]> {
+        let mut out = SmallVec::new();
+        if let Some(callers) = &self.per_caller {
+            out.push(callers.get(facts.caller.unwrap_or(ANONYMOUS), window));
+        }
+        if let Some(scenarios) = &self.per_scenario {
+            out.push(scenarios.get(facts.scenario, window));
+        }
+        out
+    }
+
+    /// Spend of one caller in the current window (`None` for requests
+    /// without a caller), if per-caller caps are on and it has spent.
+    pub fn caller_snapshot(&self, caller: Option<&str>) -> Option<BudgetSnapshot> {
+        let callers = self.per_caller.as_ref()?;
+        let account = callers.find(caller.unwrap_or(ANONYMOUS))?;
+        Some(account.snapshot(self.window(), Some(to_usd(callers.cap))))
+    }
+
+    /// Spend of one scenario in the current window, if per-scenario caps
+    /// are on and it has spent.
+    pub fn scenario_snapshot(&self, scenario: &str) -> Option<BudgetSnapshot> {
+        let scenarios = self.per_scenario.as_ref()?;
+        let account = scenarios.find(scenario)?;
+        Some(account.snapshot(self.window(), Some(to_usd(scenarios.cap))))
+    }
+}
+
+impl BudgetPolicy for Rolling {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn reserve(
+        &self,
+        index: ModelIndex,
+        model: &ModelSpec,
+        facts: &RequestFacts<'_>,
+    ) -> Result<Reservation, OverBudget> {
+        let amount = estimated_cost(model, facts);
+        let held = to_nano(amount);
+        let window = self.window();
+        let over = |remaining: u64| OverBudget {
+            needed: amount,
+            remaining: to_usd(remaining),
+        };
+        self.total.reserve(window, held).map_err(over)?;
+        let keyed = self.keyed(facts, window);
+        for (i, account) in keyed.iter().enumerate() {
+            if let Err(remaining) = account.reserve(window, held) {
+                self.total.release(held);
+                for taken in &keyed[..i] {
+                    taken.release(held);
+                }
+                return Err(over(remaining));
+            }
+        }
+        Ok(Reservation {
+            model: index,
+            amount,
+            ticket: held,
+        })
+    }
+
+    fn settle(
+        &self,
+        reservation: Reservation,
+        model: &ModelSpec,
+        facts: &RequestFacts<'_>,
+        usage: Option<&Usage>,
+    ) {
+        let actual = actual_nano(model, usage);
+        let window = self.window();
+        self.total.settle(window, reservation.ticket, actual);
+        for account in self.keyed(facts, window) {
+            account.settle(window, reservation.ticket, actual);
+        }
+    }
+
+    fn snapshot(&self) -> BudgetSnapshot {
+        self.total.snapshot(self.window(), self.max_cost)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+    use crate::budget::test_models::{ctx, facts};
+
+    fn rolling(config: RollingConfig) -> (Rolling, StrategyContext, Arc<backstop_core::ManualClock>) {
+        let (ctx, clock) = ctx();
+        (Rolling::new(config, &ctx).unwrap(), ctx, clock)
+    }
+
+    fn total(max_cost: f64) -> RollingConfig {
+        RollingConfig {
+            max_cost: Some(max_cost),
+            ..RollingConfig::default()
+        }
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9
+    }
+
+    #[test]
+    fn refuses_past_the_cap_and_a_cheaper_model_may_still_fit() {
+        let (b, ctx, _) = rolling(total(0.0025));
+        let f = facts("chat", None);
+        let r1 = b.reserve(0, &ctx.models[0], &f).unwrap();
+        let r2 = b.reserve(0, &ctx.models[0], &f).unwrap();
+        let over = b.reserve(0, &ctx.models[0], &f).unwrap_err();
+        assert!(close(over.needed, 0.001));
+        assert!(close(over.remaining, 0.0005));
+        // The cheap model (0.0001) still fits.
+        let r3 = b.reserve(1, &ctx.models[1], &f).unwrap();
+        let s = b.snapshot();
+        assert!(close(s.reserved, 0.0021));
+        assert_eq!(s.limit, Some(0.0025));
+        // Settling with actual usage frees what was not used; a failure
+        // releases it all.
+        b.settle(r1, &ctx.models[0], &f, Some(&Usage::new(500, 30)));
+        b.settle(r2, &ctx.models[0], &f, None);
+        b.settle(r3, &ctx.models[1], &f, None);
+        let s = b.snapshot();
+        assert!(close(s.spent, 0.0003));
+        assert!(close(s.reserved, 0.0));
+        b.reserve(0, &ctx.models[0], &f).unwrap();
+        b.reserve(0, &ctx.models[0], &f).unwrap();
+        assert!(b.reserve(0, &ctx.models[0], &f).is_err());
+    }
+
+    #[test]
+    fn a_new_window_starts_with_nothing_spent_but_keeps_calls_in_flight() {
+        let (b, ctx, clock) = rolling(RollingConfig {
+            window_ms: 60_000,
+            ..total(0.002)
+        });
+        let f = facts("chat", None);
+        let spent = b.reserve(0, &ctx.models[0], &f).unwrap();
+        b.settle(spent, &ctx.models[0], &f, Some(&Usage::new(500, 100)));
+        let in_flight = b.reserve(0, &ctx.models[0], &f).unwrap();
+        assert!(b.reserve(0, &ctx.models[0], &f).is_err());
+        clock.advance(std::time::Duration::from_secs(60));
+        // The settled 0.001 is forgotten; the 0.001 in flight still counts.
+        let s = b.snapshot();
+        assert!(close(s.spent, 0.0));
+        assert!(close(s.reserved, 0.001));
+        let next = b.reserve(0, &ctx.models[0], &f).unwrap();
+        assert!(b.reserve(0, &ctx.models[0], &f).is_err());
+        // The call from the old window settles into the new one.
+        b.settle(in_flight, &ctx.models[0], &f, Some(&Usage::new(500, 100)));
+        b.settle(next, &ctx.models[0], &f, None);
+        let s = b.snapshot();
+        assert!(close(s.spent, 0.001));
+        assert!(close(s.reserved, 0.0));
+    }
+
+    #[test]
+    fn callers_and_scenarios_have_their_own_caps() {
+        let (b, ctx, _) = rolling(RollingConfig {
+            max_cost_per_caller: Some(0.001),
+            max_cost_per_scenario: Some(0.002),
+            ..RollingConfig::default()
+        });
+        let m = &ctx.models[0];
+        b.reserve(0, m, &facts("chat", Some("alice"))).unwrap();
+        // alice is out; bob is not.
+        assert!(b.reserve(0, m, &facts("chat", Some("alice"))).is_err());
+        b.reserve(0, m, &facts("chat", Some("bob"))).unwrap();
+        // The chat scenario is out; another scenario is not.
+        assert!(b.reserve(0, m, &facts("chat", Some("carol"))).is_err());
+        b.reserve(0, m, &facts("batch", Some("carol"))).unwrap();
+        // A refusal by the scenario released carol's caller hold.
+        let carol = b.caller_snapshot(Some("carol")).unwrap();
+        assert!(close(carol.reserved, 0.001), "{carol:?}");
+        assert_eq!(carol.limit, Some(0.001));
+        // Requests without a caller share the anonymous account.
+        b.reserve(0, m, &facts("other", None)).unwrap();
+        assert!(b.reserve(0, m, &facts("other", None)).is_err());
+        assert!(b.scenario_snapshot("chat").is_some());
+        assert!(b.scenario_snapshot("never-seen").is_none());
+        // No total cap: the total is counted but unlimited.
+        assert_eq!(b.snapshot().limit, None);
+        assert!(close(b.snapshot().reserved, 0.004));
+    }
+
+    #[test]
+    fn concurrent_reservations_never_overspend() {
+        // 1000 reservations of 0.001 fit under 1.0; 8 threads try 4000.
+        let (b, ctx, _) = rolling(total(1.0));
+        let granted = AtomicUsize::new(0);
+        let held = std::sync::Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let (b, ctx, granted, held) = (&b, &ctx, &granted, &held);
+                s.spawn(move || {
+                    let caller = format!("c{t}");
+                    let f = facts("chat", Some(&caller));
+                    for _ in 0..500 {
+                        if let Ok(r) = b.reserve(0, &ctx.models[0], &f) {
+                            granted.fetch_add(1, Ordering::SeqCst);
+                            held.lock().unwrap().push(r);
+                        }
+                        let snap = b.snapshot();
+                        assert!(snap.spent + snap.reserved <= 1.0 + 1e-9, "{snap:?}");
+                    }
+                });
+            }
+        });
+        assert_eq!(granted.load(Ordering::SeqCst), 1_000);
+        let f = facts("chat", None);
+        for r in held.into_inner().unwrap() {
+            b.settle(r, &ctx.models[0], &f, Some(&Usage::new(500, 100)));
+        }
+        let s = b.snapshot();
+        assert!(close(s.spent, 1.0), "{s:?}");
+        assert!(close(s.reserved, 0.0));
+    }
+
+    #[test]
+    fn concurrent_holds_and_releases_keep_within_the_cap() {
+        let (b, ctx, _) = rolling(RollingConfig {
+            max_cost_per_caller: Some(0.003),
+            ..total(0.005)
+        });
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let (b, ctx) = (&b, &ctx);
+                s.spawn(move || {
+                    let caller = format!("c{t}");
+                    let f = facts("chat", Some(&caller));
+                    for i in 0..2_000 {
+                        if let Ok(r) = b.reserve(0, &ctx.models[0], &f) {
+                            let snap = b.snapshot();
+                            assert!(snap.reserved <= 0.005 + 1e-9, "{snap:?}");
+                            let usage = (i % 3 == 0).then(|| Usage::new(500, 10));
+                            b.settle(r, &ctx.models[0], &f, usage.as_ref());
+                        }
+                    }
+                });
+            }
+        });
+        let s = b.snapshot();
+        assert!(close(s.reserved, 0.0), "{s:?}");
+        // Everything spent is counted: spent never exceeds the cap.
+        assert!(s.spent <= 0.005 + 1e-9);
+    }
+
+    #[test]
+    fn at_least_one_cap_is_required_and_caps_are_checked() {
+        let (ctx, _) = ctx();
+        let err = Rolling::from_value(&serde_json::json!({"window_ms": 1000}), &ctx).unwrap_err();
+        assert_eq!(err.field(), Some("max_cost"));
+        let err = Rolling::from_value(
+            &serde_json::json!({"max_cost_per_caller": -2.0}),
+            &ctx,
+        )
+        .unwrap_err();
+        assert_eq!(err.field(), Some("max_cost_per_caller"));
+        let err = Rolling::from_value(&serde_json::json!({"max_cost": 1, "window_ms": 0}), &ctx)
+            .unwrap_err();
+        assert_eq!(err.field(), Some("window_ms"));
+    }
+}

@@ -1,0 +1,307 @@
+//! `active_probe`: the background prober that gives recovered models their
+//! traffic back.
+//!
+//! What it does:
+//!
+//! 1. Every `interval_ms` it asks each distinct health policy of the Router
+//!    (scenarios that share a policy share it here too) which of its models
+//!    want a probe ([`HealthPolicy::probe_targets`]): open, half-open,
+//!    disabled or cooling-down circuits, and models without traffic for
+//!    `idle_ms`. A healthy, busy model is never listed, so it costs nothing.
+//!    Only models that a route using the policy can actually reach count.
+//! 2. For each of them that has no probe in flight, it spawns
+//!    [`Router::probe`]: a tiny request (a few max tokens) under
+//!    `timeout_ms`, whose cost the Router holds and settles on the default
+//!    budget. At most one probe is in flight per model, however slow the
+//!    upstream is.
+//! 3. It reports each result to every policy that routes to the model
+//!    ([`HealthPolicy::record_probe`]): a success closes an open circuit or
+//!    re-enables a disabled model, so a recovered primary gets traffic back
+//!    within one interval. Transitions are logged and sent to the event
+//!    sinks given to [`ActiveProbe::event_sink`] (alerts, metrics).
+//!
+//! A probe the budget refused is not a health signal and is not reported.
+//! The task stops when its [`ProberHandle`] is dropped.
+//!
+//! When to pick it: in every long-running deployment (the gateway runs it).
+//! Without it an open circuit recovers only through half-open trial calls
+//! of real traffic, and a disabled model never comes back.
+//!
+//! Knobs (the config's `probe` table; defaults):
+//!
+//! | key | default | meaning |
+//! |---|---|---|
+//! | `interval_ms` | `5000` | time between two rounds of probes |
+//! | `idle_ms` | `60000` | a closed model without traffic for this long is probed |
+//! | `timeout_ms` | `10000` | a probe slower than this fails as a timeout |
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backstop_core::{
+    Event, EventSink, FailureKind, HealthPolicy, ModelIndex, ProviderError, Router,
+    StrategyContext,
+};
+use serde::Deserialize;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::MissedTickBehavior;
+
+use crate::error::{StrategyError, check_non_zero};
+
+/// The config name of the prober.
+pub const NAME: &str = "active_probe";
+
+/// Knobs of the prober; see the module docs.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActiveProbeConfig {
+    /// Time between two rounds of probes. Default 5000.
+    pub interval_ms: u64,
+    /// A closed model without traffic for this long is probed. Default 60000.
+    pub idle_ms: u64,
+    /// A probe slower than this fails as a timeout. Default 10000.
+    pub timeout_ms: u64,
+}
+
+impl Default for ActiveProbeConfig {
+    fn default() -> Self {
+        Self {
+            interval_ms: 5_000,
+            idle_ms: 60_000,
+            timeout_ms: 10_000,
+        }
+    }
+}
+
+impl ActiveProbeConfig {
+    /// Checks every value, naming the first bad key.
+    pub fn validate(&self) -> Result<(), StrategyError> {
+        check_non_zero("interval_ms", self.interval_ms)?;
+        check_non_zero("idle_ms", self.idle_ms)?;
+        check_non_zero("timeout_ms", self.timeout_ms)
+    }
+}
+
+/// A configured prober, ready to [`spawn`](ActiveProbe::spawn).
+#[derive(Debug, Clone)]
+pub struct ActiveProbe {
+    interval: Duration,
+    idle: Duration,
+    timeout: Duration,
+    models: usize,
+    sinks: Vec<Arc<dyn EventSink>>,
+}
+
+impl ActiveProbe {
+    /// A prober for the models of `ctx`.
+    pub fn new(config: ActiveProbeConfig, ctx: &StrategyContext) -> Result<Self, StrategyError> {
+        config.validate()?;
+        Ok(Self {
+            interval: Duration::from_millis(config.interval_ms),
+            idle: Duration::from_millis(config.idle_ms),
+            timeout: Duration::from_millis(config.timeout_ms),
+            models: ctx.models.len(),
+            sinks: Vec::new(),
+        })
+    }
+
+    /// Builds one from its config table.
+    pub fn from_value(
+        value: &serde_json::Value,
+        ctx: &StrategyContext,
+    ) -> Result<Self, StrategyError> {
+        Self::new(crate::error::parse(value)?, ctx)
+    }
+
+    /// Also sends the health transitions that probes cause to `sink`.
+    #[must_use]
+    pub fn event_sink(mut self, sink: Arc<dyn EventSink>) -> Self {
+        self.sinks.push(sink);
+        self
+    }
+
+    /// Starts probing `router`'s models on the current tokio runtime. The
+    /// task runs until the returned handle is dropped.
+    pub fn spawn(self, router: Router) -> ProberHandle {
+        let policies = PolicyRoutes::of(&router, self.models);
+        ProberHandle {
+            task: tokio::spawn(self.run(router, policies)),
+        }
+    }
+
+    async fn run(self, router: Router, policies: Vec<PolicyRoutes>) {
+        let mut ticks = tokio::time::interval(self.interval);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut probes: JoinSet<(ModelIndex, Result<Duration, ProviderError>)> = JoinSet::new();
+        let mut in_flight = vec![false; self.models];
+        let mut by_task: HashMap<tokio::task::Id, ModelIndex> = HashMap::new();
+        let mut targets = Vec::new();
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {
+                    for policy in &policies {
+                        targets.clear();
+                        policy.health.probe_targets(self.idle, &mut targets);
+                        for &model in &targets {
+                            let reachable = policy.models.get(model).copied().unwrap_or(false);
+                            let Some(busy) = in_flight.get_mut(model) else { continue };
+                            if !reachable || *busy {
+                                continue;
+                            }
+                            *busy = true;
+                            let router = router.clone();
+                            let timeout = self.timeout;
+                            let handle = probes.spawn(async move {
+                                (model, router.probe(model, timeout).await)
+                            });
+                            by_task.insert(handle.id(), model);
+                        }
+                    }
+                }
+                Some(joined) = probes.join_next_with_id() => {
+                    match joined {
+                        Ok((id, (model, result))) => {
+                            by_task.remove(&id);
+                            if let Some(busy) = in_flight.get_mut(model) {
+                                *busy = false;
+                            }
+                            self.report(&router, &policies, model, result);
+                        }
+                        Err(error) => {
+                            // The provider panicked inside its probe: count it
+                            // as a broken answer, and free the model's slot.
+                            if let Some(model) = by_task.remove(&error.id()) {
+                                if let Some(busy) = in_flight.get_mut(model) {
+                                    *busy = false;
+                                }
+                                tracing::warn!(model = %model_id(&router, model), %error, "probe task failed");
+                                let failed = ProviderError::new(
+                                    FailureKind::InvalidResponse,
+                                    "the probe panicked",
+                                );
+                                self.report(&router, &policies, model, Err(failed));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn report(
+        &self,
+        router: &Router,
+        policies: &[PolicyRoutes],
+        model: ModelIndex,
+        result: Result<Duration, ProviderError>,
+    ) {
+        let id = model_id(router, model);
+        let result = match result {
+            Ok(latency) => {
+                tracing::debug!(model = id, latency_ms = latency.as_millis() as u64, "probe answered");
+                Ok(latency)
+            }
+            Err(error) if is_budget_refusal(&error) => {
+                tracing::debug!(model = id, %error, "probe not sent");
+                return;
+            }
+            Err(error) => {
+                tracing::debug!(model = id, %error, "probe failed");
+                Err(error.kind)
+            }
+        };
+        for policy in policies {
+            if !policy.models.get(model).copied().unwrap_or(false) {
+                continue;
+            }
+            if let Some(transition) = policy.health.record_probe(model, result) {
+                tracing::info!(
+                    model = id,
+                    from = transition.from.as_str(),
+                    to = transition.to.as_str(),
+                    cause = transition.cause.map(FailureKind::as_str),
+                    "circuit changed after a probe"
+                );
+                let event = Event::Health {
+                    model: id,
+                    transition,
+                };
+                for sink in &self.sinks {
+                    sink.record(&event);
+                }
+            }
+        }
+    }
+}
+
+fn model_id(router: &Router, model: ModelIndex) -> &str {
+    router.models().get(model).map_or("?", |m| m.id.as_str())
+}
+
+/// `Router::probe` reports a probe its budget refused as `QuotaExhausted`
+/// with this message prefix; that is our own budget, not the upstream's
+/// quota, and must not disable the model.
+fn is_budget_refusal(error: &ProviderError) -> bool {
+    error.kind == FailureKind::QuotaExhausted
+        && error.status.is_none()
+        && error.message.starts_with("probe skipped")
+}
+
+/// One distinct health policy and the models its routes reach.
+struct PolicyRoutes {
+    health: Arc<dyn HealthPolicy>,
+    models: Vec<bool>,
+}
+
+impl PolicyRoutes {
+    fn of(router: &Router, models: usize) -> Vec<PolicyRoutes> {
+        let mut out: Vec<PolicyRoutes> = Vec::new();
+        let mut routes: Vec<_> = router.routes().collect();
+        // Routes come from a hash map; sort them so probing order is stable.
+        routes.sort_by(|a, b| a.name.cmp(&b.name));
+        for route in routes {
+            let health = &route.strategies.health;
+            let position = out
+                .iter()
+                .position(|p| std::ptr::addr_eq(Arc::as_ptr(&p.health), Arc::as_ptr(health)));
+            let index = position.unwrap_or_else(|| {
+                out.push(PolicyRoutes {
+                    health: health.clone(),
+                    models: vec![false; models],
+                });
+                out.len() - 1
+            });
+            for &model in route.chain.iter() {
+                if let Some(slot) = out[index].models.get_mut(model) {
+                    *slot = true;
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Keeps the prober running; dropping it stops the task and cancels the
+/// probes in flight.
+#[derive(Debug)]
+pub struct ProberHandle {
+    task: JoinHandle<()>,
+}
+
+impl ProberHandle {
+    /// Stops the prober (the same as dropping the handle).
+    pub fn stop(self) {}
+
+    /// Whether the task has ended (it ends only when stopped, or when its
+    /// runtime shuts down).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+impl Drop for ProberHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

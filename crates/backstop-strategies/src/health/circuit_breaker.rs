@@ -1,0 +1,821 @@
+//! `circuit_breaker`: passive health from real outcomes, per model.
+//!
+//! What it does, per model:
+//!
+//! 1. **Closed**: calls flow. Every outcome lands in a sliding window of
+//!    `window_ms` split into `buckets` time buckets. When the window holds at
+//!    least `min_calls` calls and failures / calls >= `failure_ratio` (or,
+//!    with `slow_call_ms` set, slow calls / calls >= `slow_call_ratio`), the
+//!    circuit opens.
+//! 2. **Open**: calls are rejected with `retry_after` until the break ends.
+//!    The first break lasts `break_ms`.
+//! 3. **Half-open**: after the break, up to `half_open_calls` trial calls are
+//!    admitted (their permits are marked, so a cancelled trial gives its
+//!    permit back). When that many trials succeed the circuit closes and the
+//!    window starts empty; the first trial that fails re-opens it with the
+//!    break multiplied by `break_multiplier`, up to `max_break_ms`.
+//! 4. **Cooling down**: a 429 cools the model for its Retry-After; without
+//!    one, for `cooldown_ms`, doubling while 429s persist (up to
+//!    `max_cooldown_ms`), so a 429 storm without Retry-After is not
+//!    hammered. A success resets the doubling.
+//! 5. **Disabled**: an auth failure or an exhausted quota disables the model
+//!    until a probe succeeds; the transition is reported so the Router raises
+//!    an alert event.
+//!
+//! Which failures count follows [`FailureKind::health_effect`]: request
+//! faults (context length, content policy, bad request) say nothing about the
+//! model and count for nothing.
+//!
+//! Background probes ([`super::active_probe`]) feed [`HealthPolicy::record_probe`]:
+//! a successful probe closes the circuit from any state; a failed one opens
+//! a closed circuit (an idle model found dead) or extends an open one.
+//! Models that want a probe are open, half-open, disabled or cooling down
+//! without an explicit Retry-After, or closed and idle for the prober's
+//! `idle_ms`; a healthy, busy model is never listed.
+//!
+//! When to pick it: always, unless a plugin replaces it. It is the default
+//! health policy.
+//!
+//! Admission is lock-free: each model's state is one `AtomicU64` (state,
+//! trial counts and the break's end), so admitting a call to a closed
+//! circuit is one atomic load, and recording an outcome is a `fetch_add` on
+//! a window bucket. No mutex anywhere.
+//!
+//! Knobs (defaults):
+//!
+//! | key | default | meaning |
+//! |---|---|---|
+//! | `failure_ratio` | `0.5` | failures / calls in the window that opens the circuit (0..=1) |
+//! | `min_calls` | `5` | calls the window must hold before it can open |
+//! | `window_ms` | `30000` | length of the sliding window |
+//! | `buckets` | `10` | time buckets the window is split into |
+//! | `slow_call_ms` | none (off) | a call at least this long is slow |
+//! | `slow_call_ratio` | `1.0` | slow calls / calls that opens the circuit (0..=1) |
+//! | `break_ms` | `5000` | first break (open) duration |
+//! | `break_multiplier` | `2.0` | growth of the break on each re-open (>= 1) |
+//! | `max_break_ms` | `60000` | cap of the break |
+//! | `half_open_calls` | `1` | trial calls after a break; all must succeed to close (1..=63) |
+//! | `cooldown_ms` | `1000` | cooldown after a 429 without Retry-After |
+//! | `max_cooldown_ms` | `60000` | cap of the doubling cooldown |
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use backstop_core::{
+    Admission, CallOutcome, CircuitState, FailureKind, HealthEffect, HealthPolicy, HealthSnapshot,
+    HealthTransition, ModelIndex, Permit, SharedClock, StrategyContext,
+};
+use serde::Deserialize;
+
+use crate::error::{StrategyError, check_non_zero, check_ratio};
+use crate::sliding_window::SlidingWindow;
+
+/// The config `type` name.
+pub const NAME: &str = "circuit_breaker";
+
+/// Knobs of the circuit breaker; see the module docs for their meaning.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CircuitBreakerConfig {
+    /// Failures / calls that opens the circuit. Default 0.5.
+    pub failure_ratio: f64,
+    /// Calls the window must hold before it may open. Default 5.
+    pub min_calls: u32,
+    /// Length of the sliding window. Default 30000.
+    pub window_ms: u64,
+    /// Buckets the window is split into. Default 10.
+    pub buckets: u32,
+    /// A call at least this long is slow. Default none (slow calls off).
+    pub slow_call_ms: Option<u64>,
+    /// Slow calls / calls that opens the circuit. Default 1.0.
+    pub slow_call_ratio: f64,
+    /// First break duration. Default 5000.
+    pub break_ms: u64,
+    /// Growth of the break on each re-open. Default 2.0.
+    pub break_multiplier: f64,
+    /// Cap of the break. Default 60000.
+    pub max_break_ms: u64,
+    /// Trial calls after a break; all must succeed to close. Default 1.
+    pub half_open_calls: u32,
+    /// Cooldown after a 429 without Retry-After. Default 1000.
+    pub cooldown_ms: u64,
+    /// Cap of the doubling cooldown. Default 60000.
+    pub max_cooldown_ms: u64,
+}
+
+impl Default for CircuitBreakerConfig {
+    fn default() -> Self {
+        Self {
+            failure_ratio: 0.5,
+            min_calls: 5,
+            window_ms: 30_000,
+            buckets: 10,
+            slow_call_ms: None,
+            slow_call_ratio: 1.0,
+            break_ms: 5_000,
+            break_multiplier: 2.0,
+            max_break_ms: 60_000,
+            half_open_calls: 1,
+            cooldown_ms: 1_000,
+            max_cooldown_ms: 60_000,
+        }
+    }
+}
+
+impl CircuitBreakerConfig {
+    /// Checks every value, naming the first bad key.
+    pub fn validate(&self) -> Result<(), StrategyError> {
+        check_ratio("failure_ratio", self.failure_ratio)?;
+        check_ratio("slow_call_ratio", self.slow_call_ratio)?;
+        check_non_zero("min_calls", u64::from(self.min_calls))?;
+        check_non_zero("window_ms", self.window_ms)?;
+        check_non_zero("buckets", u64::from(self.buckets))?;
+        if u64::from(self.buckets) > self.window_ms {
+            return Err(StrategyError::invalid(
+                "buckets",
+                format!(
+                    "must not exceed window_ms ({}), so each bucket spans at least 1 ms",
+                    self.window_ms
+                ),
+            ));
+        }
+        if let Some(slow) = self.slow_call_ms {
+            check_non_zero("slow_call_ms", slow)?;
+        }
+        check_non_zero("break_ms", self.break_ms)?;
+        if !(self.break_multiplier.is_finite() && self.break_multiplier >= 1.0) {
+            return Err(StrategyError::invalid(
+                "break_multiplier",
+                format!("must be a number >= 1 (got {})", self.break_multiplier),
+            ));
+        }
+        if self.max_break_ms < self.break_ms {
+            return Err(StrategyError::invalid(
+                "max_break_ms",
+                format!("must be at least break_ms ({})", self.break_ms),
+            ));
+        }
+        if !(1..=FIELD_MAX).contains(&u64::from(self.half_open_calls)) {
+            return Err(StrategyError::invalid(
+                "half_open_calls",
+                format!("must be within 1..={FIELD_MAX} (got {})", self.half_open_calls),
+            ));
+        }
+        check_non_zero("cooldown_ms", self.cooldown_ms)?;
+        if self.max_cooldown_ms < self.cooldown_ms {
+            return Err(StrategyError::invalid(
+                "max_cooldown_ms",
+                format!("must be at least cooldown_ms ({})", self.cooldown_ms),
+            ));
+        }
+        Ok(())
+    }
+}
+
+// One model's circuit in one word:
+//   bits 0..3   state code
+//   bit  3      cooling down for an explicit Retry-After
+//   bits 4..10  trial calls admitted in this half-open period
+//   bits 10..16 trial calls that succeeded
+//   bits 16..64 end of the break or cooldown, in clock milliseconds (open,
+//               cooling down), kept through half-open to name the period
+const CLOSED: u64 = 0;
+const OPEN: u64 = 1;
+const HALF_OPEN: u64 = 2;
+const COOLING_DOWN: u64 = 3;
+const DISABLED: u64 = 4;
+const STATE_MASK: u64 = 0b111;
+const EXPLICIT: u64 = 0b1000;
+const TRIALS_SHIFT: u32 = 4;
+const SUCCESSES_SHIFT: u32 = 10;
+const FIELD_MAX: u64 = 0b11_1111;
+const UNTIL_SHIFT: u32 = 16;
+const UNTIL_MAX: u64 = (1 << (64 - UNTIL_SHIFT)) - 1;
+
+/// Marks a trial permit; the low bits carry the half-open period's `until`.
+const TRIAL: u64 = 1 << 63;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Word(u64);
+
+impl Word {
+    fn closed() -> Self {
+        Word(CLOSED)
+    }
+
+    fn open(until_ms: u64) -> Self {
+        Word(OPEN | (until_ms.min(UNTIL_MAX) << UNTIL_SHIFT))
+    }
+
+    fn half_open(until_ms: u64, trials: u64, successes: u64) -> Self {
+        Word(
+            HALF_OPEN
+                | (trials.min(FIELD_MAX) << TRIALS_SHIFT)
+                | (successes.min(FIELD_MAX) << SUCCESSES_SHIFT)
+                | (until_ms.min(UNTIL_MAX) << UNTIL_SHIFT),
+        )
+    }
+
+    fn cooling_down(until_ms: u64, explicit: bool) -> Self {
+        let flag = if explicit { EXPLICIT } else { 0 };
+        Word(COOLING_DOWN | flag | (until_ms.min(UNTIL_MAX) << UNTIL_SHIFT))
+    }
+
+    fn disabled() -> Self {
+        Word(DISABLED)
+    }
+
+    fn code(self) -> u64 {
+        self.0 & STATE_MASK
+    }
+
+    fn explicit(self) -> bool {
+        self.0 & EXPLICIT != 0
+    }
+
+    fn trials(self) -> u64 {
+        (self.0 >> TRIALS_SHIFT) & FIELD_MAX
+    }
+
+    fn successes(self) -> u64 {
+        (self.0 >> SUCCESSES_SHIFT) & FIELD_MAX
+    }
+
+    fn until_ms(self) -> u64 {
+        self.0 >> UNTIL_SHIFT
+    }
+
+    fn state(self) -> CircuitState {
+        match self.code() {
+            OPEN => CircuitState::Open,
+            HALF_OPEN => CircuitState::HalfOpen,
+            COOLING_DOWN => CircuitState::CoolingDown,
+            DISABLED => CircuitState::Disabled,
+            _ => CircuitState::Closed,
+        }
+    }
+
+    /// Whether this is the half-open period a trial permit was issued in.
+    fn is_trial_period(self, permit_until: u64) -> bool {
+        self.code() == HALF_OPEN && self.until_ms() == permit_until
+    }
+}
+
+fn trial_permit(until_ms: u64) -> Permit {
+    Permit(TRIAL | until_ms)
+}
+
+/// The half-open period of a trial permit; `None` for ordinary permits.
+fn trial_of(permit: Permit) -> Option<u64> {
+    (permit.0 & TRIAL != 0).then_some(permit.0 & !TRIAL)
+}
+
+/// One model's circuit, on its own cache lines so models do not contend.
+#[derive(Debug)]
+#[repr(align(128))]
+struct Circuit {
+    word: AtomicU64,
+    /// Re-opens since the circuit last closed; sizes the next break.
+    reopens: AtomicU32,
+    /// Cooldowns since the last success; sizes the next default cooldown.
+    cooldowns: AtomicU32,
+    /// Clock milliseconds of the last outcome or probe.
+    last_activity_ms: AtomicU64,
+    /// Calls, failures, slow calls.
+    window: SlidingWindow<3>,
+}
+
+/// Outcome counters of the window.
+const CALLS: usize = 0;
+const FAILURES: usize = 1;
+const SLOW: usize = 2;
+
+/// The circuit breaker. See the module docs.
+#[derive(Debug)]
+pub struct CircuitBreaker {
+    clock: SharedClock,
+    circuits: Box<[Circuit]>,
+    failure_ratio: f64,
+    min_calls: u64,
+    slow_call: Option<Duration>,
+    slow_call_ratio: f64,
+    break_ms: u64,
+    break_multiplier: f64,
+    max_break_ms: u64,
+    half_open_calls: u64,
+    cooldown_ms: u64,
+    max_cooldown_ms: u64,
+}
+
+impl CircuitBreaker {
+    /// A breaker for every model of `ctx`, reading `ctx`'s clock.
+    pub fn new(config: CircuitBreakerConfig, ctx: &StrategyContext) -> Result<Self, StrategyError> {
+        config.validate()?;
+        let window = Duration::from_millis(config.window_ms);
+        Ok(Self {
+            clock: ctx.clock.clone(),
+            circuits: (0..ctx.models.len())
+                .map(|_| Circuit {
+                    word: AtomicU64::new(Word::closed().0),
+                    reopens: AtomicU32::new(0),
+                    cooldowns: AtomicU32::new(0),
+                    last_activity_ms: AtomicU64::new(0),
+                    window: SlidingWindow::new(window, config.buckets),
+                })
+                .collect(),
+            failure_ratio: config.failure_ratio,
+            min_calls: u64::from(config.min_calls),
+            slow_call: config.slow_call_ms.map(Duration::from_millis),
+            slow_call_ratio: config.slow_call_ratio,
+            break_ms: config.break_ms,
+            break_multiplier: config.break_multiplier,
+            max_break_ms: config.max_break_ms,
+            half_open_calls: u64::from(config.half_open_calls),
+            cooldown_ms: config.cooldown_ms,
+            max_cooldown_ms: config.max_cooldown_ms,
+        })
+    }
+
+    /// Builds one from its config table (the catalog's factory).
+    pub fn from_value(
+        value: &serde_json::Value,
+        ctx: &StrategyContext,
+    ) -> Result<Self, StrategyError> {
+        Self::new(crate::error::parse(value)?, ctx)
+    }
+
+    fn now_ms(now: Duration) -> u64 {
+        u64::try_from(now.as_millis()).unwrap_or(u64::MAX).min(UNTIL_MAX)
+    }
+
+    /// The break after `reopens` re-opens: `break_ms * multiplier^reopens`,
+    /// capped.
+    fn break_for(&self, reopens: u32) -> u64 {
+        let grown = self.break_ms as f64 * self.break_multiplier.powi(reopens.min(64) as i32);
+        if grown >= self.max_break_ms as f64 {
+            self.max_break_ms
+        } else {
+            grown as u64
+        }
+    }
+
+    /// The default cooldown of the `n`th cooldown in a row (n >= 1).
+    fn default_cooldown(&self, n: u32) -> u64 {
+        let doublings = n.saturating_sub(1).min(32);
+        self.cooldown_ms
+            .saturating_mul(1u64 << doublings)
+            .min(self.max_cooldown_ms)
+    }
+
+    fn is_slow(&self, latency: Duration) -> bool {
+        self.slow_call.is_some_and(|slow| latency >= slow)
+    }
+
+    fn touch(circuit: &Circuit, now_ms: u64) {
+        if circuit.last_activity_ms.load(Ordering::Relaxed) < now_ms {
+            circuit.last_activity_ms.store(now_ms, Ordering::Relaxed);
+        }
+    }
+
+    fn transition(from: Word, to: CircuitState, cause: Option<FailureKind>) -> HealthTransition {
+        HealthTransition {
+            from: from.state(),
+            to,
+            cause,
+        }
+    }
+
+    /// Opens a closed circuit if the window says so.
+    fn evaluate(
+        &self,
+        circuit: &Circuit,
+        now: Duration,
+        cause: Option<FailureKind>,
+    ) -> Option<HealthTransition> {
+        let current = Word(circuit.word.load(Ordering::Acquire));
+        if current.code() != CLOSED {
+            return None;
+        }
+        let sums = circuit.window.sums(now);
+        let calls = sums[CALLS];
+        if calls < self.min_calls {
+            return None;
+        }
+        let calls_f = calls as f64;
+        let failing = sums[FAILURES] as f64 >= self.failure_ratio * calls_f;
+        let slow = self.slow_call.is_some() && sums[SLOW] as f64 >= self.slow_call_ratio * calls_f;
+        if !(failing || slow) {
+            return None;
+        }
+        let reopens = circuit.reopens.load(Ordering::Relaxed);
+        let until = Self::now_ms(now).saturating_add(self.break_for(reopens));
+        circuit
+            .word
+            .compare_exchange(
+                current.0,
+                Word::open(until).0,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .ok()
+            .map(|_| Self::transition(current, CircuitState::Open, cause))
+    }
+
+    /// Closes a circuit from any state, with a fresh window.
+    fn close(&self, circuit: &Circuit, only_period: Option<u64>) -> Option<HealthTransition> {
+        let mut current = Word(circuit.word.load(Ordering::Acquire));
+        loop {
+            if current.code() == CLOSED {
+                return None;
+            }
+            if let Some(period) = only_period
+                && !current.is_trial_period(period)
+            {
+                return None;
+            }
+            match circuit.word.compare_exchange_weak(
+                current.0,
+                Word::closed().0,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    circuit.reopens.store(0, Ordering::Relaxed);
+                    circuit.window.reset();
+                    return Some(Self::transition(current, CircuitState::Closed, None));
+                }
+                Err(actual) => current = Word(actual),
+            }
+        }
+    }
+
+    /// A trial of half-open period `period` succeeded.
+    fn trial_succeeded(&self, circuit: &Circuit, period: u64) -> Option<HealthTransition> {
+        let mut current = Word(circuit.word.load(Ordering::Acquire));
+        loop {
+            if !current.is_trial_period(period) {
+                return None;
+            }
+            let successes = current.successes() + 1;
+            if successes >= self.half_open_calls {
+                return self.close(circuit, Some(period));
+            }
+            let next = Word::half_open(period, current.trials(), successes);
+            match circuit.word.compare_exchange_weak(
+                current.0,
+                next.0,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return None,
+                Err(actual) => current = Word(actual),
+            }
+        }
+    }
+
+    /// Re-opens the circuit with a grown break, if it is in the state
+    /// `accept` allows.
+    fn reopen(
+        &self,
+        circuit: &Circuit,
+        now: Duration,
+        cause: FailureKind,
+        accept: impl Fn(Word) -> bool,
+    ) -> Option<HealthTransition> {
+        let mut current = Word(circuit.word.load(Ordering::Acquire));
+        loop {
+            if !accept(current) {
+                return None;
+            }
+            let reopens = circuit.reopens.load(Ordering::Relaxed).saturating_add(1);
+            let until = Self::now_ms(now).saturating_add(self.break_for(reopens));
+            match circuit.word.compare_exchange_weak(
+                current.0,
+                Word::open(until).0,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    circuit.reopens.store(reopens, Ordering::Relaxed);
+                    return (current.code() != OPEN)
+                        .then(|| Self::transition(current, CircuitState::Open, Some(cause)));
+                }
+                Err(actual) => current = Word(actual),
+            }
+        }
+    }
+
+    /// Gives a trial permit of `period` back.
+    fn release_trial(circuit: &Circuit, period: u64) {
+        let mut current = Word(circuit.word.load(Ordering::Acquire));
+        while current.is_trial_period(period) && current.trials() > 0 {
+            let next = Word::half_open(period, current.trials() - 1, current.successes());
+            match circuit.word.compare_exchange_weak(
+                current.0,
+                next.0,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return,
+                Err(actual) => current = Word(actual),
+            }
+        }
+    }
+
+    /// A 429: cool the model down for `retry_after`, or the doubling default.
+    /// `trial` is the permit's half-open period; `from_probe` lets a probe's
+    /// 429 cool down an open or half-open circuit too.
+    fn cool_down(
+        &self,
+        circuit: &Circuit,
+        now: Duration,
+        retry_after: Option<Duration>,
+        trial: Option<u64>,
+        from_probe: bool,
+    ) -> Option<HealthTransition> {
+        let now_ms = Self::now_ms(now);
+        let explicit = retry_after.is_some();
+        let explicit_ms =
+            retry_after.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let mut current = Word(circuit.word.load(Ordering::Acquire));
+        loop {
+            let starts = match current.code() {
+                CLOSED => true,
+                HALF_OPEN => from_probe || trial.is_some_and(|p| current.is_trial_period(p)),
+                OPEN => from_probe,
+                COOLING_DOWN => false,
+                _ => return None,
+            };
+            let (next, streak) = if starts {
+                let streak = circuit.cooldowns.load(Ordering::Relaxed).saturating_add(1);
+                let wait = explicit_ms.unwrap_or_else(|| self.default_cooldown(streak));
+                (
+                    Word::cooling_down(now_ms.saturating_add(wait), explicit),
+                    Some(streak),
+                )
+            } else {
+                if current.code() != COOLING_DOWN {
+                    return None;
+                }
+                // Another 429 while cooling down (a call that was already in
+                // flight): extend, without counting a new cooldown.
+                let streak = circuit.cooldowns.load(Ordering::Relaxed).max(1);
+                let wait = explicit_ms.unwrap_or_else(|| self.default_cooldown(streak));
+                let until = now_ms.saturating_add(wait).max(current.until_ms());
+                let next = Word::cooling_down(until, explicit || current.explicit());
+                if next == current {
+                    return None;
+                }
+                (next, None)
+            };
+            match circuit.word.compare_exchange_weak(
+                current.0,
+                next.0,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    return streak.map(|streak| {
+                        circuit.cooldowns.store(streak, Ordering::Relaxed);
+                        Self::transition(
+                            current,
+                            CircuitState::CoolingDown,
+                            Some(FailureKind::RateLimited),
+                        )
+                    });
+                }
+                Err(actual) => current = Word(actual),
+            }
+        }
+    }
+
+    /// Disables the model until a probe succeeds.
+    fn disable(circuit: &Circuit, cause: FailureKind) -> Option<HealthTransition> {
+        let previous = Word(circuit.word.swap(Word::disabled().0, Ordering::AcqRel));
+        (previous.code() != DISABLED)
+            .then(|| Self::transition(previous, CircuitState::Disabled, Some(cause)))
+    }
+
+    fn reset_cooldowns(circuit: &Circuit) {
+        if circuit.cooldowns.load(Ordering::Relaxed) != 0 {
+            circuit.cooldowns.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+impl HealthPolicy for CircuitBreaker {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn admit(&self, model: ModelIndex) -> Admission {
+        let Some(circuit) = self.circuits.get(model) else {
+            // A model this breaker was not built for: nothing is known.
+            return Admission::Admit(Permit::default());
+        };
+        let mut current = Word(circuit.word.load(Ordering::Acquire));
+        loop {
+            let next = match current.code() {
+                CLOSED => return Admission::Admit(Permit::default()),
+                DISABLED => {
+                    return Admission::Reject {
+                        retry_after: Duration::ZERO,
+                    };
+                }
+                OPEN | COOLING_DOWN => {
+                    let now_ms = Self::now_ms(self.clock.now());
+                    let until = current.until_ms();
+                    if now_ms < until {
+                        return Admission::Reject {
+                            retry_after: Duration::from_millis(until - now_ms),
+                        };
+                    }
+                    if current.code() == OPEN {
+                        Word::half_open(until, 1, 0)
+                    } else {
+                        Word::closed()
+                    }
+                }
+                _ => {
+                    if current.trials() >= self.half_open_calls {
+                        return Admission::Reject {
+                            retry_after: Duration::ZERO,
+                        };
+                    }
+                    Word::half_open(current.until_ms(), current.trials() + 1, current.successes())
+                }
+            };
+            match circuit.word.compare_exchange_weak(
+                current.0,
+                next.0,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    return Admission::Admit(if next.code() == HALF_OPEN {
+                        trial_permit(next.until_ms())
+                    } else {
+                        Permit::default()
+                    });
+                }
+                Err(actual) => current = Word(actual),
+            }
+        }
+    }
+
+    fn record(
+        &self,
+        model: ModelIndex,
+        permit: Permit,
+        outcome: CallOutcome,
+    ) -> Option<HealthTransition> {
+        let circuit = self.circuits.get(model)?;
+        let trial = trial_of(permit);
+        let (kind, retry_after, latency) = match outcome {
+            CallOutcome::Cancelled => {
+                if let Some(period) = trial {
+                    Self::release_trial(circuit, period);
+                }
+                return None;
+            }
+            CallOutcome::Success { latency } => {
+                let now = self.clock.now();
+                Self::touch(circuit, Self::now_ms(now));
+                let slow = self.is_slow(latency);
+                circuit.window.add(now, [1, 0, u64::from(slow)]);
+                Self::reset_cooldowns(circuit);
+                if let Some(period) = trial
+                    && let Some(t) = self.trial_succeeded(circuit, period)
+                {
+                    return Some(t);
+                }
+                return if slow {
+                    self.evaluate(circuit, now, None)
+                } else {
+                    None
+                };
+            }
+            CallOutcome::Failure {
+                kind,
+                retry_after,
+                latency,
+            } => (kind, retry_after, latency),
+        };
+        let now = self.clock.now();
+        Self::touch(circuit, Self::now_ms(now));
+        match kind.health_effect() {
+            HealthEffect::None => {
+                if let Some(period) = trial {
+                    Self::release_trial(circuit, period);
+                }
+                None
+            }
+            HealthEffect::Failure => {
+                let slow = self.is_slow(latency);
+                circuit.window.add(now, [1, 1, u64::from(slow)]);
+                if let Some(period) = trial
+                    && let Some(t) =
+                        self.reopen(circuit, now, kind, |w| w.is_trial_period(period))
+                {
+                    return Some(t);
+                }
+                self.evaluate(circuit, now, Some(kind))
+            }
+            HealthEffect::Cooldown => self.cool_down(circuit, now, retry_after, trial, false),
+            HealthEffect::Disable => Self::disable(circuit, kind),
+        }
+    }
+
+    fn record_probe(
+        &self,
+        model: ModelIndex,
+        result: Result<Duration, FailureKind>,
+    ) -> Option<HealthTransition> {
+        let circuit = self.circuits.get(model)?;
+        let now = self.clock.now();
+        Self::touch(circuit, Self::now_ms(now));
+        let kind = match result {
+            Ok(_) => {
+                Self::reset_cooldowns(circuit);
+                return self.close(circuit, None);
+            }
+            Err(kind) => kind,
+        };
+        match kind.health_effect() {
+            HealthEffect::None => None,
+            HealthEffect::Disable => Self::disable(circuit, kind),
+            HealthEffect::Cooldown => self.cool_down(circuit, now, None, None, true),
+            HealthEffect::Failure => {
+                let current = Word(circuit.word.load(Ordering::Acquire));
+                if current.code() == CLOSED {
+                    // An idle model found dead: open with the first break,
+                    // so traffic does not discover it the hard way.
+                    let until = Self::now_ms(now).saturating_add(self.break_for(0));
+                    return circuit
+                        .word
+                        .compare_exchange(
+                            current.0,
+                            Word::open(until).0,
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        )
+                        .ok()
+                        .map(|_| Self::transition(current, CircuitState::Open, Some(kind)));
+                }
+                self.reopen(circuit, now, kind, |w| {
+                    matches!(w.code(), OPEN | HALF_OPEN)
+                })
+            }
+        }
+    }
+
+    fn probe_targets(&self, idle: Duration, out: &mut Vec<ModelIndex>) {
+        let now_ms = Self::now_ms(self.clock.now());
+        let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        for (index, circuit) in self.circuits.iter().enumerate() {
+            let current = Word(circuit.word.load(Ordering::Acquire));
+            let wants = match current.code() {
+                OPEN | HALF_OPEN | DISABLED => true,
+                // An explicit Retry-After is the upstream's word; it ends by
+                // itself and probing would only spend its quota.
+                COOLING_DOWN => !current.explicit(),
+                _ => {
+                    now_ms.saturating_sub(circuit.last_activity_ms.load(Ordering::Relaxed))
+                        >= idle_ms
+                }
+            };
+            if wants {
+                out.push(index);
+            }
+        }
+    }
+
+    fn snapshot(&self, model: ModelIndex) -> HealthSnapshot {
+        let Some(circuit) = self.circuits.get(model) else {
+            return HealthSnapshot {
+                state: CircuitState::Closed,
+                retry_after_ms: None,
+                window_calls: 0,
+                failure_ratio: 0.0,
+            };
+        };
+        let now = self.clock.now();
+        let current = Word(circuit.word.load(Ordering::Acquire));
+        let retry_after_ms = matches!(current.code(), OPEN | COOLING_DOWN)
+            .then(|| current.until_ms().saturating_sub(Self::now_ms(now)));
+        let sums = circuit.window.sums(now);
+        HealthSnapshot {
+            state: current.state(),
+            retry_after_ms,
+            window_calls: sums[CALLS],
+            failure_ratio: if sums[CALLS] == 0 {
+                0.0
+            } else {
+                sums[FAILURES] as f64 / sums[CALLS] as f64
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

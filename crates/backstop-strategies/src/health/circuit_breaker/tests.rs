@@ -1,0 +1,625 @@
+//! The breaker through every state, on a manual clock.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use backstop_core::{ManualClock, ModelSpec};
+
+use super::*;
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+fn ctx(models: usize) -> (StrategyContext, Arc<ManualClock>) {
+    let clock = ManualClock::shared();
+    let specs = (0..models)
+        .map(|i| ModelSpec::new(format!("m{i}"), "p"))
+        .collect();
+    (StrategyContext::new(specs, clock.clone()), clock)
+}
+
+fn breaker(config: CircuitBreakerConfig) -> (CircuitBreaker, Arc<ManualClock>) {
+    let (ctx, clock) = ctx(2);
+    (CircuitBreaker::new(config, &ctx).unwrap(), clock)
+}
+
+fn ok() -> CallOutcome {
+    CallOutcome::Success { latency: ms(10) }
+}
+
+fn fail(kind: FailureKind) -> CallOutcome {
+    CallOutcome::Failure {
+        kind,
+        retry_after: None,
+        latency: ms(10),
+    }
+}
+
+fn limited(retry_after: Option<Duration>) -> CallOutcome {
+    CallOutcome::Failure {
+        kind: FailureKind::RateLimited,
+        retry_after,
+        latency: ms(10),
+    }
+}
+
+fn permit(b: &CircuitBreaker, model: ModelIndex) -> Permit {
+    match b.admit(model) {
+        Admission::Admit(p) => p,
+        Admission::Reject { retry_after } => panic!("rejected, retry after {retry_after:?}"),
+    }
+}
+
+fn call(b: &CircuitBreaker, outcome: CallOutcome) -> Option<HealthTransition> {
+    let p = permit(b, 0);
+    b.record(0, p, outcome)
+}
+
+fn rejected(b: &CircuitBreaker, model: ModelIndex) -> Duration {
+    match b.admit(model) {
+        Admission::Reject { retry_after } => retry_after,
+        Admission::Admit(p) => panic!("admitted with {p:?}"),
+    }
+}
+
+fn state(b: &CircuitBreaker) -> CircuitState {
+    b.snapshot(0).state
+}
+
+fn t(from: CircuitState, to: CircuitState, cause: Option<FailureKind>) -> Option<HealthTransition> {
+    Some(HealthTransition { from, to, cause })
+}
+
+/// Opens model 0 with five server errors (default knobs).
+fn open(b: &CircuitBreaker) {
+    for _ in 0..4 {
+        assert_eq!(call(b, fail(FailureKind::Server)), None);
+    }
+    assert_eq!(
+        call(b, fail(FailureKind::Server)),
+        t(CircuitState::Closed, CircuitState::Open, Some(FailureKind::Server))
+    );
+}
+
+#[test]
+fn defaults_are_the_documented_ones() {
+    let c = CircuitBreakerConfig::default();
+    assert_eq!(c.failure_ratio, 0.5);
+    assert_eq!(c.min_calls, 5);
+    assert_eq!(c.window_ms, 30_000);
+    assert_eq!(c.break_ms, 5_000);
+    let parsed: CircuitBreakerConfig = crate::error::parse(&serde_json::json!({
+        "failure_ratio": 0.5, "min_calls": 5, "window_ms": 30000, "break_ms": 5000
+    }))
+    .unwrap();
+    assert_eq!(parsed, c);
+}
+
+#[test]
+fn stays_closed_below_min_calls() {
+    let (b, _) = breaker(CircuitBreakerConfig::default());
+    for _ in 0..4 {
+        assert_eq!(call(&b, fail(FailureKind::Timeout)), None);
+    }
+    assert_eq!(state(&b), CircuitState::Closed);
+    assert_eq!(b.snapshot(0).window_calls, 4);
+    assert_eq!(b.snapshot(0).failure_ratio, 1.0);
+    // The fifth call reaches min_calls.
+    assert_eq!(
+        call(&b, fail(FailureKind::Timeout)),
+        t(CircuitState::Closed, CircuitState::Open, Some(FailureKind::Timeout))
+    );
+}
+
+#[test]
+fn opens_after_failure_ratio_with_min_throughput() {
+    let (b, _) = breaker(CircuitBreakerConfig::default());
+    for _ in 0..4 {
+        call(&b, ok());
+    }
+    // 3 of 7 fail: below 0.5.
+    for _ in 0..3 {
+        assert_eq!(call(&b, fail(FailureKind::Connect)), None);
+    }
+    assert_eq!(state(&b), CircuitState::Closed);
+    // 4 of 8: at the ratio.
+    assert_eq!(
+        call(&b, fail(FailureKind::Connect)),
+        t(CircuitState::Closed, CircuitState::Open, Some(FailureKind::Connect))
+    );
+    // The other model is untouched.
+    assert_eq!(b.snapshot(1).state, CircuitState::Closed);
+    assert!(matches!(b.admit(1), Admission::Admit(_)));
+}
+
+#[test]
+fn failures_age_out_of_the_window() {
+    let (b, clock) = breaker(CircuitBreakerConfig::default());
+    for _ in 0..4 {
+        call(&b, fail(FailureKind::Server));
+    }
+    clock.advance(ms(30_000));
+    assert_eq!(call(&b, fail(FailureKind::Server)), None);
+    assert_eq!(state(&b), CircuitState::Closed);
+    assert_eq!(b.snapshot(0).window_calls, 1);
+}
+
+#[test]
+fn open_rejects_with_retry_after_until_the_break_ends() {
+    let (b, clock) = breaker(CircuitBreakerConfig::default());
+    open(&b);
+    assert_eq!(rejected(&b, 0), ms(5_000));
+    assert_eq!(b.snapshot(0).retry_after_ms, Some(5_000));
+    clock.advance(ms(4_000));
+    assert_eq!(rejected(&b, 0), ms(1_000));
+    clock.advance(ms(1_000));
+    let p = permit(&b, 0);
+    assert!(trial_of(p).is_some(), "the first call after the break is a trial");
+    assert_eq!(state(&b), CircuitState::HalfOpen);
+}
+
+#[test]
+fn half_open_success_closes_with_a_fresh_window() {
+    let (b, clock) = breaker(CircuitBreakerConfig::default());
+    open(&b);
+    clock.advance(ms(5_000));
+    let p = permit(&b, 0);
+    // Only one trial at a time by default.
+    assert_eq!(rejected(&b, 0), Duration::ZERO);
+    assert_eq!(
+        b.record(0, p, ok()),
+        t(CircuitState::HalfOpen, CircuitState::Closed, None)
+    );
+    // The failures that opened it are forgotten.
+    assert_eq!(b.snapshot(0).window_calls, 0);
+    assert_eq!(call(&b, fail(FailureKind::Server)), None);
+    assert_eq!(state(&b), CircuitState::Closed);
+}
+
+#[test]
+fn half_open_failure_reopens_with_a_growing_capped_break() {
+    let (b, clock) = breaker(CircuitBreakerConfig {
+        max_break_ms: 30_000,
+        ..CircuitBreakerConfig::default()
+    });
+    open(&b);
+    let mut expected_break = 5_000;
+    for grown in [10_000, 20_000, 30_000, 30_000] {
+        clock.advance(ms(expected_break));
+        let p = permit(&b, 0);
+        assert_eq!(
+            b.record(0, p, fail(FailureKind::Server)),
+            t(CircuitState::HalfOpen, CircuitState::Open, Some(FailureKind::Server))
+        );
+        assert_eq!(rejected(&b, 0), ms(grown));
+        expected_break = grown;
+    }
+    // Closing resets the break: the next opening lasts break_ms again.
+    clock.advance(ms(expected_break));
+    let p = permit(&b, 0);
+    assert!(b.record(0, p, ok()).is_some());
+    open(&b);
+    assert_eq!(rejected(&b, 0), ms(5_000));
+}
+
+#[test]
+fn half_open_admits_a_bounded_number_of_trials_and_all_must_succeed() {
+    let (b, clock) = breaker(CircuitBreakerConfig {
+        half_open_calls: 2,
+        ..CircuitBreakerConfig::default()
+    });
+    open(&b);
+    clock.advance(ms(5_000));
+    let first = permit(&b, 0);
+    let second = permit(&b, 0);
+    rejected(&b, 0);
+    // A cancelled trial gives its permit back.
+    assert_eq!(b.record(0, second, CallOutcome::Cancelled), None);
+    let third = permit(&b, 0);
+    rejected(&b, 0);
+    assert_eq!(b.record(0, first, ok()), None);
+    assert_eq!(state(&b), CircuitState::HalfOpen);
+    assert_eq!(
+        b.record(0, third, ok()),
+        t(CircuitState::HalfOpen, CircuitState::Closed, None)
+    );
+}
+
+#[test]
+fn a_request_fault_during_a_trial_releases_the_permit() {
+    let (b, clock) = breaker(CircuitBreakerConfig::default());
+    open(&b);
+    clock.advance(ms(5_000));
+    let p = permit(&b, 0);
+    assert_eq!(b.record(0, p, fail(FailureKind::ContextLength)), None);
+    assert_eq!(state(&b), CircuitState::HalfOpen);
+    let p = permit(&b, 0);
+    assert!(b.record(0, p, ok()).is_some());
+}
+
+#[test]
+fn ordinary_permits_never_decide_a_half_open_circuit() {
+    let (b, clock) = breaker(CircuitBreakerConfig::default());
+    // A call admitted while closed, still in flight when the circuit opens.
+    let late = permit(&b, 0);
+    open(&b);
+    clock.advance(ms(5_000));
+    let trial = permit(&b, 0);
+    assert_eq!(b.record(0, late, fail(FailureKind::Server)), None);
+    assert_eq!(b.record(0, late, ok()), None);
+    assert_eq!(state(&b), CircuitState::HalfOpen);
+    assert!(b.record(0, trial, ok()).is_some());
+}
+
+#[test]
+fn a_trial_permit_of_an_earlier_period_is_ignored() {
+    let (b, clock) = breaker(CircuitBreakerConfig {
+        half_open_calls: 2,
+        ..CircuitBreakerConfig::default()
+    });
+    open(&b);
+    clock.advance(ms(5_000));
+    let old = permit(&b, 0);
+    let failing = permit(&b, 0);
+    assert!(b.record(0, failing, fail(FailureKind::Server)).is_some());
+    clock.advance(ms(10_000));
+    let fresh = permit(&b, 0);
+    // The old trial's outcome belongs to a period that is over.
+    assert_eq!(b.record(0, old, ok()), None);
+    assert_eq!(b.record(0, old, CallOutcome::Cancelled), None);
+    assert_eq!(state(&b), CircuitState::HalfOpen);
+    let other = permit(&b, 0);
+    rejected(&b, 0);
+    assert_eq!(b.record(0, fresh, ok()), None);
+    assert!(b.record(0, other, ok()).is_some());
+}
+
+#[test]
+fn slow_calls_open_the_circuit() {
+    let (b, _) = breaker(CircuitBreakerConfig {
+        slow_call_ms: Some(1_000),
+        slow_call_ratio: 0.5,
+        min_calls: 4,
+        ..CircuitBreakerConfig::default()
+    });
+    let slow = CallOutcome::Success { latency: ms(1_500) };
+    call(&b, ok());
+    call(&b, ok());
+    assert_eq!(call(&b, slow), None);
+    assert_eq!(
+        call(&b, slow),
+        t(CircuitState::Closed, CircuitState::Open, None)
+    );
+}
+
+#[test]
+fn slow_calls_are_ignored_unless_configured() {
+    let (b, _) = breaker(CircuitBreakerConfig::default());
+    for _ in 0..20 {
+        assert_eq!(call(&b, CallOutcome::Success { latency: ms(600_000) }), None);
+    }
+    assert_eq!(state(&b), CircuitState::Closed);
+}
+
+#[test]
+fn request_faults_count_for_nothing() {
+    let (b, _) = breaker(CircuitBreakerConfig::default());
+    for kind in [
+        FailureKind::BadRequest,
+        FailureKind::ContextLength,
+        FailureKind::ContentPolicy,
+    ] {
+        for _ in 0..10 {
+            assert_eq!(call(&b, fail(kind)), None);
+        }
+    }
+    assert_eq!(state(&b), CircuitState::Closed);
+    assert_eq!(b.snapshot(0).window_calls, 0);
+}
+
+#[test]
+fn every_health_failure_kind_counts() {
+    for kind in FailureKind::ALL {
+        if kind.health_effect() != HealthEffect::Failure {
+            continue;
+        }
+        let (b, _) = breaker(CircuitBreakerConfig::default());
+        for _ in 0..5 {
+            call(&b, fail(kind));
+        }
+        assert_eq!(state(&b), CircuitState::Open, "{kind}");
+    }
+}
+
+#[test]
+fn rate_limit_with_retry_after_cools_for_exactly_that_long() {
+    let (b, clock) = breaker(CircuitBreakerConfig::default());
+    assert_eq!(
+        call(&b, limited(Some(ms(7_000)))),
+        t(
+            CircuitState::Closed,
+            CircuitState::CoolingDown,
+            Some(FailureKind::RateLimited)
+        )
+    );
+    assert_eq!(rejected(&b, 0), ms(7_000));
+    // The upstream said when; probing earlier would only spend its quota.
+    let mut targets = Vec::new();
+    b.probe_targets(ms(60_000), &mut targets);
+    assert!(targets.is_empty());
+    clock.advance(ms(6_999));
+    assert_eq!(rejected(&b, 0), ms(1));
+    clock.advance(ms(1));
+    let p = permit(&b, 0);
+    assert_eq!(trial_of(p), None);
+    assert_eq!(state(&b), CircuitState::Closed);
+    // A 429 is not a failure: the window is untouched.
+    assert_eq!(b.snapshot(0).window_calls, 0);
+}
+
+#[test]
+fn a_429_storm_without_retry_after_backs_off_exponentially() {
+    let (b, clock) = breaker(CircuitBreakerConfig {
+        cooldown_ms: 1_000,
+        max_cooldown_ms: 5_000,
+        ..CircuitBreakerConfig::default()
+    });
+    for expected in [1_000, 2_000, 4_000, 5_000, 5_000] {
+        assert!(call(&b, limited(None)).is_some());
+        assert_eq!(rejected(&b, 0), ms(expected));
+        clock.advance(ms(expected));
+    }
+    // A success ends the storm: the next cooldown is short again.
+    call(&b, ok());
+    call(&b, limited(None));
+    assert_eq!(rejected(&b, 0), ms(1_000));
+}
+
+#[test]
+fn a_429_in_flight_during_a_cooldown_extends_it_without_doubling() {
+    let (b, clock) = breaker(CircuitBreakerConfig::default());
+    let a = permit(&b, 0);
+    let c = permit(&b, 0);
+    assert!(b.record(0, a, limited(None)).is_some());
+    clock.advance(ms(500));
+    assert_eq!(b.record(0, c, limited(None)), None);
+    assert_eq!(rejected(&b, 0), ms(1_000));
+    // Without Retry-After the prober may check it.
+    let mut targets = Vec::new();
+    b.probe_targets(ms(60_000), &mut targets);
+    assert_eq!(targets, vec![0]);
+}
+
+#[test]
+fn a_429_on_a_trial_cools_the_model_down() {
+    let (b, clock) = breaker(CircuitBreakerConfig::default());
+    open(&b);
+    clock.advance(ms(5_000));
+    let p = permit(&b, 0);
+    assert_eq!(
+        b.record(0, p, limited(Some(ms(2_000)))),
+        t(
+            CircuitState::HalfOpen,
+            CircuitState::CoolingDown,
+            Some(FailureKind::RateLimited)
+        )
+    );
+    clock.advance(ms(2_000));
+    assert_eq!(trial_of(permit(&b, 0)), None);
+}
+
+#[test]
+fn auth_failure_disables_until_a_probe_succeeds() {
+    for kind in [FailureKind::Auth, FailureKind::QuotaExhausted] {
+        let (b, clock) = breaker(CircuitBreakerConfig::default());
+        assert_eq!(
+            call(&b, fail(kind)),
+            t(CircuitState::Closed, CircuitState::Disabled, Some(kind))
+        );
+        clock.advance(ms(3_600_000));
+        assert_eq!(rejected(&b, 0), Duration::ZERO);
+        assert_eq!(b.snapshot(0).retry_after_ms, None);
+        let mut targets = Vec::new();
+        b.probe_targets(ms(60_000), &mut targets);
+        assert_eq!(targets, vec![0, 1], "disabled and idle models want probes");
+        // Failed probes leave it disabled; the same cause reports nothing new.
+        assert_eq!(b.record_probe(0, Err(FailureKind::Connect)), None);
+        assert_eq!(b.record_probe(0, Err(kind)), None);
+        assert_eq!(state(&b), CircuitState::Disabled);
+        assert_eq!(
+            b.record_probe(0, Ok(ms(30))),
+            t(CircuitState::Disabled, CircuitState::Closed, None)
+        );
+        assert!(matches!(b.admit(0), Admission::Admit(_)));
+    }
+}
+
+#[test]
+fn a_successful_probe_closes_an_open_circuit_before_the_break_ends() {
+    let (b, clock) = breaker(CircuitBreakerConfig::default());
+    open(&b);
+    clock.advance(ms(1_000));
+    assert_eq!(
+        b.record_probe(0, Ok(ms(20))),
+        t(CircuitState::Open, CircuitState::Closed, None)
+    );
+    assert_eq!(trial_of(permit(&b, 0)), None);
+    assert_eq!(b.record_probe(0, Ok(ms(20))), None, "already closed");
+}
+
+#[test]
+fn a_failed_probe_opens_an_idle_circuit_and_extends_an_open_one() {
+    let (b, clock) = breaker(CircuitBreakerConfig::default());
+    assert_eq!(
+        b.record_probe(0, Err(FailureKind::Connect)),
+        t(CircuitState::Closed, CircuitState::Open, Some(FailureKind::Connect))
+    );
+    assert_eq!(rejected(&b, 0), ms(5_000));
+    clock.advance(ms(4_000));
+    // Still down: the break starts over, grown.
+    assert_eq!(b.record_probe(0, Err(FailureKind::Timeout)), None);
+    assert_eq!(rejected(&b, 0), ms(10_000));
+    // A probe that only hit a request fault says nothing.
+    assert_eq!(b.record_probe(0, Err(FailureKind::BadRequest)), None);
+    assert_eq!(rejected(&b, 0), ms(10_000));
+    // A probe answered with a 429: the model is up but limited.
+    assert!(b.record_probe(0, Err(FailureKind::RateLimited)).is_some());
+    assert_eq!(state(&b), CircuitState::CoolingDown);
+}
+
+#[test]
+fn probe_targets_skip_healthy_busy_models() {
+    let (ctx, clock) = ctx(4);
+    let b = CircuitBreaker::new(CircuitBreakerConfig::default(), &ctx).unwrap();
+    let idle = ms(60_000);
+    let mut targets = Vec::new();
+    b.probe_targets(idle, &mut targets);
+    assert!(targets.is_empty(), "nothing is idle yet");
+    // Model 0 is busy, model 1 goes open, model 2 is disabled, model 3 idles.
+    for _ in 0..5 {
+        let p = permit(&b, 1);
+        b.record(1, p, fail(FailureKind::Server));
+    }
+    let p = permit(&b, 2);
+    b.record(2, p, fail(FailureKind::Auth));
+    for _ in 0..12 {
+        clock.advance(ms(10_000));
+        let p = permit(&b, 0);
+        b.record(0, p, ok());
+    }
+    b.probe_targets(idle, &mut targets);
+    assert_eq!(targets, vec![1, 2, 3]);
+    // A probe counts as activity: the idle model is not probed again
+    // until it has idled for idle_ms once more.
+    b.record_probe(3, Ok(ms(5)));
+    targets.clear();
+    b.probe_targets(idle, &mut targets);
+    assert_eq!(targets, vec![1, 2]);
+    // Half-open circuits want probes too.
+    clock.advance(ms(60_000));
+    let _trial = permit(&b, 1);
+    targets.clear();
+    b.probe_targets(idle, &mut targets);
+    assert!(targets.contains(&1));
+}
+
+#[test]
+fn snapshot_reports_the_window() {
+    let (b, _) = breaker(CircuitBreakerConfig::default());
+    call(&b, ok());
+    call(&b, ok());
+    call(&b, ok());
+    call(&b, fail(FailureKind::Server));
+    let s = b.snapshot(0);
+    assert_eq!(s.state, CircuitState::Closed);
+    assert_eq!(s.window_calls, 4);
+    assert_eq!(s.failure_ratio, 0.25);
+    assert_eq!(s.retry_after_ms, None);
+}
+
+#[test]
+fn unknown_models_are_admitted_and_ignored() {
+    let (b, _) = breaker(CircuitBreakerConfig::default());
+    assert_eq!(b.admit(9), Admission::Admit(Permit::default()));
+    assert_eq!(b.record(9, Permit::default(), fail(FailureKind::Auth)), None);
+    assert_eq!(b.record_probe(9, Ok(ms(1))), None);
+    assert_eq!(b.snapshot(9).state, CircuitState::Closed);
+}
+
+#[test]
+fn admission_from_many_threads_counts_every_call() {
+    let (b, _) = breaker(CircuitBreakerConfig::default());
+    let b = Arc::new(b);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            let b = b.clone();
+            s.spawn(move || {
+                for _ in 0..5_000 {
+                    let p = permit(&b, 0);
+                    assert_eq!(b.record(0, p, ok()), None);
+                }
+            });
+        }
+    });
+    assert_eq!(b.snapshot(0).window_calls, 20_000);
+    assert_eq!(state(&b), CircuitState::Closed);
+}
+
+#[test]
+fn concurrent_failures_report_exactly_one_opening() {
+    let (b, _) = breaker(CircuitBreakerConfig::default());
+    let b = Arc::new(b);
+    let openings = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            let b = b.clone();
+            let openings = &openings;
+            s.spawn(move || {
+                for _ in 0..1_000 {
+                    if let Admission::Admit(p) = b.admit(0)
+                        && b.record(0, p, fail(FailureKind::Server)).is_some()
+                    {
+                        openings.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(openings.load(Ordering::SeqCst), 1);
+    assert_eq!(state(&b), CircuitState::Open);
+}
+
+#[test]
+fn concurrent_half_open_admission_grants_exactly_the_trial_permits() {
+    let (b, clock) = breaker(CircuitBreakerConfig {
+        half_open_calls: 3,
+        ..CircuitBreakerConfig::default()
+    });
+    open(&b);
+    clock.advance(ms(5_000));
+    let b = Arc::new(b);
+    let granted = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            let b = b.clone();
+            let granted = &granted;
+            s.spawn(move || {
+                for _ in 0..1_000 {
+                    if let Admission::Admit(p) = b.admit(0) {
+                        assert!(trial_of(p).is_some());
+                        granted.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(granted.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn bad_values_name_their_key() {
+    let (ctx, _) = ctx(1);
+    let cases = [
+        (serde_json::json!({"failure_ratio": 1.5}), "failure_ratio"),
+        (serde_json::json!({"slow_call_ratio": -0.1}), "slow_call_ratio"),
+        (serde_json::json!({"min_calls": 0}), "min_calls"),
+        (serde_json::json!({"window_ms": 0}), "window_ms"),
+        (serde_json::json!({"window_ms": 5, "buckets": 10}), "buckets"),
+        (serde_json::json!({"break_ms": 0}), "break_ms"),
+        (serde_json::json!({"break_multiplier": 0.5}), "break_multiplier"),
+        (serde_json::json!({"break_ms": 9000, "max_break_ms": 8000}), "max_break_ms"),
+        (serde_json::json!({"half_open_calls": 64}), "half_open_calls"),
+        (serde_json::json!({"slow_call_ms": 0}), "slow_call_ms"),
+        (serde_json::json!({"cooldown_ms": 0}), "cooldown_ms"),
+        (serde_json::json!({"max_cooldown_ms": 10}), "max_cooldown_ms"),
+    ];
+    for (value, field) in cases {
+        let err = CircuitBreaker::from_value(&value, &ctx).unwrap_err();
+        assert_eq!(err.field(), Some(field), "{value}: {err}");
+    }
+    let err = CircuitBreaker::from_value(&serde_json::json!({"failur_ratio": 0.5}), &ctx)
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("unknown field `failur_ratio`, expected one of"), "{err}");
+}

@@ -1,0 +1,288 @@
+//! Lock-free counters over a sliding, time-bucketed window.
+//!
+//! The window is a ring of `buckets` slots, each covering `window / buckets`
+//! of time and holding `K` counters (calls, failures, slow calls; requests,
+//! fallbacks). A counter is one `AtomicU64`: the low 40 bits count, the high
+//! 24 bits tag the bucket the count belongs to (its bucket number modulo
+//! 2^24). Adding to a counter whose tag is current is one `fetch_add`; a
+//! stale tag is replaced by compare-and-swap, so a slot is recycled without a
+//! lock and without losing a concurrent increment.
+//!
+//! Tags are truncated, so a slot left untouched for 2^24 buckets could alias
+//! a current one. To rule that out, whoever moves the window's newest bucket
+//! forward also zeroes the slots of the buckets skipped in between (all of
+//! them after a gap longer than the window); every tag therefore stays
+//! within one window of the newest bucket, and a window idle for longer than
+//! itself reads as empty.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use backstop_core::clock::duration_to_nanos;
+
+const COUNT_BITS: u32 = 40;
+const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
+const TAG_MASK: u64 = (1 << (64 - COUNT_BITS)) - 1;
+const TAG_HALF: u64 = 1 << (64 - COUNT_BITS - 1);
+
+/// `K` counters summed over the last `window` of time.
+#[derive(Debug)]
+pub(crate) struct SlidingWindow<const K: usize> {
+    bucket_nanos: u64,
+    slots: Box<[[AtomicU64; K]]>,
+    /// The newest bucket number seen (full width).
+    newest: AtomicU64,
+}
+
+fn tag_of(bucket: u64) -> u64 {
+    bucket & TAG_MASK
+}
+
+/// Whether tag `a` is strictly older than tag `b` (modulo the tag width).
+fn older(a: u64, b: u64) -> bool {
+    let d = b.wrapping_sub(a) & TAG_MASK;
+    d != 0 && d < TAG_HALF
+}
+
+fn word(tag: u64, count: u64) -> u64 {
+    (tag << COUNT_BITS) | (count & COUNT_MASK)
+}
+
+impl<const K: usize> SlidingWindow<K> {
+    /// A window of `window` split into `buckets` buckets (at least one, and
+    /// buckets of at least one nanosecond).
+    pub(crate) fn new(window: Duration, buckets: u32) -> Self {
+        let buckets = u64::from(buckets.max(1));
+        let bucket_nanos = (duration_to_nanos(window) / buckets).max(1);
+        Self {
+            bucket_nanos,
+            slots: (0..buckets)
+                .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
+                .collect(),
+            newest: AtomicU64::new(0),
+        }
+    }
+
+    fn len(&self) -> u64 {
+        self.slots.len() as u64
+    }
+
+    fn bucket_at(&self, now: Duration) -> u64 {
+        duration_to_nanos(now) / self.bucket_nanos
+    }
+
+    fn slot(&self, bucket: u64) -> &[AtomicU64; K] {
+        // The modulo keeps the index below the slice's length.
+        &self.slots[(bucket % self.len()) as usize]
+    }
+
+    /// Adds `by[k]` to counter `k` at time `now`.
+    pub(crate) fn add(&self, now: Duration, by: [u64; K]) {
+        let bucket = self.bucket_at(now);
+        self.advance(bucket);
+        let tag = tag_of(bucket);
+        for (counter, n) in self.slot(bucket).iter().zip(by) {
+            if n == 0 {
+                continue;
+            }
+            let mut current = counter.load(Ordering::Relaxed);
+            loop {
+                let current_tag = current >> COUNT_BITS;
+                if !older(current_tag, tag) {
+                    // Current bucket (or, for a caller whose clock read lags
+                    // a bucket behind another's, the next one: a count a few
+                    // nanoseconds late is harmless).
+                    counter.fetch_add(n, Ordering::Relaxed);
+                    break;
+                }
+                match counter.compare_exchange_weak(
+                    current,
+                    word(tag, n),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => break,
+                    Err(actual) => current = actual,
+                }
+            }
+        }
+    }
+
+    /// Moves the newest bucket to `bucket`, zeroing the slots of the buckets
+    /// skipped since the previous newest one.
+    fn advance(&self, bucket: u64) {
+        let mut newest = self.newest.load(Ordering::Relaxed);
+        while bucket > newest {
+            match self.newest.compare_exchange_weak(
+                newest,
+                bucket,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    if bucket - newest >= self.len() {
+                        // The whole window expired and old tags may alias
+                        // current ones: start every slot afresh.
+                        for b in bucket + 1 - self.len()..=bucket {
+                            let tag = tag_of(b);
+                            for counter in self.slot(b) {
+                                counter.store(word(tag, 0), Ordering::Relaxed);
+                            }
+                        }
+                    } else {
+                        for skipped in newest + 1..bucket {
+                            self.clear_slot(skipped);
+                        }
+                    }
+                    return;
+                }
+                Err(actual) => newest = actual,
+            }
+        }
+    }
+
+    /// Sets every counter of `bucket`'s slot to zero for that bucket, unless
+    /// it already holds that bucket or a newer one.
+    fn clear_slot(&self, bucket: u64) {
+        let tag = tag_of(bucket);
+        for counter in self.slot(bucket) {
+            let mut current = counter.load(Ordering::Relaxed);
+            while older(current >> COUNT_BITS, tag) {
+                match counter.compare_exchange_weak(
+                    current,
+                    word(tag, 0),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => break,
+                    Err(actual) => current = actual,
+                }
+            }
+        }
+    }
+
+    /// Each counter summed over the window ending at `now`.
+    pub(crate) fn sums(&self, now: Duration) -> [u64; K] {
+        let mut out = [0; K];
+        let bucket = self.bucket_at(now);
+        let newest = self.newest.load(Ordering::Acquire);
+        if bucket >= newest.saturating_add(self.len()) {
+            // Idle for longer than the window: everything has expired (and
+            // the tags may have wrapped, so they are not consulted).
+            return out;
+        }
+        let tag = tag_of(bucket);
+        for slot in self.slots.iter() {
+            for (sum, counter) in out.iter_mut().zip(slot) {
+                let w = counter.load(Ordering::Relaxed);
+                let age = tag.wrapping_sub(w >> COUNT_BITS) & TAG_MASK;
+                if age < self.len() {
+                    *sum += w & COUNT_MASK;
+                }
+            }
+        }
+        out
+    }
+
+    /// Zeroes every count, keeping the buckets' tags. Increments racing with
+    /// the reset may survive it; none is corrupted.
+    pub(crate) fn reset(&self) {
+        for slot in self.slots.iter() {
+            for counter in slot {
+                let mut current = counter.load(Ordering::Relaxed);
+                while current & COUNT_MASK != 0 {
+                    match counter.compare_exchange_weak(
+                        current,
+                        current & !COUNT_MASK,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    ) {
+                        Ok(_) => break,
+                        Err(actual) => current = actual,
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+
+    #[test]
+    fn counts_expire_bucket_by_bucket() {
+        // 10 s window, 1 s buckets.
+        let w = SlidingWindow::<2>::new(ms(10_000), 10);
+        w.add(ms(0), [1, 0]);
+        w.add(ms(500), [1, 1]);
+        w.add(ms(4_200), [1, 0]);
+        assert_eq!(w.sums(ms(4_200)), [3, 1]);
+        // At 10.0 s the bucket [0, 1) s has left the window.
+        assert_eq!(w.sums(ms(9_999)), [3, 1]);
+        assert_eq!(w.sums(ms(10_000)), [1, 0]);
+        // The bucket [4, 5) s leaves at 14.0 s.
+        assert_eq!(w.sums(ms(13_999)), [1, 0]);
+        assert_eq!(w.sums(ms(14_000)), [0, 0]);
+    }
+
+    #[test]
+    fn a_recycled_slot_starts_from_zero() {
+        let w = SlidingWindow::<1>::new(ms(1_000), 4);
+        w.add(ms(0), [5]);
+        // Bucket 4 reuses slot 0.
+        w.add(ms(1_000), [2]);
+        assert_eq!(w.sums(ms(1_000)), [2]);
+    }
+
+    #[test]
+    fn slots_skipped_over_a_long_gap_never_alias() {
+        // 4 buckets of 1 ns, so 2^24 buckets pass quickly.
+        let w = SlidingWindow::<1>::new(Duration::from_nanos(4), 4);
+        w.add(Duration::from_nanos(1), [7]);
+        w.add(Duration::from_nanos(2), [1]);
+        // Exactly 2^24 buckets later, bucket 1's tag would match again.
+        let later = (1u64 << 24) + 2;
+        w.add(Duration::from_nanos(later), [1]);
+        assert_eq!(w.sums(Duration::from_nanos(later)), [1]);
+        assert_eq!(w.sums(Duration::from_nanos(later + 1)), [1]);
+    }
+
+    #[test]
+    fn an_idle_window_reads_empty() {
+        let w = SlidingWindow::<1>::new(ms(1_000), 10);
+        w.add(ms(100), [3]);
+        assert_eq!(w.sums(ms(5_000)), [0]);
+    }
+
+    #[test]
+    fn reset_zeroes_counts() {
+        let w = SlidingWindow::<2>::new(ms(1_000), 10);
+        w.add(ms(100), [3, 2]);
+        w.add(ms(200), [1, 0]);
+        w.reset();
+        assert_eq!(w.sums(ms(200)), [0, 0]);
+        w.add(ms(200), [1, 1]);
+        assert_eq!(w.sums(ms(200)), [1, 1]);
+    }
+
+    #[test]
+    fn concurrent_adds_are_all_counted() {
+        let w = std::sync::Arc::new(SlidingWindow::<1>::new(ms(1_000), 10));
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                let w = w.clone();
+                s.spawn(move || {
+                    for _ in 0..10_000 {
+                        w.add(ms(50), [1]);
+                    }
+                });
+            }
+        });
+        assert_eq!(w.sums(ms(50)), [40_000]);
+    }
+}
