@@ -7,29 +7,25 @@
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OpenAiBuildError {
     /// The variable that should hold the API key is not set or is empty.
-    #[error(
-        "api_key_env: the environment variable `{var}` is not set (it should hold the API key)"
-    )]
+    #[error("the environment variable `{var}` is not set (it should hold the API key)")]
     MissingKey {
         /// The variable's name.
         var: String,
     },
     /// The variable is set but its value cannot be sent in a header
     /// (not Unicode, or control characters).
-    #[error(
-        "api_key_env: the value of `{var}` is not a valid API key (not sendable in an HTTP header)"
-    )]
+    #[error("the value of `{var}` is not a valid API key (not sendable in an HTTP header)")]
     InvalidKey {
         /// The variable's name.
         var: String,
     },
     /// `api_key_env` is the empty string.
     #[error(
-        "api_key_env is empty; name the environment variable that holds the key, or remove the key"
+        "the variable name is empty; name the environment variable that holds the key, or remove the key"
     )]
     EmptyKeyVar,
     /// `base_url` is not an absolute http(s) URL.
-    #[error("base_url `{url}` is not a valid http(s) URL: {reason}")]
+    #[error("`{url}` is not a valid http(s) URL: {reason}")]
     InvalidBaseUrl {
         /// The configured value.
         url: String,
