@@ -31,3 +31,5 @@ pub mod scenario;
 pub use scenario::{
     Mode, RenderOptions, SCENARIO_NAMES, ScenarioSpec, catalog, render_config, scenario,
 };
+pub mod load;
+pub use load::{AnswerCheck, LoadGenerator, LoadPlan, LoadRun, Outcome, RequestRecord, Target};
