@@ -29,7 +29,9 @@
 
 use std::sync::Arc;
 
-use backstop_core::{BudgetPolicy, EventSink, HealthPolicy, ResultHandler, Selector, StrategyContext};
+use backstop_core::{
+    BudgetPolicy, EventSink, HealthPolicy, ResultHandler, Selector, StrategyContext,
+};
 use serde_json::Value;
 
 use crate::budget::{PerRequest, Rolling, Unlimited};
@@ -40,8 +42,7 @@ use crate::result::Annotate;
 use crate::selector::{CostAware, LatencyAware, Priority, Weighted};
 
 /// Builds a selector from its table.
-pub type SelectorFactory =
-    fn(&Value, &StrategyContext) -> Result<Arc<dyn Selector>, StrategyError>;
+pub type SelectorFactory = fn(&Value, &StrategyContext) -> Result<Arc<dyn Selector>, StrategyError>;
 /// Builds a health policy from its table.
 pub type HealthFactory =
     fn(&Value, &StrategyContext) -> Result<Arc<dyn HealthPolicy>, StrategyError>;
@@ -52,8 +53,7 @@ pub type BudgetFactory =
 pub type ResultFactory =
     fn(&Value, &StrategyContext) -> Result<Arc<dyn ResultHandler>, StrategyError>;
 /// Builds an event sink from its table.
-pub type MonitorFactory =
-    fn(&Value, &StrategyContext) -> Result<Arc<dyn EventSink>, StrategyError>;
+pub type MonitorFactory = fn(&Value, &StrategyContext) -> Result<Arc<dyn EventSink>, StrategyError>;
 
 /// The default selector's name.
 pub const DEFAULT_SELECTOR: &str = crate::selector::priority::NAME;
@@ -219,7 +219,10 @@ mod tests {
 
     fn ctx() -> StrategyContext {
         StrategyContext::new(
-            vec![ModelSpec::new("gpt-4o", "openai"), ModelSpec::new("qwen-7b", "local")],
+            vec![
+                ModelSpec::new("gpt-4o", "openai"),
+                ModelSpec::new("qwen-7b", "local"),
+            ],
             ManualClock::shared(),
         )
     }
@@ -257,8 +260,12 @@ mod tests {
     #[test]
     fn the_issue_example_tables_build() {
         let ctx = ctx();
-        build_selector("latency_aware", &serde_json::json!({"max_latency_ms": 5000}), &ctx)
-            .unwrap();
+        build_selector(
+            "latency_aware",
+            &serde_json::json!({"max_latency_ms": 5000}),
+            &ctx,
+        )
+        .unwrap();
         build_selector("priority", &serde_json::json!({}), &ctx).unwrap();
         build_health(
             "circuit_breaker",
@@ -306,7 +313,10 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(err.starts_with("unknown field `failur_ratio`, expected one of `failure_ratio`"), "{err}");
+        assert!(
+            err.starts_with("unknown field `failur_ratio`, expected one of `failure_ratio`"),
+            "{err}"
+        );
         let err = build_budget("rolling", &serde_json::json!({"max_cots": 1}), &ctx)
             .unwrap_err()
             .to_string();
@@ -315,9 +325,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown field `x`"), "{err}");
-        let err = build_budget("per_request", &serde_json::json!({"max_cost": "cheap"}), &ctx)
-            .unwrap_err()
-            .to_string();
+        let err = build_budget(
+            "per_request",
+            &serde_json::json!({"max_cost": "cheap"}),
+            &ctx,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("invalid type"), "{err}");
     }
 }

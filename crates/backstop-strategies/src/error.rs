@@ -119,7 +119,10 @@ mod tests {
     fn serde_message_names_the_unknown_field_and_the_expected_ones() {
         let err = parse::<Knobs>(&serde_json::json!({"failur_ratio": 0.5})).unwrap_err();
         let message = err.to_string();
-        assert!(message.contains("unknown field `failur_ratio`"), "{message}");
+        assert!(
+            message.contains("unknown field `failur_ratio`"),
+            "{message}"
+        );
         assert!(message.contains("`failure_ratio`"), "{message}");
     }
 

@@ -113,7 +113,10 @@ pub(crate) mod test_models {
         let mut cheap = pricey.clone();
         cheap.id = "cheap".into();
         cheap.output_cost_per_1k = 0.001;
-        (StrategyContext::new(vec![pricey, cheap], clock.clone()), clock)
+        (
+            StrategyContext::new(vec![pricey, cheap], clock.clone()),
+            clock,
+        )
     }
 
     /// A request from `caller` on `scenario`.

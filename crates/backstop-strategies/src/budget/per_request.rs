@@ -119,7 +119,10 @@ mod tests {
 
     fn budget(max_cost: f64) -> (PerRequest, StrategyContext) {
         let (ctx, _) = ctx();
-        (PerRequest::new(PerRequestConfig { max_cost }, &ctx).unwrap(), ctx)
+        (
+            PerRequest::new(PerRequestConfig { max_cost }, &ctx).unwrap(),
+            ctx,
+        )
     }
 
     #[test]
@@ -152,7 +155,9 @@ mod tests {
         models[0].input_cost_per_1k = 0.002;
         ctx.models = models.into();
         // 500 prompt tokens at 0.002 per 1k plus 0.001 of output.
-        let over = b.reserve(0, &ctx.models[0], &facts("chat", None)).unwrap_err();
+        let over = b
+            .reserve(0, &ctx.models[0], &facts("chat", None))
+            .unwrap_err();
         assert!((over.needed - 0.002).abs() < 1e-12);
     }
 

@@ -158,12 +158,10 @@ impl Account {
             if after > self.cap {
                 return Err(self.cap.saturating_sub(used));
             }
-            match self.used.compare_exchange_weak(
-                used,
-                after,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
+            match self
+                .used
+                .compare_exchange_weak(used, after, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => return Ok(()),
                 Err(actual) => used = actual,
             }
@@ -268,7 +266,9 @@ impl Rolling {
             window_ms: config.window_ms,
             max_cost: config.max_cost,
             total: Account::new(config.max_cost.map_or(u64::MAX, to_nano), window),
-            per_caller: config.max_cost_per_caller.map(|c| Accounts::new(to_nano(c))),
+            per_caller: config
+                .max_cost_per_caller
+                .map(|c| Accounts::new(to_nano(c))),
             per_scenario: config
                 .max_cost_per_scenario
                 .map(|c| Accounts::new(to_nano(c))),
@@ -379,7 +379,9 @@ mod tests {
     use super::*;
     use crate::budget::test_models::{ctx, facts};
 
-    fn rolling(config: RollingConfig) -> (Rolling, StrategyContext, Arc<backstop_core::ManualClock>) {
+    fn rolling(
+        config: RollingConfig,
+    ) -> (Rolling, StrategyContext, Arc<backstop_core::ManualClock>) {
         let (ctx, clock) = ctx();
         (Rolling::new(config, &ctx).unwrap(), ctx, clock)
     }
@@ -544,11 +546,8 @@ mod tests {
         let (ctx, _) = ctx();
         let err = Rolling::from_value(&serde_json::json!({"window_ms": 1000}), &ctx).unwrap_err();
         assert_eq!(err.field(), Some("max_cost"));
-        let err = Rolling::from_value(
-            &serde_json::json!({"max_cost_per_caller": -2.0}),
-            &ctx,
-        )
-        .unwrap_err();
+        let err = Rolling::from_value(&serde_json::json!({"max_cost_per_caller": -2.0}), &ctx)
+            .unwrap_err();
         assert_eq!(err.field(), Some("max_cost_per_caller"));
         let err = Rolling::from_value(&serde_json::json!({"max_cost": 1, "window_ms": 0}), &ctx)
             .unwrap_err();

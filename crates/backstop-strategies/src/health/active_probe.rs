@@ -40,8 +40,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backstop_core::{
-    Event, EventSink, FailureKind, HealthPolicy, ModelIndex, ProviderError, Router,
-    StrategyContext,
+    Event, EventSink, FailureKind, HealthPolicy, ModelIndex, ProviderError, Router, StrategyContext,
 };
 use serde::Deserialize;
 use tokio::task::{JoinHandle, JoinSet};
@@ -199,7 +198,11 @@ impl ActiveProbe {
         let id = model_id(router, model);
         let result = match result {
             Ok(latency) => {
-                tracing::debug!(model = id, latency_ms = latency.as_millis() as u64, "probe answered");
+                tracing::debug!(
+                    model = id,
+                    latency_ms = latency.as_millis() as u64,
+                    "probe answered"
+                );
                 Ok(latency)
             }
             Err(error) if is_budget_refusal(&error) => {

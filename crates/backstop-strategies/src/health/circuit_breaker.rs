@@ -158,7 +158,10 @@ impl CircuitBreakerConfig {
         if !(1..=FIELD_MAX).contains(&u64::from(self.half_open_calls)) {
             return Err(StrategyError::invalid(
                 "half_open_calls",
-                format!("must be within 1..={FIELD_MAX} (got {})", self.half_open_calls),
+                format!(
+                    "must be within 1..={FIELD_MAX} (got {})",
+                    self.half_open_calls
+                ),
             ));
         }
         check_non_zero("cooldown_ms", self.cooldown_ms)?;
@@ -345,7 +348,9 @@ impl CircuitBreaker {
     }
 
     fn now_ms(now: Duration) -> u64 {
-        u64::try_from(now.as_millis()).unwrap_or(u64::MAX).min(UNTIL_MAX)
+        u64::try_from(now.as_millis())
+            .unwrap_or(u64::MAX)
+            .min(UNTIL_MAX)
     }
 
     /// The break after `reopens` re-opens: `break_ms * multiplier^reopens`,
@@ -535,8 +540,7 @@ impl CircuitBreaker {
     ) -> Option<HealthTransition> {
         let now_ms = Self::now_ms(now);
         let explicit = retry_after.is_some();
-        let explicit_ms =
-            retry_after.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let explicit_ms = retry_after.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let mut current = Word(circuit.word.load(Ordering::Acquire));
         loop {
             let starts = match current.code() {
@@ -642,7 +646,11 @@ impl HealthPolicy for CircuitBreaker {
                             retry_after: Duration::ZERO,
                         };
                     }
-                    Word::half_open(current.until_ms(), current.trials() + 1, current.successes())
+                    Word::half_open(
+                        current.until_ms(),
+                        current.trials() + 1,
+                        current.successes(),
+                    )
                 }
             };
             match circuit.word.compare_exchange_weak(
@@ -714,8 +722,7 @@ impl HealthPolicy for CircuitBreaker {
                 let slow = self.is_slow(latency);
                 circuit.window.add(now, [1, 1, u64::from(slow)]);
                 if let Some(period) = trial
-                    && let Some(t) =
-                        self.reopen(circuit, now, kind, |w| w.is_trial_period(period))
+                    && let Some(t) = self.reopen(circuit, now, kind, |w| w.is_trial_period(period))
                 {
                     return Some(t);
                 }
@@ -762,9 +769,7 @@ impl HealthPolicy for CircuitBreaker {
                         .ok()
                         .map(|_| Self::transition(current, CircuitState::Open, Some(kind)));
                 }
-                self.reopen(circuit, now, kind, |w| {
-                    matches!(w.code(), OPEN | HALF_OPEN)
-                })
+                self.reopen(circuit, now, kind, |w| matches!(w.code(), OPEN | HALF_OPEN))
             }
         }
     }

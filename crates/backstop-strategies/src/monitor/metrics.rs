@@ -103,7 +103,9 @@ impl Histogram {
         let mut cumulative = 0;
         for (i, count) in self.counts.iter().enumerate() {
             cumulative += count.load(Ordering::Relaxed);
-            let le = BOUNDS.get(i).map_or_else(|| "+Inf".to_owned(), f64::to_string);
+            let le = BOUNDS
+                .get(i)
+                .map_or_else(|| "+Inf".to_owned(), f64::to_string);
             let _ = writeln!(
                 out,
                 "{name}_bucket{{{label}=\"{}\",le=\"{le}\"}} {cumulative}",
@@ -112,7 +114,11 @@ impl Histogram {
         }
         let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
         let _ = writeln!(out, "{name}_sum{{{label}=\"{}\"}} {sum}", escape(value));
-        let _ = writeln!(out, "{name}_count{{{label}=\"{}\"}} {cumulative}", escape(value));
+        let _ = writeln!(
+            out,
+            "{name}_count{{{label}=\"{}\"}} {cumulative}",
+            escape(value)
+        );
     }
 }
 
@@ -320,7 +326,12 @@ impl Metrics {
             .map(|(name, m)| (&**name, &**m))
             .chain(std::iter::once((OTHER_SCENARIO, &self.other)));
 
-        header(out, "backstop_requests_total", "counter", "Requests by scenario and outcome.");
+        header(
+            out,
+            "backstop_requests_total",
+            "counter",
+            "Requests by scenario and outcome.",
+        );
         let mut latency_lines = String::new();
         for (name, m) in all {
             for (outcome, count) in REQUEST_OUTCOMES.iter().zip(&m.outcomes) {

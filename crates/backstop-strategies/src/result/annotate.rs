@@ -200,10 +200,7 @@ pub struct Annotate {
 impl Annotate {
     /// The annotator.
     pub fn new(config: AnnotateConfig, _ctx: &StrategyContext) -> Result<Self, StrategyError> {
-        let warning = config
-            .warning
-            .as_deref()
-            .unwrap_or(config.locale.warning());
+        let warning = config.warning.as_deref().unwrap_or(config.locale.warning());
         let limitation = config
             .limitation
             .as_deref()
@@ -294,7 +291,10 @@ mod tests {
         assert_eq!(a.annotate(&served(0)), Annotation::default());
         assert_eq!(
             texts(&a.annotate(&served(1))),
-            (Some("当前使用了备用模型(qwen-7b)，输出质量可能有所差异"), None)
+            (
+                Some("当前使用了备用模型(qwen-7b)，输出质量可能有所差异"),
+                None
+            )
         );
         assert_eq!(
             texts(&a.annotate(&served(2))),
@@ -325,15 +325,15 @@ mod tests {
 
     #[test]
     fn bad_templates_and_locales_are_refused() {
-        let err = Annotate::from_value(&serde_json::json!({"warning": "{modle}"}), &ctx())
-            .unwrap_err();
+        let err =
+            Annotate::from_value(&serde_json::json!({"warning": "{modle}"}), &ctx()).unwrap_err();
         assert_eq!(err.field(), Some("warning"));
         assert!(err.to_string().contains("`{modle}`"), "{err}");
         let err = Annotate::from_value(&serde_json::json!({"limitation": "oops {model"}), &ctx())
             .unwrap_err();
         assert_eq!(err.field(), Some("limitation"));
-        let err = Annotate::from_value(&serde_json::json!({"warning": "a } b"}), &ctx())
-            .unwrap_err();
+        let err =
+            Annotate::from_value(&serde_json::json!({"warning": "a } b"}), &ctx()).unwrap_err();
         assert_eq!(err.field(), Some("warning"));
         let err = Annotate::from_value(&serde_json::json!({"locale": "fr"}), &ctx())
             .unwrap_err()

@@ -200,7 +200,10 @@ mod tests {
         for (i, t) in [400, 100, 300, 200].into_iter().enumerate() {
             ctx.latency.observe(i, LatencyKind::Total, ms(t));
         }
-        assert_eq!(order(&selector(&ctx, None), &ctx, false), ["b", "d", "c", "a"]);
+        assert_eq!(
+            order(&selector(&ctx, None), &ctx, false),
+            ["b", "d", "c", "a"]
+        );
     }
 
     #[test]
@@ -272,8 +275,8 @@ mod tests {
     #[test]
     fn a_zero_limit_is_refused() {
         let ctx = four();
-        let err = LatencyAware::from_value(&serde_json::json!({"max_latency_ms": 0}), &ctx)
-            .unwrap_err();
+        let err =
+            LatencyAware::from_value(&serde_json::json!({"max_latency_ms": 0}), &ctx).unwrap_err();
         assert_eq!(err.field(), Some("max_latency_ms"));
     }
 }

@@ -230,7 +230,10 @@ mod tests {
         let draws = 8_000;
         let east_first = (0..draws).filter(|_| draw(&s, &ctx)[0] == "east").count();
         let share = east_first as f64 / draws as f64;
-        assert!((share - 0.75).abs() < 0.03, "east first in {share} of draws");
+        assert!(
+            (share - 0.75).abs() < 0.03,
+            "east first in {share} of draws"
+        );
     }
 
     #[test]
@@ -252,11 +255,11 @@ mod tests {
     #[test]
     fn weights_must_name_models_and_be_non_negative() {
         let ctx = four();
-        let err = Weighted::from_value(&serde_json::json!({"weights": {"nope": 1.0}}), &ctx)
-            .unwrap_err();
+        let err =
+            Weighted::from_value(&serde_json::json!({"weights": {"nope": 1.0}}), &ctx).unwrap_err();
         assert_eq!(err.field(), Some("weights.nope"));
-        let err = Weighted::from_value(&serde_json::json!({"weights": {"east": -1}}), &ctx)
-            .unwrap_err();
+        let err =
+            Weighted::from_value(&serde_json::json!({"weights": {"east": -1}}), &ctx).unwrap_err();
         assert_eq!(err.field(), Some("weights.east"));
     }
 

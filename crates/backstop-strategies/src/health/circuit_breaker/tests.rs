@@ -78,7 +78,11 @@ fn open(b: &CircuitBreaker) {
     }
     assert_eq!(
         call(b, fail(FailureKind::Server)),
-        t(CircuitState::Closed, CircuitState::Open, Some(FailureKind::Server))
+        t(
+            CircuitState::Closed,
+            CircuitState::Open,
+            Some(FailureKind::Server)
+        )
     );
 }
 
@@ -108,7 +112,11 @@ fn stays_closed_below_min_calls() {
     // The fifth call reaches min_calls.
     assert_eq!(
         call(&b, fail(FailureKind::Timeout)),
-        t(CircuitState::Closed, CircuitState::Open, Some(FailureKind::Timeout))
+        t(
+            CircuitState::Closed,
+            CircuitState::Open,
+            Some(FailureKind::Timeout)
+        )
     );
 }
 
@@ -126,7 +134,11 @@ fn opens_after_failure_ratio_with_min_throughput() {
     // 4 of 8: at the ratio.
     assert_eq!(
         call(&b, fail(FailureKind::Connect)),
-        t(CircuitState::Closed, CircuitState::Open, Some(FailureKind::Connect))
+        t(
+            CircuitState::Closed,
+            CircuitState::Open,
+            Some(FailureKind::Connect)
+        )
     );
     // The other model is untouched.
     assert_eq!(b.snapshot(1).state, CircuitState::Closed);
@@ -155,7 +167,10 @@ fn open_rejects_with_retry_after_until_the_break_ends() {
     assert_eq!(rejected(&b, 0), ms(1_000));
     clock.advance(ms(1_000));
     let p = permit(&b, 0);
-    assert!(trial_of(p).is_some(), "the first call after the break is a trial");
+    assert!(
+        trial_of(p).is_some(),
+        "the first call after the break is a trial"
+    );
     assert_eq!(state(&b), CircuitState::HalfOpen);
 }
 
@@ -190,7 +205,11 @@ fn half_open_failure_reopens_with_a_growing_capped_break() {
         let p = permit(&b, 0);
         assert_eq!(
             b.record(0, p, fail(FailureKind::Server)),
-            t(CircuitState::HalfOpen, CircuitState::Open, Some(FailureKind::Server))
+            t(
+                CircuitState::HalfOpen,
+                CircuitState::Open,
+                Some(FailureKind::Server)
+            )
         );
         assert_eq!(rejected(&b, 0), ms(grown));
         expected_break = grown;
@@ -297,7 +316,15 @@ fn slow_calls_open_the_circuit() {
 fn slow_calls_are_ignored_unless_configured() {
     let (b, _) = breaker(CircuitBreakerConfig::default());
     for _ in 0..20 {
-        assert_eq!(call(&b, CallOutcome::Success { latency: ms(600_000) }), None);
+        assert_eq!(
+            call(
+                &b,
+                CallOutcome::Success {
+                    latency: ms(600_000)
+                }
+            ),
+            None
+        );
     }
     assert_eq!(state(&b), CircuitState::Closed);
 }
@@ -453,7 +480,11 @@ fn a_failed_probe_opens_an_idle_circuit_and_extends_an_open_one() {
     let (b, clock) = breaker(CircuitBreakerConfig::default());
     assert_eq!(
         b.record_probe(0, Err(FailureKind::Connect)),
-        t(CircuitState::Closed, CircuitState::Open, Some(FailureKind::Connect))
+        t(
+            CircuitState::Closed,
+            CircuitState::Open,
+            Some(FailureKind::Connect)
+        )
     );
     assert_eq!(rejected(&b, 0), ms(5_000));
     clock.advance(ms(4_000));
@@ -522,7 +553,10 @@ fn snapshot_reports_the_window() {
 fn unknown_models_are_admitted_and_ignored() {
     let (b, _) = breaker(CircuitBreakerConfig::default());
     assert_eq!(b.admit(9), Admission::Admit(Permit::default()));
-    assert_eq!(b.record(9, Permit::default(), fail(FailureKind::Auth)), None);
+    assert_eq!(
+        b.record(9, Permit::default(), fail(FailureKind::Auth)),
+        None
+    );
     assert_eq!(b.record_probe(9, Ok(ms(1))), None);
     assert_eq!(b.snapshot(9).state, CircuitState::Closed);
 }
@@ -602,17 +636,35 @@ fn bad_values_name_their_key() {
     let (ctx, _) = ctx(1);
     let cases = [
         (serde_json::json!({"failure_ratio": 1.5}), "failure_ratio"),
-        (serde_json::json!({"slow_call_ratio": -0.1}), "slow_call_ratio"),
+        (
+            serde_json::json!({"slow_call_ratio": -0.1}),
+            "slow_call_ratio",
+        ),
         (serde_json::json!({"min_calls": 0}), "min_calls"),
         (serde_json::json!({"window_ms": 0}), "window_ms"),
-        (serde_json::json!({"window_ms": 5, "buckets": 10}), "buckets"),
+        (
+            serde_json::json!({"window_ms": 5, "buckets": 10}),
+            "buckets",
+        ),
         (serde_json::json!({"break_ms": 0}), "break_ms"),
-        (serde_json::json!({"break_multiplier": 0.5}), "break_multiplier"),
-        (serde_json::json!({"break_ms": 9000, "max_break_ms": 8000}), "max_break_ms"),
-        (serde_json::json!({"half_open_calls": 64}), "half_open_calls"),
+        (
+            serde_json::json!({"break_multiplier": 0.5}),
+            "break_multiplier",
+        ),
+        (
+            serde_json::json!({"break_ms": 9000, "max_break_ms": 8000}),
+            "max_break_ms",
+        ),
+        (
+            serde_json::json!({"half_open_calls": 64}),
+            "half_open_calls",
+        ),
         (serde_json::json!({"slow_call_ms": 0}), "slow_call_ms"),
         (serde_json::json!({"cooldown_ms": 0}), "cooldown_ms"),
-        (serde_json::json!({"max_cooldown_ms": 10}), "max_cooldown_ms"),
+        (
+            serde_json::json!({"max_cooldown_ms": 10}),
+            "max_cooldown_ms",
+        ),
     ];
     for (value, field) in cases {
         let err = CircuitBreaker::from_value(&value, &ctx).unwrap_err();
@@ -621,5 +673,8 @@ fn bad_values_name_their_key() {
     let err = CircuitBreaker::from_value(&serde_json::json!({"failur_ratio": 0.5}), &ctx)
         .unwrap_err()
         .to_string();
-    assert!(err.starts_with("unknown field `failur_ratio`, expected one of"), "{err}");
+    assert!(
+        err.starts_with("unknown field `failur_ratio`, expected one of"),
+        "{err}"
+    );
 }

@@ -2,9 +2,7 @@
 
 use std::sync::Arc;
 
-use backstop_core::{
-    HealthTransition, ManualClock, ModelSpec, RequestFinished, StrategyContext,
-};
+use backstop_core::{HealthTransition, ManualClock, ModelSpec, RequestFinished, StrategyContext};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -174,10 +172,22 @@ fn bad_values_name_their_key() {
     for (value, field) in [
         (serde_json::json!({"max_fallbacks": 0}), "max_fallbacks"),
         (serde_json::json!({"window_ms": 0}), "window_ms"),
-        (serde_json::json!({"window_ms": 10, "buckets": 60}), "buckets"),
-        (serde_json::json!({"webhook_url": "ftp://x/y"}), "webhook_url"),
-        (serde_json::json!({"webhook_url": "not a url"}), "webhook_url"),
-        (serde_json::json!({"webhook_timeout_ms": 0}), "webhook_timeout_ms"),
+        (
+            serde_json::json!({"window_ms": 10, "buckets": 60}),
+            "buckets",
+        ),
+        (
+            serde_json::json!({"webhook_url": "ftp://x/y"}),
+            "webhook_url",
+        ),
+        (
+            serde_json::json!({"webhook_url": "not a url"}),
+            "webhook_url",
+        ),
+        (
+            serde_json::json!({"webhook_timeout_ms": 0}),
+            "webhook_timeout_ms",
+        ),
     ] {
         let err = AlertSink::from_value(&value, &ctx).unwrap_err();
         assert_eq!(err.field(), Some(field), "{value}: {err}");
@@ -235,7 +245,9 @@ async fn the_webhook_receives_one_post_per_window_and_one_per_disabled_model() {
     }
     request(&s, false);
     let bound = Duration::from_secs(10);
-    let body = tokio::time::timeout(bound, next_post(&listener)).await.unwrap();
+    let body = tokio::time::timeout(bound, next_post(&listener))
+        .await
+        .unwrap();
     assert_eq!(body["alert"], "fallbacks");
     assert_eq!(body["fallbacks"], 2);
     assert_eq!(body["requests"], 2);
@@ -253,7 +265,9 @@ async fn the_webhook_receives_one_post_per_window_and_one_per_disabled_model() {
         },
     });
     // Had the storm fired again, that POST would have been sent first.
-    let body = tokio::time::timeout(bound, next_post(&listener)).await.unwrap();
+    let body = tokio::time::timeout(bound, next_post(&listener))
+        .await
+        .unwrap();
     assert_eq!(body["alert"], "model_disabled");
     assert_eq!(body["model"], "gpt-4o");
     assert_eq!(body["cause"], "auth");

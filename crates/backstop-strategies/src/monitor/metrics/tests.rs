@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use backstop_core::testing::{ScriptedProvider, Script, simple_strategies};
+use backstop_core::testing::{Script, ScriptedProvider, simple_strategies};
 use backstop_core::{
     ChatRequest, FallbackEvent, HealthTransition, ManualClock, ModelSpec, RequestContext,
     RequestFinished, Scenario, Strategies,
@@ -62,26 +62,31 @@ fn counts_requests_by_scenario_and_outcome_with_latency() {
     finished(&m, "chat", Some("all_failed"), ms(2));
     finished(&m, "batch", Some("something_new"), ms(1));
     let out = rendered(&m);
-    assert!(out.contains("# TYPE backstop_requests_total counter\n"), "{out}");
+    assert!(
+        out.contains("# TYPE backstop_requests_total counter\n"),
+        "{out}"
+    );
     assert!(out.contains("backstop_requests_total{scenario=\"chat\",outcome=\"ok\"} 2\n"));
     assert!(out.contains("backstop_requests_total{scenario=\"chat\",outcome=\"all_failed\"} 1\n"));
     assert!(out.contains("backstop_requests_total{scenario=\"batch\",outcome=\"other\"} 1\n"));
     // 2 ms and 30 ms are under 0.05 s; 700 ms is under 1 s.
-    assert!(out.contains(
-        "backstop_request_duration_seconds_bucket{scenario=\"chat\",le=\"0.005\"} 1\n"
-    ));
-    assert!(out.contains(
-        "backstop_request_duration_seconds_bucket{scenario=\"chat\",le=\"0.05\"} 2\n"
-    ));
-    assert!(out.contains(
-        "backstop_request_duration_seconds_bucket{scenario=\"chat\",le=\"0.5\"} 2\n"
-    ));
-    assert!(out.contains(
-        "backstop_request_duration_seconds_bucket{scenario=\"chat\",le=\"1\"} 3\n"
-    ));
-    assert!(out.contains(
-        "backstop_request_duration_seconds_bucket{scenario=\"chat\",le=\"+Inf\"} 3\n"
-    ));
+    assert!(
+        out.contains(
+            "backstop_request_duration_seconds_bucket{scenario=\"chat\",le=\"0.005\"} 1\n"
+        )
+    );
+    assert!(
+        out.contains("backstop_request_duration_seconds_bucket{scenario=\"chat\",le=\"0.05\"} 2\n")
+    );
+    assert!(
+        out.contains("backstop_request_duration_seconds_bucket{scenario=\"chat\",le=\"0.5\"} 2\n")
+    );
+    assert!(
+        out.contains("backstop_request_duration_seconds_bucket{scenario=\"chat\",le=\"1\"} 3\n")
+    );
+    assert!(
+        out.contains("backstop_request_duration_seconds_bucket{scenario=\"chat\",le=\"+Inf\"} 3\n")
+    );
     assert!(out.contains("backstop_request_duration_seconds_sum{scenario=\"chat\"} 0.732\n"));
     assert!(out.contains("backstop_request_duration_seconds_count{scenario=\"chat\"} 3\n"));
 }
@@ -89,11 +94,26 @@ fn counts_requests_by_scenario_and_outcome_with_latency() {
 #[test]
 fn counts_attempts_by_model_and_kind() {
     let m = metrics(256);
-    attempt(&m, "gpt-4o", AttemptOutcome::Failed(FailureKind::Timeout), ms(3_000));
-    attempt(&m, "gpt-4o", AttemptOutcome::Failed(FailureKind::Timeout), ms(3_000));
+    attempt(
+        &m,
+        "gpt-4o",
+        AttemptOutcome::Failed(FailureKind::Timeout),
+        ms(3_000),
+    );
+    attempt(
+        &m,
+        "gpt-4o",
+        AttemptOutcome::Failed(FailureKind::Timeout),
+        ms(3_000),
+    );
     attempt(&m, "gpt-4o", AttemptOutcome::Cancelled, ms(10));
     attempt(&m, "qwen-7b", AttemptOutcome::Succeeded, ms(40));
-    attempt(&m, "qwen-7b", AttemptOutcome::Skipped(SkipReason::OverBudget), ms(0));
+    attempt(
+        &m,
+        "qwen-7b",
+        AttemptOutcome::Skipped(SkipReason::OverBudget),
+        ms(0),
+    );
     attempt(&m, "not-a-model", AttemptOutcome::Succeeded, ms(1));
     let out = rendered(&m);
     assert!(out.contains("backstop_attempts_total{model=\"gpt-4o\",outcome=\"timeout\"} 2\n"));
@@ -144,12 +164,16 @@ fn counts_fallbacks_by_level_and_transitions() {
         },
     });
     let out = rendered(&m);
-    assert!(out.contains("backstop_fallbacks_total{level=\"1\"} 2\n"), "{out}");
+    assert!(
+        out.contains("backstop_fallbacks_total{level=\"1\"} 2\n"),
+        "{out}"
+    );
     // With two models, level 2 and deeper share the last series.
-    assert!(out.contains("backstop_fallbacks_total{level=\"2+\"} 2\n"), "{out}");
-    assert!(out.contains(
-        "backstop_circuit_transitions_total{model=\"gpt-4o\",to=\"open\"} 1\n"
-    ));
+    assert!(
+        out.contains("backstop_fallbacks_total{level=\"2+\"} 2\n"),
+        "{out}"
+    );
+    assert!(out.contains("backstop_circuit_transitions_total{model=\"gpt-4o\",to=\"open\"} 1\n"));
 }
 
 #[test]
@@ -201,21 +225,29 @@ async fn renders_circuit_states_and_budgets_from_the_router() {
         .unwrap();
     for _ in 0..5 {
         router
-            .complete(ChatRequest::user("chat", "hello"), RequestContext::default())
+            .complete(
+                ChatRequest::user("chat", "hello"),
+                RequestContext::default(),
+            )
             .await
             .unwrap();
     }
     let mut out = String::new();
     render_router_state(&router, &mut out);
-    assert!(out.contains(
-        "backstop_circuit_state{route=\"chat\",model=\"gpt-4o\",state=\"open\"} 1\n"
-    ), "{out}");
-    assert!(out.contains(
-        "backstop_circuit_state{route=\"chat\",model=\"gpt-4o\",state=\"closed\"} 0\n"
-    ));
-    assert!(out.contains(
-        "backstop_circuit_state{route=\"chat\",model=\"qwen-7b\",state=\"closed\"} 1\n"
-    ));
+    assert!(
+        out.contains("backstop_circuit_state{route=\"chat\",model=\"gpt-4o\",state=\"open\"} 1\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "backstop_circuit_state{route=\"chat\",model=\"gpt-4o\",state=\"closed\"} 0\n"
+        )
+    );
+    assert!(
+        out.contains(
+            "backstop_circuit_state{route=\"chat\",model=\"qwen-7b\",state=\"closed\"} 1\n"
+        )
+    );
     assert!(out.contains("backstop_circuit_failure_ratio{route=\"chat\",model=\"gpt-4o\"} 1\n"));
     assert!(out.contains("backstop_budget_spent_usd{route=\"chat\",policy=\"unlimited\"} 0\n"));
 }

@@ -1,0 +1,315 @@
+//! The prober's discipline, through a real Router, on tokio's paused clock
+//! (the Router's SystemClock follows it, so breaker windows and probe
+//! intervals move together).
+
+// Test helpers outside #[test] functions unwrap too.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use backstop_core::testing::{Recorded, RecordingSink};
+use backstop_core::{
+    BudgetPolicy, Call, ChatRequest, ChatResponse, ChunkStream, CircuitState, FailureKind,
+    HealthPolicy, ModelSpec, Provider, ProviderError, RequestContext, RoutePolicy, Router,
+    Scenario, Strategies, StrategyContext, SystemClock, Usage,
+};
+use backstop_strategies::budget::{PerRequest, PerRequestConfig, Unlimited, UnlimitedConfig};
+use backstop_strategies::health::{
+    ActiveProbe, ActiveProbeConfig, CircuitBreaker, CircuitBreakerConfig,
+};
+use backstop_strategies::result::{Annotate, AnnotateConfig};
+use backstop_strategies::selector::{Priority, PriorityConfig};
+
+/// An upstream that is up or down on command, and counts real calls and
+/// probes apart.
+#[derive(Debug, Default)]
+struct Upstream {
+    down: AtomicBool,
+    bad_key: AtomicBool,
+    hang_probes: AtomicBool,
+    calls: AtomicUsize,
+    probes: AtomicUsize,
+}
+
+impl Upstream {
+    fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    fn probes(&self) -> usize {
+        self.probes.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl Provider for Upstream {
+    async fn complete(&self, call: Call<'_>) -> Result<ChatResponse, ProviderError> {
+        if call.scenario == "probe" {
+            self.probes.fetch_add(1, Ordering::SeqCst);
+            if self.hang_probes.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+        } else {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+        }
+        if self.bad_key.load(Ordering::SeqCst) {
+            return Err(ProviderError::new(FailureKind::Auth, "bad key").with_status(401));
+        }
+        if self.down.load(Ordering::SeqCst) {
+            return Err(ProviderError::new(FailureKind::Server, "down").with_status(503));
+        }
+        Ok(ChatResponse::assistant(
+            "cmpl-1",
+            call.model.upstream.clone(),
+            0,
+            "hello",
+            Some(Usage::new(5, 1)),
+        ))
+    }
+
+    async fn stream(&self, _call: Call<'_>) -> Result<ChunkStream, ProviderError> {
+        Err(ProviderError::new(
+            FailureKind::BadRequest,
+            "no streams here",
+        ))
+    }
+}
+
+struct Setup {
+    router: Router,
+    breaker: Arc<CircuitBreaker>,
+    primary: Arc<Upstream>,
+    backup: Arc<Upstream>,
+    spare: Arc<Upstream>,
+    sink: Arc<RecordingSink>,
+}
+
+/// primary -> backup in scenario `chat`; `spare` is configured but in no
+/// chain.
+fn setup(budget: Option<Arc<dyn BudgetPolicy>>) -> Setup {
+    let mut priced = ModelSpec::new("primary", "primary");
+    priced.input_cost_per_1k = 1.0;
+    let models = vec![
+        priced,
+        ModelSpec::new("backup", "backup"),
+        ModelSpec::new("spare", "spare"),
+    ];
+    let ctx = StrategyContext::new(models, SystemClock::shared());
+    let breaker = Arc::new(CircuitBreaker::new(CircuitBreakerConfig::default(), &ctx).unwrap());
+    let strategies = Strategies {
+        selector: Arc::new(Priority::new(PriorityConfig {}, &ctx).unwrap()),
+        health: breaker.clone(),
+        budget: budget
+            .unwrap_or_else(|| Arc::new(Unlimited::new(UnlimitedConfig {}, &ctx).unwrap())),
+        result: Arc::new(Annotate::new(AnnotateConfig::default(), &ctx).unwrap()),
+    };
+    let mut policy = RoutePolicy::default();
+    policy.retries.same_model = 0;
+    let (primary, backup, spare) = (
+        Arc::new(Upstream::default()),
+        Arc::new(Upstream::default()),
+        Arc::new(Upstream::default()),
+    );
+    let sink = Arc::new(RecordingSink::default());
+    let router = Router::builder(ctx)
+        .provider("primary", primary.clone())
+        .provider("backup", backup.clone())
+        .provider("spare", spare.clone())
+        .scenario(
+            Scenario {
+                name: "chat".into(),
+                chain: vec!["primary".into(), "backup".into()],
+                policy,
+            },
+            strategies,
+        )
+        .event_sink(sink.clone())
+        .build()
+        .unwrap();
+    Setup {
+        router,
+        breaker,
+        primary,
+        backup,
+        spare,
+        sink,
+    }
+}
+
+fn prober(s: &Setup, interval_ms: u64, timeout_ms: u64) -> ActiveProbe {
+    ActiveProbe::new(
+        ActiveProbeConfig {
+            interval_ms,
+            idle_ms: 60_000,
+            timeout_ms,
+        },
+        s.router.context(),
+    )
+    .unwrap()
+    .event_sink(s.sink.clone())
+}
+
+/// Sends one request; returns the model that answered and its level.
+async fn ask(router: &Router) -> (String, usize) {
+    let result = router
+        .complete(ChatRequest::user("chat", "hi"), RequestContext::default())
+        .await
+        .unwrap();
+    (result.model_used.to_string(), result.fallback_level)
+}
+
+/// Opens the primary's circuit with five failures.
+async fn break_primary(s: &Setup) {
+    s.primary.set_down(true);
+    for _ in 0..5 {
+        assert_eq!(ask(&s.router).await, ("backup".into(), 1));
+    }
+    assert_eq!(s.breaker.snapshot(0).state, CircuitState::Open);
+}
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_recovered_primary_gets_traffic_back_within_one_interval() {
+    let s = setup(None);
+    break_primary(&s).await;
+    let _prober = prober(&s, 5_000, 1_000).spawn(s.router.clone());
+
+    // Probes at 0 s, 5 s and 10 s find it still down; the circuit stays
+    // open (each failed probe starts the break over).
+    tokio::time::sleep(ms(12_000)).await;
+    assert_eq!(s.primary.probes(), 3);
+    assert_eq!(s.breaker.snapshot(0).state, CircuitState::Open);
+    let calls_before = s.primary.calls();
+
+    // It recovers at 12 s. Until the next probe, traffic still avoids it.
+    s.primary.set_down(false);
+    tokio::time::sleep(ms(2_900)).await;
+    assert_eq!(ask(&s.router).await, ("backup".into(), 1));
+    assert_eq!(s.primary.calls(), calls_before);
+
+    // The probe at 15 s closes the circuit: the primary answers again.
+    tokio::time::sleep(ms(200)).await;
+    assert_eq!(s.primary.probes(), 4);
+    assert_eq!(s.breaker.snapshot(0).state, CircuitState::Closed);
+    assert_eq!(ask(&s.router).await, ("primary".into(), 0));
+    assert!(
+        s.sink.events().contains(&Recorded::Health(
+            "primary".into(),
+            CircuitState::Open,
+            CircuitState::Closed
+        )),
+        "the probe's transition reached the sinks"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_healthy_busy_model_is_never_probed() {
+    let s = setup(None);
+    let _prober = prober(&s, 5_000, 1_000).spawn(s.router.clone());
+    // Three minutes of steady traffic, one request a second.
+    for _ in 0..180 {
+        assert_eq!(ask(&s.router).await, ("primary".into(), 0));
+        tokio::time::sleep(ms(1_000)).await;
+    }
+    assert_eq!(s.primary.probes(), 0);
+    assert_eq!(s.primary.calls(), 180);
+    // The idle backup is checked about once per idle_ms, never more.
+    let backup_probes = s.backup.probes();
+    assert!((2..=3).contains(&backup_probes), "{backup_probes} probes");
+    // A model no route reaches is never probed.
+    assert_eq!(s.spare.probes(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_most_one_probe_is_in_flight_per_model() {
+    let s = setup(None);
+    break_primary(&s).await;
+    s.primary.hang_probes.store(true, Ordering::SeqCst);
+    let _prober = prober(&s, 5_000, 60_000).spawn(s.router.clone());
+    // Twelve intervals pass while the first probe hangs.
+    tokio::time::sleep(ms(59_000)).await;
+    assert_eq!(s.primary.probes(), 1);
+    // It times out at 60 s; the next round sends the next one.
+    tokio::time::sleep(ms(6_000)).await;
+    assert_eq!(s.primary.probes(), 2);
+    assert_eq!(s.breaker.snapshot(0).state, CircuitState::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_disabled_model_comes_back_only_through_a_probe() {
+    let s = setup(None);
+    s.primary.bad_key.store(true, Ordering::SeqCst);
+    assert_eq!(ask(&s.router).await, ("backup".into(), 1));
+    assert_eq!(s.breaker.snapshot(0).state, CircuitState::Disabled);
+    assert!(s.sink.events().contains(&Recorded::Health(
+        "primary".into(),
+        CircuitState::Closed,
+        CircuitState::Disabled
+    )));
+    let _prober = prober(&s, 5_000, 1_000).spawn(s.router.clone());
+    tokio::time::sleep(ms(20_000)).await;
+    assert_eq!(s.breaker.snapshot(0).state, CircuitState::Disabled);
+    assert_eq!(ask(&s.router).await, ("backup".into(), 1));
+    // The key is fixed: within one interval the primary is back.
+    s.primary.bad_key.store(false, Ordering::SeqCst);
+    tokio::time::sleep(ms(5_000)).await;
+    assert_eq!(s.breaker.snapshot(0).state, CircuitState::Closed);
+    assert_eq!(ask(&s.router).await, ("primary".into(), 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_handle_stops_the_prober() {
+    let s = setup(None);
+    break_primary(&s).await;
+    let handle = prober(&s, 5_000, 1_000).spawn(s.router.clone());
+    tokio::time::sleep(ms(1)).await;
+    assert_eq!(s.primary.probes(), 1);
+    drop(handle);
+    tokio::time::sleep(ms(60_000)).await;
+    assert_eq!(s.primary.probes(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_the_budget_refuses_is_not_a_health_signal() {
+    // The primary's probe costs more than the per-request cap allows (its
+    // prompt is priced at 1 USD per 1k tokens): Router::probe refuses it.
+    let ctx = StrategyContext::new(vec![ModelSpec::new("x", "x")], SystemClock::shared());
+    let budget = Arc::new(PerRequest::new(PerRequestConfig { max_cost: 0.001 }, &ctx).unwrap());
+    let s = setup(Some(budget));
+    s.primary.set_down(true);
+    // Requests to the primary are refused by budget too; open it directly.
+    for _ in 0..5 {
+        let permit = match s.breaker.admit(0) {
+            backstop_core::Admission::Admit(p) => p,
+            backstop_core::Admission::Reject { .. } => panic!("rejected"),
+        };
+        s.breaker.record(
+            0,
+            permit,
+            backstop_core::CallOutcome::Failure {
+                kind: FailureKind::Server,
+                retry_after: None,
+                latency: ms(1),
+            },
+        );
+    }
+    let _prober = prober(&s, 5_000, 1_000).spawn(s.router.clone());
+    tokio::time::sleep(ms(11_000)).await;
+    assert_eq!(
+        s.primary.probes(),
+        0,
+        "the budget kept the probe from the upstream"
+    );
+    // Not disabled as if the upstream's quota were exhausted.
+    assert_eq!(s.breaker.snapshot(0).state, CircuitState::Open);
+}
