@@ -216,7 +216,9 @@ async fn a_recovered_primary_gets_traffic_back_within_one_interval() {
 async fn a_healthy_busy_model_is_never_probed() {
     let s = setup(None);
     let _prober = prober(&s, 5_000, 1_000).spawn(s.router.clone());
-    // Three minutes of steady traffic, one request a second.
+    // Three minutes of steady traffic, one request a second, between the
+    // probe rounds (every 5 s from 0 s).
+    tokio::time::sleep(ms(500)).await;
     for _ in 0..180 {
         assert_eq!(ask(&s.router).await, ("primary".into(), 0));
         tokio::time::sleep(ms(1_000)).await;
@@ -239,8 +241,9 @@ async fn at_most_one_probe_is_in_flight_per_model() {
     // Twelve intervals pass while the first probe hangs.
     tokio::time::sleep(ms(59_000)).await;
     assert_eq!(s.primary.probes(), 1);
-    // It times out at 60 s; the next round sends the next one.
-    tokio::time::sleep(ms(6_000)).await;
+    // It times out at 60 s; the next round (at 60 s or 65 s, whichever
+    // sees the slot free first) sends the next one.
+    tokio::time::sleep(ms(7_500)).await;
     assert_eq!(s.primary.probes(), 2);
     assert_eq!(s.breaker.snapshot(0).state, CircuitState::Open);
 }
@@ -257,7 +260,8 @@ async fn a_disabled_model_comes_back_only_through_a_probe() {
         CircuitState::Disabled
     )));
     let _prober = prober(&s, 5_000, 1_000).spawn(s.router.clone());
-    tokio::time::sleep(ms(20_000)).await;
+    // Assertions fall between the probe rounds (every 5 s from 0 s).
+    tokio::time::sleep(ms(20_500)).await;
     assert_eq!(s.breaker.snapshot(0).state, CircuitState::Disabled);
     assert_eq!(ask(&s.router).await, ("backup".into(), 1));
     // The key is fixed: within one interval the primary is back.
