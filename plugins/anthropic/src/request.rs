@@ -191,9 +191,13 @@ impl Turns {
             .0
             .into_iter()
             .map(|(role, mut blocks)| {
-                let plain = blocks.len() == 1
-                    && blocks[0].get("type").and_then(Value::as_str) == Some("text")
-                    && blocks[0].as_object().is_some_and(|o| o.len() == 2);
+                let plain = match blocks.as_slice() {
+                    [only] => {
+                        only.get("type").and_then(Value::as_str) == Some("text")
+                            && only.as_object().is_some_and(|o| o.len() == 2)
+                    }
+                    _ => false,
+                };
                 let content = if plain {
                     blocks
                         .pop()

@@ -21,7 +21,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use backstop_core::sse::{SseDecoder, SseEvent};
-use backstop_core::{ChatChunk, ChunkStream, Delta, FailureKind, ProviderError, Role};
+use backstop_core::{
+    ChatChunk, ChunkChoice, ChunkStream, Delta, Extra, FailureKind, ProviderError, Role,
+};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde_json::{Value, json};
@@ -207,10 +209,12 @@ impl Translator {
                 self.id = message["id"].as_str().unwrap_or_default().to_owned();
                 self.model = message["model"].as_str().unwrap_or_default().to_owned();
                 self.take_usage(&message["usage"]);
-                let mut chunk = self.chunk(Delta::default());
-                chunk.choices[0].delta.role = Some(Role::Assistant);
-                chunk.choices[0].delta.content = Some(String::new());
-                out.push_back(chunk);
+                let delta = Delta {
+                    role: Some(Role::Assistant),
+                    content: Some(String::new()),
+                    ..Delta::default()
+                };
+                out.push_back(self.chunk(delta, None));
             }
             "content_block_start" => {
                 let index = data["index"].as_u64().unwrap_or(self.blocks.len() as u64);
@@ -268,9 +272,7 @@ impl Translator {
                 self.take_usage(&data["usage"]);
                 if let Some(stop) = data["delta"]["stop_reason"].as_str() {
                     self.finished = true;
-                    let mut chunk = self.chunk(Delta::default());
-                    chunk.choices[0].finish_reason = Some(finish_reason(stop).to_owned());
-                    out.push_back(chunk);
+                    out.push_back(self.chunk(Delta::default(), Some(finish_reason(stop))));
                     out.push_back(ChatChunk::usage_only(
                         self.id.clone(),
                         self.model.clone(),
@@ -305,13 +307,25 @@ impl Translator {
     fn tool_delta(&self, call: Value) -> ChatChunk {
         let mut delta = Delta::default();
         delta.extra.insert("tool_calls".into(), json!([call]));
-        self.chunk(delta)
+        self.chunk(delta, None)
     }
 
-    fn chunk(&self, delta: Delta) -> ChatChunk {
-        let mut chunk = ChatChunk::text(self.id.clone(), self.model.clone(), self.created, "");
-        chunk.choices[0].delta = delta;
-        chunk
+    /// A chunk of choice 0.
+    fn chunk(&self, delta: Delta, finish_reason: Option<&str>) -> ChatChunk {
+        ChatChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk".to_owned(),
+            created: self.created,
+            model: self.model.clone(),
+            choices: vec![ChunkChoice {
+                index: 0,
+                delta,
+                finish_reason: finish_reason.map(str::to_owned),
+                extra: Extra::new(),
+            }],
+            usage: None,
+            extra: Extra::new(),
+        }
     }
 }
 

@@ -5,7 +5,8 @@
 //! 1. Each `data:` event is a JSON chunk, passed on as it came.
 //! 2. An unparseable `data:` event is skipped, logged and counted; it does
 //!    not fail the answer.
-//! 3. An `error` object in the stream fails it with that error's kind.
+//! 3. An `error` object in the stream (or an `event: error`) fails it with
+//!    that error's kind.
 //! 4. `[DONE]` ends the stream.
 //! 5. A stream that ends without `[DONE]` is complete only if every choice
 //!    it started has a finish reason; otherwise, or if the transport cut
@@ -104,6 +105,14 @@ impl Reader {
         }
         if data.is_empty() {
             return None;
+        }
+        if event.event.as_deref() == Some("error") {
+            // Some compatible servers name the event instead of nesting
+            // an `error` object in a chunk.
+            if let Ok(value) = serde_json::from_str::<serde_json::Value>(data) {
+                self.done = true;
+                return Some(Err(inband_error(&value, self.key.as_ref())));
+            }
         }
         let chunk: ChatChunk = match serde_json::from_str(data) {
             Ok(chunk) => chunk,

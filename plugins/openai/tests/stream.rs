@@ -204,6 +204,17 @@ async fn an_error_inside_the_stream_fails_it_with_its_kind() {
     )
     .await;
     assert_eq!(error.unwrap().kind, FailureKind::RateLimited);
+
+    let named = "event: error\ndata: {\"message\": \"model overloaded, try later\", \"type\": \"server_error\"}\n\n";
+    let server = sse_server(named.to_owned()).await;
+    let (_, error) = drain(
+        provider(&server.uri())
+            .stream(call(&model, &request))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(error.unwrap().kind, FailureKind::Overloaded);
 }
 
 #[tokio::test]
