@@ -33,3 +33,7 @@ pub use scenario::{
 };
 pub mod load;
 pub use load::{AnswerCheck, LoadGenerator, LoadPlan, LoadRun, Outcome, RequestRecord, Target};
+pub mod report;
+pub mod run;
+pub use report::{MissedTarget, Report, ScenarioReport, check_targets, write_report};
+pub use run::{FakeRun, ScenarioRun, ScenarioRunner};

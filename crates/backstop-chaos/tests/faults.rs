@@ -1,5 +1,8 @@
 //! Every fault of the fake providers, hit directly with reqwest or raw TCP.
 
+// Test scaffolding may panic: a panic is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::io::ErrorKind as IoErrorKind;
 use std::time::Duration;
 

@@ -1,5 +1,8 @@
 //! The load generator against fake providers, no gateway in between.
 
+// Test scaffolding may panic: a panic is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use backstop_chaos::load::{LostReason, Outcome};
