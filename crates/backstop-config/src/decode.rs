@@ -10,6 +10,7 @@ use figment::value::{Dict, Value};
 use serde::de::DeserializeOwned;
 
 use crate::problem::{KeyPath, Problem, did_you_mean, list};
+use crate::registry::{FactoryError, FactoryIssue};
 use crate::source::Sources;
 
 /// A decoded table, and whether any of its keys had to be dropped.
@@ -27,17 +28,51 @@ pub(crate) fn decode<T: DeserializeOwned>(
     value: &Value,
     problems: &mut Vec<Problem>,
 ) -> Option<Decoded<T>> {
+    let (decoded, errors) = decode_relative(value);
+    for (relative, message) in errors {
+        problems.push(src.problem(&path.join(&relative), message));
+    }
+    decoded
+}
+
+/// Decodes a factory's table (JSON, as the Registry hands it over) into
+/// its config type, reporting every bad key with its path, not only the
+/// first as serde alone would. `null` reads as an empty table.
+pub fn parse_config<C: DeserializeOwned>(table: &serde_json::Value) -> Result<C, FactoryError> {
+    let value = if table.is_null() {
+        Value::from(Dict::new())
+    } else {
+        Value::serialize(table).map_err(|e| FactoryError::new(e.kind))?
+    };
+    match decode_relative::<C>(&value) {
+        (Some(decoded), errors) if errors.is_empty() => Ok(decoded.value),
+        (_, errors) => Err(FactoryError::from_issues(
+            errors
+                .into_iter()
+                .map(|(key, message)| FactoryIssue { key, message })
+                .collect(),
+        )),
+    }
+}
+
+/// Decodes `value` into `T`; every error with its key path relative to
+/// `value`.
+fn decode_relative<T: DeserializeOwned>(
+    value: &Value,
+) -> (Option<Decoded<T>>, Vec<(KeyPath, String)>) {
     let mut value = value.clone();
+    let mut errors = Vec::new();
     let mut dropped: Vec<Vec<String>> = Vec::new();
     // Each round drops one key, so a table cannot loop longer than it has
     // keys; the bound is a guard against a decoder that keeps failing.
     for _ in 0..256 {
         let error = match T::deserialize(&value) {
             Ok(decoded) => {
-                return Some(Decoded {
+                let decoded = Decoded {
                     value: decoded,
                     clean: dropped.is_empty(),
-                });
+                };
+                return (Some(decoded), errors);
             }
             Err(error) => error,
         };
@@ -46,18 +81,22 @@ pub(crate) fn decode<T: DeserializeOwned>(
             missing.push(field.to_string());
             if dropped.contains(&missing) {
                 // We dropped it ourselves after reporting it.
-                return None;
+                return (None, errors);
             }
         }
-        let at = key_path(path, &value, &error.path);
-        problems.push(src.problem(&at, message(&error.kind)));
-        let key = droppable(&value, &error.path)?;
+        errors.push((
+            key_path(&KeyPath::root(), &value, &error.path),
+            message(&error.kind),
+        ));
+        let Some(key) = droppable(&value, &error.path) else {
+            return (None, errors);
+        };
         if !remove(&mut value, &key) {
-            return None;
+            return (None, errors);
         }
         dropped.push(key);
     }
-    None
+    (None, errors)
 }
 
 /// The message for an error kind, with the valid names listed and the

@@ -33,10 +33,11 @@ use std::path::Path;
 
 use backstop_core::{SharedClock, SystemClock};
 
+pub use decode::parse_config;
 pub use problem::{KeyPath, Location, Problem, Problems};
 pub use registry::{
-    BudgetFactory, DuplicateType, FactoryError, HealthFactory, Origin, ProviderFactory, Registry,
-    ResultFactory, SeamKind, SelectorFactory, SinkFactory, StrategyFactory,
+    BudgetFactory, DuplicateType, FactoryError, FactoryIssue, HealthFactory, Origin,
+    ProviderFactory, Registry, ResultFactory, SeamKind, SelectorFactory, StrategyFactory,
 };
 pub use report::{
     ModelEntry, PluginEntry, ProviderEntry, Report, RouteEntry, ScenarioEntry, StrategyChoice,

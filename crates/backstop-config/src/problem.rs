@@ -43,6 +43,14 @@ impl KeyPath {
         Self(segments)
     }
 
+    /// This path followed by `relative`.
+    #[must_use]
+    pub fn join(&self, relative: &KeyPath) -> Self {
+        let mut segments = self.0.clone();
+        segments.extend(relative.0.iter().cloned());
+        Self(segments)
+    }
+
     /// The segments, outermost first.
     pub fn segments(&self) -> &[Segment] {
         &self.0

@@ -12,8 +12,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
+use crate::problem::KeyPath;
 use backstop_core::{
-    BudgetPolicy, EventSink, HealthPolicy, Provider, ResultHandler, Selector, StrategyContext,
+    BudgetPolicy, HealthPolicy, Provider, ResultHandler, Selector, StrategyContext,
 };
 
 /// Builds a provider from its table (without `type`).
@@ -32,45 +33,78 @@ pub type HealthFactory = StrategyFactory<dyn HealthPolicy>;
 pub type BudgetFactory = StrategyFactory<dyn BudgetPolicy>;
 /// Builds a result handler.
 pub type ResultFactory = StrategyFactory<dyn ResultHandler>;
-/// Builds an event sink.
-pub type SinkFactory = StrategyFactory<dyn EventSink>;
 
-/// Why a factory could not build from its table.
+/// Why a factory could not build from its table: one issue per bad key
+/// where the factory can tell them apart.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
+#[error("{}", render(.issues))]
 pub struct FactoryError {
-    /// The key of the table at fault, when the factory knows it
-    /// (`api_key_env`, `failure_ratio`).
-    pub key: Option<String>,
+    /// What is wrong, never empty.
+    pub issues: Vec<FactoryIssue>,
+}
+
+/// One thing wrong with a factory's table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FactoryIssue {
+    /// The key at fault, relative to the table (the root: the table as a
+    /// whole).
+    pub key: KeyPath,
     /// What is wrong.
     pub message: String,
 }
 
+fn render(issues: &[FactoryIssue]) -> String {
+    issues
+        .iter()
+        .map(|i| {
+            if i.key.is_root() {
+                i.message.clone()
+            } else {
+                format!("{}: {}", i.key, i.message)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 impl FactoryError {
     /// An error about the table as a whole, or whose message names its key
-    /// the way serde does (`unknown field `x``, `missing field `x``): the
-    /// key is then taken from the message.
+    /// the way serde does (`unknown field `x``): the key is then taken
+    /// from the message.
     pub fn new(message: impl fmt::Display) -> Self {
         let message = message.to_string();
-        let key = serde_field(&message).map(str::to_owned);
-        Self { key, message }
+        let key = serde_unknown_field(&message)
+            .map_or_else(KeyPath::root, |field| KeyPath::root().key(field));
+        Self {
+            issues: vec![FactoryIssue { key, message }],
+        }
     }
 
-    /// An error about one key of the table.
-    pub fn at(key: impl Into<String>, message: impl fmt::Display) -> Self {
+    /// An error about one key of the table (`weights.gpt-4o` for a nested
+    /// one).
+    pub fn at(key: &str, message: impl fmt::Display) -> Self {
+        let key = key.split('.').fold(KeyPath::root(), |p, k| p.key(k));
         Self {
-            key: Some(key.into()),
-            message: message.to_string(),
+            issues: vec![FactoryIssue {
+                key,
+                message: message.to_string(),
+            }],
         }
+    }
+
+    /// Several issues at once. An empty list reads as one unexplained
+    /// refusal.
+    pub fn from_issues(issues: Vec<FactoryIssue>) -> Self {
+        if issues.is_empty() {
+            return Self::new("refused its table");
+        }
+        Self { issues }
     }
 }
 
-/// The field a serde "unknown field" / "missing field" message names.
-fn serde_field(message: &str) -> Option<&str> {
-    let rest = message
-        .split_once("unknown field `")
-        .or_else(|| message.split_once("missing field `"))?
-        .1;
+/// The field a serde "unknown field" message names.
+fn serde_unknown_field(message: &str) -> Option<&str> {
+    let rest = message.split_once("unknown field `")?.1;
     rest.split_once('`').map(|(field, _)| field)
 }
 
@@ -154,7 +188,6 @@ pub struct Registry {
     health: Seam<HealthFactory>,
     budgets: Seam<BudgetFactory>,
     results: Seam<ResultFactory>,
-    sinks: Seam<SinkFactory>,
     /// Where new registrations come from (switched while a plugin loads).
     origin: Origin,
 }
@@ -167,7 +200,6 @@ impl fmt::Debug for Registry {
             .field("health", &self.health.names().collect::<Vec<_>>())
             .field("budgets", &self.budgets.names().collect::<Vec<_>>())
             .field("results", &self.results.names().collect::<Vec<_>>())
-            .field("sinks", &self.sinks.names().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -191,8 +223,6 @@ pub enum SeamKind {
     Budget,
     /// `result`
     Result,
-    /// event sinks (`alert`, `metrics`)
-    Sink,
 }
 
 impl SeamKind {
@@ -204,7 +234,6 @@ impl SeamKind {
             SeamKind::Health => "health",
             SeamKind::Budget => "budget",
             SeamKind::Result => "result",
-            SeamKind::Sink => "event sink",
         }
     }
 }
@@ -224,7 +253,6 @@ impl Registry {
             health: Seam::new("health"),
             budgets: Seam::new("budget"),
             results: Seam::new("result"),
-            sinks: Seam::new("event sink"),
             origin: Origin::Builtin,
         }
     }
@@ -344,23 +372,6 @@ impl Registry {
         self.results.insert(name, Arc::new(factory), origin)
     }
 
-    /// Registers an event sink type (`alert` is built from `[alerts]`,
-    /// `metrics` always).
-    pub fn sink(
-        &mut self,
-        name: &str,
-        factory: impl Fn(
-            &serde_json::Value,
-            &StrategyContext,
-        ) -> Result<Arc<dyn EventSink>, FactoryError>
-        + Send
-        + Sync
-        + 'static,
-    ) -> Result<(), DuplicateType> {
-        let origin = self.origin.clone();
-        self.sinks.insert(name, Arc::new(factory), origin)
-    }
-
     /// Runs `register` with every registration it makes attributed to the
     /// plugin at `path`.
     pub fn as_plugin<T>(&mut self, path: &str, register: impl FnOnce(&mut Self) -> T) -> T {
@@ -378,7 +389,6 @@ impl Registry {
             SeamKind::Health => self.health.names().collect(),
             SeamKind::Budget => self.budgets.names().collect(),
             SeamKind::Result => self.results.names().collect(),
-            SeamKind::Sink => self.sinks.names().collect(),
         }
     }
 
@@ -390,7 +400,6 @@ impl Registry {
             SeamKind::Health => self.health.get(name).is_some(),
             SeamKind::Budget => self.budgets.get(name).is_some(),
             SeamKind::Result => self.results.get(name).is_some(),
-            SeamKind::Sink => self.sinks.get(name).is_some(),
         }
     }
 
@@ -402,7 +411,6 @@ impl Registry {
             SeamKind::Health => self.health.types.get(name).map(|t| &t.1),
             SeamKind::Budget => self.budgets.types.get(name).map(|t| &t.1),
             SeamKind::Result => self.results.types.get(name).map(|t| &t.1),
-            SeamKind::Sink => self.sinks.types.get(name).map(|t| &t.1),
         }
     }
 
@@ -432,10 +440,6 @@ impl Registry {
     pub(crate) fn result_factory(&self, name: &str) -> Option<&ResultFactory> {
         self.results.get(name)
     }
-
-    pub(crate) fn sink_factory(&self, name: &str) -> Option<&SinkFactory> {
-        self.sinks.get(name)
-    }
 }
 
 #[cfg(test)]
@@ -444,11 +448,16 @@ mod tests {
 
     #[test]
     fn serde_messages_name_their_key() {
+        let key = |e: FactoryError| e.issues[0].key.to_string();
         let e = FactoryError::new("unknown field `max_latncy_ms`, expected `max_latency_ms`");
-        assert_eq!(e.key.as_deref(), Some("max_latncy_ms"));
-        let e = FactoryError::new("missing field `text`");
-        assert_eq!(e.key.as_deref(), Some("text"));
-        assert_eq!(FactoryError::new("no key here").key, None);
+        assert_eq!(key(e), "max_latncy_ms");
+        // A missing key is reported at the table, where it should be added.
+        assert_eq!(key(FactoryError::new("missing field `text`")), "");
+        assert_eq!(key(FactoryError::new("no key here")), "");
+        assert_eq!(
+            key(FactoryError::at("weights.gpt-4o", "must be > 0")),
+            "weights.gpt-4o"
+        );
     }
 
     #[test]

@@ -236,16 +236,13 @@ impl fmt::Display for Report {
         )?;
 
         writeln!(f, "\nprobe")?;
-        if self.probe.enabled {
-            writeln!(
-                f,
-                "  every {}, models idle for {} or with an open circuit",
-                ms(self.probe.interval.as_millis()),
-                ms(self.probe.idle.as_millis())
-            )?;
-        } else {
-            writeln!(f, "  off")?;
-        }
+        writeln!(
+            f,
+            "  every {}: models with an open circuit or idle for {}, timeout {}",
+            ms(self.probe.interval.as_millis()),
+            ms(self.probe.idle.as_millis()),
+            ms(self.probe.timeout.as_millis())
+        )?;
 
         writeln!(f, "\nevent sinks")?;
         if self.sinks.is_empty() {

@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backstop_core::{EventSink, HealthPolicy, Router};
+use backstop_core::{HealthPolicy, Router};
+use backstop_strategies::health::{ActiveProbe, ProberHandle};
+use backstop_strategies::monitor::{AlertSink, Metrics};
 
 use crate::problem::Problem;
 use crate::report::Report;
@@ -72,12 +74,12 @@ impl fmt::Debug for ApiKeys {
 /// `[strategies] probe`, resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProbeSettings {
-    /// Whether the background prober runs.
-    pub enabled: bool,
     /// Period of a probe round.
     pub interval: Duration,
     /// A model without traffic for this long is probed.
     pub idle: Duration,
+    /// A probe slower than this fails as a timeout.
+    pub timeout: Duration,
 }
 
 /// A configuration turned into everything a running gateway needs.
@@ -86,20 +88,35 @@ pub struct Resolved {
     pub router: Router,
     /// `[server]`.
     pub server: ServerSettings,
-    /// The metrics sink (always on), already wired into the Router.
-    pub metrics: Option<Arc<dyn EventSink>>,
-    /// The alert sink built from `[alerts]`, already wired into the Router.
-    pub alerts: Option<Arc<dyn EventSink>>,
-    /// When and how often to probe.
+    /// The metrics sink (always on), already wired into the Router and the
+    /// prober; `render_prometheus` serves `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// The alert sink built from `[alerts]` (its defaults when absent),
+    /// already wired into the Router and the prober.
+    pub alerts: Arc<AlertSink>,
+    /// When and how often the prober probes.
     pub probe: ProbeSettings,
-    /// Every distinct health policy (one per distinct `health` table),
-    /// which the prober asks for targets and tells about probe results.
+    /// Every distinct health policy (one per distinct `health` table).
     pub health_policies: Vec<Arc<dyn HealthPolicy>>,
+    /// The background prober, ready to run: see [`Resolved::spawn_prober`].
+    pub prober: ActiveProbe,
     /// What was resolved, as `backstop check` prints it.
     pub report: Report,
     /// Things that work but deserve attention (no API keys, unused
     /// providers...), also listed in the report.
     pub warnings: Vec<Problem>,
+}
+
+impl Resolved {
+    /// Starts the background prober on the current tokio runtime. It runs
+    /// until the handle is dropped; keep it for the life of the server.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub fn spawn_prober(&self) -> ProberHandle {
+        self.prober.clone().spawn(self.router.clone())
+    }
 }
 
 impl fmt::Debug for Resolved {

@@ -195,7 +195,8 @@ pub(crate) struct StrategiesSection {
     pub health: Option<Value>,
     pub budget: Option<Value>,
     pub result: Option<Value>,
-    pub probe: Option<ProbeSection>,
+    /// The prober's table (backstop-strategies' `ActiveProbeConfig`).
+    pub probe: Option<Value>,
     pub timeouts: Option<TimeoutsSection>,
     pub retries: Option<RetriesSection>,
     pub mid_stream: Option<MidStreamPolicy>,
@@ -211,41 +212,6 @@ impl StrategiesSection {
             mid_stream: self.mid_stream,
             hedge_after_ms: self.hedge_after_ms,
             on_content_policy: self.on_content_policy,
-        }
-    }
-}
-
-/// `probe = { ... }`: the background prober.
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ProbeSection {
-    /// Probe round period.
-    #[serde(default = "default_probe_interval")]
-    pub interval_ms: u64,
-    /// A model without traffic for this long is probed.
-    #[serde(default = "default_probe_idle")]
-    pub idle_ms: u64,
-    /// Turns the prober off.
-    #[serde(default = "yes")]
-    pub enabled: bool,
-}
-
-pub(crate) const DEFAULT_PROBE_INTERVAL_MS: u64 = 5_000;
-pub(crate) const DEFAULT_PROBE_IDLE_MS: u64 = 60_000;
-
-fn default_probe_interval() -> u64 {
-    DEFAULT_PROBE_INTERVAL_MS
-}
-fn default_probe_idle() -> u64 {
-    DEFAULT_PROBE_IDLE_MS
-}
-
-impl Default for ProbeSection {
-    fn default() -> Self {
-        Self {
-            interval_ms: DEFAULT_PROBE_INTERVAL_MS,
-            idle_ms: DEFAULT_PROBE_IDLE_MS,
-            enabled: true,
         }
     }
 }

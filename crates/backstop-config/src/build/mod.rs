@@ -115,7 +115,6 @@ pub(crate) fn build(
     let models = b.models(&providers);
     let section = b.strategies_section();
     let default_policy = b.default_policy(&section);
-    let probe = b.probe(&section);
 
     let ctx = StrategyContext::new(models.specs.clone(), clock);
     let mut pools = strategies::Pools::default();
@@ -129,7 +128,7 @@ pub(crate) fn build(
         defaults.as_ref(),
         &default_policy,
     );
-    let sinks = b.sinks(registry, &ctx);
+    let sinks = b.sinks(&section, &ctx);
 
     if !b.problems.is_empty() {
         return Err(Problems(b.problems));
@@ -177,7 +176,7 @@ pub(crate) fn build(
         scenarios: scenarios.routes.iter().map(|s| s.entry.clone()).collect(),
         defaults: defaults.entry(default_policy),
         single_model_routes,
-        probe,
+        probe: sinks.probe,
         sinks: sinks.choices.clone(),
         plugins,
         warnings: b.warnings.clone(),
@@ -187,8 +186,9 @@ pub(crate) fn build(
         server,
         metrics: sinks.metrics,
         alerts: sinks.alerts,
-        probe,
+        probe: sinks.probe,
         health_policies: pools.health.instances(),
+        prober: sinks.prober,
         report,
         warnings: b.warnings,
     })

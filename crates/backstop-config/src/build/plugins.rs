@@ -12,13 +12,12 @@ use crate::registry::{Registry, SeamKind};
 use crate::report::PluginEntry;
 use crate::schema::PluginSection;
 
-const SEAMS: [SeamKind; 6] = [
+const SEAMS: [SeamKind; 5] = [
     SeamKind::Provider,
     SeamKind::Selector,
     SeamKind::Health,
     SeamKind::Budget,
     SeamKind::Result,
-    SeamKind::Sink,
 ];
 
 fn known(registry: &Registry) -> BTreeSet<(SeamKind, String)> {
@@ -66,15 +65,16 @@ impl Builder<'_> {
             }
             seen.push((library.clone(), i));
             let before = known(registry);
-            match crate::dynamic::load(registry, Path::new(&library)) {
-                Ok(()) => {
-                    let types = known(registry).difference(&before).cloned().collect();
-                    loaded.push(PluginEntry {
-                        path: library,
-                        types,
-                    });
-                }
-                Err(e) => self.problem(&at.key("path"), e.message),
+            let problems = crate::dynamic::load(registry, Path::new(&library));
+            let types: Vec<_> = known(registry).difference(&before).cloned().collect();
+            for problem in problems {
+                self.problem(&at.key("path"), problem);
+            }
+            if !types.is_empty() {
+                loaded.push(PluginEntry {
+                    path: library,
+                    types,
+                });
             }
         }
         loaded

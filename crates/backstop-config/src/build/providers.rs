@@ -54,7 +54,7 @@ impl Builder<'_> {
             if let Some(factory) = registry.provider_factory(&type_name) {
                 match factory(&config) {
                     Ok(p) => provider.provider = Some(p),
-                    Err(e) if unset.iter().any(|var| e.message.contains(var.as_str())) => {
+                    Err(e) if unset.iter().any(|var| e.to_string().contains(var.as_str())) => {
                         // Already reported at its key, by name.
                     }
                     Err(e) => self.factory_problem(&at, &type_name, e),

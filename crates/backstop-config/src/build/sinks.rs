@@ -1,90 +1,119 @@
-//! Event sinks: metrics (always on) and alerts (`[alerts]`).
+//! Event sinks: metrics (always on) and alerts (`[alerts]`, on with its
+//! defaults when the table is absent), and the prober that reports to both.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use backstop_core::{EventSink, StrategyContext};
+use backstop_strategies::health::{ActiveProbe, ActiveProbeConfig};
+use backstop_strategies::monitor::{AlertConfig, AlertSink, Metrics, MetricsConfig};
 
 use super::Builder;
+use crate::builtin::strategy_error;
+use crate::decode::parse_config;
 use crate::problem::KeyPath;
-use crate::registry::Registry;
 use crate::report::StrategyChoice;
+use crate::resolved::ProbeSettings;
+use crate::schema::StrategiesSection;
 
-/// The sinks wired into the Router.
+/// The sinks wired into the Router, and the prober.
 pub(crate) struct Sinks {
-    pub metrics: Option<Arc<dyn EventSink>>,
-    pub alerts: Option<Arc<dyn EventSink>>,
+    pub metrics: Arc<Metrics>,
+    pub alerts: Arc<AlertSink>,
+    pub prober: ActiveProbe,
+    pub probe: ProbeSettings,
     pub choices: Vec<StrategyChoice>,
 }
 
 impl Sinks {
-    pub fn all(&self) -> impl Iterator<Item = Arc<dyn EventSink>> + '_ {
-        self.metrics.iter().chain(self.alerts.iter()).cloned()
+    pub fn all(&self) -> [Arc<dyn EventSink>; 2] {
+        [
+            Arc::clone(&self.metrics) as Arc<dyn EventSink>,
+            Arc::clone(&self.alerts) as Arc<dyn EventSink>,
+        ]
     }
 }
 
-/// The sink type built from `[alerts]`.
-pub(crate) const ALERT: &str = "alert";
-/// The sink type that is always on.
-pub(crate) const METRICS: &str = "metrics";
-
 impl Builder<'_> {
-    pub(super) fn sinks(&mut self, registry: &Registry, ctx: &StrategyContext) -> Option<Sinks> {
-        let mut sinks = Sinks {
-            metrics: None,
-            alerts: None,
-            choices: Vec::new(),
-        };
-        let mut ok = true;
+    pub(super) fn sinks(
+        &mut self,
+        section: &(StrategiesSection, bool),
+        ctx: &StrategyContext,
+    ) -> Option<Sinks> {
         let empty = serde_json::Value::Object(serde_json::Map::new());
-
-        if let Some(factory) = registry.sink_factory(METRICS) {
-            match factory(&empty, ctx) {
-                Ok(sink) => {
-                    sinks.metrics = Some(sink);
-                    sinks.choices.push(StrategyChoice {
-                        type_name: METRICS.to_owned(),
-                        config: empty.clone(),
-                        instance: 1,
-                    });
-                }
-                Err(e) => {
-                    self.factory_problem(&KeyPath::root(), METRICS, e);
-                    ok = false;
-                }
+        let metrics = match Metrics::new(MetricsConfig::default(), ctx) {
+            Ok(metrics) => Some(Arc::new(metrics)),
+            Err(e) => {
+                self.factory_problem(&KeyPath::root(), "metrics", strategy_error(e));
+                None
             }
-        }
+        };
 
         let path = KeyPath::root().key("alerts");
-        let config = match self.section("alerts") {
-            None => Some(empty),
+        let alerts_table = match self.section("alerts") {
+            None => Some(empty.clone()),
             // The whole table: `[alerts]` has no `type` key to strip.
             Some(value) => self.table(&path, value, "a table").map(|dict| {
                 serde_json::to_value(figment::value::Value::from(dict.clone()))
-                    .unwrap_or_else(|_| serde_json::Value::Object(serde_json::Map::new()))
+                    .unwrap_or_else(|_| empty.clone())
             }),
         };
-        let config = config?;
-        match registry.sink_factory(ALERT) {
-            Some(factory) => match factory(&config, ctx) {
-                Ok(sink) => {
-                    sinks.alerts = Some(sink);
-                    sinks.choices.push(StrategyChoice {
-                        type_name: ALERT.to_owned(),
-                        config,
-                        instance: 1,
-                    });
-                }
+        let alerts = alerts_table.as_ref().and_then(|table| {
+            let built = parse_config::<AlertConfig>(table)
+                .and_then(|config| AlertSink::new(config, ctx).map_err(strategy_error));
+            match built {
+                Ok(sink) => Some(Arc::new(sink)),
                 Err(e) => {
-                    self.factory_problem(&path, ALERT, e);
-                    ok = false;
+                    self.factory_problem(&path, "alerts", e);
+                    None
                 }
-            },
-            None if self.section("alerts").is_some() => {
-                self.problem(&path, "this build has no alert sink: remove [alerts]");
-                ok = false;
             }
-            None => {}
-        }
-        ok.then_some(sinks)
+        });
+
+        let path = KeyPath::root().key("strategies").key("probe");
+        let probe_table = match &section.0.probe {
+            Some(value) => serde_json::to_value(value).unwrap_or_else(|_| empty.clone()),
+            None => empty.clone(),
+        };
+        let probe = parse_config::<ActiveProbeConfig>(&probe_table).and_then(|config| {
+            let settings = ProbeSettings {
+                interval: Duration::from_millis(config.interval_ms),
+                idle: Duration::from_millis(config.idle_ms),
+                timeout: Duration::from_millis(config.timeout_ms),
+            };
+            ActiveProbe::new(config, ctx)
+                .map(|prober| (prober, settings))
+                .map_err(strategy_error)
+        });
+        let probe = match probe {
+            Ok(probe) => Some(probe),
+            Err(e) => {
+                self.factory_problem(&path, "probe", e);
+                None
+            }
+        };
+
+        let (metrics, alerts, (prober, probe)) = (metrics?, alerts?, probe?);
+        let prober = prober
+            .event_sink(Arc::clone(&metrics) as Arc<dyn EventSink>)
+            .event_sink(Arc::clone(&alerts) as Arc<dyn EventSink>);
+        Some(Sinks {
+            metrics,
+            alerts,
+            prober,
+            probe,
+            choices: vec![
+                StrategyChoice {
+                    type_name: "metrics".to_owned(),
+                    config: empty,
+                    instance: 1,
+                },
+                StrategyChoice {
+                    type_name: "alert".to_owned(),
+                    config: alerts_table.unwrap_or_default(),
+                    instance: 1,
+                },
+            ],
+        })
     }
 }

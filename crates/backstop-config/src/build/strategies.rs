@@ -14,8 +14,7 @@ use super::Builder;
 use crate::problem::{KeyPath, did_you_mean, list};
 use crate::registry::{FactoryError, Registry, SeamKind, StrategyFactory};
 use crate::report::{RouteEntry, StrategyChoice};
-use crate::resolved::ProbeSettings;
-use crate::schema::{ProbeSection, StrategiesSection};
+use crate::schema::StrategiesSection;
 
 /// Built strategies of one seam, by their table.
 pub(crate) struct Pool<T: ?Sized> {
@@ -118,10 +117,10 @@ impl Parts {
 
 /// The strategy a seam uses when `[strategies]` names none.
 const DEFAULT_TYPES: [(&str, &str); 4] = [
-    ("selector", "priority"),
-    ("health", "circuit_breaker"),
-    ("budget", "unlimited"),
-    ("result", "annotate"),
+    ("selector", backstop_strategies::catalog::DEFAULT_SELECTOR),
+    ("health", backstop_strategies::catalog::DEFAULT_HEALTH),
+    ("budget", backstop_strategies::catalog::DEFAULT_BUDGET),
+    ("result", backstop_strategies::catalog::DEFAULT_RESULT),
 ];
 
 fn default_table(seam: &str) -> Value {
@@ -169,34 +168,6 @@ impl Builder<'_> {
                 None => (StrategiesSection::default(), false),
             },
             None => (StrategiesSection::default(), true),
-        }
-    }
-
-    pub(super) fn probe(&mut self, section: &(StrategiesSection, bool)) -> ProbeSettings {
-        let probe = section.0.probe.unwrap_or_default();
-        let path = KeyPath::root().key("strategies").key("probe");
-        if probe.enabled {
-            for (key, value) in [
-                ("interval_ms", probe.interval_ms),
-                ("idle_ms", probe.idle_ms),
-            ] {
-                if value == 0 {
-                    self.problem(
-                        &path.key(key),
-                        "must be greater than 0 (set enabled = false to turn probing off)",
-                    );
-                }
-            }
-        }
-        let ProbeSection {
-            interval_ms,
-            idle_ms,
-            enabled,
-        } = probe;
-        ProbeSettings {
-            enabled,
-            interval: std::time::Duration::from_millis(interval_ms),
-            idle: std::time::Duration::from_millis(idle_ms),
         }
     }
 
@@ -389,21 +360,23 @@ impl Builder<'_> {
             .unwrap_or_else(|_| serde_json::Value::Object(serde_json::Map::new()))
     }
 
-    /// Reports a factory's refusal at the key it names, if it names one.
+    /// Reports each issue of a factory's refusal at the key it names.
     pub(super) fn factory_problem(&mut self, table: &KeyPath, type_name: &str, e: FactoryError) {
-        let mut message = rewrite_serde_message(&e.message);
-        let at = match &e.key {
-            Some(key) if !message.starts_with("missing required key") => {
-                for prefix in [format!("{key}: "), format!("`{key}` ")] {
+        for issue in e.issues {
+            let mut message = rewrite_serde_message(&issue.message);
+            if let Some(crate::problem::Segment::Key(key)) = issue.key.segments().last() {
+                for prefix in [
+                    format!("{}: ", issue.key),
+                    format!("`{key}` "),
+                    format!("{key}: "),
+                ] {
                     if let Some(rest) = message.strip_prefix(&prefix) {
                         message = rest.to_owned();
                     }
                 }
-                key.split('.').fold(table.clone(), |p, k| p.key(k))
             }
-            _ => table.clone(),
-        };
-        self.problem(&at, format!("{type_name}: {message}"));
+            self.problem(&table.join(&issue.key), format!("{type_name}: {message}"));
+        }
     }
 }
 
