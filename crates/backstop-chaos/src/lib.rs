@@ -29,7 +29,8 @@ pub use fake::{Backend, FakeProvider, FakeSet, FakeSpec, FakeStats, ServedReques
 pub use timeline::{Phase, PhaseMode, Schedule, Timeline};
 pub mod scenario;
 pub use scenario::{
-    Mode, RenderOptions, SCENARIO_NAMES, ScenarioSpec, catalog, render_config, scenario,
+    FAKE_KEY, FAKE_KEY_ENV, Mode, RenderOptions, SCENARIO_NAMES, ScenarioSpec, catalog,
+    render_config, scenario,
 };
 pub mod load;
 pub use load::{AnswerCheck, LoadGenerator, LoadPlan, LoadRun, Outcome, RequestRecord, Target};

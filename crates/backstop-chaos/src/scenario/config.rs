@@ -5,8 +5,10 @@
 //! Each fake becomes a provider `fake_<model>` of its API's type and a
 //! model `<model>` served by it; the template rung becomes a `template`
 //! provider that stands in as a model under its own id. Chain order is
-//! also priority order. No provider gets an `api_key_env`: the fakes take
-//! no keys, and a named but unset variable would fail validation.
+//! also priority order. The fakes take any key; Anthropic providers insist
+//! on a key variable, so theirs is [`FAKE_KEY_ENV`], which the driver sets
+//! (to [`FAKE_KEY`]) in the gateway's environment. OpenAI-compatible
+//! providers on a local URL need none.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -16,6 +18,13 @@ use serde::Serialize;
 
 use super::{Breaker, Probe, RetriesMs, ScenarioSpec, TimeoutsMs};
 use crate::error::ConfigError;
+
+/// The environment variable the rendered Anthropic providers read their
+/// key from. The gateway process must have it set.
+pub const FAKE_KEY_ENV: &str = "BACKSTOP_CHAOS_FAKE_KEY";
+
+/// A value for [`FAKE_KEY_ENV`]; the fakes accept any.
+pub const FAKE_KEY: &str = "chaos-fake-key";
 
 /// What the driver decides, not the scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +53,8 @@ struct Provider {
     kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     base_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api_key_env: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     text: Option<String>,
 }
@@ -112,6 +123,7 @@ pub fn render_config(
             Provider {
                 kind: fake.api.provider_type(),
                 base_url: Some(url.clone()),
+                api_key_env: (fake.api == crate::behaviour::Api::Anthropic).then_some(FAKE_KEY_ENV),
                 text: None,
             },
         );
@@ -137,6 +149,7 @@ pub fn render_config(
             Provider {
                 kind: "template",
                 base_url: None,
+                api_key_env: None,
                 text: Some(template.text.clone()),
             },
         );
@@ -262,6 +275,11 @@ mod tests {
             Some("http://127.0.0.1:40000/v1")
         );
         assert!(doc["providers"]["rules"]["text"].as_str().is_some());
+        assert_eq!(
+            doc["providers"]["fake_secondary"]["api_key_env"].as_str(),
+            Some(FAKE_KEY_ENV)
+        );
+        assert!(doc["providers"]["fake_primary"].get("api_key_env").is_none());
     }
 
     #[test]

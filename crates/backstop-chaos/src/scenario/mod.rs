@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::fake::FakeSpec;
 
 pub use catalog::{SCENARIO_NAMES, catalog, scenario};
-pub use config::{RenderOptions, render_config};
+pub use config::{FAKE_KEY, FAKE_KEY_ENV, RenderOptions, render_config};
 
 /// Full size (`cargo xtask chaos`, about a minute for the catalog) or
 /// quick (`--quick`, CI, under 30 s).
