@@ -251,6 +251,30 @@ fn recovery_is_measured_from_the_outage_end() {
 }
 
 #[test]
+fn one_failure_in_thousands_still_misses_the_success_rate() {
+    let mut records: Vec<RequestRecord> = (0..3000)
+        .map(|i| {
+            record(
+                i,
+                i as f64,
+                20.0,
+                "secondary",
+                1,
+                trail(&[("primary", "circuit_open"), ("secondary", "ok")]),
+            )
+        })
+        .collect();
+    records[1500].outcome = Outcome::FailedClean { status: 503 };
+    let report = Report::build("v", false, &[run_of("primary_down", records, &[])]);
+    assert!(report.scenarios[0].success_rate < 1.0);
+    let missed: Vec<String> = check_targets(&report)
+        .into_iter()
+        .map(|m| m.figure)
+        .collect();
+    assert!(missed.contains(&"success_rate".to_owned()), "{missed:?}");
+}
+
+#[test]
 fn content_policy_expects_exactly_the_flagged_to_fail_clean() {
     let records: Vec<RequestRecord> = (0..8)
         .map(|i| {

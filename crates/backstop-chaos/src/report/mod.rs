@@ -314,10 +314,11 @@ impl ScenarioReport {
             succeeded,
             failed_clean,
             lost,
+            // Not rounded: one failure in thousands must not read as 1.0.
             success_rate: if requests == 0 {
                 0.0
             } else {
-                round(succeeded as f64 / requests as f64)
+                succeeded as f64 / requests as f64
             },
             latency_ms,
             baseline_latency_ms: baseline.copied(),

@@ -144,12 +144,16 @@ fn build(name: &str, mode: Mode) -> Option<ScenarioSpec> {
         "primary_5xx" => {
             let mut s = base(
                 "primary_5xx",
-                "the primary answers 500 server_error to everything (wiremock)",
+                "the primary answers 500 server_error to everything (wiremock); no same-model retry",
                 mode,
                 primary()
                     .backend(Backend::Wiremock)
                     .schedule(steady(Behaviour::Error(ErrorKind::Server))),
             );
+            // The target prices falling over at one round trip to the
+            // failing primary; a same-model retry would add a second one
+            // and its backoff by design, which is not what it measures.
+            s.policy.retries.same_model = 0;
             s.expect.failover = Some(FailoverTarget::RoundTripPlus { ms: 1.0 });
             s.expect.max_retry_amplification = PERSISTENT_AMPLIFICATION;
             s

@@ -279,7 +279,11 @@ mod tests {
             doc["providers"]["fake_secondary"]["api_key_env"].as_str(),
             Some(FAKE_KEY_ENV)
         );
-        assert!(doc["providers"]["fake_primary"].get("api_key_env").is_none());
+        assert!(
+            doc["providers"]["fake_primary"]
+                .get("api_key_env")
+                .is_none()
+        );
     }
 
     #[test]
