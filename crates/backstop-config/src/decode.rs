@@ -13,11 +13,22 @@ use crate::problem::{KeyPath, Problem, did_you_mean, list};
 use crate::registry::{FactoryError, FactoryIssue};
 use crate::source::Sources;
 
-/// A decoded table, and whether any of its keys had to be dropped.
+/// A decoded table, and the keys that had to be dropped to decode it.
 pub(crate) struct Decoded<T> {
     pub value: T,
-    /// No key was dropped: checks across keys may trust every value.
-    pub clean: bool,
+    /// Key paths (relative to the table) dropped after being reported.
+    pub dropped: Vec<Vec<String>>,
+}
+
+impl<T> Decoded<T> {
+    /// Whether no key under `key` was dropped: checks across its keys may
+    /// trust every value.
+    pub fn clean_under(&self, key: &str) -> bool {
+        !self
+            .dropped
+            .iter()
+            .any(|d| d.first().is_some_and(|k| k == key))
+    }
 }
 
 /// Decodes `value` (found at `path`) into `T`, pushing one problem per bad
@@ -70,7 +81,7 @@ fn decode_relative<T: DeserializeOwned>(
             Ok(decoded) => {
                 let decoded = Decoded {
                     value: decoded,
-                    clean: dropped.is_empty(),
+                    dropped,
                 };
                 return (Some(decoded), errors);
             }

@@ -1,7 +1,6 @@
 //! What `backstop check` prints: the resolved configuration, as a running
 //! gateway would use it.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use backstop_core::{ModelSpec, RoutePolicy};
@@ -208,8 +207,10 @@ impl fmt::Display for Report {
             )?;
         }
 
-        let users = self.instance_users();
-        writeln!(f, "\nscenarios")?;
+        writeln!(
+            f,
+            "\nscenarios (strategies with the same #n share one instance, and its state)"
+        )?;
         if self.scenarios.is_empty() {
             writeln!(f, "  none (requests name a model)")?;
         }
@@ -220,11 +221,11 @@ impl fmt::Display for Report {
                 write!(f, "  (every model, by priority)")?;
             }
             writeln!(f)?;
-            write_route(f, &scenario.route, &users, &scenario.name)?;
+            write_route(f, &scenario.route)?;
         }
 
         writeln!(f, "\ndefaults ([strategies], and single-model routes)")?;
-        write_route(f, &self.defaults, &users, DEFAULTS)?;
+        write_route(f, &self.defaults)?;
         writeln!(
             f,
             "    models     {}",
@@ -249,7 +250,8 @@ impl fmt::Display for Report {
             writeln!(f, "  none")?;
         }
         for sink in &self.sinks {
-            writeln!(f, "  {}", choice(sink))?;
+            let config = inline(&sink.config);
+            writeln!(f, "  {} {config}", sink.type_name)?;
         }
 
         if !self.plugins.is_empty() {
@@ -274,26 +276,6 @@ impl fmt::Display for Report {
     }
 }
 
-const DEFAULTS: &str = "defaults";
-
-impl Report {
-    /// Per seam and instance, the routes that use it.
-    fn instance_users(&self) -> BTreeMap<(&'static str, usize), Vec<&str>> {
-        let mut users: BTreeMap<(&'static str, usize), Vec<&str>> = BTreeMap::new();
-        let routes = self
-            .scenarios
-            .iter()
-            .map(|s| (s.name.as_str(), &s.route))
-            .chain(std::iter::once((DEFAULTS, &self.defaults)));
-        for (name, route) in routes {
-            for (seam, c) in seams(route) {
-                users.entry((seam, c.instance)).or_default().push(name);
-            }
-        }
-        users
-    }
-}
-
 fn seams(route: &RouteEntry) -> [(&'static str, &StrategyChoice); 4] {
     [
         ("selector", &route.selector),
@@ -303,22 +285,9 @@ fn seams(route: &RouteEntry) -> [(&'static str, &StrategyChoice); 4] {
     ]
 }
 
-fn write_route(
-    f: &mut fmt::Formatter<'_>,
-    route: &RouteEntry,
-    users: &BTreeMap<(&'static str, usize), Vec<&str>>,
-    me: &str,
-) -> fmt::Result {
+fn write_route(f: &mut fmt::Formatter<'_>, route: &RouteEntry) -> fmt::Result {
     for (seam, c) in seams(route) {
-        write!(f, "    {seam:<10} {}", choice(c))?;
-        let others: Vec<&str> = users
-            .get(&(seam, c.instance))
-            .map(|u| u.iter().copied().filter(|n| *n != me).collect())
-            .unwrap_or_default();
-        if !others.is_empty() {
-            write!(f, "  (one instance, shared with {})", others.join(", "))?;
-        }
-        writeln!(f)?;
+        writeln!(f, "    {seam:<10} {}", choice(c))?;
     }
     let p = &route.policy;
     let t = &p.timeouts;
@@ -353,12 +322,13 @@ fn write_route(
     )
 }
 
+/// `type #instance { table }`.
 fn choice(c: &StrategyChoice) -> String {
     let config = inline(&c.config);
     if config.is_empty() {
-        c.type_name.clone()
+        format!("{} #{}", c.type_name, c.instance)
     } else {
-        format!("{} {config}", c.type_name)
+        format!("{} #{} {config}", c.type_name, c.instance)
     }
 }
 

@@ -7,6 +7,7 @@
 //! lists every problem of the file. Only when there is none is the Router
 //! assembled.
 
+mod last_rung;
 mod models;
 mod plugins;
 mod policy;
@@ -117,7 +118,7 @@ pub(crate) fn build(
     let default_policy = b.default_policy(&section);
 
     let ctx = StrategyContext::new(models.specs.clone(), clock);
-    let mut pools = strategies::Pools::default();
+    let mut pools = strategies::Pools::new(models.stand_in(&providers));
     let defaults = b.default_strategies(&section, registry, &ctx, &mut pools);
     let scenarios = b.scenarios(
         registry,

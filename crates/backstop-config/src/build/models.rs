@@ -25,6 +25,15 @@ pub(crate) struct Models {
 }
 
 impl Models {
+    /// By model index: whether a stand-in provider serves the model (its
+    /// implicit model, or a `[models]` entry naming it).
+    pub fn stand_in(&self, providers: &[BuiltProvider]) -> Vec<bool> {
+        self.specs
+            .iter()
+            .map(|m| providers.iter().any(|p| p.stands_in && p.id == m.provider))
+            .collect()
+    }
+
     pub fn entries(&self) -> Vec<ModelEntry> {
         self.specs
             .iter()
@@ -38,7 +47,8 @@ impl Models {
 }
 
 /// The implicit model of a stand-in provider: free, with a window no
-/// prompt exceeds, streaming; tried after every real model of equal rank.
+/// prompt exceeds, streaming, and the lowest priority (every selector also
+/// keeps it last, see `last_rung`).
 pub(crate) fn stand_in_model(provider_id: &str) -> ModelSpec {
     ModelSpec {
         id: provider_id.to_owned(),

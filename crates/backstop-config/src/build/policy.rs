@@ -6,8 +6,25 @@ use std::time::Duration;
 use backstop_core::RoutePolicy;
 
 use super::Builder;
+use crate::decode::Decoded;
 use crate::problem::KeyPath;
 use crate::schema::{PolicyKeys, StrategiesSection};
+
+/// Which policy tables decoded without a dropped key.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Clean {
+    pub timeouts: bool,
+    pub retries: bool,
+}
+
+impl Clean {
+    pub fn of<T>(decoded: &Decoded<T>) -> Self {
+        Self {
+            timeouts: decoded.clean_under("timeouts"),
+            retries: decoded.clean_under("retries"),
+        }
+    }
+}
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -15,24 +32,21 @@ fn ms(n: u64) -> Duration {
 
 impl Builder<'_> {
     /// The defaults: core's, overridden by `[strategies]`.
-    pub(super) fn default_policy(&mut self, section: &(StrategiesSection, bool)) -> RoutePolicy {
+    pub(super) fn default_policy(&mut self, section: &Decoded<StrategiesSection>) -> RoutePolicy {
         let path = KeyPath::root().key("strategies");
-        self.policy(
-            &path,
-            &RoutePolicy::default(),
-            &section.0.policy(),
-            section.1,
-        )
+        let keys = section.value.policy();
+        self.policy(&path, &RoutePolicy::default(), &keys, Clean::of(section))
     }
 
     /// `base` overridden by the keys set at `path`, checked. `clean` says
-    /// every key there decoded, so checks across keys can trust them.
+    /// which tables decoded whole, so checks across their keys can trust
+    /// them.
     pub(super) fn policy(
         &mut self,
         path: &KeyPath,
         base: &RoutePolicy,
         keys: &PolicyKeys,
-        clean: bool,
+        clean: Clean,
     ) -> RoutePolicy {
         let mut policy = *base;
         if let Some(t) = keys.timeouts {
@@ -55,7 +69,10 @@ impl Builder<'_> {
             timeouts.attempt = t.attempt_ms.map_or(timeouts.attempt, ms);
             timeouts.total = t.total_ms.map_or(timeouts.total, ms);
             let (first, attempt, total) = (timeouts.first_token, timeouts.attempt, timeouts.total);
-            if clean && (t.first_token_ms.is_some() || t.attempt_ms.is_some()) && first > attempt {
+            if clean.timeouts
+                && (t.first_token_ms.is_some() || t.attempt_ms.is_some())
+                && first > attempt
+            {
                 self.problem(
                     &at.key("first_token_ms"),
                     format!(
@@ -65,7 +82,7 @@ impl Builder<'_> {
                     ),
                 );
             }
-            if clean && t.attempt_ms.is_some() && t.total_ms.is_some() && attempt > total {
+            if clean.timeouts && t.attempt_ms.is_some() && t.total_ms.is_some() && attempt > total {
                 self.problem(
                     &at.key("attempt_ms"),
                     format!(
@@ -83,7 +100,7 @@ impl Builder<'_> {
             retries.retry_after_cap = r.retry_after_cap_ms.map_or(retries.retry_after_cap, ms);
             retries.backoff_base = r.backoff_base_ms.map_or(retries.backoff_base, ms);
             retries.backoff_max = r.backoff_max_ms.map_or(retries.backoff_max, ms);
-            if clean
+            if clean.retries
                 && (r.backoff_base_ms.is_some() || r.backoff_max_ms.is_some())
                 && retries.backoff_base > retries.backoff_max
             {

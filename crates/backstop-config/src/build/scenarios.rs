@@ -4,6 +4,7 @@ use backstop_core::{RoutePolicy, Scenario, Strategies, StrategyContext};
 
 use super::Builder;
 use super::models::Models;
+use super::policy::Clean;
 use super::providers::BuiltProvider;
 use super::strategies::{Chosen, Parts, Pools};
 use crate::problem::{KeyPath, did_you_mean, list};
@@ -53,11 +54,11 @@ impl Builder<'_> {
                 complete = false;
                 continue;
             };
-            let section = decoded.value;
+            let section = &decoded.value;
             let chain = self.chain(&at, &section, models, providers);
             let strategies =
                 self.scenario_strategies(&at, &section, registry, ctx, pools, defaults);
-            let policy = self.policy(&at, default_policy, &section.policy(), decoded.clean);
+            let policy = self.policy(&at, default_policy, &section.policy(), Clean::of(&decoded));
             if models.specs.iter().any(|m| m.id == name) {
                 self.warn(
                     &at,

@@ -10,7 +10,7 @@ use backstop_strategies::monitor::{AlertConfig, AlertSink, Metrics, MetricsConfi
 
 use super::Builder;
 use crate::builtin::strategy_error;
-use crate::decode::parse_config;
+use crate::decode::{Decoded, parse_config};
 use crate::problem::KeyPath;
 use crate::report::StrategyChoice;
 use crate::resolved::ProbeSettings;
@@ -37,7 +37,7 @@ impl Sinks {
 impl Builder<'_> {
     pub(super) fn sinks(
         &mut self,
-        section: &(StrategiesSection, bool),
+        section: &Decoded<StrategiesSection>,
         ctx: &StrategyContext,
     ) -> Option<Sinks> {
         let empty = serde_json::Value::Object(serde_json::Map::new());
@@ -71,7 +71,7 @@ impl Builder<'_> {
         });
 
         let path = KeyPath::root().key("strategies").key("probe");
-        let probe_table = match &section.0.probe {
+        let probe_table = match &section.value.probe {
             Some(value) => serde_json::to_value(value).unwrap_or_else(|_| empty.clone()),
             None => empty.clone(),
         };

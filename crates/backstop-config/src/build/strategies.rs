@@ -11,20 +11,27 @@ use backstop_core::{
 use figment::value::{Dict, Value};
 
 use super::Builder;
+use super::last_rung::StandInsLast;
+use crate::decode::Decoded;
 use crate::problem::{KeyPath, did_you_mean, list};
 use crate::registry::{FactoryError, Registry, SeamKind, StrategyFactory};
 use crate::report::{RouteEntry, StrategyChoice};
 use crate::schema::StrategiesSection;
 
+/// Wraps every instance a pool builds.
+type Wrap<T> = Box<dyn Fn(Arc<T>) -> Arc<T>>;
+
 /// Built strategies of one seam, by their table.
 pub(crate) struct Pool<T: ?Sized> {
     entries: Vec<(String, Arc<T>)>,
+    wrap: Option<Wrap<T>>,
 }
 
 impl<T: ?Sized> Default for Pool<T> {
     fn default() -> Self {
         Self {
             entries: Vec::new(),
+            wrap: None,
         }
     }
 }
@@ -40,7 +47,10 @@ impl<T: ?Sized> Pool<T> {
         if let Some(i) = self.entries.iter().position(|(k, _)| *k == key) {
             return Ok((Arc::clone(&self.entries[i].1), i + 1));
         }
-        let built = build()?;
+        let mut built = build()?;
+        if let Some(wrap) = &self.wrap {
+            built = wrap(built);
+        }
         self.entries.push((key, Arc::clone(&built)));
         Ok((built, self.entries.len()))
     }
@@ -52,12 +62,27 @@ impl<T: ?Sized> Pool<T> {
 }
 
 /// One pool per strategy seam.
-#[derive(Default)]
 pub(crate) struct Pools {
     pub selector: Pool<dyn Selector>,
     pub health: Pool<dyn HealthPolicy>,
     pub budget: Pool<dyn BudgetPolicy>,
     pub result: Pool<dyn ResultHandler>,
+}
+
+impl Pools {
+    /// Pools whose selectors keep the models flagged in `stand_in` (by
+    /// model index) last.
+    pub fn new(stand_in: Vec<bool>) -> Self {
+        Self {
+            selector: Pool {
+                entries: Vec::new(),
+                wrap: Some(Box::new(move |inner| StandInsLast::wrap(inner, &stand_in))),
+            },
+            health: Pool::default(),
+            budget: Pool::default(),
+            result: Pool::default(),
+        }
+    }
 }
 
 /// A strategy table: its type and the rest of it.
@@ -159,29 +184,30 @@ pub(crate) fn rewrite_serde_message(message: &str) -> String {
 }
 
 impl Builder<'_> {
-    /// `[strategies]`, decoded, and whether every key of it decoded.
-    pub(super) fn strategies_section(&mut self) -> (StrategiesSection, bool) {
+    /// `[strategies]`, decoded (its defaults when absent or unreadable).
+    pub(super) fn strategies_section(&mut self) -> Decoded<StrategiesSection> {
         let path = KeyPath::root().key("strategies");
-        match self.section("strategies") {
-            Some(value) => match self.decode::<StrategiesSection>(&path, value) {
-                Some(d) => (d.value, d.clean),
-                None => (StrategiesSection::default(), false),
-            },
-            None => (StrategiesSection::default(), true),
-        }
+        let decoded = match self.section("strategies") {
+            Some(value) => self.decode::<StrategiesSection>(&path, value),
+            None => None,
+        };
+        decoded.unwrap_or(Decoded {
+            value: StrategiesSection::default(),
+            dropped: Vec::new(),
+        })
     }
 
     /// The default strategies, built from `[strategies]` (or the default
     /// type of each seam).
     pub(super) fn default_strategies(
         &mut self,
-        section: &(StrategiesSection, bool),
+        section: &Decoded<StrategiesSection>,
         registry: &Registry,
         ctx: &StrategyContext,
         pools: &mut Pools,
     ) -> Option<Chosen> {
         let path = KeyPath::root().key("strategies");
-        let s = &section.0;
+        let s = &section.value;
         let or_default =
             |v: &Option<Value>, seam: &str| v.clone().unwrap_or_else(|| default_table(seam));
         let parts = Parts {
