@@ -665,3 +665,114 @@ async fn run_time_switch_changes_behaviour_at_once_and_is_remembered() {
     assert_eq!(fake.behaviour_now(), Behaviour::Healthy);
     fake.shutdown().await;
 }
+
+#[tokio::test]
+async fn wiremock_building_blocks_mount_on_any_server() {
+    use backstop_chaos::fake::mock::{
+        completion_template, error_template, scheduled_responder, stream_template,
+    };
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer};
+
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/overloaded/v1/messages"))
+        .respond_with(error_template(Api::Anthropic, ErrorKind::Overloaded))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/ok/v1/chat/completions"))
+        .respond_with(completion_template(Api::OpenAi))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/stream/v1/chat/completions"))
+        .respond_with(stream_template(Api::OpenAi))
+        .mount(&server)
+        .await;
+    let limited = Behaviour::Error(ErrorKind::RateLimited {
+        retry_after: Some(Duration::from_secs(1)),
+    });
+    Mock::given(method("POST"))
+        .and(path("/flaky/v1/chat/completions"))
+        .respond_with(scheduled_responder(
+            Api::OpenAi,
+            Schedule::fail_then_succeed(1, limited),
+        ))
+        .mount(&server)
+        .await;
+    let c = client();
+
+    let resp = c
+        .post(format!("{}/overloaded/v1/messages", server.uri()))
+        .json(&anthropic_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 529);
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["error"]["type"],
+        "overloaded_error"
+    );
+
+    let v: Value = c
+        .post(format!("{}/ok/v1/chat/completions", server.uri()))
+        .json(&openai_body(false))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], KNOWN_TEXT);
+
+    let resp = c
+        .post(format!("{}/stream/v1/chat/completions", server.uri()))
+        .json(&openai_body(true))
+        .send()
+        .await
+        .unwrap();
+    let (events, _, _) = read_events(resp).await;
+    assert_eq!(openai_text(&events), KNOWN_TEXT);
+    assert_eq!(events.last().unwrap().data, "[DONE]");
+
+    let flaky = format!("{}/flaky/v1/chat/completions", server.uri());
+    let first = c
+        .post(&flaky)
+        .json(&openai_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 429);
+    assert_eq!(first.headers()["retry-after"], "1");
+    let second = c
+        .post(&flaky)
+        .json(&openai_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(second.status(), 200);
+}
+
+#[tokio::test]
+async fn wiremock_fake_delays_its_answer() {
+    let fake = start(
+        steady(
+            "primary",
+            Api::OpenAi,
+            Behaviour::Delay(Duration::from_millis(150)),
+        )
+        .backend(Backend::Wiremock),
+    )
+    .await;
+    let started = Instant::now();
+    let resp = client()
+        .post(fake.endpoint_url())
+        .json(&openai_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(started.elapsed() >= Duration::from_millis(150));
+    fake.shutdown().await;
+}
