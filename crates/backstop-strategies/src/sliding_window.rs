@@ -8,6 +8,11 @@
 //! stale tag is replaced by compare-and-swap, so a slot is recycled without a
 //! lock and without losing a concurrent increment.
 //!
+//! Each slot is striped: its counters exist once per stripe, each stripe on
+//! its own cache line, and a thread adds to its own stripe. Threads
+//! recording at once therefore do not bounce one cache line between cores;
+//! reading (rare: on failures, for snapshots) sums the stripes.
+//!
 //! Tags are truncated, so a slot left untouched for 2^24 buckets could alias
 //! a current one. To rule that out, whoever moves the window's newest bucket
 //! forward also zeroes the slots of the buckets skipped in between (all of
@@ -15,7 +20,7 @@
 //! within one window of the newest bucket, and a window idle for longer than
 //! itself reads as empty.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use backstop_core::clock::duration_to_nanos;
@@ -25,11 +30,30 @@ const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
 const TAG_MASK: u64 = (1 << (64 - COUNT_BITS)) - 1;
 const TAG_HALF: u64 = 1 << (64 - COUNT_BITS - 1);
 
+/// Stripes per slot.
+const STRIPES: usize = 4;
+
+/// One stripe of a slot's counters, alone on its cache lines.
+#[derive(Debug)]
+#[repr(align(128))]
+struct Stripe<const K: usize>([AtomicU64; K]);
+
+/// The stripe of the current thread: threads take stripes in turn as they
+/// first record, so a handful of threads never share one.
+fn my_stripe() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+    }
+    STRIPE.with(|s| *s)
+}
+
 /// `K` counters summed over the last `window` of time.
 #[derive(Debug)]
 pub(crate) struct SlidingWindow<const K: usize> {
     bucket_nanos: u64,
-    slots: Box<[[AtomicU64; K]]>,
+    /// `buckets * STRIPES` stripes: slot `i` is `stripes[i * STRIPES..][..STRIPES]`.
+    stripes: Box<[Stripe<K>]>,
     /// The newest bucket number seen (full width).
     newest: AtomicU64,
 }
@@ -56,24 +80,32 @@ impl<const K: usize> SlidingWindow<K> {
         let bucket_nanos = (duration_to_nanos(window) / buckets).max(1);
         Self {
             bucket_nanos,
-            slots: (0..buckets)
-                .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
+            stripes: (0..buckets as usize * STRIPES)
+                .map(|_| Stripe(std::array::from_fn(|_| AtomicU64::new(0))))
                 .collect(),
             newest: AtomicU64::new(0),
         }
     }
 
+    /// Number of slots (buckets).
     fn len(&self) -> u64 {
-        self.slots.len() as u64
+        (self.stripes.len() / STRIPES) as u64
     }
 
     fn bucket_at(&self, now: Duration) -> u64 {
         duration_to_nanos(now) / self.bucket_nanos
     }
 
-    fn slot(&self, bucket: u64) -> &[AtomicU64; K] {
-        // The modulo keeps the index below the slice's length.
-        &self.slots[(bucket % self.len()) as usize]
+    /// Every stripe of `bucket`'s slot.
+    fn slot(&self, bucket: u64) -> &[Stripe<K>] {
+        // The modulo keeps the range inside the slice.
+        let first = (bucket % self.len()) as usize * STRIPES;
+        &self.stripes[first..first + STRIPES]
+    }
+
+    /// Every counter of `bucket`'s slot, all stripes.
+    fn slot_counters(&self, bucket: u64) -> impl Iterator<Item = &AtomicU64> {
+        self.slot(bucket).iter().flat_map(|stripe| stripe.0.iter())
     }
 
     /// Adds `by[k]` to counter `k` at time `now`.
@@ -81,7 +113,8 @@ impl<const K: usize> SlidingWindow<K> {
         let bucket = self.bucket_at(now);
         self.advance(bucket);
         let tag = tag_of(bucket);
-        for (counter, n) in self.slot(bucket).iter().zip(by) {
+        let stripe = &self.slot(bucket)[my_stripe()];
+        for (counter, n) in stripe.0.iter().zip(by) {
             if n == 0 {
                 continue;
             }
@@ -125,7 +158,7 @@ impl<const K: usize> SlidingWindow<K> {
                         // current ones: start every slot afresh.
                         for b in bucket + 1 - self.len()..=bucket {
                             let tag = tag_of(b);
-                            for counter in self.slot(b) {
+                            for counter in self.slot_counters(b) {
                                 counter.store(word(tag, 0), Ordering::Relaxed);
                             }
                         }
@@ -145,7 +178,7 @@ impl<const K: usize> SlidingWindow<K> {
     /// it already holds that bucket or a newer one.
     fn clear_slot(&self, bucket: u64) {
         let tag = tag_of(bucket);
-        for counter in self.slot(bucket) {
+        for counter in self.slot_counters(bucket) {
             let mut current = counter.load(Ordering::Relaxed);
             while older(current >> COUNT_BITS, tag) {
                 match counter.compare_exchange_weak(
@@ -172,8 +205,8 @@ impl<const K: usize> SlidingWindow<K> {
             return out;
         }
         let tag = tag_of(bucket);
-        for slot in self.slots.iter() {
-            for (sum, counter) in out.iter_mut().zip(slot) {
+        for stripe in self.stripes.iter() {
+            for (sum, counter) in out.iter_mut().zip(&stripe.0) {
                 let w = counter.load(Ordering::Relaxed);
                 let age = tag.wrapping_sub(w >> COUNT_BITS) & TAG_MASK;
                 if age < self.len() {
@@ -187,8 +220,8 @@ impl<const K: usize> SlidingWindow<K> {
     /// Zeroes every count, keeping the buckets' tags. Increments racing with
     /// the reset may survive it; none is corrupted.
     pub(crate) fn reset(&self) {
-        for slot in self.slots.iter() {
-            for counter in slot {
+        for stripe in self.stripes.iter() {
+            for counter in &stripe.0 {
                 let mut current = counter.load(Ordering::Relaxed);
                 while current & COUNT_MASK != 0 {
                     match counter.compare_exchange_weak(
