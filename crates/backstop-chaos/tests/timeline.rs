@@ -84,12 +84,13 @@ async fn runner_sees_the_scripted_outage_under_load() {
         .unwrap();
     assert_eq!(run.records.len(), 120);
     assert_eq!(run.outages, vec![(ms(300), ms(700))]);
-    // Leave a margin for the time a request takes to reach the fake.
+    // Leave a margin for the time a request takes to reach the fake on a
+    // busy machine.
     for r in &run.records {
         let t = r.intended_at;
-        if t >= ms(310) && t < ms(690) {
+        if t >= ms(320) && t < ms(660) {
             assert_eq!(r.outcome, Outcome::Lost(LostReason::Transport), "at {t:?}");
-        } else if t < ms(270) || t >= ms(730) {
+        } else if t < ms(260) || t >= ms(760) {
             assert_eq!(r.outcome, Outcome::Succeeded, "at {t:?}");
         }
     }
@@ -110,7 +111,7 @@ async fn runner_sees_the_scripted_outage_under_load() {
     let report = Report::build("test", true, &[run]);
     let s = &report.scenarios[0];
     assert_eq!(s.requests, 120);
-    assert!(s.lost >= 38 && s.lost <= 42, "lost {}", s.lost);
+    assert!((34..=44).contains(&s.lost), "lost {}", s.lost);
     let served = log.iter().filter(|r| r.behaviour == "healthy").count() as u64;
     assert_eq!(served + s.lost, 120);
     assert_eq!(s.upstream_attempts["primary"], log.len() as u64);
