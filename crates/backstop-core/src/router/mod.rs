@@ -401,12 +401,12 @@ impl Router {
             },
             None => None,
         };
-        let started = inner.ctx.clock.now();
+        let started = tokio::time::Instant::now();
         let connect = timeout.min(Timeouts::default().connect);
         let result = tokio::time::timeout(timeout, entry.provider.probe(spec, connect))
             .await
             .unwrap_or_else(|_| Err(ProviderError::timeout("probe answer", timeout)));
-        let elapsed = inner.ctx.clock.now().saturating_sub(started);
+        let elapsed = started.elapsed();
         if let (Some(budget), Some(reservation)) = (&inner.probe_budget, reservation) {
             let usage = result
                 .is_ok()

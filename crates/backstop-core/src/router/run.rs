@@ -33,14 +33,15 @@ use super::RequestContext;
 pub(crate) struct RunShared {
     pub(crate) inner: Arc<RouterInner>,
     pub(crate) route: Arc<Route>,
-    pub(crate) request: Arc<ChatRequest>,
+    pub(crate) request: ChatRequest,
     pub(crate) cx: RequestContext,
     prompt_tokens: u32,
     max_tokens: Option<u32>,
     stream: bool,
     tools: bool,
-    /// Clock time the request started.
-    pub(crate) started: Duration,
+    /// When the request started (the Router measures durations and
+    /// deadlines on tokio's clock; strategies read the injected Clock).
+    pub(crate) started: Instant,
     /// End-to-end deadline.
     pub(crate) deadline: Instant,
 }
@@ -53,8 +54,8 @@ impl RunShared {
         cx: RequestContext,
         stream: bool,
     ) -> Arc<Self> {
-        let started = inner.ctx.clock.now();
-        let deadline = Instant::now() + route.policy.timeouts.total;
+        let started = Instant::now();
+        let deadline = started + route.policy.timeouts.total;
         Arc::new(Self {
             prompt_tokens: request.estimated_prompt_tokens(),
             max_tokens: request.requested_max_tokens(),
@@ -62,7 +63,7 @@ impl RunShared {
             stream,
             inner,
             route,
-            request: Arc::new(request),
+            request,
             cx,
             started,
             deadline,
@@ -86,10 +87,6 @@ impl RunShared {
 
     pub(crate) fn model_id(&self, index: ModelIndex) -> &Arc<str> {
         &self.inner.entries[index].id
-    }
-
-    pub(crate) fn elapsed(&self) -> Duration {
-        self.inner.ctx.clock.now().saturating_sub(self.started)
     }
 
     fn record_health(&self, index: ModelIndex, permit: Permit, outcome: CallOutcome) {
@@ -128,8 +125,9 @@ impl RunShared {
         state: &RunState,
         answered: Option<(ModelIndex, usize)>,
         error: Option<&'static str>,
+        ended: Instant,
     ) {
-        let latency = self.elapsed();
+        let latency = ended.saturating_duration_since(self.started);
         let model_used = answered.map(|(index, _)| self.model_id(index));
         self.inner.emit(&Event::RequestFinished(&RequestFinished {
             scenario: &self.route.name,
@@ -220,26 +218,22 @@ pub(crate) struct CallGuard {
     shared: Arc<RunShared>,
     index: ModelIndex,
     permit: Option<Permit>,
-    started: Duration,
+    started: Instant,
 }
 
 impl CallGuard {
-    fn new(shared: &Arc<RunShared>, index: ModelIndex, permit: Permit) -> Self {
+    fn new(shared: &Arc<RunShared>, index: ModelIndex, permit: Permit, started: Instant) -> Self {
         Self {
             shared: shared.clone(),
             index,
             permit: Some(permit),
-            started: shared.inner.ctx.clock.now(),
+            started,
         }
     }
 
-    pub(crate) fn elapsed(&self) -> Duration {
-        self.shared
-            .inner
-            .ctx
-            .clock
-            .now()
-            .saturating_sub(self.started)
+    /// Time from the start of the call to `now`.
+    pub(crate) fn elapsed_at(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.started)
     }
 
     pub(crate) fn finish(mut self, outcome: CallOutcome) {
@@ -270,6 +264,8 @@ pub(crate) struct Admitted {
 /// The deadlines of one call.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CallDeadlines {
+    /// When the call started.
+    pub(crate) start: Instant,
     /// End of the whole attempt.
     pub(crate) attempt: Instant,
     /// The request's end-to-end deadline.
@@ -277,14 +273,15 @@ pub(crate) struct CallDeadlines {
 }
 
 impl CallDeadlines {
-    /// The earlier of `limit` from now and the attempt's end, with a name
-    /// for the phase whose deadline it is.
+    /// The earlier of `limit` from `from` and the attempt's end, with a
+    /// name for the phase whose deadline it is.
     pub(crate) fn phase(
         &self,
+        from: Instant,
         phase: &'static str,
         limit: Duration,
     ) -> (Instant, &'static str, Duration) {
-        let start = Instant::now();
+        let start = from;
         let own = start + limit;
         if own <= self.attempt {
             (own, phase, limit)
@@ -314,8 +311,8 @@ pub(crate) trait Mode {
         call: Call<'_>,
         deadlines: CallDeadlines,
     ) -> impl Future<Output = Result<Self::Opened, ProviderError>> + Send;
-
-    /// Records a success and turns it into the run's winner.
+    /// Records a success (it took `elapsed`) and turns it into the run's
+    /// winner.
     fn accept(
         shared: &RunShared,
         index: ModelIndex,
@@ -323,23 +320,27 @@ pub(crate) trait Mode {
         call: CallGuard,
         hold: BudgetHold,
         deadlines: CallDeadlines,
+        elapsed: Duration,
     ) -> Self::Won;
 }
 
-/// The requests a run may send: the caller's, and (after a cut stream) the
-/// caller's with the partial answer as an assistant prefill.
+/// The request a run may send instead of the caller's: after a cut stream,
+/// the caller's with the partial answer as an assistant prefill, for models
+/// that can take one.
 pub(crate) struct Requests {
-    pub(crate) original: Arc<ChatRequest>,
     pub(crate) prefill: Option<Arc<ChatRequest>>,
 }
 
 impl Requests {
-    /// The request for this model, and whether it is a prefill.
-    fn for_model(&self, spec: &ModelSpec) -> (Arc<ChatRequest>, bool) {
-        match &self.prefill {
-            Some(prefill) if spec.capabilities.assistant_prefill => (prefill.clone(), true),
-            _ => (self.original.clone(), false),
-        }
+    /// The caller's request, unchanged.
+    pub(crate) const ORIGINAL: Requests = Requests { prefill: None };
+
+    /// The prefill for this model (`None`: send the caller's request).
+    fn for_model(&self, spec: &ModelSpec) -> Option<Arc<ChatRequest>> {
+        self.prefill
+            .as_ref()
+            .filter(|_| spec.capabilities.assistant_prefill)
+            .cloned()
     }
 }
 
@@ -350,6 +351,8 @@ pub(crate) struct ModelRun<W> {
     attempts: SmallVec<[Attempt; 2]>,
     calls: u32,
     continues: bool,
+    /// When its last call ended.
+    ended: Instant,
     result: Result<W, (ProviderError, Next)>,
 }
 
@@ -368,12 +371,13 @@ fn jitter() -> f64 {
     rand::random::<f64>()
 }
 
-/// Calls one model, retrying it as the failure table allows.
+/// Calls one model, retrying it as the failure table allows. The first
+/// call starts at `start`; `prefill` replaces the caller's request.
 async fn run_model<M: Mode>(
     shared: Arc<RunShared>,
     admitted: Admitted,
-    request: Arc<ChatRequest>,
-    continues: bool,
+    prefill: Option<Arc<ChatRequest>>,
+    start: Instant,
 ) -> ModelRun<M::Won> {
     let Admitted {
         index,
@@ -383,19 +387,23 @@ async fn run_model<M: Mode>(
     } = admitted;
     let spec = shared.spec(index);
     let policy = &shared.route.policy;
+    let request = prefill.as_deref().unwrap_or(&shared.request);
+    let continues = prefill.is_some();
     let mut attempts = SmallVec::new();
     let mut retries_done = 0;
     let mut calls = 0;
+    let mut call_start = start;
     loop {
-        let guard = CallGuard::new(&shared, index, permit);
+        let guard = CallGuard::new(&shared, index, permit, call_start);
         let deadlines = CallDeadlines {
-            attempt: (Instant::now() + policy.timeouts.attempt).min(shared.deadline),
+            start: call_start,
+            attempt: (call_start + policy.timeouts.attempt).min(shared.deadline),
             total: shared.deadline,
         };
         let call = Call {
             scenario: &shared.route.name,
             model: spec,
-            request: &request,
+            request,
             max_tokens: spec.effective_max_tokens(shared.max_tokens),
             connect_timeout: policy.timeouts.connect,
             request_id: shared.cx.request_id.as_deref(),
@@ -406,7 +414,8 @@ async fn run_model<M: Mode>(
             M::open(&shared, &*shared.inner.entries[index].provider, call, deadlines)
         }
         .await;
-        let elapsed = guard.elapsed();
+        let ended = Instant::now();
+        let elapsed = ended.saturating_duration_since(call_start);
         match result {
             Ok(opened) => {
                 attempts.push(Attempt {
@@ -416,13 +425,14 @@ async fn run_model<M: Mode>(
                     duration: elapsed,
                     message: None,
                 });
-                let won = M::accept(&shared, index, opened, guard, hold, deadlines);
+                let won = M::accept(&shared, index, opened, guard, hold, deadlines, elapsed);
                 return ModelRun {
                     index,
                     level,
                     attempts,
                     calls,
                     continues,
+                    ended,
                     result: Ok(won),
                 };
             }
@@ -440,10 +450,13 @@ async fn run_model<M: Mode>(
                     elapsed,
                 ));
                 let next = match decide(&error, retries_done, policy, jitter()) {
-                    Next::Retry(wait) if Instant::now() + wait < shared.deadline => {
-                        if !wait.is_zero() {
+                    Next::Retry(wait) if ended + wait < shared.deadline => {
+                        call_start = if wait.is_zero() {
+                            ended
+                        } else {
                             tokio::time::sleep(wait).await;
-                        }
+                            Instant::now()
+                        };
                         match shared.route.strategies.health.admit(index) {
                             Admission::Admit(p) => {
                                 permit = p;
@@ -463,6 +476,7 @@ async fn run_model<M: Mode>(
                     attempts,
                     calls,
                     continues,
+                    ended: call_start.max(ended),
                     result: Err((error, next)),
                 };
             }
@@ -488,6 +502,9 @@ pub(crate) struct RunState {
     pub(crate) trail: Vec<Attempt>,
     pub(crate) first_cause: Option<ProviderError>,
     pub(crate) upstream_calls: u32,
+    /// The latest time the run knows of: its start, or the end of its last
+    /// call (read once per call rather than at every step).
+    pub(crate) now: Instant,
 }
 
 impl RunState {
@@ -517,6 +534,7 @@ impl RunState {
             trail: Vec::with_capacity(2),
             first_cause: None,
             upstream_calls: 0,
+            now: shared.started,
         }
     }
 
@@ -540,7 +558,7 @@ impl RunState {
             let level = self.cursor;
             self.cursor += 1;
             let spec = shared.spec(index);
-            if Instant::now() >= shared.deadline {
+            if self.now >= shared.deadline {
                 self.skip(shared, index, SkipReason::Deadline);
                 continue;
             }
@@ -584,9 +602,9 @@ impl RunState {
         }
         None
     }
-
     fn absorb<W>(&mut self, shared: &RunShared, run: ModelRun<W>) -> Step<W> {
         self.upstream_calls += run.calls;
+        self.now = self.now.max(run.ended);
         self.trail.extend(run.attempts);
         match run.result {
             Ok(won) => Step::Won(Winner {
@@ -661,8 +679,8 @@ impl RunState {
             let Some(admitted) = self.next_candidate(shared) else {
                 return Err(self.exhausted(shared));
             };
-            let (request, continues) = requests.for_model(shared.spec(admitted.index));
-            let run = run_model::<M>(shared.clone(), admitted, request, continues).await;
+            let prefill = requests.for_model(shared.spec(admitted.index));
+            let run = run_model::<M>(shared.clone(), admitted, prefill, self.now).await;
             match self.absorb(shared, run) {
                 Step::Won(winner) => return Ok(winner),
                 Step::Stop(error) => return Err(error),
@@ -681,18 +699,17 @@ impl RunState {
         hedge_after: Duration,
     ) -> Result<Winner<M::Won>, RouteError> {
         let mut in_flight = FuturesUnordered::new();
-        let mut started: SmallVec<[(ModelIndex, Duration); 2]> = SmallVec::new();
+        let mut started: SmallVec<[(ModelIndex, Instant); 2]> = SmallVec::new();
         let mut hedge_at: Option<Instant> = None;
-        let clock = &shared.inner.ctx.clock;
         loop {
             if in_flight.is_empty() {
                 let Some(admitted) = self.next_candidate(shared) else {
                     return Err(self.exhausted(shared));
                 };
-                let (request, continues) = requests.for_model(shared.spec(admitted.index));
-                started.push((admitted.index, clock.now()));
-                in_flight.push(run_model::<M>(shared.clone(), admitted, request, continues));
-                hedge_at = Some(Instant::now() + hedge_after);
+                let prefill = requests.for_model(shared.spec(admitted.index));
+                started.push((admitted.index, self.now));
+                in_flight.push(run_model::<M>(shared.clone(), admitted, prefill, self.now));
+                hedge_at = Some(self.now + hedge_after);
             }
             let hedge_timer = async {
                 match hedge_at {
@@ -706,8 +723,7 @@ impl RunState {
                     started.retain(|(index, _)| *index != run.index);
                     match self.absorb(shared, run) {
                         Step::Won(winner) => {
-                            for (index, at) in started.drain(..) {
-                                let duration = clock.now().saturating_sub(at);
+                            for (index, at) in started.drain(..) {                                let duration = self.now.saturating_duration_since(at);
                                 shared.emit_attempt(index, AttemptOutcome::Cancelled, duration);
                                 self.trail.push(Attempt {
                                     model: shared.model_id(index).clone(),
@@ -724,18 +740,16 @@ impl RunState {
                             return Ok(winner);
                         }
                         Step::Stop(error) => return Err(error),
-                        Step::Continue => {
-                            hedge_at = (!in_flight.is_empty()).then(|| Instant::now() + hedge_after);
+                        Step::Continue => {                            hedge_at = (!in_flight.is_empty()).then(|| self.now + hedge_after);
                         }
                     }
                 }
-                () = hedge_timer => {
-                    hedge_at = None;
+                () = hedge_timer => {                    hedge_at = None;
+                    self.now = Instant::now();
                     if let Some(admitted) = self.next_candidate(shared) {
-                        tracing::debug!(model = %shared.model_id(admitted.index), "hedging");
-                        let (request, continues) = requests.for_model(shared.spec(admitted.index));
-                        started.push((admitted.index, clock.now()));
-                        in_flight.push(run_model::<M>(shared.clone(), admitted, request, continues));
+                        tracing::debug!(model = %shared.model_id(admitted.index), "hedging");                        let prefill = requests.for_model(shared.spec(admitted.index));
+                        started.push((admitted.index, self.now));
+                        in_flight.push(run_model::<M>(shared.clone(), admitted, prefill, self.now));
                     }
                 }
             }
@@ -756,8 +770,11 @@ impl Mode for CompleteMode {
         call: Call<'_>,
         deadlines: CallDeadlines,
     ) -> Result<ChatResponse, ProviderError> {
-        let (deadline, phase, limit) =
-            deadlines.phase("answer", shared.route.policy.timeouts.attempt);
+        let (deadline, phase, limit) = deadlines.phase(
+            deadlines.start,
+            "answer",
+            shared.route.policy.timeouts.attempt,
+        );
         match tokio::time::timeout_at(deadline, provider.complete(call)).await {
             Err(_) => Err(ProviderError::timeout(phase, limit)),
             Ok(Ok(response)) if response.choices.is_empty() => Err(ProviderError::new(
@@ -775,8 +792,8 @@ impl Mode for CompleteMode {
         call: CallGuard,
         hold: BudgetHold,
         _deadlines: CallDeadlines,
+        latency: Duration,
     ) -> ChatResponse {
-        let latency = call.elapsed();
         call.finish(CallOutcome::Success { latency });
         shared
             .inner
@@ -798,20 +815,17 @@ pub(crate) async fn complete(
 ) -> Result<FallbackResult, RouteError> {
     let shared = RunShared::new(inner, route, request, cx, false);
     let mut state = RunState::new(&shared);
-    let requests = Requests {
-        original: shared.request.clone(),
-        prefill: None,
-    };
     match state
-        .first_success::<CompleteMode>(&shared, &requests)
+        .first_success::<CompleteMode>(&shared, &Requests::ORIGINAL)
         .await
     {
         Ok(winner) => {
             let model_used = shared.model_id(winner.index).clone();
             let mut response = winner.won;
-            response.model = model_used.to_string();
+            response.model.clear();
+            response.model.push_str(&model_used);
             let annotation = shared.annotate(&state, winner.index, winner.level);
-            shared.emit_finished(&state, Some((winner.index, winner.level)), None);
+            shared.emit_finished(&state, Some((winner.index, winner.level)), None, state.now);
             Ok(FallbackResult {
                 response,
                 model_used,
@@ -822,7 +836,7 @@ pub(crate) async fn complete(
             })
         }
         Err(error) => {
-            shared.emit_finished(&state, None, Some(error_name(&error)));
+            shared.emit_finished(&state, None, Some(error_name(&error)), state.now);
             Err(error)
         }
     }

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use smallvec::SmallVec;
+use tokio::time::Instant;
 
 use super::run::{
     BudgetHold, CallDeadlines, CallGuard, Mode, Requests, RunShared, RunState, Winner, error_name,
@@ -143,8 +144,11 @@ impl Mode for StreamMode {
         call: Call<'_>,
         deadlines: CallDeadlines,
     ) -> Result<Opened, ProviderError> {
-        let (deadline, phase, limit) =
-            deadlines.phase("first token", shared.route.policy.timeouts.first_token);
+        let (deadline, phase, limit) = deadlines.phase(
+            deadlines.start,
+            "first token",
+            shared.route.policy.timeouts.first_token,
+        );
         let opening = async {
             let mut rest = provider.stream(call).await?;
             let mut head = SmallVec::new();
@@ -179,8 +183,8 @@ impl Mode for StreamMode {
         call: CallGuard,
         hold: BudgetHold,
         deadlines: CallDeadlines,
+        first_token: Duration,
     ) -> StreamStart {
-        let first_token = call.elapsed();
         shared
             .inner
             .ctx
@@ -206,14 +210,13 @@ pub(crate) async fn start(
 ) -> Result<FallbackStream, RouteError> {
     let shared = RunShared::new(inner, route, request, cx, true);
     let mut state = RunState::new(&shared);
-    let requests = Requests {
-        original: shared.request.clone(),
-        prefill: None,
-    };
-    let winner = match state.first_success::<StreamMode>(&shared, &requests).await {
+    let winner = match state
+        .first_success::<StreamMode>(&shared, &Requests::ORIGINAL)
+        .await
+    {
         Ok(winner) => winner,
         Err(error) => {
-            shared.emit_finished(&state, None, Some(error_name(&error)));
+            shared.emit_finished(&state, None, Some(error_name(&error)), state.now);
             return Err(error);
         }
     };
@@ -346,7 +349,8 @@ impl Machine {
             }
             let idle = self.shared.route.policy.timeouts.idle;
             let current = self.current.as_mut()?;
-            let (deadline, phase, limit) = current.deadlines.phase("next chunk", idle);
+            let (deadline, phase, limit) =
+                current.deadlines.phase(Instant::now(), "next chunk", idle);
             let next = tokio::time::timeout_at(deadline, current.rest.next()).await;
             let failure = match next {
                 Ok(Some(Ok(chunk))) => {
@@ -441,7 +445,8 @@ impl Machine {
         let Some(current) = self.current.take() else {
             return self.abort(None);
         };
-        let total = current.call.elapsed();
+        let now = Instant::now();
+        let total = current.call.elapsed_at(now);
         current.call.finish(CallOutcome::Success {
             latency: current.first_token,
         });
@@ -455,7 +460,7 @@ impl Machine {
             .shared
             .annotate(&self.state, current.index, current.level);
         self.shared
-            .emit_finished(&self.state, Some((current.index, current.level)), None);
+            .emit_finished(&self.state, Some((current.index, current.level)), None, now);
         StreamItem::Done(StreamSummary {
             model_used: self.shared.model_id(current.index).clone(),
             fallback_level: current.level,
@@ -471,7 +476,9 @@ impl Machine {
     /// it, then continue or restart on the next model, or end cleanly.
     async fn fail(&mut self, error: ProviderError) -> Option<StreamItem> {
         let current = self.current.take()?;
-        let elapsed = current.call.elapsed();
+        let now = Instant::now();
+        self.state.now = now;
+        let elapsed = current.call.elapsed_at(now);
         tracing::warn!(model = %self.shared.model_id(current.index), %error, "stream failed mid-answer");
         current.call.finish(CallOutcome::Failure {
             kind: error.kind,
@@ -501,10 +508,7 @@ impl Machine {
         }
         let prefill = (policy == MidStreamPolicy::Continue && !self.delivered.is_empty())
             .then(|| Arc::new(with_prefill(&self.shared.request, &self.delivered)));
-        let requests = Requests {
-            original: self.shared.request.clone(),
-            prefill,
-        };
+        let requests = Requests { prefill };
         let shared = self.shared.clone();
         match self
             .state
@@ -541,7 +545,7 @@ impl Machine {
         });
         let error = RouteError::StreamAborted { cause, attempts };
         self.shared
-            .emit_finished(&self.state, None, Some(error_name(&error)));
+            .emit_finished(&self.state, None, Some(error_name(&error)), Instant::now());
         StreamItem::Failed(error)
     }
 }
@@ -552,7 +556,7 @@ impl Drop for Machine {
             // The caller went away: the current call's guards cancel it.
             self.current = None;
             self.shared
-                .emit_finished(&self.state, None, Some("cancelled"));
+                .emit_finished(&self.state, None, Some("cancelled"), Instant::now());
         }
     }
 }
