@@ -126,8 +126,28 @@ pub(crate) fn message(kind: &Kind) -> String {
         ),
         Kind::MissingField(field) => format!("missing required key {field:?}"),
         Kind::DuplicateField(field) => format!("key {field:?} is set twice"),
+        Kind::InvalidType(actual, expected) => {
+            format!("expected {}, found {actual}", expected_in_words(expected))
+        }
+        Kind::InvalidValue(actual, expected) => {
+            format!("expected {}, found {actual}", expected_in_words(expected))
+        }
         other => other.to_string(),
     }
+}
+
+/// serde's name of a primitive, in words a config author reads.
+fn expected_in_words(expected: &str) -> String {
+    let max = match expected {
+        "u8" => u64::from(u8::MAX),
+        "u16" => u64::from(u16::MAX),
+        "u32" => u64::from(u32::MAX),
+        "u64" | "usize" => u64::MAX,
+        "f32" | "f64" => return "a number".to_owned(),
+        "i8" | "i16" | "i32" | "i64" | "isize" => return "an integer".to_owned(),
+        other => return other.to_owned(),
+    };
+    format!("a whole number from 0 to {max}")
 }
 
 /// The error's path (relative to `value`) as a key path under `base`.

@@ -251,7 +251,11 @@ impl fmt::Display for Report {
         }
         for sink in &self.sinks {
             let config = inline(&sink.config);
-            writeln!(f, "  {} {config}", sink.type_name)?;
+            if config.is_empty() {
+                writeln!(f, "  {}", sink.type_name)?;
+            } else {
+                writeln!(f, "  {} {config}", sink.type_name)?;
+            }
         }
 
         if !self.plugins.is_empty() {

@@ -55,9 +55,8 @@ impl Builder<'_> {
                 continue;
             };
             let section = &decoded.value;
-            let chain = self.chain(&at, &section, models, providers);
-            let strategies =
-                self.scenario_strategies(&at, &section, registry, ctx, pools, defaults);
+            let chain = self.chain(&at, section, models, providers);
+            let strategies = self.scenario_strategies(&at, section, registry, ctx, pools, defaults);
             let policy = self.policy(&at, default_policy, &section.policy(), Clean::of(&decoded));
             if models.specs.iter().any(|m| m.id == name) {
                 self.warn(

@@ -5,6 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod example;
+mod layering;
+mod plugins;
 mod validation;
 
 use backstop_config::{Problems, Registry, Resolved};
