@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -44,6 +45,10 @@ pub(crate) struct RunShared {
     pub(crate) started: Instant,
     /// End-to-end deadline.
     pub(crate) deadline: Instant,
+    /// Set while the losers of a hedge are dropped: their calls stayed
+    /// silent past `hedge_after`, and health hears of them as timeouts, so
+    /// a hung primary's circuit opens even when hedging hides it.
+    dropping_hedge_losers: AtomicBool,
 }
 
 impl RunShared {
@@ -67,6 +72,7 @@ impl RunShared {
             cx,
             started,
             deadline,
+            dropping_hedge_losers: AtomicBool::new(false),
         })
     }
 
@@ -246,8 +252,16 @@ impl CallGuard {
 impl Drop for CallGuard {
     fn drop(&mut self) {
         if let Some(permit) = self.permit.take() {
-            self.shared
-                .record_health(self.index, permit, CallOutcome::Cancelled);
+            let outcome = if self.shared.dropping_hedge_losers.load(Ordering::Relaxed) {
+                CallOutcome::Failure {
+                    kind: FailureKind::Timeout,
+                    retry_after: None,
+                    latency: self.elapsed_at(Instant::now()),
+                }
+            } else {
+                CallOutcome::Cancelled
+            };
+            self.shared.record_health(self.index, permit, outcome);
         }
     }
 }
@@ -733,10 +747,11 @@ impl RunState {
                                     message: None,
                                 });
                                 self.upstream_calls += 1;
-                            }
-                            // Dropping the losers cancels them; their guards
-                            // release permits and budget holds.
+                            }                            // Dropping the losers cancels them; their guards
+                            // report the timeouts and release budget holds.
+                            shared.dropping_hedge_losers.store(true, Ordering::Relaxed);
                             drop(in_flight);
+                            shared.dropping_hedge_losers.store(false, Ordering::Relaxed);
                             return Ok(winner);
                         }
                         Step::Stop(error) => return Err(error),
