@@ -177,7 +177,7 @@ impl Builder<'_> {
             self.problem(
                 &at.key("max_tokens"),
                 format!(
-                    "({}) exceeds context_window ({}): no request could fit",
+                    "{} exceeds context_window ({}): no request could fit",
                     m.max_tokens, m.context_window
                 ),
             );

@@ -76,7 +76,7 @@ impl Builder<'_> {
                 self.problem(
                     &at.key("first_token_ms"),
                     format!(
-                        "({} ms) exceeds attempt_ms ({} ms): every streamed attempt would time out before its first token was due",
+                        "{} ms exceeds attempt_ms ({} ms): every streamed attempt would time out before its first token was due",
                         first.as_millis(),
                         attempt.as_millis()
                     ),
@@ -86,7 +86,7 @@ impl Builder<'_> {
                 self.problem(
                     &at.key("attempt_ms"),
                     format!(
-                        "({} ms) exceeds total_ms ({} ms): no attempt could use its time",
+                        "{} ms exceeds total_ms ({} ms): no attempt could use its time",
                         attempt.as_millis(),
                         total.as_millis()
                     ),
@@ -107,7 +107,7 @@ impl Builder<'_> {
                 self.problem(
                     &at.key("backoff_base_ms"),
                     format!(
-                        "({} ms) exceeds backoff_max_ms ({} ms)",
+                        "{} ms exceeds backoff_max_ms ({} ms)",
                         retries.backoff_base.as_millis(),
                         retries.backoff_max.as_millis()
                     ),

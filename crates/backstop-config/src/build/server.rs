@@ -34,14 +34,14 @@ impl Builder<'_> {
         };
 
         let body_limit_bytes = match usize::try_from(section.body_limit_bytes) {
-            Ok(0) | Err(_) => {
+            Ok(0) => {
+                self.problem(&path.key("body_limit_bytes"), "must be greater than 0");
+                0
+            }
+            Err(_) => {
                 self.problem(
                     &path.key("body_limit_bytes"),
-                    format!(
-                        "must be between 1 and {} (got {})",
-                        usize::MAX,
-                        section.body_limit_bytes
-                    ),
+                    format!("must be at most {} on this machine", usize::MAX),
                 );
                 0
             }

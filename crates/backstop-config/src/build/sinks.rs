@@ -44,7 +44,7 @@ impl Builder<'_> {
         let metrics = match Metrics::new(MetricsConfig::default(), ctx) {
             Ok(metrics) => Some(Arc::new(metrics)),
             Err(e) => {
-                self.factory_problem(&KeyPath::root(), "metrics", strategy_error(e));
+                self.factory_problem(&KeyPath::root(), "metrics sink", strategy_error(e));
                 None
             }
         };
@@ -64,7 +64,7 @@ impl Builder<'_> {
             match built {
                 Ok(sink) => Some(Arc::new(sink)),
                 Err(e) => {
-                    self.factory_problem(&path, "alerts", e);
+                    self.factory_problem(&path, "", e);
                     None
                 }
             }
@@ -88,7 +88,7 @@ impl Builder<'_> {
         let probe = match probe {
             Ok(probe) => Some(probe),
             Err(e) => {
-                self.factory_problem(&path, "probe", e);
+                self.factory_problem(&path, "", e);
                 None
             }
         };

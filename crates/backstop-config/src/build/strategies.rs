@@ -386,7 +386,9 @@ impl Builder<'_> {
             .unwrap_or_else(|_| serde_json::Value::Object(serde_json::Map::new()))
     }
 
-    /// Reports each issue of a factory's refusal at the key it names.
+    /// Reports each issue of a factory's refusal at the key it names,
+    /// prefixed with the type when the table names one (`type_name` is
+    /// empty for fixed tables such as `[alerts]`).
     pub(super) fn factory_problem(&mut self, table: &KeyPath, type_name: &str, e: FactoryError) {
         for issue in e.issues {
             let mut message = rewrite_serde_message(&issue.message);
@@ -401,7 +403,10 @@ impl Builder<'_> {
                     }
                 }
             }
-            self.problem(&table.join(&issue.key), format!("{type_name}: {message}"));
+            if !type_name.is_empty() {
+                message = format!("{type_name}: {message}");
+            }
+            self.problem(&table.join(&issue.key), message);
         }
     }
 }
