@@ -125,33 +125,12 @@ pub async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
     }
 }
 
-fn circuit_gauge(state: CircuitState) -> u8 {
-    match state {
-        CircuitState::Closed => 0,
-        CircuitState::HalfOpen => 1,
-        CircuitState::Open => 2,
-        CircuitState::CoolingDown => 3,
-        CircuitState::Disabled => 4,
-    }
-}
-
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
     let router = gateway.router();
-    let mut out = String::with_capacity(4096);
-    out.push_str("# HELP backstop_circuit_state Circuit of a model: 0 closed, 1 half-open, 2 open, 3 cooling down, 4 disabled.\n# TYPE backstop_circuit_state gauge\n");
-    for (health, models) in health_policies(router) {
-        for m in models {
-            let state = health.snapshot(m).state;
-            let _ = writeln!(
-                out,
-                "backstop_circuit_state{{model=\"{}\",policy=\"{}\"}} {}",
-                router.models()[m].id,
-                health.name(),
-                circuit_gauge(state)
-            );
-        }
-    }
+    let mut out = String::with_capacity(8192);
+    // Circuits by route and model, their windows, and budgets.
+    backstop_strategies::monitor::render_router_state(router, &mut out);
     out.push_str("# HELP backstop_latency_estimate_seconds Peak-EWMA latency estimate of a model.\n# TYPE backstop_latency_estimate_seconds gauge\n");
     let latency = &router.context().latency;
     for (i, model) in router.models().iter().enumerate() {

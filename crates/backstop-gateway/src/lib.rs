@@ -17,6 +17,7 @@ mod app;
 pub mod auth;
 mod completions;
 pub mod introspect;
+pub mod observe;
 pub mod server;
 
 pub use app::{DEFAULT_BODY_LIMIT, Gateway, GatewayOptions, Observability};

@@ -1,1 +1,237 @@
-fn main() {}
+//! `backstop`: the gateway binary.
+//!
+//! - `backstop serve --config FILE`: serve the OpenAI-compatible API.
+//! - `backstop check --config FILE`: load, validate and build everything
+//!   `serve` would, print the resolved scenarios, exit 0; or print every
+//!   problem with its file and key path and exit 1.
+//! - `backstop plugin inspect PATH`: what a plugin library declares, or why
+//!   it cannot be loaded.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use backstop_config::{Registry, Resolved};
+use backstop_gateway::auth::ApiKeys;
+use backstop_gateway::observe::{AlertObserver, MetricsObserver};
+use backstop_gateway::server::{ServerTiming, serve, shutdown_signal};
+use backstop_gateway::{Gateway, GatewayOptions};
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Keeps LLM-backed products answering when their models fail.
+#[derive(Debug, Parser)]
+#[command(name = "backstop", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the OpenAI-compatible gateway.
+    Serve {
+        /// The configuration file (TOML, YAML or JSON).
+        #[arg(long, short, env = "BACKSTOP_CONFIG")]
+        config: PathBuf,
+        /// Listen here instead of `[server] listen`.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Log format.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Validate a configuration without serving.
+    Check {
+        /// The configuration file (TOML, YAML or JSON).
+        #[arg(long, short, env = "BACKSTOP_CONFIG")]
+        config: PathBuf,
+    },
+    /// Dynamic plugins.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Print a plugin's name, types, ABI and SDK version.
+    Inspect {
+        /// The plugin library (.so, .dylib, .dll).
+        path: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            log_format,
+        } => {
+            init_logs(log_format);
+            serve_command(config, listen)
+        }
+        Command::Check { config } => {
+            init_logs(LogFormat::Text);
+            check_command(config)
+        }
+        Command::Plugin {
+            command: PluginCommand::Inspect { path },
+        } => inspect_command(path),
+    }
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Writes to stdout, ignoring a closed pipe (`backstop check | head`).
+fn say(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}");
+}
+
+fn check_command(config: PathBuf) -> ExitCode {
+    match backstop_config::check(&config, Registry::builtin()) {
+        Ok(report) => {
+            say(&report.to_string());
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            eprintln!("{problems}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn inspect_command(path: PathBuf) -> ExitCode {
+    match backstop_plugin::host::inspect(&path) {
+        Ok(info) => {
+            say(&info.to_string());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("{}: {error}", path.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve_command(config: PathBuf, listen: Option<SocketAddr>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let resolved = match backstop_config::load(&config, Registry::builtin()) {
+            Ok(resolved) => resolved,
+            Err(problems) => {
+                eprintln!("{problems}");
+                return ExitCode::FAILURE;
+            }
+        };
+        for warning in &resolved.warnings {
+            tracing::warn!("{warning}");
+        }
+        let address = listen.unwrap_or(resolved.server.listen);
+        let listener = match tokio::net::TcpListener::bind(address).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                eprintln!("cannot listen on {address}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let bound = listener.local_addr().unwrap_or(address);
+        run(resolved, listener, bound).await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn run(resolved: Resolved, listener: tokio::net::TcpListener, bound: SocketAddr) {
+    let keys = match &resolved.server.api_keys {
+        Some(keys) => ApiKeys::from_list(&keys.keys().join(",")),
+        None => {
+            tracing::warn!(
+                env = %resolved.server.api_keys_env,
+                "no API keys configured: the gateway accepts every caller; set {} to require keys",
+                resolved.server.api_keys_env
+            );
+            ApiKeys::none()
+        }
+    };
+    let timing = ServerTiming {
+        header_read_timeout: resolved.server.header_read_timeout,
+        shutdown_grace: resolved.server.shutdown_grace,
+    };
+    let summary = summary(&resolved);
+    let _prober = resolved.spawn_prober();
+    let gateway = Gateway::new(
+        resolved.router,
+        GatewayOptions {
+            keys,
+            body_limit: resolved.server.body_limit_bytes,
+            observers: vec![
+                Arc::new(MetricsObserver(resolved.metrics)),
+                Arc::new(AlertObserver(resolved.alerts)),
+            ],
+        },
+    );
+    say(&format!("backstop listening on http://{bound}"));
+    say(&summary);
+    tracing::info!(%bound, "listening");
+    let app = gateway.http();
+    let draining = gateway.clone();
+    serve(listener, app, timing, async move {
+        shutdown_signal().await;
+        draining.start_draining();
+    })
+    .await;
+}
+
+/// One line: every scenario and its chain.
+fn summary(resolved: &Resolved) -> String {
+    let router = &resolved.router;
+    let scenarios: Vec<String> = router
+        .scenario_names()
+        .iter()
+        .filter_map(|name| {
+            let route = router.route(name)?;
+            let chain: Vec<&str> = route
+                .chain
+                .iter()
+                .map(|&i| router.models()[i].id.as_str())
+                .collect();
+            Some(format!("{name} ({})", chain.join(" -> ")))
+        })
+        .collect();
+    format!(
+        "{} scenarios: {}; {} models",
+        scenarios.len(),
+        scenarios.join(", "),
+        router.models().len()
+    )
+}

@@ -503,7 +503,9 @@ async fn introspection_endpoints_answer() {
         .await
         .unwrap();
     assert!(
-        metrics.contains("backstop_circuit_state{model=\"primary\",policy=\"always_admit\"} 0"),
+        metrics.contains(
+            "backstop_circuit_state{route=\"chat\",model=\"primary\",state=\"closed\"} 1"
+        ),
         "{metrics}"
     );
     assert!(
