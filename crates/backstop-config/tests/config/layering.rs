@@ -104,6 +104,11 @@ fn environment_overrides_replace_add_and_nest() {
             "BACKSTOP__STRATEGIES__BUDGET",
             "{type=\"per_request\", max_cost=0.5}",
         );
+        // Ids with a hyphen are reachable (through `env`, not `export`).
+        jail.set_env("BACKSTOP__MODELS__FIRST-A__PRIORITY", "7");
+        // A default hedge, and a scenario turning it off with 0.
+        jail.set_env("BACKSTOP__STRATEGIES__HEDGE_AFTER_MS", "500");
+        jail.set_env("BACKSTOP__SCENARIOS__CHAT__HEDGE_AFTER_MS", "0");
         // Variables without the double-underscore prefix are not ours.
         jail.set_env("BACKSTOP_SERVER__LISTEN", "0.0.0.0:1");
         let resolved = load("backstop.toml").map_err(|p| p.to_string())?;
@@ -119,6 +124,15 @@ fn environment_overrides_replace_add_and_nest() {
         assert_eq!(chat.policy.mid_stream, MidStreamPolicy::Restart);
         assert_eq!(chain_of(&resolved, "chat"), ["second", "rules"]);
         assert_eq!(chat.strategies.budget.name(), "per_request");
+        assert_eq!(chat.policy.hedge_after, None);
+        let single = resolved.router.route("second").expect("single-model route");
+        assert_eq!(single.policy.hedge_after, Some(Duration::from_millis(500)));
+        let first_a = resolved
+            .router
+            .context()
+            .index_of("first-a")
+            .expect("first-a");
+        assert_eq!(resolved.router.models()[first_a].priority, 7);
         Ok(())
     });
 }
