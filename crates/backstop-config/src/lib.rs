@@ -7,16 +7,40 @@
 //! [`Registry`] that maps each `type` name to a factory, for compiled-in
 //! and dynamically loaded plugins alike.
 //!
+//! A gateway serves what [`load`] resolves:
+//!
 //! ```no_run
-//! # fn main() -> Result<(), backstop_config::Problems> {
-//! let resolved = backstop_config::load("examples/backstop.toml", backstop_config::Registry::builtin())?;
-//! let router = resolved.router;
+//! # async fn serve() -> Result<(), backstop_config::Problems> {
+//! use backstop_config::Registry;
+//!
+//! let resolved = backstop_config::load("examples/backstop.toml", Registry::builtin())?;
+//! for warning in &resolved.warnings {
+//!     tracing::warn!("{warning}");
+//! }
+//! let _prober = resolved.spawn_prober(); // probes until dropped
+//! let router = resolved.router.clone(); // scenarios and single-model routes
+//! let listen = resolved.server.listen; // and the rest of [server]
+//! let mut metrics = String::new();
+//! resolved.metrics.render_prometheus(&mut metrics); // for /metrics
 //! # Ok(()) }
 //! ```
 //!
 //! `backstop check --config FILE` is [`check`]: it loads and builds
 //! everything a running gateway would, without serving, and returns the
-//! printable [`Report`] or every [`Problem`].
+//! printable [`Report`] (exit 0) or every [`Problem`] found (exit non-zero):
+//!
+//! ```no_run
+//! match backstop_config::check("examples/bad.toml", backstop_config::Registry::builtin()) {
+//!     Ok(report) => print!("{report}"),
+//!     Err(problems) => eprintln!("{problems}"),
+//! }
+//! ```
+//!
+//! The pieces: `source` reads the file and layers the environment with
+//! figment; `decode` turns tables into the `schema` types reporting every
+//! bad key; `build` resolves section by section through the [`Registry`]
+//! (`builtin` wires the compiled-in types, `dynamic` the plugins) and
+//! assembles the Router; `report` prints the result.
 
 mod build;
 mod builtin;

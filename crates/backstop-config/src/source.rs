@@ -90,8 +90,8 @@ impl FileOrder {
 pub(crate) struct Sources {
     /// The file, as the user named it.
     pub file: String,
-    /// The file's directory (plugin paths are resolved against the working
-    /// directory, not this; kept for messages).
+    /// The file with the environment merged over it; its metadata tells
+    /// which of the two set a value.
     pub figment: Figment,
     /// The merged root table.
     pub root: Dict,
