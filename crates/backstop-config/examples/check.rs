@@ -18,7 +18,7 @@ fn main() -> ExitCode {
     };
     match backstop_config::check(&path, Registry::builtin()) {
         Ok(report) => {
-            let _ = write!(std::io::stdout(), "{report}");
+            let _ = writeln!(std::io::stdout(), "{report}");
             ExitCode::SUCCESS
         }
         Err(problems) => {

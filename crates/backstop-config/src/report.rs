@@ -112,7 +112,17 @@ pub struct PluginEntry {
 }
 
 impl fmt::Display for Report {
+    /// The report, without a trailing newline (like [`Problems`](crate::Problems)).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut text = String::new();
+        self.write(&mut text)?;
+        f.write_str(text.trim_end())
+    }
+}
+
+impl Report {
+    fn write(&self, f: &mut String) -> fmt::Result {
+        use std::fmt::Write as _;
         writeln!(f, "{}: configuration OK", self.file)?;
 
         let s = &self.server;
@@ -289,7 +299,8 @@ fn seams(route: &RouteEntry) -> [(&'static str, &StrategyChoice); 4] {
     ]
 }
 
-fn write_route(f: &mut fmt::Formatter<'_>, route: &RouteEntry) -> fmt::Result {
+fn write_route(f: &mut String, route: &RouteEntry) -> fmt::Result {
+    use std::fmt::Write as _;
     for (seam, c) in seams(route) {
         writeln!(f, "    {seam:<10} {}", choice(c))?;
     }
