@@ -1,0 +1,889 @@
+//! The `backstop` binary end to end: started as a process with a config
+//! file, in front of wiremock upstreams speaking OpenAI's and Anthropic's
+//! real wire formats, called over HTTP (and with a real OpenAI client
+//! library). Each test asserts what the caller got and what each upstream
+//! saw.
+
+// Test scaffolding may panic: a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use backstop_core::sse::{write_data, write_event};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const ANSWER: &str = "Foxes are small omnivorous mammals.";
+
+/// A running `backstop serve`; killed when dropped.
+struct Backstop {
+    child: Child,
+    base: String,
+    dir: PathBuf,
+}
+
+impl Backstop {
+    fn start(config: &str, env: &[(&str, &str)]) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "backstop-e2e-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("backstop.toml");
+        std::fs::write(&file, config).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_backstop"));
+        command
+            .args(["serve", "--config"])
+            .arg(&file)
+            .args(["--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "error")
+            .env_remove("BACKSTOP_API_KEYS")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("backstop starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            // Keep draining so the child never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("backstop did not print its address");
+            }
+        };
+        let base = line
+            .strip_prefix("backstop listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+            .to_owned();
+        Self { child, base, dir }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+impl Drop for Backstop {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// ------------------------------------------------------------- upstreams
+
+fn completion(text: &str) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(json!({
+        "id": "chatcmpl-abc", "object": "chat.completion", "created": 1_700_000_000,
+        "model": "gpt-4o-mini-2024-07-18", "system_fingerprint": "fp_1",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": null},
+                     "logprobs": null, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}
+    }))
+}
+
+fn openai_error(status: u16, kind: &str, code: &str, message: &str) -> ResponseTemplate {
+    ResponseTemplate::new(status).set_body_json(json!({
+        "error": {"message": message, "type": kind, "param": null, "code": code}
+    }))
+}
+
+/// An OpenAI SSE body: one chunk per piece; `finished` adds the finish
+/// chunk, the usage chunk and `[DONE]`.
+fn openai_sse(pieces: &[&str], finished: bool) -> ResponseTemplate {
+    let mut body = Vec::new();
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": 1_700_000_000,
+               "model": "gpt-4o-mini", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        .to_string()
+    };
+    write_data(
+        &mut body,
+        &chunk(json!({"role": "assistant", "content": ""}), Value::Null),
+    );
+    for piece in pieces {
+        write_data(&mut body, &chunk(json!({"content": piece}), Value::Null));
+    }
+    if finished {
+        write_data(&mut body, &chunk(json!({}), json!("stop")));
+        write_data(
+            &mut body,
+            &json!({"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": 1_700_000_000,
+                    "model": "gpt-4o-mini", "choices": [],
+                    "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}})
+            .to_string(),
+        );
+        write_data(&mut body, "[DONE]");
+    }
+    ResponseTemplate::new(200)
+        .insert_header("content-type", "text/event-stream")
+        .set_body_bytes(body)
+}
+
+/// An Anthropic Messages SSE body streaming `pieces`.
+fn anthropic_sse(pieces: &[&str]) -> ResponseTemplate {
+    let mut body = Vec::new();
+    write_event(
+        &mut body,
+        "message_start",
+        &json!({"type": "message_start", "message": {
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-20250514",
+        "content": [], "stop_reason": null, "stop_sequence": null,
+        "usage": {"input_tokens": 20, "output_tokens": 1}}})
+        .to_string(),
+    );
+    write_event(
+        &mut body,
+        "content_block_start",
+        &json!({"type": "content_block_start", "index": 0,
+        "content_block": {"type": "text", "text": ""}})
+        .to_string(),
+    );
+    write_event(&mut body, "ping", &json!({"type": "ping"}).to_string());
+    for piece in pieces {
+        write_event(
+            &mut body,
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "text_delta", "text": piece}})
+            .to_string(),
+        );
+    }
+    write_event(
+        &mut body,
+        "content_block_stop",
+        &json!({"type": "content_block_stop", "index": 0}).to_string(),
+    );
+    write_event(
+        &mut body,
+        "message_delta",
+        &json!({"type": "message_delta",
+        "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 5}})
+        .to_string(),
+    );
+    write_event(
+        &mut body,
+        "message_stop",
+        &json!({"type": "message_stop"}).to_string(),
+    );
+    ResponseTemplate::new(200)
+        .insert_header("content-type", "text/event-stream")
+        .set_body_bytes(body)
+}
+
+async fn openai_upstream(responses: Vec<ResponseTemplate>) -> MockServer {
+    let server = MockServer::start().await;
+    let n = responses.len();
+    for (i, r) in responses.into_iter().enumerate() {
+        let mock = Mock::given(method("POST"))
+            .and(path("/v1/chat/completions"))
+            .respond_with(r);
+        // Every response but the last answers once, in order.
+        let mock = if i + 1 < n {
+            mock.up_to_n_times(1)
+        } else {
+            mock
+        };
+        mock.with_priority(u8::try_from(i + 1).unwrap())
+            .mount(&server)
+            .await;
+    }
+    server
+}
+
+/// An upstream that answers ANSWER, as SSE to streaming requests and as
+/// JSON otherwise, as many times as asked.
+async fn healthy_upstream() -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .and(wiremock::matchers::body_partial_json(
+            json!({"stream": true}),
+        ))
+        .respond_with(openai_sse(
+            &["Foxes", " are", " small", " omnivorous", " mammals."],
+            true,
+        ))
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(completion(ANSWER))
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    server
+}
+
+async fn seen(server: &MockServer) -> Vec<Value> {
+    server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.body_json().unwrap())
+        .collect()
+}
+
+// ---------------------------------------------------------------- config
+
+struct Model<'a> {
+    id: &'a str,
+    provider: &'a str,
+    window: u32,
+    prefill: bool,
+}
+
+fn model(id: &'static str) -> Model<'static> {
+    Model {
+        id,
+        provider: id,
+        window: 128_000,
+        prefill: false,
+    }
+}
+
+/// A config whose scenario `chat` chains `models` in order; each model has
+/// its own provider (`providers` gives its TOML), and `scenario` adds keys
+/// to the scenario.
+fn config(
+    providers: &[(&str, String)],
+    models: &[Model<'_>],
+    scenario: &str,
+    server: &str,
+) -> String {
+    let mut toml = format!("[server]\nlisten = \"127.0.0.1:0\"\n{server}\n\n");
+    for (id, body) in providers {
+        toml.push_str(&format!("[providers.{id}]\n{body}\n\n"));
+    }
+    for (i, m) in models.iter().enumerate() {
+        toml.push_str(&format!(
+            "[models.{id}]\nprovider = \"{p}\"\nmodel = \"{id}-upstream\"\npriority = {prio}\ncontext_window = {w}\nsupports_prefill = {pf}\ncost_per_1k = 0\n\n",
+            id = m.id,
+            p = m.provider,
+            prio = i + 1,
+            w = m.window,
+            pf = m.prefill
+        ));
+    }
+    let chain: Vec<String> = models.iter().map(|m| format!("\"{}\"", m.id)).collect();
+    toml.push_str(&format!(
+        "[scenarios.chat]\nchain = [{}]\n{scenario}\n",
+        chain.join(", ")
+    ));
+    toml
+}
+
+fn openai_provider(url: &str) -> String {
+    format!("type = \"openai\"\nbase_url = \"{url}/v1\"")
+}
+
+fn two_openai(primary: &MockServer, backup: &MockServer, scenario: &str) -> String {
+    config(
+        &[
+            ("primary", openai_provider(&primary.uri())),
+            ("backup", openai_provider(&backup.uri())),
+        ],
+        &[model("primary"), model("backup")],
+        scenario,
+        "",
+    )
+}
+
+fn body(stream: bool) -> Value {
+    json!({"model": "chat", "messages": [{"role": "user", "content": "What are foxes?"}],
+           "temperature": 0.2, "stream": stream, "stream_options": {"include_usage": true}})
+}
+
+async fn post(gw: &Backstop, body: &Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The `data:` payloads of an SSE body.
+async fn events(response: reqwest::Response) -> Vec<String> {
+    let text = response.text().await.unwrap();
+    text.split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn streamed_text(events: &[String]) -> String {
+    events
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+fn last_json(events: &[String]) -> Value {
+    let last = events
+        .iter()
+        .rev()
+        .find(|e| e.as_str() != "[DONE]")
+        .unwrap();
+    serde_json::from_str(last).unwrap()
+}
+
+// ----------------------------------------------------------------- tests
+
+#[tokio::test]
+async fn a_healthy_answer_streams_and_completes_through_the_binary() {
+    let primary = openai_upstream(vec![completion(ANSWER)]).await;
+    let streaming = openai_upstream(vec![openai_sse(
+        &["Foxes", " are", " small", " omnivorous", " mammals."],
+        true,
+    )])
+    .await;
+    let gw = Backstop::start(&two_openai(&primary, &streaming, ""), &[]);
+
+    let r = post(&gw, &body(false)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-backstop-model"], "primary");
+    assert_eq!(r.headers()["x-backstop-fallback-level"], "0");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["model"], "primary");
+    assert_eq!(v["choices"][0]["message"]["content"], ANSWER);
+    assert_eq!(v["usage"]["total_tokens"], 19);
+    assert_eq!(
+        v["system_fingerprint"], "fp_1",
+        "upstream extras pass through"
+    );
+    let sent = &seen(&primary).await[0];
+    assert_eq!(sent["model"], "primary-upstream");
+    assert_eq!(sent["temperature"], 0.2, "caller extras reach the upstream");
+
+    // The backup streams when asked by name (its single-model route).
+    let mut b = body(true);
+    b["model"] = json!("backup");
+    let r = post(&gw, &b).await;
+    assert_eq!(r.headers()["x-backstop-model"], "backup");
+    let events = events(r).await;
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    assert_eq!(streamed_text(&events), ANSWER);
+    let last = last_json(&events);
+    assert_eq!(last["usage"]["total_tokens"], 19);
+    assert_eq!(last["backstop"]["model_used"], "backup");
+    let sent = &seen(&streaming).await[0];
+    assert_eq!(sent["stream"], true);
+    assert_eq!(sent["stream_options"]["include_usage"], true);
+}
+
+#[tokio::test]
+async fn a_5xx_primary_is_retried_once_then_the_backup_answers() {
+    let primary = openai_upstream(vec![openai_error(
+        500,
+        "server_error",
+        "server_error",
+        "The server had an error",
+    )])
+    .await;
+    let backup = openai_upstream(vec![completion(ANSWER)]).await;
+    let gw = Backstop::start(&two_openai(&primary, &backup, ""), &[]);
+    let r = post(&gw, &body(false)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-backstop-model"], "backup");
+    assert_eq!(r.headers()["x-backstop-fallback-level"], "1");
+    assert_eq!(r.headers()["x-backstop-attempts"], "3");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["backstop"]["attempts"][0]["kind"], "server");
+    assert_eq!(v["backstop"]["attempts"][0]["status"], 500);
+    assert!(
+        v["backstop"]["warning"]
+            .as_str()
+            .unwrap()
+            .contains("backup")
+    );
+    assert_eq!(seen(&primary).await.len(), 2);
+    assert_eq!(seen(&backup).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_429_with_a_short_retry_after_is_waited_for_and_a_long_one_falls_over() {
+    let limited = openai_error(429, "requests", "rate_limit_exceeded", "Rate limit reached")
+        .insert_header("retry-after", "1");
+    let primary = openai_upstream(vec![limited, completion(ANSWER)]).await;
+    let backup = openai_upstream(vec![completion("backup")]).await;
+    let gw = Backstop::start(&two_openai(&primary, &backup, ""), &[]);
+    let started = Instant::now();
+    let r = post(&gw, &body(false)).await;
+    assert_eq!(r.headers()["x-backstop-model"], "primary");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "waited for Retry-After"
+    );
+    assert_eq!(seen(&primary).await.len(), 2);
+    assert!(seen(&backup).await.is_empty());
+
+    let long = openai_error(429, "requests", "rate_limit_exceeded", "Rate limit reached")
+        .insert_header("retry-after", "120");
+    let primary = openai_upstream(vec![long]).await;
+    let backup = healthy_upstream().await;
+    let gw = Backstop::start(&two_openai(&primary, &backup, ""), &[]);
+    let started = Instant::now();
+    let r = post(&gw, &body(true)).await;
+    assert_eq!(r.headers()["x-backstop-model"], "backup");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(seen(&primary).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_refused_connection_falls_over() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let refused = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let backup = healthy_upstream().await;
+    let toml = config(
+        &[
+            ("primary", openai_provider(&refused)),
+            ("backup", openai_provider(&backup.uri())),
+        ],
+        &[model("primary"), model("backup")],
+        "",
+        "",
+    );
+    let gw = Backstop::start(&toml, &[]);
+    for stream in [false, true] {
+        let r = post(&gw, &body(stream)).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-backstop-model"], "backup");
+    }
+}
+
+#[tokio::test]
+async fn a_silent_upstream_times_out_and_falls_over() {
+    let primary =
+        openai_upstream(vec![completion("late").set_delay(Duration::from_secs(10))]).await;
+    let backup = healthy_upstream().await;
+    let scenario = "timeouts = { first_token_ms = 400, attempt_ms = 400 }";
+    let gw = Backstop::start(&two_openai(&primary, &backup, scenario), &[]);
+    for stream in [false, true] {
+        let started = Instant::now();
+        let r = post(&gw, &body(stream)).await;
+        assert_eq!(r.headers()["x-backstop-model"], "backup");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(
+        seen(&primary).await.len(),
+        2,
+        "one call per request: timeouts are not retried"
+    );
+}
+
+/// A primary whose stream is cut after three pieces.
+async fn cut_primary() -> MockServer {
+    openai_upstream(vec![openai_sse(&["Foxes", " are", " small"], false)]).await
+}
+
+#[tokio::test]
+async fn a_cut_stream_under_the_error_policy_ends_with_an_in_band_error() {
+    let primary = cut_primary().await;
+    let backup = openai_upstream(vec![openai_sse(&[ANSWER], true)]).await;
+    let gw = Backstop::start(
+        &two_openai(&primary, &backup, "mid_stream = \"error\""),
+        &[],
+    );
+    let events = events(post(&gw, &body(true)).await).await;
+    assert_eq!(streamed_text(&events), "Foxes are small");
+    assert_ne!(
+        events.last().unwrap(),
+        "[DONE]",
+        "a cut answer is never complete"
+    );
+    let last = last_json(&events);
+    assert_eq!(last["error"]["code"], "stream_aborted");
+    assert!(seen(&backup).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_cut_stream_under_restart_is_completed_by_the_backup_without_repeats() {
+    let primary = cut_primary().await;
+    let backup = openai_upstream(vec![openai_sse(
+        &["Foxes are", " small omnivorous", " mammals."],
+        true,
+    )])
+    .await;
+    let gw = Backstop::start(
+        &two_openai(&primary, &backup, "mid_stream = \"restart\""),
+        &[],
+    );
+    let events = events(post(&gw, &body(true)).await).await;
+    assert_eq!(streamed_text(&events), ANSWER);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let last = last_json(&events);
+    assert_eq!(last["backstop"]["model_used"], "backup");
+    assert_eq!(
+        last["backstop"]["attempts"][0]["kind"],
+        "stream_interrupted"
+    );
+    let sent = &seen(&backup).await[0];
+    assert_eq!(
+        sent["messages"].as_array().unwrap().len(),
+        1,
+        "no prefill to a model without prefill"
+    );
+}
+
+#[tokio::test]
+async fn a_cut_stream_under_continue_is_finished_by_a_prefill_model() {
+    let primary = cut_primary().await;
+    let claude = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/messages"))
+        .respond_with(anthropic_sse(&[" omnivorous", " mammals."]))
+        .mount(&claude)
+        .await;
+    let toml = config(
+        &[
+            ("primary", openai_provider(&primary.uri())),
+            (
+                "claude",
+                format!(
+                    "type = \"anthropic\"\nbase_url = \"{}\"\napi_key_env = \"E2E_ANTHROPIC_KEY\"",
+                    claude.uri()
+                ),
+            ),
+        ],
+        &[
+            model("primary"),
+            Model {
+                id: "claude",
+                provider: "claude",
+                window: 200_000,
+                prefill: true,
+            },
+        ],
+        "mid_stream = \"continue\"",
+        "",
+    );
+    let gw = Backstop::start(&toml, &[("E2E_ANTHROPIC_KEY", "sk-ant-test")]);
+    let events = events(post(&gw, &body(true)).await).await;
+    assert_eq!(streamed_text(&events), ANSWER);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    assert_eq!(last_json(&events)["backstop"]["model_used"], "claude");
+    let requests = claude.received_requests().await.unwrap();
+    assert_eq!(requests[0].headers["x-api-key"], "sk-ant-test");
+    let sent: Value = requests[0].body_json().unwrap();
+    let messages = sent["messages"].as_array().unwrap();
+    let last = messages.last().unwrap();
+    assert_eq!(last["role"], "assistant");
+    let prefill = last["content"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| last["content"][0]["text"].as_str().unwrap().to_owned());
+    assert_eq!(prefill, "Foxes are small");
+}
+
+#[tokio::test]
+async fn a_context_length_error_is_routed_to_a_larger_window() {
+    let small = openai_upstream(vec![openai_error(
+        400,
+        "invalid_request_error",
+        "context_length_exceeded",
+        "This model's maximum context length is 8192 tokens.",
+    )])
+    .await;
+    let same = openai_upstream(vec![completion("same")]).await;
+    let large = openai_upstream(vec![completion(ANSWER)]).await;
+    let toml = config(
+        &[
+            ("small", openai_provider(&small.uri())),
+            ("same", openai_provider(&same.uri())),
+            ("large", openai_provider(&large.uri())),
+        ],
+        &[
+            Model {
+                window: 8192,
+                ..model("small")
+            },
+            Model {
+                window: 8192,
+                ..model("same")
+            },
+            Model {
+                window: 200_000,
+                ..model("large")
+            },
+        ],
+        "",
+        "",
+    );
+    let gw = Backstop::start(&toml, &[]);
+    let r = post(&gw, &body(false)).await;
+    assert_eq!(r.headers()["x-backstop-model"], "large");
+    let v: Value = r.json().await.unwrap();
+    let kinds: Vec<&str> = v["backstop"]["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["context_length", "context_window", "ok"]);
+    assert!(seen(&same).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_content_policy_refusal_is_returned_with_the_providers_reason() {
+    let primary = openai_upstream(vec![openai_error(
+        400,
+        "invalid_request_error",
+        "content_policy_violation",
+        "Your request was rejected as a result of our safety system.",
+    )])
+    .await;
+    let backup = openai_upstream(vec![completion(ANSWER)]).await;
+    let gw = Backstop::start(&two_openai(&primary, &backup, ""), &[]);
+    for stream in [false, true] {
+        let r = post(&gw, &body(stream)).await;
+        assert_eq!(r.status(), 400);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "content_policy_violation");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("safety system")
+        );
+    }
+    assert!(seen(&backup).await.is_empty());
+}
+
+#[tokio::test]
+async fn every_model_failing_is_a_503_with_the_whole_trail() {
+    let primary = openai_upstream(vec![openai_error(
+        401,
+        "invalid_request_error",
+        "invalid_api_key",
+        "Incorrect API key provided: sk-abc***",
+    )])
+    .await;
+    let backup = openai_upstream(vec![openai_error(
+        503,
+        "server_error",
+        "overloaded",
+        "The engine is currently overloaded",
+    )])
+    .await;
+    let gw = Backstop::start(&two_openai(&primary, &backup, ""), &[]); // The 401 disables the primary until a probe succeeds, so the second
+    // request skips it: its first real cause is the backup's overload.
+    for (stream, trail, first_cause) in [
+        (false, ["auth", "overloaded", "overloaded"], "auth"),
+        (
+            true,
+            ["circuit_open", "overloaded", "overloaded"],
+            "overloaded",
+        ),
+    ] {
+        let r = post(&gw, &body(stream)).await;
+        assert_eq!(r.status(), 503);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "all_models_failed");
+        let kinds: Vec<&str> = v["backstop"]["attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds, trail);
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("first cause: {first_cause}")),
+            "{message}"
+        );
+        assert!(
+            !message.contains("sk-abc"),
+            "upstream secrets never reach the caller: {message}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn keys_are_checked_and_bodies_are_limited() {
+    let primary = openai_upstream(vec![completion(ANSWER)]).await;
+    let backup = openai_upstream(vec![completion(ANSWER)]).await;
+    let toml = config(
+        &[
+            ("primary", openai_provider(&primary.uri())),
+            ("backup", openai_provider(&backup.uri())),
+        ],
+        &[model("primary"), model("backup")],
+        "",
+        "api_keys_env = \"E2E_GATEWAY_KEYS\"\nbody_limit_bytes = 2048",
+    );
+    let gw = Backstop::start(&toml, &[("E2E_GATEWAY_KEYS", "sk-gw-1, sk-gw-2")]);
+    let client = reqwest::Client::new();
+    let url = gw.url("/v1/chat/completions");
+    assert_eq!(
+        client
+            .post(&url)
+            .json(&body(false))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        client
+            .post(&url)
+            .bearer_auth("sk-nope")
+            .json(&body(false))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        client
+            .post(&url)
+            .bearer_auth("sk-gw-2")
+            .json(&body(false))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let big = json!({"model": "chat", "messages": [{"role": "user", "content": "x".repeat(5000)}]});
+    let r = client
+        .post(&url)
+        .bearer_auth("sk-gw-1")
+        .json(&big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert!(
+        seen(&primary).await.len() == 1,
+        "neither refusal reached an upstream"
+    );
+}
+
+#[tokio::test]
+async fn a_caller_leaving_mid_stream_closes_the_upstream_stream() {
+    // A raw upstream: headers and one chunk, then silence until the
+    // gateway closes the connection, which it reports.
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = upstream.local_addr().unwrap();
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut socket, _) = upstream.accept().await.unwrap();
+        let mut request = vec![0u8; 65536];
+        let _ = socket.read(&mut request).await.unwrap();
+        let chunk = json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+            "choices": [{"index": 0, "delta": {"content": "Foxes"}, "finish_reason": null}]});
+        let event = format!("data: {chunk}\n\n");
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{event}\r\n",
+            event.len()
+        );
+        socket.write_all(head.as_bytes()).await.unwrap();
+        let mut rest = [0u8; 1024];
+        // Returns 0 (or an error) once the gateway drops the connection.
+        let _ = tokio::time::timeout(Duration::from_secs(20), socket.read(&mut rest)).await;
+        let _ = closed_tx.send(());
+    });
+    let backup = openai_upstream(vec![completion(ANSWER)]).await;
+    let toml = config(
+        &[
+            ("primary", openai_provider(&format!("http://{address}"))),
+            ("backup", openai_provider(&backup.uri())),
+        ],
+        &[model("primary"), model("backup")],
+        "",
+        "",
+    );
+    let gw = Backstop::start(&toml, &[]);
+    let r = post(&gw, &body(true)).await;
+    let mut stream = r.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("Foxes"));
+    let left = Instant::now();
+    drop(stream);
+    tokio::time::timeout(Duration::from_secs(10), closed_rx)
+        .await
+        .expect("the gateway closed the upstream stream after the caller left")
+        .unwrap();
+    assert!(left.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn an_openai_client_library_works_against_the_gateway() {
+    use async_openai::Client;
+    use async_openai::config::OpenAIConfig;
+    use async_openai::types::chat::{
+        ChatCompletionRequestUserMessageArgs, CreateChatCompletionRequestArgs,
+    };
+
+    let primary = openai_upstream(vec![openai_error(
+        502,
+        "server_error",
+        "bad_gateway",
+        "Bad gateway",
+    )])
+    .await;
+    let backup = healthy_upstream().await;
+    let gw = Backstop::start(&two_openai(&primary, &backup, ""), &[]);
+    let client = Client::with_config(
+        OpenAIConfig::new()
+            .with_api_base(gw.url("/v1"))
+            .with_api_key("sk-anything"),
+    );
+    let request = CreateChatCompletionRequestArgs::default()
+        .model("chat")
+        .messages([ChatCompletionRequestUserMessageArgs::default()
+            .content("What are foxes?")
+            .build()
+            .unwrap()
+            .into()])
+        .build()
+        .unwrap();
+    let response = client.chat().create(request.clone()).await.unwrap();
+    assert_eq!(response.model, "backup");
+    assert_eq!(response.choices[0].message.content.as_deref(), Some(ANSWER));
+
+    let mut stream = client.chat().create_stream(request).await.unwrap();
+    let mut text = String::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        if let Some(choice) = chunk.choices.first() {
+            text.push_str(choice.delta.content.as_deref().unwrap_or_default());
+        }
+    }
+    assert_eq!(text, ANSWER);
+}
