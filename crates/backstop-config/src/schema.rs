@@ -107,6 +107,9 @@ pub(crate) struct ModelSection {
     /// Accepts `tools`.
     #[serde(default = "yes")]
     pub tools: bool,
+    /// Tried only after every other model of a chain (as a template is).
+    #[serde(default)]
+    pub last_resort: bool,
 }
 
 pub(crate) const DEFAULT_PRIORITY: u32 = 1;

@@ -54,6 +54,12 @@ pub struct ModelSpec {
     pub context_window: u32,
     /// What the model can do.
     pub capabilities: Capabilities,
+    /// A last resort (a canned template): whatever order a selector
+    /// chooses, the Router tries it only after every other model of the
+    /// chain. Without this a latency- or cost-ordered chain would put an
+    /// instant, free template first and answer every request with it.
+    #[serde(default)]
+    pub last_resort: bool,
 }
 
 impl ModelSpec {
@@ -71,6 +77,7 @@ impl ModelSpec {
             output_cost_per_1k: 0.01,
             context_window: 128_000,
             capabilities: Capabilities::default(),
+            last_resort: false,
         }
     }
 

@@ -833,6 +833,51 @@ async fn the_selector_order_decides_the_primary_and_the_level() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_last_resort_is_tried_last_whatever_the_selector_says() {
+    #[derive(Debug)]
+    struct Reverse;
+    impl backstop_core::Selector for Reverse {
+        fn name(&self) -> &str {
+            "reverse"
+        }
+        fn order(
+            &self,
+            _: &backstop_core::RequestFacts<'_>,
+            c: &mut [backstop_core::Candidate<'_>],
+        ) {
+            c.reverse();
+        }
+    }
+    let a = ScriptedProvider::always(Script::reply("a"));
+    let b = ScriptedProvider::always(Script::fail(FailureKind::Auth));
+    let rules = ScriptedProvider::always(Script::reply("busy, try later"));
+    let mut template = model("rules");
+    template.last_resort = true;
+    let strategies = Strategies {
+        selector: Arc::new(Reverse),
+        ..simple_strategies()
+    };
+    let s = setup(
+        vec![
+            (model("a"), a.clone()),
+            (model("b"), b.clone()),
+            (template, rules.clone()),
+        ],
+        RoutePolicy::default(),
+        strategies,
+    );
+    let r = s
+        .router
+        .complete(request(), RequestContext::default())
+        .await
+        .unwrap();
+    // The selector put the template first; the Router tried b, then a.
+    assert_eq!(&*r.model_used, "a");
+    assert_eq!(r.fallback_level, 1);
+    assert_eq!(rules.calls(), 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_request_naming_a_model_uses_its_single_model_route() {
     let a = ScriptedProvider::always(Script::reply("a"));
     let b = ScriptedProvider::always(Script::reply(ANSWER));

@@ -7,7 +7,6 @@
 //! lists every problem of the file. Only when there is none is the Router
 //! assembled.
 
-mod last_rung;
 mod models;
 mod plugins;
 mod policy;
@@ -113,12 +112,19 @@ pub(crate) fn build(
     let registry: &Registry = registry;
 
     let providers = b.providers(registry);
-    let models = b.models(&providers);
+    let mut models = b.models(&providers);
+    // Models served by a stand-in provider (a template) are last resorts:
+    // the Router tries them after every other model, whatever a latency-
+    // or cost-ordered selector thinks of an instant, free answer.
+    let stand_in = models.stand_in(&providers);
+    for (spec, stand_in) in models.specs.iter_mut().zip(stand_in) {
+        spec.last_resort |= stand_in;
+    }
     let section = b.strategies_section();
     let default_policy = b.default_policy(&section);
 
     let ctx = StrategyContext::new(models.specs.clone(), clock);
-    let mut pools = strategies::Pools::new(models.stand_in(&providers));
+    let mut pools = strategies::Pools::new();
     let defaults = b.default_strategies(&section, registry, &ctx, &mut pools);
     let scenarios = b.scenarios(
         registry,

@@ -47,8 +47,8 @@ impl Models {
 }
 
 /// The implicit model of a stand-in provider: free, with a window no
-/// prompt exceeds, streaming, and the lowest priority (every selector also
-/// keeps it last, see `last_rung`).
+/// prompt exceeds, streaming, the lowest priority, and a last resort (the
+/// Router tries it after every other model, whatever the selector says).
 pub(crate) fn stand_in_model(provider_id: &str) -> ModelSpec {
     ModelSpec {
         id: provider_id.to_owned(),
@@ -64,6 +64,7 @@ pub(crate) fn stand_in_model(provider_id: &str) -> ModelSpec {
             tools: true,
             assistant_prefill: false,
         },
+        last_resort: true,
     }
 }
 
@@ -197,6 +198,7 @@ impl Builder<'_> {
                 tools: m.tools,
                 assistant_prefill: m.supports_prefill,
             },
+            last_resort: m.last_resort,
         }
     }
 }

@@ -11,27 +11,20 @@ use backstop_core::{
 use figment::value::{Dict, Value};
 
 use super::Builder;
-use super::last_rung::StandInsLast;
 use crate::decode::Decoded;
 use crate::problem::{KeyPath, did_you_mean, list};
 use crate::registry::{FactoryError, Registry, SeamKind, StrategyFactory};
 use crate::report::{RouteEntry, StrategyChoice};
 use crate::schema::StrategiesSection;
-
-/// Wraps every instance a pool builds.
-type Wrap<T> = Box<dyn Fn(Arc<T>) -> Arc<T>>;
-
 /// Built strategies of one seam, by their table.
 pub(crate) struct Pool<T: ?Sized> {
     entries: Vec<(String, Arc<T>)>,
-    wrap: Option<Wrap<T>>,
 }
 
 impl<T: ?Sized> Default for Pool<T> {
     fn default() -> Self {
         Self {
             entries: Vec::new(),
-            wrap: None,
         }
     }
 }
@@ -47,10 +40,7 @@ impl<T: ?Sized> Pool<T> {
         if let Some(i) = self.entries.iter().position(|(k, _)| *k == key) {
             return Ok((Arc::clone(&self.entries[i].1), i + 1));
         }
-        let mut built = build()?;
-        if let Some(wrap) = &self.wrap {
-            built = wrap(built);
-        }
+        let built = build()?;
         self.entries.push((key, Arc::clone(&built)));
         Ok((built, self.entries.len()))
     }
@@ -70,14 +60,10 @@ pub(crate) struct Pools {
 }
 
 impl Pools {
-    /// Pools whose selectors keep the models flagged in `stand_in` (by
-    /// model index) last.
-    pub fn new(stand_in: Vec<bool>) -> Self {
+    /// Empty pools.
+    pub fn new() -> Self {
         Self {
-            selector: Pool {
-                entries: Vec::new(),
-                wrap: Some(Box::new(move |inner| StandInsLast::wrap(inner, &stand_in))),
-            },
+            selector: Pool::default(),
             health: Pool::default(),
             budget: Pool::default(),
             result: Pool::default(),

@@ -21,7 +21,7 @@ fn bad_example_reports_every_problem_in_one_run() {
             r#"examples/bad.toml: providers.local.type: unknown provider type "openia" (did you mean "openai"?); known provider types: "anthropic", "openai", "template""#,
             "examples/bad.toml: models.gpt-4o.cost_per_1k: must be a non-negative number of USD (got -0.005)",
             "examples/bad.toml: models.gpt-4o.context_window: must be greater than 0",
-            r#"examples/bad.toml: models.gpt-4o-mini.prioritty: unknown key "prioritty" (did you mean "priority"?); expected one of "provider", "model", "priority", "max_tokens", "cost_per_1k", "input_cost_per_1k", "output_cost_per_1k", "context_window", "supports_prefill", "streaming", "tools""#,
+            r#"examples/bad.toml: models.gpt-4o-mini.prioritty: unknown key "prioritty" (did you mean "priority"?); expected one of "provider", "model", "priority", "max_tokens", "cost_per_1k", "input_cost_per_1k", "output_cost_per_1k", "context_window", "supports_prefill", "streaming", "tools", "last_resort""#,
             r#"examples/bad.toml: models.gpt-4o-mini.provider: unknown provider "opena" (did you mean "openai"?); providers: "openai", "local", "rules""#,
             r#"examples/bad.toml: strategies.selector.type: unknown selector type "fastest"; known selector types: "cost_aware", "latency_aware", "priority", "weighted""#,
             "examples/bad.toml: strategies.health.failure_ratio: circuit_breaker: must be within 0..=1 (got 1.5)",

@@ -540,6 +540,11 @@ impl RunState {
             .strategies
             .selector
             .order(&shared.facts(), &mut candidates);
+        // Last resorts go behind everything else, whatever the selector
+        // thought of them (a stable sort keeps its order otherwise).
+        if candidates.iter().any(|c| c.spec.last_resort) {
+            candidates.sort_by_key(|c| c.spec.last_resort);
+        }
         Self {
             order: candidates.iter().map(|c| c.index).collect(),
             cursor: 0,
