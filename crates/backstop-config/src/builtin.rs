@@ -28,6 +28,11 @@ impl Registry {
     }
 }
 
+/// Provider types whose models continue a trailing assistant message (an
+/// assistant prefill) unless a model says `supports_prefill = false`:
+/// Anthropic's Messages API does; OpenAI's chat completions do not.
+pub(crate) const PREFILL_BY_DEFAULT: &[&str] = &["anthropic"];
+
 /// Built-in names are distinct; a clash is a bug of this crate, logged
 /// rather than fatal so the other types stay usable.
 fn registered(result: Result<(), DuplicateType>) {

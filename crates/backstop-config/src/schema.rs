@@ -98,9 +98,11 @@ pub(crate) struct ModelSection {
     /// Prompt plus completion tokens the model accepts.
     #[serde(default = "default_context_window")]
     pub context_window: u32,
-    /// Continues a trailing assistant message (mid-stream `continue`).
+    /// Continues a trailing assistant message (mid-stream `continue`);
+    /// unset, it follows the provider's type (Anthropic's Messages API
+    /// does, OpenAI's chat completions do not).
     #[serde(default)]
-    pub supports_prefill: bool,
+    pub supports_prefill: Option<bool>,
     /// Can stream.
     #[serde(default = "yes")]
     pub streaming: bool,

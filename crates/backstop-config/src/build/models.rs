@@ -78,7 +78,15 @@ impl Builder<'_> {
             declared: BTreeSet::new(),
         };
         let provider_ids: Vec<&str> = providers.iter().map(|p| p.id.as_str()).collect();
-
+        let prefill_by_default: Vec<&str> = providers
+            .iter()
+            .filter(|p| {
+                p.entry.as_ref().is_some_and(|e| {
+                    crate::builtin::PREFILL_BY_DEFAULT.contains(&e.type_name.as_str())
+                })
+            })
+            .map(|p| p.id.as_str())
+            .collect();
         let dict = match self.section("models") {
             Some(value) => self.table(&path, value, "a table of models"),
             None => None,
@@ -91,7 +99,8 @@ impl Builder<'_> {
                 let Some(decoded) = self.decode::<ModelSection>(&at, value) else {
                     continue;
                 };
-                let spec = self.model_spec(&at, id, decoded.value, &provider_ids);
+                let spec =
+                    self.model_spec(&at, id, decoded.value, &provider_ids, &prefill_by_default);
                 models.specs.push(spec);
                 models.implicit.push(false);
             }
@@ -128,7 +137,11 @@ impl Builder<'_> {
         id: &str,
         m: ModelSection,
         provider_ids: &[&str],
+        prefill_by_default: &[&str],
     ) -> ModelSpec {
+        let prefill = m
+            .supports_prefill
+            .unwrap_or_else(|| prefill_by_default.contains(&m.provider.as_str()));
         if !provider_ids.contains(&m.provider.as_str()) {
             self.problem(
                 &at.key("provider"),
@@ -196,7 +209,7 @@ impl Builder<'_> {
             capabilities: Capabilities {
                 streaming: m.streaming,
                 tools: m.tools,
-                assistant_prefill: m.supports_prefill,
+                assistant_prefill: prefill,
             },
             last_resort: m.last_resort,
         }

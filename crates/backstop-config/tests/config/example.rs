@@ -173,3 +173,46 @@ async fn realtime_chat_falls_over_to_the_template_when_its_upstreams_fail() {
     assert_eq!(body["model"], "gpt-4o-mini");
     assert_eq!(answer.upstream_attempts(), 5);
 }
+
+#[test]
+fn anthropic_models_take_a_prefill_unless_they_say_otherwise() {
+    figment::Jail::expect_with(|jail| {
+        jail.set_env("PREFILL_TEST_KEY", "sk-ant-test");
+        jail.create_file(
+            "prefill.toml",
+            r#"
+[providers.claude]
+type = "anthropic"
+api_key_env = "PREFILL_TEST_KEY"
+
+[providers.oa]
+type = "openai"
+base_url = "http://127.0.0.1:9/v1"
+
+[models.sonnet]
+provider = "claude"
+
+[models.haiku]
+provider = "claude"
+supports_prefill = false
+
+[models.mini]
+provider = "oa"
+"#,
+        )?;
+        let resolved = backstop_config::load("prefill.toml", backstop_config::Registry::builtin())
+            .map_err(|p| p.to_string())?;
+        let prefill = |id: &str| {
+            resolved
+                .router
+                .models()
+                .iter()
+                .find(|m| m.id == id)
+                .map(|m| m.capabilities.assistant_prefill)
+        };
+        assert_eq!(prefill("sonnet"), Some(true));
+        assert_eq!(prefill("haiku"), Some(false));
+        assert_eq!(prefill("mini"), Some(false));
+        Ok(())
+    });
+}
