@@ -1,7 +1,8 @@
 //! Lock-free counters over a sliding, time-bucketed window.
 //!
-//! The window is a ring of `buckets` slots, each covering `window / buckets`
-//! of time and holding `K` counters (calls, failures, slow calls; requests,
+//! The window is `buckets` buckets, each covering `window / buckets` of
+//! time, kept in a ring of slots (a power of two at least that long, so a
+//! bucket finds its slot with a mask), each slot holding `K` counters (calls, failures, slow calls; requests,
 //! fallbacks). A counter is one `AtomicU64`: the low 40 bits count, the high
 //! 24 bits tag the bucket the count belongs to (its bucket number modulo
 //! 2^24). Adding to a counter whose tag is current is one `fetch_add`; a
@@ -52,7 +53,11 @@ fn my_stripe() -> usize {
 #[derive(Debug)]
 pub(crate) struct SlidingWindow<const K: usize> {
     bucket_nanos: u64,
-    /// `buckets * STRIPES` stripes: slot `i` is `stripes[i * STRIPES..][..STRIPES]`.
+    /// Buckets the window spans.
+    buckets: u64,
+    /// Slots of the ring minus one (the ring's length is a power of two).
+    ring_mask: u64,
+    /// `ring * STRIPES` stripes: slot `i` is `stripes[i * STRIPES..][..STRIPES]`.
     stripes: Box<[Stripe<K>]>,
     /// The newest bucket number seen (full width).
     newest: AtomicU64,
@@ -78,28 +83,39 @@ impl<const K: usize> SlidingWindow<K> {
     pub(crate) fn new(window: Duration, buckets: u32) -> Self {
         let buckets = u64::from(buckets.max(1));
         let bucket_nanos = (duration_to_nanos(window) / buckets).max(1);
+        let ring = buckets.next_power_of_two();
         Self {
             bucket_nanos,
-            stripes: (0..buckets as usize * STRIPES)
+            buckets,
+            ring_mask: ring - 1,
+            stripes: (0..ring as usize * STRIPES)
                 .map(|_| Stripe(std::array::from_fn(|_| AtomicU64::new(0))))
                 .collect(),
             newest: AtomicU64::new(0),
         }
     }
 
-    /// Number of slots (buckets).
-    fn len(&self) -> u64 {
-        (self.stripes.len() / STRIPES) as u64
+    /// Number of slots of the ring.
+    fn ring(&self) -> u64 {
+        self.ring_mask + 1
     }
 
-    fn bucket_at(&self, now: Duration) -> u64 {
-        duration_to_nanos(now) / self.bucket_nanos
+    /// The bucket of `now`; `newest` spares the division in the common
+    /// case of a time in the newest bucket.
+    fn bucket_at(&self, now: Duration, newest: u64) -> u64 {
+        let nanos = duration_to_nanos(now);
+        let start = newest.wrapping_mul(self.bucket_nanos);
+        if nanos.wrapping_sub(start) < self.bucket_nanos {
+            newest
+        } else {
+            nanos / self.bucket_nanos
+        }
     }
 
     /// Every stripe of `bucket`'s slot.
     fn slot(&self, bucket: u64) -> &[Stripe<K>] {
-        // The modulo keeps the range inside the slice.
-        let first = (bucket % self.len()) as usize * STRIPES;
+        // The mask keeps the range inside the slice.
+        let first = (bucket & self.ring_mask) as usize * STRIPES;
         &self.stripes[first..first + STRIPES]
     }
 
@@ -110,8 +126,11 @@ impl<const K: usize> SlidingWindow<K> {
 
     /// Adds `by[k]` to counter `k` at time `now`.
     pub(crate) fn add(&self, now: Duration, by: [u64; K]) {
-        let bucket = self.bucket_at(now);
-        self.advance(bucket);
+        let newest = self.newest.load(Ordering::Acquire);
+        let bucket = self.bucket_at(now, newest);
+        if bucket > newest {
+            self.advance(bucket);
+        }
         let tag = tag_of(bucket);
         let stripe = &self.slot(bucket)[my_stripe()];
         for (counter, n) in stripe.0.iter().zip(by) {
@@ -153,10 +172,10 @@ impl<const K: usize> SlidingWindow<K> {
                 Ordering::Relaxed,
             ) {
                 Ok(_) => {
-                    if bucket - newest >= self.len() {
-                        // The whole window expired and old tags may alias
+                    if bucket - newest >= self.ring() {
+                        // The whole ring expired and old tags may alias
                         // current ones: start every slot afresh.
-                        for b in bucket + 1 - self.len()..=bucket {
+                        for b in bucket + 1 - self.ring()..=bucket {
                             let tag = tag_of(b);
                             for counter in self.slot_counters(b) {
                                 counter.store(word(tag, 0), Ordering::Relaxed);
@@ -197,9 +216,9 @@ impl<const K: usize> SlidingWindow<K> {
     /// Each counter summed over the window ending at `now`.
     pub(crate) fn sums(&self, now: Duration) -> [u64; K] {
         let mut out = [0; K];
-        let bucket = self.bucket_at(now);
         let newest = self.newest.load(Ordering::Acquire);
-        if bucket >= newest.saturating_add(self.len()) {
+        let bucket = self.bucket_at(now, newest);
+        if bucket >= newest.saturating_add(self.buckets) {
             // Idle for longer than the window: everything has expired (and
             // the tags may have wrapped, so they are not consulted).
             return out;
@@ -209,7 +228,7 @@ impl<const K: usize> SlidingWindow<K> {
             for (sum, counter) in out.iter_mut().zip(&stripe.0) {
                 let w = counter.load(Ordering::Relaxed);
                 let age = tag.wrapping_sub(w >> COUNT_BITS) & TAG_MASK;
-                if age < self.len() {
+                if age < self.buckets {
                     *sum += w & COUNT_MASK;
                 }
             }
@@ -270,6 +289,21 @@ mod tests {
         // Bucket 4 reuses slot 0.
         w.add(ms(1_000), [2]);
         assert_eq!(w.sums(ms(1_000)), [2]);
+    }
+
+    #[test]
+    fn a_window_shorter_than_its_ring_counts_only_its_buckets() {
+        // 3 buckets of 1 s in a ring of 4 slots.
+        let w = SlidingWindow::<1>::new(ms(3_000), 3);
+        w.add(ms(0), [5]);
+        w.add(ms(3_500), [2]);
+        assert_eq!(w.sums(ms(3_500)), [2]);
+        assert_eq!(w.sums(ms(2_999)), [5]);
+        // Bucket 4 takes slot 0 again, from zero.
+        w.add(ms(4_000), [1]);
+        assert_eq!(w.sums(ms(4_000)), [3]);
+        assert_eq!(w.sums(ms(6_000)), [1]);
+        assert_eq!(w.sums(ms(7_000)), [0]);
     }
 
     #[test]

@@ -122,6 +122,10 @@ impl ActiveProbe {
 
     /// Starts probing `router`'s models on the current tokio runtime. The
     /// task runs until the returned handle is dropped.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, as `tokio::spawn` does.
     pub fn spawn(self, router: Router) -> ProberHandle {
         let policies = PolicyRoutes::of(&router, self.models);
         ProberHandle {

@@ -82,31 +82,26 @@ impl LatencyAware {
 }
 
 /// Where a model goes, in this order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Group {
-    /// Measured, within the limit.
-    Fast,
-    /// Never measured.
-    Unmeasured,
-    /// Measured, over the limit.
-    Slow,
+const FAST: u128 = 0;
+const UNMEASURED: u128 = 1;
+const SLOW: u128 = 2;
+
+/// A candidate's sort key, read once (so estimates moving under a
+/// concurrent update cannot make the order inconsistent) and packed into
+/// one integer that compares in the order wanted: group (2 bits), estimate
+/// in nanoseconds (64), priority (32), position in the chain (30).
+fn key(group: u128, estimate: Duration, priority: u32, position: usize) -> u128 {
+    let nanos = u64::try_from(estimate.as_nanos()).unwrap_or(u64::MAX);
+    let position = (position as u128).min(RANK_POSITION_MASK);
+    (group << 126) | (u128::from(nanos) << 62) | (u128::from(priority) << 30) | position
 }
 
-/// A candidate's sort key, read once so that estimates moving under a
-/// concurrent update cannot make the order inconsistent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct Key {
-    group: Group,
-    estimate: Duration,
-    priority: u32,
-    position: usize,
-}
+const RANK_POSITION_MASK: u128 = (1 << 30) - 1;
+/// Priority and position: what ranks an unmeasured model against others.
+const RANK_MASK: u128 = (1 << 62) - 1;
 
-impl Key {
-    /// Whether an unmeasured model goes before a measured one.
-    fn outranks(&self, measured: &Key) -> bool {
-        (self.priority, self.position) < (measured.priority, measured.position)
-    }
+fn group_of(key: u128) -> u128 {
+    key >> 126
 }
 
 impl Selector for LatencyAware {
@@ -120,43 +115,47 @@ impl Selector for LatencyAware {
         } else {
             LatencyKind::Total
         };
-        let mut keyed: SmallVec<[(Key, Candidate<'_>); 8]> = candidates
+        let mut keys: SmallVec<[u128; 8]> = candidates
             .iter()
             .map(|c| {
                 let estimate = self.latency.estimate(c.index, kind);
-                let group = match (estimate, self.max_latency) {
-                    (None, _) => Group::Unmeasured,
-                    (Some(e), Some(max)) if e > max => Group::Slow,
-                    (Some(_), _) => Group::Fast,
+                let (group, estimate) = match (estimate, self.max_latency) {
+                    (None, _) => (UNMEASURED, Duration::ZERO),
+                    (Some(e), Some(max)) if e > max => (SLOW, e),
+                    (Some(e), _) => (FAST, e),
                 };
-                let key = Key {
-                    group,
-                    estimate: estimate.unwrap_or_default(),
-                    priority: c.spec.priority,
-                    position: c.position,
-                };
-                (key, *c)
+                key(group, estimate, c.spec.priority, c.position)
             })
             .collect();
-        keyed.sort_unstable_by_key(|(key, _)| *key);
+        arrange(&mut keys, candidates);
+    }
+}
 
-        // Merge the unmeasured run into the fast run by priority: before
-        // each fast model, place the unmeasured ones that outrank it.
-        let fast_end = keyed.partition_point(|(k, _)| k.group == Group::Fast);
-        let unmeasured_end = keyed.partition_point(|(k, _)| k.group <= Group::Unmeasured);
-        let (mut next, mut fast_end, mut unmeasured) = (0, fast_end, fast_end);
-        while next < fast_end && unmeasured < unmeasured_end {
-            if keyed[unmeasured].0.outranks(&keyed[next].0) {
-                keyed[next..=unmeasured].rotate_right(1);
-                fast_end += 1;
-                unmeasured += 1;
-            }
-            next += 1;
+/// Sorts `candidates` by `keys` (moving both alike), then merges the
+/// unmeasured run into the fast run by priority: before each fast model go
+/// the unmeasured ones that outrank it.
+fn arrange(keys: &mut [u128], candidates: &mut [Candidate<'_>]) {
+    // Chains are short: an insertion sort that moves keys and candidates
+    // together beats sorting pairs, which moves more memory.
+    for i in 1..keys.len() {
+        let mut j = i;
+        while j > 0 && keys[j - 1] > keys[j] {
+            keys.swap(j - 1, j);
+            candidates.swap(j - 1, j);
+            j -= 1;
         }
-
-        for (slot, (_, candidate)) in candidates.iter_mut().zip(keyed) {
-            *slot = candidate;
+    }
+    let fast_end = keys.partition_point(|&k| group_of(k) == FAST);
+    let unmeasured_end = keys.partition_point(|&k| group_of(k) <= UNMEASURED);
+    let (mut next, mut fast_end, mut unmeasured) = (0, fast_end, fast_end);
+    while next < fast_end && unmeasured < unmeasured_end {
+        if keys[unmeasured] & RANK_MASK < keys[next] & RANK_MASK {
+            keys[next..=unmeasured].rotate_right(1);
+            candidates[next..=unmeasured].rotate_right(1);
+            fast_end += 1;
+            unmeasured += 1;
         }
+        next += 1;
     }
 }
 
@@ -270,6 +269,26 @@ mod tests {
         assert_eq!(order(&s, &ctx, false)[..2], ["a", "b"]);
         ctx.latency.observe(0, LatencyKind::Total, ms(3_000));
         assert_eq!(order(&s, &ctx, false)[..2], ["b", "a"]);
+    }
+
+    #[test]
+    fn a_long_chain_orders_the_same_way() {
+        let models: Vec<(String, u32)> = (0..12).map(|i| (format!("m{i:02}"), i)).collect();
+        let specs: Vec<(&str, u32, f64, f64)> = models
+            .iter()
+            .map(|(id, p)| (id.as_str(), *p, 0.0, 0.0))
+            .collect();
+        let ctx = ctx(&specs);
+        let s = selector(&ctx, Some(1_000));
+        // m11 fastest, m05 over the limit, the rest unmeasured.
+        ctx.latency.observe(11, LatencyKind::Total, ms(10));
+        ctx.latency.observe(5, LatencyKind::Total, ms(5_000));
+        let order = order(&s, &ctx, false);
+        let expected: Vec<String> = [0, 1, 2, 3, 4, 6, 7, 8, 9, 10, 11, 5]
+            .iter()
+            .map(|i| format!("m{i:02}"))
+            .collect();
+        assert_eq!(order, expected);
     }
 
     #[test]
