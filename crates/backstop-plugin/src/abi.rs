@@ -47,8 +47,8 @@ pub const STATUS_PANIC: u32 = 2;
 
 /// The stream has no item yet; the waker will be called.
 pub const NEXT_PENDING: u32 = 0;
-/// The bytes hold the next chunk as JSON.
-pub const NEXT_ITEM: u32 = 1;
+/// The bytes hold the next chunks, one or more, as a JSON array.
+pub const NEXT_CHUNKS: u32 = 1;
 /// The bytes hold a JSON provider error yielded by the stream.
 pub const NEXT_ERROR: u32 = 2;
 /// The stream ended.
@@ -222,6 +222,18 @@ pub struct FfiNew {
     pub bytes: FfiBytes,
 }
 
+/// A model registered with a provider instance, or why it is not.
+#[repr(C)]
+#[derive(Debug)]
+pub struct FfiRegistered {
+    /// [`STATUS_OK`], [`STATUS_ERROR`] or [`STATUS_PANIC`].
+    pub status: u32,
+    /// The model's handle when the status is OK.
+    pub handle: u64,
+    /// A JSON error unless the status is OK.
+    pub bytes: FfiBytes,
+}
+
 /// A plugin-owned stream handle.
 #[repr(transparent)]
 #[derive(Debug)]
@@ -246,7 +258,7 @@ pub struct FfiStreamStart {
 #[repr(C)]
 #[derive(Debug)]
 pub struct FfiNext {
-    /// [`NEXT_PENDING`], [`NEXT_ITEM`], [`NEXT_ERROR`], [`NEXT_END`] or
+    /// [`NEXT_PENDING`], [`NEXT_CHUNKS`], [`NEXT_ERROR`], [`NEXT_END`] or
     /// [`NEXT_PANIC`].
     pub state: u32,
     /// The chunk or the error, as JSON.
@@ -296,20 +308,24 @@ pub struct ProviderVTable {
     pub new: extern "C" fn(config: FfiStr<'_>) -> FfiNew,
     /// Drops an instance.
     pub drop: extern "C" fn(instance: *mut c_void),
+    /// Registers a model (a JSON `ModelSpec`) with an instance: calls then
+    /// name it by the handle returned, so a spec crosses once, not per call.
+    pub register_model: extern "C" fn(instance: *const c_void, model: FfiStr<'_>) -> FfiRegistered,
     /// `Provider::complete`; `call` is a JSON [`WireCall`](crate::wire::WireCall).
-    /// The OK result is a JSON `ChatResponse`; an error is a JSON
-    /// [`WireError`](crate::wire::WireError).
+    /// The OK result is a JSON `ChatResponse` (see [`wire`](crate::wire));
+    /// an error is a JSON [`WireError`](crate::wire::WireError).
     pub complete: extern "C" fn(instance: *const c_void, call: FfiStr<'_>) -> FfiFuture<FfiOutcome>,
     /// `Provider::stream`; the OK result is a stream handle.
     pub stream:
         extern "C" fn(instance: *const c_void, call: FfiStr<'_>) -> FfiFuture<FfiStreamStart>,
-    /// `Provider::probe`; `model` is a JSON `ModelSpec`.
+    /// `Provider::probe` of a registered model.
     pub probe: extern "C" fn(
         instance: *const c_void,
-        model: FfiStr<'_>,
+        model: u64,
         connect_timeout_ms: u64,
     ) -> FfiFuture<FfiOutcome>,
-    /// `Stream::poll_next` of a stream handle.
+    /// `Stream::poll_next` of a stream handle. It returns every chunk that
+    /// is ready (up to a batch), so a fast stream crosses in few calls.
     pub poll_next: extern "C" fn(stream: *mut c_void, cx: &mut FfiContext<'_>) -> FfiNext,
     /// Drops a stream handle, cancelling the plugin's work on it.
     pub drop_stream: extern "C" fn(stream: *mut c_void),

@@ -38,7 +38,7 @@ use crate::abi::{
     PluginDeclaration, PluginKind, ProviderVTable, STATUS_ERROR, STATUS_OK, STATUS_PANIC,
     SelectorVTable,
 };
-use crate::wire::WireMessage;
+use crate::wire::WireFailure;
 
 /// What a plugin library declares: what `backstop plugin inspect` prints.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -416,7 +416,7 @@ fn created(
 /// The message of a JSON failure (a refused config, a panic), or the raw
 /// bytes when they are not one.
 fn failure_message(bytes: &FfiBytes) -> String {
-    decode::<WireMessage>(bytes)
+    decode::<WireFailure>(bytes)
         .map(|m| m.message)
         .unwrap_or_else(|_| String::from_utf8_lossy(bytes.as_slice()).into_owned())
 }

@@ -1,10 +1,11 @@
 //! A plugin's provider type, behind core's [`Provider`] trait.
 
+use std::collections::VecDeque;
 use std::ffi::c_void;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -14,14 +15,13 @@ use backstop_core::{
     Call, ChatChunk, ChatResponse, ChunkStream, FailureKind, ModelSpec, Provider, ProviderError,
 };
 use futures::{FutureExt, Stream};
-use serde::de::DeserializeOwned;
 
 use super::{PluginError, created, decode, failure_message};
 use crate::abi::{
-    FfiBytes, FfiOutcome, FfiStr, NEXT_END, NEXT_ERROR, NEXT_ITEM, NEXT_PANIC, NEXT_PENDING,
+    FfiBytes, FfiOutcome, FfiStr, NEXT_CHUNKS, NEXT_END, NEXT_ERROR, NEXT_PANIC, NEXT_PENDING,
     PluginKind, ProviderVTable, STATUS_ERROR, STATUS_OK, STATUS_PANIC,
 };
-use crate::wire::{WireCall, WireError};
+use crate::wire::{self, ChunkHeader, ModelHandle, WireCall, WireError};
 
 /// Creates instances of one provider type of a loaded plugin. Cheap to
 /// clone, `Send + Sync + 'static`: a config registry can keep it in a
@@ -67,6 +67,7 @@ impl ProviderFactory {
             vtable: self.vtable,
             plugin: self.plugin.clone(),
             type_name: self.type_name.clone(),
+            models: RwLock::new(Vec::new()),
         }))
     }
 }
@@ -77,6 +78,8 @@ pub(crate) struct DynProvider {
     vtable: &'static ProviderVTable,
     plugin: Arc<str>,
     type_name: Arc<str>,
+    /// Models registered with the instance, and their handles.
+    models: RwLock<Vec<(ModelSpec, ModelHandle)>>,
 }
 
 // SAFETY: the instance is the plugin's `Arc<P>` with `P: Provider`, which
@@ -129,20 +132,16 @@ impl DynProvider {
             .map_err(|_| self.panicked(operation, "its future panicked while polled"))
     }
 
-    /// The JSON result of an outcome, or its error.
-    fn outcome<T: DeserializeOwned>(
-        &self,
-        operation: &str,
-        outcome: FfiOutcome,
-    ) -> Result<T, ProviderError> {
+    /// The answer of a complete call, or its error.
+    fn response(&self, outcome: &FfiOutcome) -> Result<ChatResponse, ProviderError> {
         match outcome.status {
-            STATUS_OK => decode(&outcome.bytes).map_err(|e| {
+            STATUS_OK => wire::decode_response(outcome.bytes.as_slice()).map_err(|e| {
                 self.invalid(format!(
-                    "plugin `{}` returned an unreadable {operation} result: {e}",
+                    "plugin `{}` returned an unreadable answer: {e}",
                     self.plugin
                 ))
             }),
-            status => Err(self.failure(operation, status, &outcome.bytes)),
+            status => Err(self.failure("complete", status, &outcome.bytes)),
         }
     }
 
@@ -171,12 +170,42 @@ impl DynProvider {
     }
 
     fn encode_call(&self, call: &Call<'_>) -> Result<Vec<u8>, ProviderError> {
-        serde_json::to_vec(&WireCall::of(call)).map_err(|e| {
+        let model = self.model_handle(call.model)?;
+        let call = WireCall::of(call, model);
+        wire::encode(&call, call.size_hint()).map_err(|e| {
             self.invalid(format!(
                 "cannot encode the call for plugin `{}`: {e}",
                 self.plugin
             ))
         })
+    }
+
+    /// The handle of `spec`, registering it with the instance the first
+    /// time it is seen (a model table is small and fixed; a lookup is a
+    /// read lock and a few comparisons).
+    fn model_handle(&self, spec: &ModelSpec) -> Result<ModelHandle, ProviderError> {
+        let known = |models: &[(ModelSpec, ModelHandle)]| {
+            models.iter().find(|(m, _)| m == spec).map(|(_, h)| *h)
+        };
+        if let Some(handle) = known(&self.models.read().unwrap_or_else(PoisonError::into_inner)) {
+            return Ok(handle);
+        }
+        let mut models = self.models.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(handle) = known(&models) {
+            return Ok(handle);
+        }
+        let json = serde_json::to_vec(spec).map_err(|e| {
+            self.invalid(format!(
+                "cannot encode the model for plugin `{}`: {e}",
+                self.plugin
+            ))
+        })?;
+        let registered = (self.vtable.register_model)(self.instance, FfiStr::new(&json));
+        if registered.status != STATUS_OK {
+            return Err(self.failure("register_model", registered.status, &registered.bytes));
+        }
+        models.push((spec.clone(), registered.handle));
+        Ok(registered.handle)
     }
 }
 
@@ -188,7 +217,7 @@ impl Provider for DynProvider {
         let future = (self.vtable.complete)(self.instance, FfiStr::new(&json));
         drop(json);
         let outcome = self.settle("complete", future).await?;
-        self.outcome("complete", outcome)
+        self.response(&outcome)
     }
 
     async fn stream(&self, call: Call<'_>) -> Result<ChunkStream, ProviderError> {
@@ -202,6 +231,8 @@ impl Provider for DynProvider {
                 vtable: self.vtable,
                 plugin: self.plugin.clone(),
                 type_name: self.type_name.clone(),
+                ready: VecDeque::new(),
+                header: ChunkHeader::default(),
                 finished: false,
             })),
             STATUS_OK => Err(self.invalid(format!(
@@ -217,15 +248,9 @@ impl Provider for DynProvider {
         model: &ModelSpec,
         connect_timeout: Duration,
     ) -> Result<(), ProviderError> {
-        let json = serde_json::to_vec(model).map_err(|e| {
-            self.invalid(format!(
-                "cannot encode the model for plugin `{}`: {e}",
-                self.plugin
-            ))
-        })?;
+        let model = self.model_handle(model)?;
         let timeout_ms = u64::try_from(connect_timeout.as_millis()).unwrap_or(u64::MAX);
-        let future = (self.vtable.probe)(self.instance, FfiStr::new(&json), timeout_ms);
-        drop(json);
+        let future = (self.vtable.probe)(self.instance, model, timeout_ms);
         let outcome = self.settle("probe", future).await?;
         match outcome.status {
             STATUS_OK => Ok(()),
@@ -241,6 +266,10 @@ struct DynChunkStream {
     vtable: &'static ProviderVTable,
     plugin: Arc<str>,
     type_name: Arc<str>,
+    /// Chunks of the last batch not yet yielded.
+    ready: VecDeque<ChatChunk>,
+    /// The per-stream fields of the last chunk read.
+    header: ChunkHeader,
     finished: bool,
 }
 
@@ -266,6 +295,9 @@ impl Stream for DynChunkStream {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
+        if let Some(chunk) = this.ready.pop_front() {
+            return Poll::Ready(Some(Ok(chunk)));
+        }
         if this.finished {
             return Poll::Ready(None);
         }
@@ -274,13 +306,26 @@ impl Stream for DynChunkStream {
         let invalid = |message: String| ProviderError::new(FailureKind::InvalidResponse, message);
         match next.state {
             NEXT_PENDING => Poll::Pending,
-            NEXT_ITEM => match decode::<ChatChunk>(&next.bytes) {
-                Ok(chunk) => Poll::Ready(Some(Ok(chunk))),
-                Err(e) => this.end_with(invalid(format!(
-                    "plugin `{}` streamed an unreadable chunk: {e}",
-                    this.plugin
-                ))),
-            },
+            NEXT_CHUNKS => {
+                match wire::decode_chunks(next.bytes.as_slice(), &mut this.header, &mut this.ready)
+                {
+                    Ok(()) => match this.ready.pop_front() {
+                        Some(chunk) => Poll::Ready(Some(Ok(chunk))),
+                        None => this.end_with(invalid(format!(
+                            "plugin `{}` streamed an empty batch",
+                            this.plugin
+                        ))),
+                    },
+                    Err(e) => {
+                        // A batch is read whole or not at all.
+                        this.ready.clear();
+                        this.end_with(invalid(format!(
+                            "plugin `{}` streamed unreadable chunks: {e}",
+                            this.plugin
+                        )))
+                    }
+                }
+            }
             NEXT_ERROR => Poll::Ready(Some(Err(decode::<WireError>(&next.bytes).map_or_else(
                 |e| {
                     invalid(format!(

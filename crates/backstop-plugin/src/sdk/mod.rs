@@ -21,7 +21,7 @@ pub use provider::PluginProvider;
 pub use selector::PluginSelector;
 
 use crate::abi::{FfiBytes, FfiStr, PluginDeclaration, PluginKind, TypeExport};
-use crate::wire::WireMessage;
+use crate::wire::WireFailure;
 
 /// Why a plugin type could not be built from its config; the host reports
 /// its text.
@@ -29,7 +29,7 @@ pub type InitError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A failure message as JSON bytes.
 pub(crate) fn failure_bytes(message: String) -> FfiBytes {
-    FfiBytes::from_vec(serde_json::to_vec(&WireMessage { message }).unwrap_or_default())
+    FfiBytes::from_vec(serde_json::to_vec(&WireFailure { message }).unwrap_or_default())
 }
 
 /// The declaration a plugin library hands the host, built once.

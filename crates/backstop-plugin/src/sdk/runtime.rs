@@ -33,6 +33,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::guard::{guard, panic_message};
+use crate::wire::{ChunkHeader, encode_chunks};
 
 /// Chunks a pump may run ahead of the host.
 const PUMP_CAPACITY: usize = 16;
@@ -160,19 +161,43 @@ enum Pumped {
     Panicked(String),
 }
 
+/// Chunks one poll may return together.
+const MAX_BATCH: usize = 32;
+
 /// One poll of a plugin stream.
+#[derive(Debug)]
 pub(crate) enum StreamPoll {
+    /// Nothing ready; the waker will be called.
     Pending,
-    Item(Result<ChatChunk, ProviderError>),
+    /// One or more chunks wait in the batch ([`PluginStream::take_batch`]).
+    Chunks,
+    /// The stream yielded an error.
+    Error(ProviderError),
+    /// The stream ended.
     End,
+    /// The stream panicked.
     Panicked(String),
 }
 
+/// One item of the stream, or why there is none.
+enum One {
+    Chunk(ChatChunk),
+    Not(StreamPoll),
+}
+
 /// A plugin stream: polled inline while it has items ready, pumped by a
-/// task on the plugin runtime once it has to wait.
+/// task on the plugin runtime once it has to wait. Each poll returns every
+/// chunk that is ready, up to a batch, so a fast stream crosses the
+/// boundary in few calls.
 pub(crate) struct PluginStream {
     handle: &'static Handle,
     state: StreamState,
+    /// The chunks of the current poll.
+    batch: Vec<ChatChunk>,
+    /// What ended the last batch, for the next poll.
+    held: Option<StreamPoll>,
+    /// The per-stream fields of the last chunk sent.
+    header: ChunkHeader,
 }
 
 enum StreamState {
@@ -189,21 +214,59 @@ impl PluginStream {
         Self {
             handle,
             state: StreamState::Inline(stream),
+            batch: Vec::new(),
+            held: None,
+            header: ChunkHeader::default(),
         }
     }
 
+    /// Encodes and empties the batch a [`StreamPoll::Chunks`] collected.
+    pub(crate) fn take_batch(&mut self) -> serde_json::Result<Vec<u8>> {
+        let encoded = encode_chunks(&self.batch, &mut self.header);
+        self.batch.clear();
+        encoded
+    }
+
+    /// Collects the chunks that are ready, up to a batch. An error, the end
+    /// or a panic that follows some chunks is held for the next poll.
     pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> StreamPoll {
+        if let Some(held) = self.held.take() {
+            return held;
+        }
+        loop {
+            let stop = match self.poll_one(cx) {
+                One::Chunk(chunk) => {
+                    self.batch.push(chunk);
+                    if self.batch.len() < MAX_BATCH {
+                        continue;
+                    }
+                    return StreamPoll::Chunks;
+                }
+                One::Not(stop) => stop,
+            };
+            if self.batch.is_empty() {
+                return stop;
+            }
+            if !matches!(stop, StreamPoll::Pending) {
+                self.held = Some(stop);
+            }
+            return StreamPoll::Chunks;
+        }
+    }
+
+    fn poll_one(&mut self, cx: &mut Context<'_>) -> One {
         if let StreamState::Inline(stream) = &mut self.state {
             let _runtime = self.handle.enter();
             match guard(|| stream.poll_next_unpin(cx)) {
-                Ok(Poll::Ready(Some(item))) => return StreamPoll::Item(item),
+                Ok(Poll::Ready(Some(Ok(chunk)))) => return One::Chunk(chunk),
+                Ok(Poll::Ready(Some(Err(error)))) => return One::Not(StreamPoll::Error(error)),
                 Ok(Poll::Ready(None)) => {
                     self.finish();
-                    return StreamPoll::End;
+                    return One::Not(StreamPoll::End);
                 }
                 Err(panic) => {
                     self.finish();
-                    return StreamPoll::Panicked(panic);
+                    return One::Not(StreamPoll::Panicked(panic));
                 }
                 Ok(Poll::Pending) => {
                     if let StreamState::Inline(stream) =
@@ -218,18 +281,19 @@ impl PluginStream {
         }
         match &mut self.state {
             StreamState::Pumped { items, .. } => match items.poll_recv(cx) {
-                Poll::Pending => StreamPoll::Pending,
-                Poll::Ready(Some(Pumped::Item(item))) => StreamPoll::Item(item),
+                Poll::Pending => One::Not(StreamPoll::Pending),
+                Poll::Ready(Some(Pumped::Item(Ok(chunk)))) => One::Chunk(chunk),
+                Poll::Ready(Some(Pumped::Item(Err(error)))) => One::Not(StreamPoll::Error(error)),
                 Poll::Ready(Some(Pumped::Panicked(panic))) => {
                     self.finish();
-                    StreamPoll::Panicked(panic)
+                    One::Not(StreamPoll::Panicked(panic))
                 }
                 Poll::Ready(None) => {
                     self.finish();
-                    StreamPoll::End
+                    One::Not(StreamPoll::End)
                 }
             },
-            StreamState::Inline(_) | StreamState::Finished => StreamPoll::End,
+            StreamState::Inline(_) | StreamState::Finished => One::Not(StreamPoll::End),
         }
     }
 

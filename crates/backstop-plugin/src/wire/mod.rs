@@ -1,21 +1,56 @@
-//! The JSON forms of what crosses the boundary that core does not already
-//! serialize: a provider call, a provider error, and a plain failure
-//! message. Requests, responses, chunks and model specs travel as core's
-//! own serde forms.
+//! The JSON that crosses the boundary: a provider call, answers, stream
+//! chunks, errors.
+//!
+//! Chat types cross in the form of [`chat`](self::chat), which differs from
+//! core's own serde form only in keeping unknown fields in an explicit
+//! `extra` object (core flattens them, which makes serde buffer every object
+//! and costs more than the rest of a call across the boundary). A model
+//! crosses once per provider instance: the host registers it and calls carry
+//! its [`ModelHandle`]. Stream chunks cross in batches (see
+//! [`encode_chunks`]).
+
+mod chat;
+mod chunks;
 
 use std::time::Duration;
 
-use backstop_core::{Call, ChatRequest, FailureKind, ModelSpec, ProviderError};
-use serde::{Deserialize, Serialize};
+use backstop_core::{
+    Call, ChatRequest, ChatResponse, Content, FailureKind, Message, ModelSpec, ProviderError,
+};
+use serde::{Deserialize, Deserializer, Serialize};
+
+pub use self::chunks::{ChunkHeader, decode_chunks, encode_chunks};
+
+use self::chat::{De, Ser};
+
+/// A model registered with a provider instance.
+pub type ModelHandle = u64;
+
+/// Encodes `value` as JSON into a buffer that starts at `capacity` bytes:
+/// one grown from empty reallocates half a dozen times for a small answer.
+pub fn encode<T: Serialize + ?Sized>(value: &T, capacity: usize) -> serde_json::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(capacity);
+    serde_json::to_writer(&mut out, value)?;
+    Ok(out)
+}
+
+/// Bytes of text in `messages`, to size a buffer.
+fn text_len(messages: &[Message]) -> usize {
+    messages
+        .iter()
+        .map(|m| m.content.as_ref().map_or(0, content_len))
+        .sum()
+}
 
 /// A [`Call`] as the host sends it.
 #[derive(Debug, Serialize)]
 pub struct WireCall<'a> {
     /// [`Call::scenario`].
     pub scenario: &'a str,
-    /// [`Call::model`].
-    pub model: &'a ModelSpec,
+    /// [`Call::model`], registered beforehand.
+    pub model: ModelHandle,
     /// [`Call::request`].
+    #[serde(serialize_with = "request::serialize")]
     pub request: &'a ChatRequest,
     /// [`Call::max_tokens`].
     pub max_tokens: u32,
@@ -27,14 +62,19 @@ pub struct WireCall<'a> {
 }
 
 impl<'a> WireCall<'a> {
-    /// The wire form of a call.
-    pub fn of(call: &Call<'a>) -> Self {
+    /// A buffer size that fits the encoded call.
+    pub fn size_hint(&self) -> usize {
+        256 + text_len(&self.request.messages) + 32 * self.request.messages.len()
+    }
+
+    /// The wire form of `call`, whose model is registered as `model`.
+    pub fn of(call: &Call<'a>, model: ModelHandle) -> Self {
         Self {
             scenario: call.scenario,
-            model: call.model,
+            model,
             request: call.request,
             max_tokens: call.max_tokens,
-            connect_timeout_ms: duration_ms(call.connect_timeout),
+            connect_timeout_ms: u64::try_from(call.connect_timeout.as_millis()).unwrap_or(u64::MAX),
             request_id: call.request_id,
         }
     }
@@ -45,7 +85,9 @@ impl<'a> WireCall<'a> {
 #[derive(Debug, Deserialize)]
 pub struct OwnedCall {
     scenario: String,
-    model: ModelSpec,
+    /// The handle of the call's model.
+    pub model: ModelHandle,
+    #[serde(deserialize_with = "request::deserialize")]
     request: ChatRequest,
     max_tokens: u32,
     connect_timeout_ms: u64,
@@ -54,11 +96,12 @@ pub struct OwnedCall {
 }
 
 impl OwnedCall {
-    /// The call, borrowing from this value.
-    pub fn as_call(&self) -> Call<'_> {
+    /// The call, borrowing from this value and from `model` (the spec its
+    /// handle names).
+    pub fn as_call<'a>(&'a self, model: &'a ModelSpec) -> Call<'a> {
         Call {
             scenario: &self.scenario,
-            model: &self.model,
+            model,
             request: &self.request,
             max_tokens: self.max_tokens,
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
@@ -114,18 +157,64 @@ impl From<WireError> for ProviderError {
 /// A failure that is not a provider's: a config the plugin refused, a
 /// panic, a broken payload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WireMessage {
+pub struct WireFailure {
     /// What happened.
     pub message: String,
 }
 
-fn duration_ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+/// `WireCall::request` and `OwnedCall::request` in the boundary's form.
+mod request {
+    use super::{ChatRequest, De, Deserialize, Deserializer, Ser, Serialize};
+
+    // serde's `serialize_with` passes a reference to the field.
+    #[allow(clippy::trivially_copy_pass_by_ref)]
+    pub(super) fn serialize<S: serde::Serializer>(
+        request: &&ChatRequest,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        Ser(*request).serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ChatRequest, D::Error> {
+        De::<ChatRequest>::deserialize(d).map(|r| r.0)
+    }
+}
+
+/// Encodes a complete answer.
+pub fn encode_response(response: &ChatResponse) -> serde_json::Result<Vec<u8>> {
+    let text: usize = response
+        .choices
+        .iter()
+        .map(|c| c.message.content.as_ref().map_or(0, content_len))
+        .sum();
+    encode(&Ser(response), 256 + text)
+}
+
+/// Decodes a complete answer.
+pub fn decode_response(bytes: &[u8]) -> serde_json::Result<ChatResponse> {
+    serde_json::from_slice::<De<ChatResponse>>(bytes).map(|r| r.0)
+}
+
+fn content_len(content: &Content) -> usize {
+    match content {
+        Content::Text(text) => text.len(),
+        Content::Parts(parts) => 64 * parts.len(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use backstop_core::{Extra, Role, StreamOptions, Usage};
+    use serde_json::json;
+
     use super::*;
+
+    fn extra(value: serde_json::Value) -> Extra {
+        match value {
+            serde_json::Value::Object(map) => map,
+            _ => unreachable!("test extras are objects"),
+        }
+    }
 
     #[test]
     fn provider_error_survives_the_wire() {
@@ -139,9 +228,32 @@ mod tests {
     }
 
     #[test]
-    fn call_survives_the_wire() {
+    fn a_call_keeps_every_field_and_extra() {
         let model = ModelSpec::new("m", "p");
-        let request = ChatRequest::user("m", "hello");
+        let mut request = ChatRequest::user("m", "hello");
+        request
+            .messages
+            .insert(0, Message::text(Role::System, "be brief"));
+        request.messages.push(Message {
+            role: Role::User,
+            content: Some(Content::Parts(vec![
+                json!({"type": "image_url", "image_url": {"url": "x"}}),
+            ])),
+            extra: extra(json!({"name": "ann"})),
+        });
+        request.messages.push(Message {
+            role: Role::Assistant,
+            content: None,
+            extra: extra(json!({"tool_calls": [{"id": "t1"}]})),
+        });
+        request.max_tokens = Some(10);
+        request.max_completion_tokens = Some(20);
+        request.stream = Some(true);
+        request.stream_options = Some(StreamOptions {
+            include_usage: true,
+            extra: extra(json!({"future": 1})),
+        });
+        request.extra = extra(json!({"temperature": 0.5, "tools": [{"type": "function"}]}));
         let call = Call {
             scenario: "chat",
             model: &model,
@@ -150,14 +262,36 @@ mod tests {
             connect_timeout: Duration::from_millis(2500),
             request_id: Some("req-1"),
         };
-        let json = serde_json::to_vec(&WireCall::of(&call)).unwrap();
+        let wire = WireCall::of(&call, 7);
+        let json = encode(&wire, wire.size_hint()).unwrap();
         let owned: OwnedCall = serde_json::from_slice(&json).unwrap();
-        let back = owned.as_call();
+        assert_eq!(owned.model, 7);
+        let back = owned.as_call(&model);
         assert_eq!(back.scenario, "chat");
-        assert_eq!(back.model, &model);
         assert_eq!(back.request, &request);
         assert_eq!(back.max_tokens, 64);
         assert_eq!(back.connect_timeout, Duration::from_millis(2500));
         assert_eq!(back.request_id, Some("req-1"));
+    }
+
+    #[test]
+    fn a_response_keeps_every_field_and_extra() {
+        let mut response = ChatResponse::assistant("id-1", "m", 17, "hi", Some(Usage::new(3, 1)));
+        response.extra = extra(json!({"system_fingerprint": "fp"}));
+        response.usage.as_mut().unwrap().extra =
+            extra(json!({"prompt_tokens_details": {"cached_tokens": 2}}));
+        response.choices[0].extra = extra(json!({"logprobs": null}));
+        response.choices[0].message.extra = extra(json!({"refusal": "no"}));
+        let mut parts = response.choices[0].clone();
+        parts.index = 1;
+        parts.message.content = Some(Content::Parts(vec![json!({"type": "text", "text": "x"})]));
+        parts.finish_reason = None;
+        let mut empty = parts.clone();
+        empty.index = 2;
+        empty.message.content = None;
+        response.choices.extend([parts, empty]);
+
+        let json = encode_response(&response).unwrap();
+        assert_eq!(decode_response(&json).unwrap(), response);
     }
 }
