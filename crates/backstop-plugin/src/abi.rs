@@ -261,7 +261,7 @@ pub struct FfiNext {
     /// [`NEXT_PENDING`], [`NEXT_CHUNKS`], [`NEXT_ERROR`], [`NEXT_END`] or
     /// [`NEXT_PANIC`].
     pub state: u32,
-    /// The chunk or the error, as JSON.
+    /// The chunks or the error, as JSON.
     pub bytes: FfiBytes,
 }
 

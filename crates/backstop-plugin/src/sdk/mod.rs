@@ -5,9 +5,10 @@
 //! or [`Selector`](backstop_core::Selector)) plus [`PluginProvider`] or
 //! [`PluginSelector`] (how to build it from its config), and lists the type
 //! in `export_plugin!`. The SDK writes every export: `catch_unwind` around
-//! each, the plugin's own tokio runtime for async work (see
-//! [`runtime`](self::runtime)), JSON on the wire, and buffers freed by the
-//! side that allocated them.
+//! each, the plugin's own tokio runtime for async work (a call is polled
+//! inline first, and moves onto a task of that runtime once it has to
+//! wait), JSON on the wire, and buffers freed by the side that allocated
+//! them.
 
 mod guard;
 pub(crate) mod provider;

@@ -1,10 +1,12 @@
 //! The JSON that crosses the boundary: a provider call, answers, stream
 //! chunks, errors.
 //!
-//! Chat types cross in the form of [`chat`](self::chat), which differs from
-//! core's own serde form only in keeping unknown fields in an explicit
-//! `extra` object (core flattens them, which makes serde buffer every object
-//! and costs more than the rest of a call across the boundary). A model
+//! Chat types cross in a form that differs from core's own serde form in
+//! two ways: the fields a type does not name travel in an explicit `extra`
+//! object (core flattens them, which makes serde buffer every object and
+//! cost more than the rest of a call across the boundary), and message
+//! content is tagged (`{"text": ...}` or `{"parts": [...]}`) rather than
+//! untagged, for the same reason. Nothing is lost either way. A model
 //! crosses once per provider instance: the host registers it and calls carry
 //! its [`ModelHandle`]. Stream chunks cross in batches (see
 //! [`encode_chunks`]).

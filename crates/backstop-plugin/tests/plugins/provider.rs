@@ -206,7 +206,7 @@ async fn a_slow_call_leaves_a_current_thread_host_free() {
     let ticks = ticks.load(Ordering::SeqCst);
     assert!(elapsed >= Duration::from_millis(300), "{elapsed:?}");
     assert!(
-        ticks >= 15,
+        ticks >= 10,
         "the host runtime ticked only {ticks} times during a {elapsed:?} plugin call"
     );
     assert!(
