@@ -46,7 +46,6 @@ mod provider;
 mod request;
 mod response;
 mod stream;
-mod transport;
 
 pub use config::AnthropicConfig;
 pub use error::AnthropicBuildError;

@@ -19,7 +19,7 @@ use crate::prefill::Join;
 use crate::request::translate;
 use crate::response::completion;
 use crate::stream::chunk_stream;
-use crate::transport::{ApiKey, Clients, error_body, error_chain, retry_after, send_error};
+use backstop_http::{ApiKey, Clients, error_body, error_chain, retry_after, send_error};
 
 /// A provider for Anthropic's Messages API.
 pub struct AnthropicProvider {

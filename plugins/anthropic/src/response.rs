@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::classify::inband_error;
 use crate::prefill::Join;
-use crate::transport::ApiKey;
+use backstop_http::ApiKey;
 
 /// Anthropic's token counts.
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 use crate::classify::inband_error;
 use crate::prefill::Join;
 use crate::response::{AnthropicUsage, finish_reason, now_unix};
-use crate::transport::{ApiKey, error_chain};
+use backstop_http::{ApiKey, error_chain};
 
 type Body = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use backstop_core::{FailureKind, ProviderError};
 use serde_json::Value;
 
-use crate::transport::{ApiKey, redact};
+use backstop_http::{ApiKey, fallback_message, redact};
 
 /// What an error body says.
 #[derive(Debug, Default, PartialEq)]
@@ -136,21 +136,6 @@ fn build(kind: FailureKind, info: ErrorInfo, key: Option<&ApiKey>) -> ProviderEr
     let mut error = ProviderError::new(kind, redact(&info.message, key));
     error.code = info.code.or(info.kind);
     error
-}
-
-/// A message for a body that is not a known error shape: its start, if it
-/// is short text, else the status.
-fn fallback_message(status: u16, body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
-    let text = text.trim();
-    if text.is_empty() || text.starts_with('<') {
-        return format!("HTTP {status} with no error message");
-    }
-    let mut end = text.len().min(300);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_owned()
 }
 
 #[cfg(test)]

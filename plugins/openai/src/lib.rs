@@ -39,7 +39,6 @@ mod config;
 mod error;
 mod provider;
 mod stream;
-mod transport;
 mod wire;
 
 pub use config::{MaxTokensField, OpenAiConfig};

@@ -17,8 +17,8 @@ use crate::classify::{inband_error, status_error};
 use crate::config::{MaxTokensField, OPENAI_BASE_URL, OPENAI_KEY_VAR, OpenAiConfig};
 use crate::error::OpenAiBuildError;
 use crate::stream::chunk_stream;
-use crate::transport::{ApiKey, Clients, error_body, error_chain, retry_after, send_error};
 use crate::wire::WireRequest;
+use backstop_http::{ApiKey, Clients, error_body, error_chain, retry_after, send_error};
 
 /// A provider for an OpenAI-compatible chat completions API.
 pub struct OpenAiProvider {

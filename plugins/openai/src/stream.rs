@@ -23,7 +23,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
 use crate::classify::inband_error;
-use crate::transport::{ApiKey, error_chain};
+use backstop_http::{ApiKey, error_chain};
 
 type Body = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
 

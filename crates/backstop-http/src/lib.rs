@@ -1,5 +1,12 @@
-//! The HTTP transport: pooled clients keyed by connect timeout, the API key,
-//! transport-error classification and `Retry-After`.
+//! # backstop-http
+//!
+//! HTTP plumbing shared by Backstop's provider plugins (`openai`,
+//! `anthropic`, and any team's own): pooled clients keyed by connect
+//! timeout, the API key as a sensitive header that never shows in `Debug`
+//! or in a message, secret redaction of upstream messages, classification
+//! of transport errors, `Retry-After` in its three forms, and bounded reads
+//! of error bodies. A provider crate built as a dynamic plugin links it in
+//! like any other library.
 //!
 //! reqwest sets the connect timeout per `Client`, while the Router passes
 //! one per call; scenarios use only a few distinct values, so a handful of
@@ -21,14 +28,14 @@ const MAX_CLIENTS: usize = 8;
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
 /// Pooled HTTP clients, one per connect timeout.
-pub(crate) struct Clients {
+pub struct Clients {
     cache: Mutex<Vec<(Duration, reqwest::Client)>>,
 }
 
 impl Clients {
     /// A cache holding a client for `connect_timeout`, built now so that a
     /// broken TLS stack shows up when the provider is built.
-    pub(crate) fn new(connect_timeout: Duration) -> Result<Self, reqwest::Error> {
+    pub fn new(connect_timeout: Duration) -> Result<Self, reqwest::Error> {
         let client = build_client(connect_timeout)?;
         Ok(Self {
             cache: Mutex::new(vec![(connect_timeout, client)]),
@@ -36,7 +43,7 @@ impl Clients {
     }
 
     /// The client for this connect timeout (a cheap handle on its pool).
-    pub(crate) fn get(&self, connect_timeout: Duration) -> Result<reqwest::Client, ProviderError> {
+    pub fn get(&self, connect_timeout: Duration) -> Result<reqwest::Client, ProviderError> {
         if let Some(client) = self.find(connect_timeout) {
             return Ok(client);
         }
@@ -88,7 +95,7 @@ fn build_client(connect_timeout: Duration) -> Result<reqwest::Client, reqwest::E
 /// An API key: the header value to send and the text to scrub from upstream
 /// messages. Its `Debug` never shows it.
 #[derive(Clone)]
-pub(crate) struct ApiKey {
+pub struct ApiKey {
     secret: Arc<str>,
     header: HeaderValue,
 }
@@ -96,7 +103,7 @@ pub(crate) struct ApiKey {
 impl ApiKey {
     /// A key sent as `Authorization: Bearer <key>`; `None` when the key
     /// cannot be sent in a header.
-    pub(crate) fn bearer(secret: &str) -> Option<Self> {
+    pub fn bearer(secret: &str) -> Option<Self> {
         let mut header = HeaderValue::from_str(&format!("Bearer {secret}")).ok()?;
         header.set_sensitive(true);
         Some(Self {
@@ -105,8 +112,19 @@ impl ApiKey {
         })
     }
 
-    /// The `Authorization` header value (marked sensitive).
-    pub(crate) fn header(&self) -> &HeaderValue {
+    /// A key sent as is (for example as `x-api-key: <key>`); `None` when
+    /// the key cannot be sent in a header.
+    pub fn raw(secret: &str) -> Option<Self> {
+        let mut header = HeaderValue::from_str(secret).ok()?;
+        header.set_sensitive(true);
+        Some(Self {
+            secret: secret.into(),
+            header,
+        })
+    }
+
+    /// The header value to send (marked sensitive).
+    pub fn header(&self) -> &HeaderValue {
         &self.header
     }
 }
@@ -118,9 +136,9 @@ impl fmt::Debug for ApiKey {
 }
 
 /// Removes secrets from an upstream message: the key itself, should a server
-/// echo it, and anything shaped like an OpenAI key (OpenAI's 401 quotes a
-/// masked prefix and suffix of the key it received).
-pub(crate) fn redact(message: &str, key: Option<&ApiKey>) -> String {
+/// echo it, and any word shaped like an API key (`sk-...`, masked or not:
+/// OpenAI's 401 quotes a masked prefix and suffix of the key it received).
+pub fn redact(message: &str, key: Option<&ApiKey>) -> String {
     let mut out = match key {
         Some(key) if !key.secret.is_empty() => message.replace(&*key.secret, "<redacted>"),
         _ => message.to_owned(),
@@ -142,7 +160,7 @@ pub(crate) fn redact(message: &str, key: Option<&ApiKey>) -> String {
 }
 
 /// Classifies an error from sending a request (before any response).
-pub(crate) fn send_error(error: reqwest::Error, connect_timeout: Duration) -> ProviderError {
+pub fn send_error(error: reqwest::Error, connect_timeout: Duration) -> ProviderError {
     let error = error.without_url();
     // No other timeout is set on the client, so a timeout is the connect's.
     if error.is_timeout() {
@@ -163,7 +181,7 @@ pub(crate) fn send_error(error: reqwest::Error, connect_timeout: Duration) -> Pr
 }
 
 /// An error and its sources, `: `-separated, without repeats.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut out = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -180,7 +198,7 @@ pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
 /// How long the upstream asked us to wait: `retry-after-ms` (milliseconds),
 /// else `Retry-After` as seconds or an HTTP date (a date in the past means
 /// now).
-pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let text = |name: &str| {
         headers
             .get(name)
@@ -202,7 +220,7 @@ pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Durati
 
 /// Reads at most 64 KiB of an error response's body; a body cut short
 /// yields what arrived.
-pub(crate) async fn error_body(mut response: reqwest::Response) -> Vec<u8> {
+pub async fn error_body(mut response: reqwest::Response) -> Vec<u8> {
     let mut body = Vec::new();
     while body.len() < ERROR_BODY_LIMIT {
         match response.chunk().await {
@@ -212,6 +230,21 @@ pub(crate) async fn error_body(mut response: reqwest::Response) -> Vec<u8> {
     }
     body.truncate(ERROR_BODY_LIMIT);
     body
+}
+
+/// A message for a body that is not a known error shape: its start, if it
+/// is short text, else the status.
+pub fn fallback_message(status: u16, body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() || text.starts_with('<') {
+        return format!("HTTP {status} with no error message");
+    }
+    let mut end = text.len().min(300);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
 }
 
 #[cfg(test)]
@@ -289,5 +322,26 @@ mod tests {
             clients.get(Duration::from_millis(ms)).unwrap();
         }
         assert_eq!(clients.len(), MAX_CLIENTS);
+    }
+
+    #[test]
+    fn redaction_of_a_raw_key_and_masked_key_words() {
+        let key = ApiKey::raw("sk-ant-api03-abcdef123456").unwrap();
+        let msg = "invalid x-api-key sk-ant-api03-abcdef123456 given";
+        assert_eq!(
+            redact(msg, Some(&key)),
+            "invalid x-api-key <redacted> given"
+        );
+        assert_eq!(
+            redact("key sk-ant-***456 is bad", None),
+            "key sk-<redacted> is bad"
+        );
+        let local = ApiKey::raw("local-secret").unwrap();
+        assert_eq!(
+            redact("bad key local-secret!", Some(&local)),
+            "bad key <redacted>!"
+        );
+        assert_eq!(format!("{local:?}"), "ApiKey(<redacted>)");
+        assert!(local.header().is_sensitive());
     }
 }
