@@ -245,7 +245,7 @@ fn read_declaration(
         sdk_version: sdk_version.to_owned(),
         types,
     };
-    tracing::info!(
+    tracing::debug!(
         plugin = info.name,
         path = %info.path.display(),
         sdk = info.sdk_version,

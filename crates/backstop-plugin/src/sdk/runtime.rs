@@ -12,8 +12,8 @@
 //! 2. The moment it has to wait, it moves onto a task of the plugin
 //!    runtime, and the host's waker is woken through the FFI waker when the
 //!    task finishes (a stream: a pump task feeding a bounded channel). From
-//!    then on no plugin code runs on host threads, so a slow plugin never
-//!    holds one.
+//!    then on the provider's code runs only on the plugin runtime, so a
+//!    slow plugin never holds a host thread.
 //! 3. Dropping the host-side future or stream aborts that task: the plugin's
 //!    future is dropped on its runtime, which is how cancellation reaches
 //!    it.
