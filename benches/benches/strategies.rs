@@ -5,8 +5,10 @@
 //!   one window bucket). The time reported is one thread's time per
 //!   admit+record pair while the other thread does the same. Target: median
 //!   <= 100 ns.
-//! - `circuit_breaker/admit_record_1_thread` and `admit_open`: the same
-//!   without contention, and the rejection of an open circuit.
+//! - `circuit_breaker/admit_record_2_threads_2_models`: the control, two
+//!   threads on two models (nothing shared).
+//! - `circuit_breaker/admit_record_1_thread` and `admit_open`: one thread,
+//!   and the rejection of an open circuit.
 //! - `selector/<name>`: ordering a 4-model chain. Target: <= 200 ns each.
 //! - `budget/rolling_reserve_settle`: one reservation and its settlement
 //!   on a rolling budget with total, caller and scenario caps.
@@ -68,10 +70,37 @@ const SUCCESS: CallOutcome = CallOutcome::Success {
     latency: Duration::from_millis(20),
 };
 
-fn admit_record(breaker: &CircuitBreaker) {
-    if let Admission::Admit(permit) = breaker.admit(0) {
-        black_box(breaker.record(0, permit, SUCCESS));
+fn admit_record(breaker: &CircuitBreaker, model: usize) {
+    if let Admission::Admit(permit) = breaker.admit(model) {
+        black_box(breaker.record(model, permit, SUCCESS));
     }
+}
+
+/// Time per admit+record pair of the slower of two threads running at
+/// once, the first on `models.0`, the second on `models.1`.
+fn two_threads(breaker: &CircuitBreaker, models: (usize, usize), iters: u64) -> Duration {
+    let start = Barrier::new(2);
+    std::thread::scope(|s| {
+        let threads: Vec<_> = [models.0, models.1]
+            .into_iter()
+            .map(|model| {
+                let start = &start;
+                s.spawn(move || {
+                    start.wait();
+                    let began = Instant::now();
+                    for _ in 0..iters {
+                        admit_record(breaker, model);
+                    }
+                    began.elapsed()
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().unwrap_or_default())
+            .max()
+            .unwrap_or_default()
+    })
 }
 
 fn circuit_breaker(c: &mut Criterion) {
@@ -80,32 +109,17 @@ fn circuit_breaker(c: &mut Criterion) {
     let mut group = c.benchmark_group("circuit_breaker");
 
     group.bench_function("admit_record_1_thread", |b| {
-        b.iter(|| admit_record(&breaker));
+        b.iter(|| admit_record(&breaker, 0));
     });
 
     group.bench_function("admit_record_2_threads", |b| {
-        b.iter_custom(|iters| {
-            let start = Barrier::new(2);
-            std::thread::scope(|s| {
-                let threads: Vec<_> = (0..2)
-                    .map(|_| {
-                        s.spawn(|| {
-                            start.wait();
-                            let began = Instant::now();
-                            for _ in 0..iters {
-                                admit_record(&breaker);
-                            }
-                            began.elapsed()
-                        })
-                    })
-                    .collect();
-                threads
-                    .into_iter()
-                    .map(|t| t.join().unwrap_or_default())
-                    .max()
-                    .unwrap_or_default()
-            })
-        });
+        b.iter_custom(|iters| two_threads(&breaker, (0, 0), iters));
+    });
+
+    // The control: two threads on two models share nothing. What it adds
+    // over one thread is the machine, not the breaker.
+    group.bench_function("admit_record_2_threads_2_models", |b| {
+        b.iter_custom(|iters| two_threads(&breaker, (0, 1), iters));
     });
 
     let open = built(CircuitBreaker::new(
