@@ -274,3 +274,42 @@ async fn a_probe_goes_through_the_plugin() {
         .unwrap_err();
     assert_eq!((error.kind, error.status), (FailureKind::Auth, Some(401)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_and_streams_on_a_multi_thread_host_all_answer() {
+    let provider = provider(
+        &libraries().example,
+        "echo",
+        json!({"latency_ms": 5, "chunk_delay_ms": 1}),
+    );
+    let models: Vec<ModelSpec> = (0..4)
+        .map(|i| ModelSpec::new(format!("m{i}"), "p"))
+        .collect();
+    let models = Arc::new(models);
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..200_usize {
+        let (provider, models) = (provider.clone(), models.clone());
+        calls.spawn(async move {
+            let model = &models[i % models.len()];
+            let text = format!("call {i} to {}", model.id);
+            let request = request(&text);
+            if i % 2 == 0 {
+                let response = provider.complete(call(model, &request)).await.unwrap();
+                assert_eq!(response.text(), text);
+                assert_eq!(response.model, model.upstream);
+            } else {
+                let stream = provider.stream(call(model, &request)).await.unwrap();
+                let chunks: Vec<ChatChunk> = stream.map(Result::unwrap).collect().await;
+                let streamed: String = chunks.iter().filter_map(ChatChunk::content).collect();
+                assert_eq!(streamed, text);
+                assert!(chunks.iter().all(|c| c.model == model.upstream));
+            }
+        });
+    }
+    let mut answered = 0;
+    while let Some(done) = calls.join_next().await {
+        done.unwrap();
+        answered += 1;
+    }
+    assert_eq!(answered, 200);
+}
