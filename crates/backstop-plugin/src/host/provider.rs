@@ -185,7 +185,10 @@ impl DynProvider {
     /// read lock and a few comparisons).
     fn model_handle(&self, spec: &ModelSpec) -> Result<ModelHandle, ProviderError> {
         let known = |models: &[(ModelSpec, ModelHandle)]| {
-            models.iter().find(|(m, _)| m == spec).map(|(_, h)| *h)
+            models
+                .iter()
+                .find(|(m, _)| m.id == spec.id && same_spec(m, spec))
+                .map(|(_, h)| *h)
         };
         if let Some(handle) = known(&self.models.read().unwrap_or_else(PoisonError::into_inner)) {
             return Ok(handle);
@@ -207,6 +210,13 @@ impl DynProvider {
         models.push((spec.clone(), registered.handle));
         Ok(registered.handle)
     }
+}
+
+/// Whether two specs are the same model. `==` is false for a spec with a
+/// NaN price even against itself; comparing the JSON then keeps such a spec
+/// from being registered again on every call.
+fn same_spec(a: &ModelSpec, b: &ModelSpec) -> bool {
+    a == b || serde_json::to_vec(a).ok() == serde_json::to_vec(b).ok()
 }
 
 #[async_trait]
@@ -361,5 +371,23 @@ impl Stream for DynChunkStream {
                 this.end_with(error)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spec_is_the_same_model_even_with_a_nan_price() {
+        let a = ModelSpec::new("m", "p");
+        let mut b = a.clone();
+        assert!(same_spec(&a, &b));
+        b.priority = 2;
+        assert!(!same_spec(&a, &b));
+        let mut nan = a.clone();
+        nan.input_cost_per_1k = f64::NAN;
+        assert!(same_spec(&nan, &nan.clone()));
+        assert!(!same_spec(&nan, &a));
     }
 }
