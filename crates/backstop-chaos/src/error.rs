@@ -5,6 +5,8 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::time::Duration;
 
 /// Starting or steering a fake provider.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +100,74 @@ pub enum ReportError {
     Json(#[from] serde_json::Error),
 }
 
+/// Checking, starting or stopping the `backstop` binary.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The binary could not be started.
+    #[error("cannot run {binary}: {source}")]
+    Spawn {
+        /// The binary's path.
+        binary: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// `backstop check` rejected a rendered config: the renderer and the
+    /// config loader disagree.
+    #[error("`backstop check` rejected {config} ({status}):\n{output}")]
+    ConfigRejected {
+        /// The config file.
+        config: PathBuf,
+        /// The checker's exit status.
+        status: ExitStatus,
+        /// Everything the checker printed.
+        output: String,
+    },
+    /// `backstop check` did not finish in time.
+    #[error("`backstop check --config {config}` did not finish within {} s", after.as_secs())]
+    CheckTimeout {
+        /// The config file.
+        config: PathBuf,
+        /// The time limit.
+        after: Duration,
+    },
+    /// The gateway's log file could not be created.
+    #[error("cannot create the gateway log {path}: {source}")]
+    Log {
+        /// The log file.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The gateway started but did not become ready.
+    #[error("the gateway did not become ready: {reason}; log {log}:\n{log_tail}")]
+    NotReady {
+        /// What was missing.
+        reason: String,
+        /// Its log file.
+        log: PathBuf,
+        /// The last lines of the log.
+        log_tail: String,
+    },
+    /// The gateway exited while it should have been serving.
+    #[error("the gateway exited unexpectedly ({}); log {log}:\n{log_tail}", status.map_or_else(|| "status unknown".to_owned(), |s| s.to_string()))]
+    Exited {
+        /// Its exit status, when it could be read.
+        status: Option<ExitStatus>,
+        /// Its log file.
+        log: PathBuf,
+        /// The last lines of the log.
+        log_tail: String,
+    },
+    /// The gateway could not be killed.
+    #[error("cannot kill the gateway (pid {pid}): {source}")]
+    Kill {
+        /// Its process id.
+        pid: u32,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
 /// Any harness error, for callers that drive every phase.
 #[derive(Debug, thiserror::Error)]
 pub enum ChaosError {
@@ -113,6 +183,26 @@ pub enum ChaosError {
     /// Writing the report.
     #[error(transparent)]
     Report(#[from] ReportError),
+    /// Checking, starting or stopping the gateway.
+    #[error(transparent)]
+    Gateway(#[from] GatewayError),
+    /// A file of the run (a rendered config, the output directory) could
+    /// not be written.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// A step of one scenario failed.
+    #[error("scenario `{scenario}`: {source}")]
+    Scenario {
+        /// The scenario.
+        scenario: String,
+        /// What failed.
+        source: Box<ChaosError>,
+    },
     /// No scenario of the catalog has this name.
     #[error("no scenario is named `{name}`; known: {known}")]
     UnknownScenario {

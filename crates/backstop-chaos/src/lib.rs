@@ -29,9 +29,11 @@
 
 pub mod answer;
 pub mod behaviour;
+pub mod driver;
 pub mod error;
 pub mod fake;
 pub mod load;
+pub mod process;
 pub mod report;
 pub mod run;
 pub mod scenario;
@@ -39,9 +41,11 @@ pub mod timeline;
 
 pub use answer::{FLAGGED_MARKER, KNOWN_TEXT, TEMPLATE_TEXT};
 pub use behaviour::{Api, Behaviour, ErrorKind, Pacing, Prefill};
-pub use error::{ChaosError, ConfigError, FakeError, LoadError, ReportError};
+pub use driver::{ChaosOutcome, DriverOptions};
+pub use error::{ChaosError, ConfigError, FakeError, GatewayError, LoadError, ReportError};
 pub use fake::{Backend, FakeProvider, FakeSet, FakeSpec, FakeStats, ServedRequest};
 pub use load::{AnswerCheck, LoadGenerator, LoadPlan, LoadRun, Outcome, RequestRecord, Target};
+pub use process::{GatewayCommand, GatewayProcess, Stopped};
 pub use report::{MissedTarget, Report, ScenarioReport, check_targets, write_report};
 pub use run::{FakeRun, ScenarioRun, ScenarioRunner};
 pub use scenario::{

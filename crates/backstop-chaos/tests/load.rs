@@ -24,6 +24,7 @@ fn plan(rate: f64, requests: u64, deadline: Duration) -> LoadPlan {
         deadline,
         mix: RequestMix::default(),
         max_in_flight: 256,
+        burst: 1,
     }
 }
 
@@ -233,5 +234,39 @@ fn invalid_plans_are_refused() {
     assert!(LoadGenerator::new(p.clone(), AnswerCheck::default()).is_err());
     p.rate_per_sec = 10.0;
     p.requests = 0;
+    assert!(LoadGenerator::new(p.clone(), AnswerCheck::default()).is_err());
+    p.requests = 1;
+    p.burst = 0;
     assert!(LoadGenerator::new(p, AnswerCheck::default()).is_err());
+}
+
+#[test]
+fn bursts_leave_together_at_the_mean_rate() {
+    let mut p = plan(1000.0, 64, Duration::from_secs(1));
+    p.burst = 32;
+    assert_eq!(p.intended_at(0), Duration::ZERO);
+    assert_eq!(p.intended_at(31), Duration::ZERO);
+    assert_eq!(p.intended_at(32), Duration::from_millis(32));
+    assert_eq!(p.intended_at(63), Duration::from_millis(32));
+    p.burst = 1;
+    assert_eq!(p.intended_at(5), Duration::from_millis(5));
+}
+
+#[tokio::test]
+async fn a_burst_is_in_flight_at_once_and_a_shared_client_reuses_connections() {
+    // Every answer takes 50 ms: a burst of 8 sent together finishes in
+    // about 50 ms, not 8 x 50.
+    let fake = fake(Behaviour::Delay(Duration::from_millis(50))).await;
+    let mut p = plan(100.0, 8, Duration::from_secs(2));
+    p.burst = 8;
+    p.mix.stream_share = 0.0;
+    let warm = LoadGenerator::new(p.clone(), AnswerCheck::default()).unwrap();
+    let target = Target::new(fake.api_base_url());
+    warm.run(&target, Instant::now()).await.unwrap();
+    let measured = warm.with_plan(p).unwrap();
+    let run = measured.run(&target, Instant::now()).await.unwrap();
+    assert!(run.records.iter().all(|r| r.outcome == Outcome::Succeeded));
+    let slowest = run.records.iter().map(|r| r.latency).max().unwrap();
+    assert!(slowest < Duration::from_millis(250), "{slowest:?}");
+    fake.shutdown().await;
 }

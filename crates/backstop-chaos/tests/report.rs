@@ -24,6 +24,7 @@ fn trail(entries: &[(&str, &str)]) -> Vec<TrailEntry> {
             model: (*m).into(),
             kind: (*k).into(),
             status: None,
+            ms: Some(0.0),
         })
         .collect()
 }
@@ -158,6 +159,63 @@ fn failover_figures_split_by_circuit_state() {
     let base = &report.scenarios[0];
     assert_eq!(base.time_to_detect_ms, None);
     assert_eq!(base.retry_amplification, 1.0);
+}
+
+/// `trail` with the answering (last) entry timed at `answer_ms` and the
+/// entries before it at `failed_ms` each.
+fn timed(entries: &[(&str, &str)], failed_ms: f64, answer_ms: f64) -> Vec<TrailEntry> {
+    let mut t = trail(entries);
+    let last = t.len() - 1;
+    for (i, e) in t.iter_mut().enumerate() {
+        e.ms = Some(if i == last {
+            answer_ms
+        } else if e.called_upstream() {
+            failed_ms
+        } else {
+            0.0
+        });
+    }
+    t
+}
+
+#[test]
+fn failover_added_leaves_out_the_answering_models_generation_time() {
+    // Baseline: 20 ms answers, 18 ms of it the primary generating.
+    let mut base = baseline();
+    for r in &mut base.records {
+        r.trail = timed(&[("primary", "ok")], 0.0, 18.0);
+    }
+    // The secondary generates slower and with jitter (25..35 ms); the
+    // refused primary costs 0.5 ms before its circuit opens, nothing after.
+    let mut down = primary_down();
+    for (i, r) in down.records.iter_mut().enumerate() {
+        let generation = 25.0 + (i % 11) as f64;
+        let tried = i < 5;
+        let failed = if tried { 0.5 } else { 0.0 };
+        let entries: &[(&str, &str)] = if tried {
+            &[("primary", "connect"), ("secondary", "ok")]
+        } else {
+            &[("primary", "circuit_open"), ("secondary", "ok")]
+        };
+        r.trail = timed(entries, failed, generation);
+        r.latency = ms(2.0 + failed + generation);
+    }
+    let report = Report::build("0.1.0", false, &[base, down]);
+    let down = &report.scenarios[1];
+    let outside = down.baseline_outside_answer_ms.unwrap();
+    assert!((outside.p99 - 2.0).abs() < 0.01, "{outside:?}");
+    let open = down.failover_added_open_ms.unwrap();
+    assert!(open.p99 < 0.01, "{open:?}");
+    let before = down.failover_added_before_open_ms.unwrap();
+    assert!((before.p99 - 0.5).abs() < 0.01, "{before:?}");
+    // The raw latencies differ by the generation time, which is not
+    // failover's doing.
+    assert!(down.latency_ms.p99 - down.baseline_latency_ms.unwrap().p99 > 10.0);
+    assert!(
+        check_targets(&report).is_empty(),
+        "{:?}",
+        check_targets(&report)
+    );
 }
 
 #[test]

@@ -74,6 +74,9 @@ pub struct TrailEntry {
     pub kind: String,
     /// The upstream status, if any.
     pub status: Option<u16>,
+    /// How long the attempt took by the gateway's clock (zero for skips),
+    /// when reported.
+    pub ms: Option<f64>,
 }
 
 /// Trail kinds meaning the model was not called (backstop-core's
@@ -157,6 +160,29 @@ impl RequestRecord {
     /// a trail.
     pub fn upstream_calls(&self) -> Option<usize> {
         (!self.trail.is_empty()).then(|| self.trail.iter().filter(|e| e.called_upstream()).count())
+    }
+
+    /// The time the answering attempt took by the gateway's clock: the
+    /// last `ok` entry of the trail.
+    pub fn answering_attempt(&self) -> Option<Duration> {
+        self.trail
+            .iter()
+            .rev()
+            .find(|e| e.kind == "ok")
+            .and_then(|e| e.ms)
+            .filter(|ms| ms.is_finite() && *ms >= 0.0)
+            .map(|ms| Duration::from_secs_f64(ms / 1000.0))
+    }
+
+    /// The latency spent outside the answering attempt: the caller's
+    /// latency minus the time the model that answered took to answer
+    /// (the whole latency without a trail). Routing, failed attempts,
+    /// backoffs, skips, and the gateway's and client's own work are in
+    /// it; the model's generation time, the same whichever model
+    /// answers, is not.
+    pub fn outside_answer(&self) -> Duration {
+        self.latency
+            .saturating_sub(self.answering_attempt().unwrap_or(Duration::ZERO))
     }
 
     /// Whether the primary (`primary` model id) was skipped because its
@@ -258,6 +284,7 @@ fn backstop_object(v: &Value) -> Option<BackstopObject> {
                             .get("status")
                             .and_then(Value::as_u64)
                             .and_then(|s| u16::try_from(s).ok()),
+                        ms: e.get("ms").and_then(Value::as_f64),
                     })
                 })
                 .collect()
@@ -547,6 +574,7 @@ mod tests {
         assert!(v.usage_present);
         assert_eq!(v.trail.len(), 2);
         assert!(!v.trail[0].called_upstream());
+        assert_eq!(v.trail[1].ms, Some(20.0));
         assert!(!v.missing_done);
     }
 
@@ -661,14 +689,21 @@ mod tests {
                 model: "primary".into(),
                 kind: "connect".into(),
                 status: None,
+                ms: Some(0.2),
             },
             TrailEntry {
                 model: "secondary".into(),
                 kind: "ok".into(),
                 status: Some(200),
+                ms: Some(20.0),
             },
         ];
         assert!(!r.primary_skipped("primary"));
         assert_eq!(r.upstream_calls(), Some(2));
+        r.latency = Duration::from_millis(21);
+        assert_eq!(r.answering_attempt(), Some(Duration::from_millis(20)));
+        assert_eq!(r.outside_answer(), Duration::from_millis(1));
+        r.trail.clear();
+        assert_eq!(r.outside_answer(), Duration::from_millis(21));
     }
 }

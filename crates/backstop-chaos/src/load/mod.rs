@@ -44,6 +44,11 @@ pub struct LoadPlan {
     /// At most this many requests in flight; further ones wait (their
     /// latency still counts from their intended time).
     pub max_in_flight: usize,
+    /// Requests meant to leave together: request `i` is meant to leave at
+    /// `floor(i / burst) x burst / rate`, so bursts of `burst` requests
+    /// arrive at once and the mean rate stays `rate`. 1 spaces every
+    /// request evenly.
+    pub burst: u64,
 }
 
 impl LoadPlan {
@@ -59,6 +64,7 @@ impl LoadPlan {
             deadline: spec.request_deadline(),
             mix: spec.mix,
             max_in_flight: 1024,
+            burst: 1,
         }
     }
 
@@ -80,12 +86,16 @@ impl LoadPlan {
         if self.max_in_flight == 0 {
             return Err(LoadError::Plan("max_in_flight must be at least 1".into()));
         }
+        if self.burst == 0 {
+            return Err(LoadError::Plan("burst must be at least 1".into()));
+        }
         Ok(())
     }
 
     /// When request `index` is meant to leave, after the epoch.
     pub fn intended_at(&self, index: u64) -> Duration {
-        Duration::from_secs_f64(index as f64 / self.rate_per_sec)
+        let burst = self.burst.max(1);
+        Duration::from_secs_f64((index - index % burst) as f64 / self.rate_per_sec)
     }
 }
 
@@ -196,6 +206,20 @@ impl LoadGenerator {
             plan,
             check: Arc::new(check),
             progress: false,
+        })
+    }
+
+    /// A generator for another plan that shares this one's HTTP client
+    /// (and its open connections), so a warm-up run can precede a
+    /// measured one.
+    pub fn with_plan(&self, plan: LoadPlan) -> Result<Self, LoadError> {
+        plan.validate()?;
+        Ok(Self {
+            client: self.client.clone(),
+            label: plan.model.clone(),
+            plan,
+            check: self.check.clone(),
+            progress: self.progress,
         })
     }
 

@@ -144,16 +144,15 @@ fn build(name: &str, mode: Mode) -> Option<ScenarioSpec> {
         "primary_5xx" => {
             let mut s = base(
                 "primary_5xx",
-                "the primary answers 500 server_error to everything (wiremock); no same-model retry",
+                "the primary answers 500 server_error to everything (wiremock); default retries",
                 mode,
                 primary()
                     .backend(Backend::Wiremock)
                     .schedule(steady(Behaviour::Error(ErrorKind::Server))),
             );
-            // The target prices falling over at one round trip to the
-            // failing primary; a same-model retry would add a second one
-            // and its backoff by design, which is not what it measures.
-            s.policy.retries.same_model = 0;
+            // Default policy, one same-model retry included: the retry (a
+            // second round trip after a backoff) only happens while the
+            // circuit is still closed, and our defaults are what must hold.
             s.expect.failover = Some(FailoverTarget::RoundTripPlus { ms: 1.0 });
             s.expect.max_retry_amplification = PERSISTENT_AMPLIFICATION;
             s
