@@ -54,8 +54,8 @@ pub use model::{Capabilities, ModelIndex, ModelSpec};
 pub use provider::{Call, ChunkStream, PROBE_MAX_TOKENS, Provider};
 pub use result::{Annotation, FallbackResult, ResultHandler, RouteSummary};
 pub use router::{
-    BuildError, FallbackStream, RequestContext, Route, Router, RouterBuilder, Strategies,
-    StrategyContext, StreamItem, StreamMeta, StreamSummary,
+    BuildError, FallbackStream, ProbeError, RequestContext, Route, Router, RouterBuilder,
+    Strategies, StrategyContext, StreamItem, StreamMeta, StreamSummary,
 };
 pub use scenario::{
     ContentPolicyAction, MidStreamPolicy, RetryPolicy, RoutePolicy, Scenario, Timeouts,

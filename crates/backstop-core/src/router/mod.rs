@@ -18,10 +18,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::budget::BudgetPolicy;
+use crate::budget::{BudgetPolicy, OverBudget};
 use crate::chat::{ChatRequest, Usage};
 use crate::clock::SharedClock;
-use crate::error::{FailureKind, ProviderError, RouteError};
+use crate::error::{ProviderError, RouteError};
 use crate::events::{Event, EventSink};
 use crate::facts::RequestFacts;
 use crate::health::HealthPolicy;
@@ -156,6 +156,21 @@ pub enum BuildError {
     DuplicateModel(String),
 }
 
+/// Why a background probe says nothing good about a model.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ProbeError {
+    /// The probe was not sent: the budget refused its cost. This says
+    /// nothing about the model's health.
+    #[error("probe not sent: {0}")]
+    NotSent(#[from] OverBudget),
+    /// The Router has no model with this index.
+    #[error("no model with index {0}")]
+    NoSuchModel(ModelIndex),
+    /// The upstream failed the probe.
+    #[error(transparent)]
+    Failed(ProviderError),
+}
+
 /// Assembles a [`Router`].
 pub struct RouterBuilder {
     ctx: StrategyContext,
@@ -163,6 +178,7 @@ pub struct RouterBuilder {
     scenarios: Vec<(Scenario, Strategies)>,
     single_model: Option<(RoutePolicy, Strategies)>,
     sinks: Vec<Arc<dyn EventSink>>,
+    probe_budget: Option<Arc<dyn BudgetPolicy>>,
 }
 
 impl RouterBuilder {
@@ -174,7 +190,16 @@ impl RouterBuilder {
             scenarios: Vec::new(),
             single_model: None,
             sinks: Vec::new(),
+            probe_budget: None,
         }
+    }
+
+    /// The budget background probes are charged to. Without it: the
+    /// single-model routes' budget, else the first scenario's.
+    #[must_use]
+    pub fn probe_budget(mut self, budget: Arc<dyn BudgetPolicy>) -> Self {
+        self.probe_budget = Some(budget);
+        self
     }
 
     /// Registers the provider that serves models whose `provider` is `id`.
@@ -226,9 +251,9 @@ impl RouterBuilder {
                 provider,
             });
         }
-
         let mut routes: HashMap<Box<str>, Arc<Route>> = HashMap::new();
         let mut scenario_names = Vec::with_capacity(self.scenarios.len());
+        let first_scenario_budget = self.scenarios.first().map(|(_, s)| s.budget.clone());
         for (scenario, strategies) in self.scenarios {
             if scenario.chain.is_empty() {
                 return Err(BuildError::EmptyChain(scenario.name));
@@ -262,12 +287,12 @@ impl RouterBuilder {
             }
             scenario_names.push(name);
         }
-
-        let probe_budget = self
-            .single_model
-            .as_ref()
-            .map(|(_, s)| s.budget.clone())
-            .or_else(|| routes.values().next().map(|r| r.strategies.budget.clone()));
+        let probe_budget = self.probe_budget.clone().or_else(|| {
+            self.single_model
+                .as_ref()
+                .map(|(_, s)| s.budget.clone())
+                .or_else(|| first_scenario_budget.clone())
+        });
         if let Some((policy, strategies)) = self.single_model {
             for (index, entry) in entries.iter().enumerate() {
                 routes.entry(entry.id.as_ref().into()).or_insert_with(|| {
@@ -364,21 +389,17 @@ impl Router {
         stream::start(self.inner.clone(), route, request, cx).await
     }
 
-    /// Sends a tiny probe request to a model, outside any request, with its
-    /// cost held and settled on the default budget. Returns the probe's
+    /// Sends a tiny probe request to a model, outside any request, with its    /// cost held and settled on the probe budget. Returns the probe's
     /// latency. Health policies are told by the caller (the prober).
     pub async fn probe(
         &self,
         model: ModelIndex,
         timeout: Duration,
-    ) -> Result<Duration, ProviderError> {
+    ) -> Result<Duration, ProbeError> {
         let inner = &self.inner;
         let (Some(spec), Some(entry)) = (inner.ctx.models.get(model), inner.entries.get(model))
         else {
-            return Err(ProviderError::new(
-                FailureKind::BadRequest,
-                format!("no model with index {model}"),
-            ));
+            return Err(ProbeError::NoSuchModel(model));
         };
         let probe_request = ChatRequest::user(spec.upstream.clone(), "ping");
         let facts = RequestFacts {
@@ -390,15 +411,7 @@ impl Router {
             tools: false,
         };
         let reservation = match &inner.probe_budget {
-            Some(budget) => match budget.reserve(model, spec, &facts) {
-                Ok(r) => Some(r),
-                Err(over) => {
-                    return Err(ProviderError::new(
-                        FailureKind::QuotaExhausted,
-                        format!("probe skipped: {over}"),
-                    ));
-                }
-            },
+            Some(budget) => Some(budget.reserve(model, spec, &facts)?),
             None => None,
         };
         let started = tokio::time::Instant::now();
@@ -413,7 +426,7 @@ impl Router {
                 .then(|| Usage::new(facts.prompt_tokens, crate::provider::PROBE_MAX_TOKENS));
             budget.settle(reservation, spec, &facts, usage.as_ref());
         }
-        result.map(|()| elapsed)
+        result.map(|()| elapsed).map_err(ProbeError::Failed)
     }
 
     fn resolve(&self, name: &str) -> Result<Arc<Route>, RouteError> {

@@ -40,7 +40,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backstop_core::{
-    Event, EventSink, FailureKind, HealthPolicy, ModelIndex, ProviderError, Router, StrategyContext,
+    Event, EventSink, FailureKind, HealthPolicy, ModelIndex, ProbeError, ProviderError, Router,
+    StrategyContext,
 };
 use serde::Deserialize;
 use tokio::task::{JoinHandle, JoinSet};
@@ -136,7 +137,7 @@ impl ActiveProbe {
     async fn run(self, router: Router, policies: Vec<PolicyRoutes>) {
         let mut ticks = tokio::time::interval(self.interval);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut probes: JoinSet<(ModelIndex, Result<Duration, ProviderError>)> = JoinSet::new();
+        let mut probes: JoinSet<(ModelIndex, Result<Duration, ProbeError>)> = JoinSet::new();
         let mut in_flight = vec![false; self.models];
         let mut by_task: HashMap<tokio::task::Id, ModelIndex> = HashMap::new();
         let mut targets = Vec::new();
@@ -183,7 +184,7 @@ impl ActiveProbe {
                                     FailureKind::InvalidResponse,
                                     "the probe panicked",
                                 );
-                                self.report(&router, &policies, model, Err(failed));
+                                self.report(&router, &policies, model, Err(ProbeError::Failed(failed)));
                             }
                         }
                     }
@@ -197,7 +198,7 @@ impl ActiveProbe {
         router: &Router,
         policies: &[PolicyRoutes],
         model: ModelIndex,
-        result: Result<Duration, ProviderError>,
+        result: Result<Duration, ProbeError>,
     ) {
         let id = model_id(router, model);
         let result = match result {
@@ -209,11 +210,11 @@ impl ActiveProbe {
                 );
                 Ok(latency)
             }
-            Err(error) if is_budget_refusal(&error) => {
+            Err(error @ (ProbeError::NotSent(_) | ProbeError::NoSuchModel(_))) => {
                 tracing::debug!(model = id, %error, "probe not sent");
                 return;
             }
-            Err(error) => {
+            Err(ProbeError::Failed(error)) => {
                 tracing::debug!(model = id, %error, "probe failed");
                 Err(error.kind)
             }
@@ -244,15 +245,6 @@ impl ActiveProbe {
 
 fn model_id(router: &Router, model: ModelIndex) -> &str {
     router.models().get(model).map_or("?", |m| m.id.as_str())
-}
-
-/// `Router::probe` reports a probe its budget refused as `QuotaExhausted`
-/// with this message prefix; that is our own budget, not the upstream's
-/// quota, and must not disable the model.
-fn is_budget_refusal(error: &ProviderError) -> bool {
-    error.kind == FailureKind::QuotaExhausted
-        && error.status.is_none()
-        && error.message.starts_with("probe skipped")
 }
 
 /// One distinct health policy and the models its routes reach.
