@@ -129,7 +129,7 @@ fn inspect_command(path: PathBuf) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(error) => {
-            eprintln!("{}: {error}", path.display());
+            eprintln!("{error}");
             ExitCode::FAILURE
         }
     }

@@ -887,3 +887,41 @@ async fn an_openai_client_library_works_against_the_gateway() {
     }
     assert_eq!(text, ANSWER);
 }
+
+#[test]
+fn plugin_inspect_prints_a_plugins_declaration_or_why_it_cannot_load() {
+    let missing = std::env::temp_dir().join("backstop-no-such-plugin.so");
+    let out = Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .args(["plugin", "inspect"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("backstop-no-such-plugin.so"), "{stderr}");
+    assert_eq!(
+        stderr.matches("backstop-no-such-plugin.so").count(),
+        1,
+        "the path is named once: {stderr}"
+    );
+
+    let paths = backstop_plugin::testing::build_plugins(
+        &["backstop-plugin-example"],
+        backstop_plugin::testing::Profile::Dev,
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .args(["plugin", "inspect"])
+        .arg(&paths[0])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("plugin  example"), "{stdout}");
+    assert!(stdout.contains("type    provider echo"), "{stdout}");
+    assert!(stdout.contains("abi     "), "{stdout}");
+}
