@@ -8,7 +8,8 @@ use serde_json::{Map, Value, json};
 
 use crate::app::Observability;
 
-/// Request, attempt, fallback and latency counters.
+/// Request, attempt, fallback and latency counters, and each model's last
+/// failures.
 pub struct MetricsObserver(pub Arc<Metrics>);
 
 impl Observability for MetricsObserver {
@@ -16,7 +17,21 @@ impl Observability for MetricsObserver {
         self.0.render_prometheus(out);
     }
 
-    fn status(&self, _: &mut Map<String, Value>) {}
+    /// Adds `recent_failures` (newest first) to each model of the document.
+    fn status(&self, doc: &mut Map<String, Value>) {
+        let Some(Value::Array(models)) = doc.get_mut("models") else {
+            return;
+        };
+        for model in models {
+            let Some(id) = model.get("id").and_then(Value::as_str) else {
+                continue;
+            };
+            let recent = json!(self.0.recent_failures(id));
+            if let Some(model) = model.as_object_mut() {
+                model.insert("recent_failures".into(), recent);
+            }
+        }
+    }
 }
 
 /// The alert rule's window: requests, fallbacks, the exact fallback rate,

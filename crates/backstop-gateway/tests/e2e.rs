@@ -425,6 +425,50 @@ async fn a_5xx_primary_is_retried_once_then_the_backup_answers() {
     );
     assert_eq!(seen(&primary).await.len(), 2);
     assert_eq!(seen(&backup).await.len(), 1);
+
+    // The status page and the metrics saw it.
+    let status: Value = reqwest::get(gw.url("/v1/backstop/status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let model = |id: &str| {
+        status["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == id)
+            .cloned()
+            .unwrap()
+    };
+    let primary_status = model("primary");
+    let failures: Vec<&str> = primary_status["recent_failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(failures, ["server", "server"]);
+    assert_eq!(
+        model("primary")["health"]["circuit_breaker"]["state"],
+        "closed"
+    );
+    assert!(model("backup")["latency_ms"]["total"].as_f64().is_some());
+    assert_eq!(status["recent_fallbacks"][0]["model_used"], "backup");
+    assert_eq!(status["recent_fallbacks"][0]["reason"], "server");
+    assert_eq!(status["alerts"]["fallback_rate"], 1.0);
+    let metrics = reqwest::get(gw.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("backstop_fallbacks_total{level=\"1\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("backstop_fallback_rate 1"), "{metrics}");
 }
 
 #[tokio::test]

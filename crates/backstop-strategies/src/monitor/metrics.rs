@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use backstop_core::clock::duration_to_nanos;
 use backstop_core::{
-    AttemptOutcome, CircuitState, Event, EventSink, FailureKind, Router, SkipReason,
+    AttemptOutcome, CircuitState, Event, EventSink, FailureKind, Router, SharedClock, SkipReason,
     StrategyContext,
 };
 use serde::Deserialize;
@@ -193,11 +193,63 @@ fn state_index(state: CircuitState) -> usize {
     STATES.iter().position(|&s| s == state).unwrap_or(0)
 }
 
+/// The last failures of a model, for a status page: a lock-free ring, each
+/// slot holding `unix_ms << 8 | kind + 1` (0 = empty). Written only when a
+/// call fails.
+#[derive(Debug, Default)]
+struct RecentFailures {
+    slots: [AtomicU64; RECENT_FAILURES],
+    next: AtomicU64,
+}
+
+/// Failures kept per model.
+const RECENT_FAILURES: usize = 8;
+
+impl RecentFailures {
+    fn push(&self, kind: FailureKind, unix_ms: u64) {
+        let code = FailureKind::ALL
+            .iter()
+            .position(|&k| k == kind)
+            .unwrap_or(0) as u64
+            + 1;
+        let slot = (self.next.fetch_add(1, Ordering::Relaxed) as usize) % RECENT_FAILURES;
+        self.slots[slot].store(unix_ms << 8 | code, Ordering::Relaxed);
+    }
+
+    fn newest_first(&self) -> Vec<RecentFailure> {
+        let mut out: Vec<RecentFailure> = self
+            .slots
+            .iter()
+            .map(|s| s.load(Ordering::Relaxed))
+            .filter(|&v| v != 0)
+            .filter_map(|v| {
+                let kind = *FailureKind::ALL.get((v & 0xff) as usize - 1)?;
+                Some(RecentFailure {
+                    kind: kind.as_str(),
+                    unix_ms: v >> 8,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| b.unix_ms.cmp(&a.unix_ms));
+        out
+    }
+}
+
+/// One recent failure of a model.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RecentFailure {
+    /// The failure kind.
+    pub kind: &'static str,
+    /// When, in Unix milliseconds.
+    pub unix_ms: u64,
+}
+
 #[derive(Debug)]
 struct ModelMetrics {
     attempts: [AtomicU64; ATTEMPT_OUTCOMES],
     latency: Histogram,
     transitions: [AtomicU64; STATES.len()],
+    recent: RecentFailures,
 }
 
 #[derive(Debug)]
@@ -231,6 +283,7 @@ pub struct Metrics {
     scenario_count: AtomicU64,
     max_scenarios: u64,
     other: ScenarioMetrics,
+    clock: SharedClock,
 }
 
 impl Metrics {
@@ -252,8 +305,10 @@ impl Metrics {
                     attempts: std::array::from_fn(|_| AtomicU64::new(0)),
                     latency: Histogram::new(),
                     transitions: std::array::from_fn(|_| AtomicU64::new(0)),
+                    recent: RecentFailures::default(),
                 })
                 .collect(),
+            clock: ctx.clock.clone(),
             fallbacks: (0..=ctx.models.len().max(1))
                 .map(|_| AtomicU64::new(0))
                 .collect(),
@@ -301,9 +356,15 @@ impl Metrics {
         };
         f(&metrics);
     }
-
     fn model(&self, id: &str) -> Option<&ModelMetrics> {
         self.by_id.get(id).and_then(|&i| self.models.get(i))
+    }
+
+    /// The model's last failures (up to 8), newest first.
+    pub fn recent_failures(&self, model: &str) -> Vec<RecentFailure> {
+        self.model(model)
+            .map(|m| m.recent.newest_first())
+            .unwrap_or_default()
     }
 
     /// Writes every counter and histogram in the Prometheus text format.
@@ -459,6 +520,9 @@ impl EventSink for Metrics {
                     m.attempts[attempt_outcome(*outcome)].fetch_add(1, Ordering::Relaxed);
                     if outcome.called_upstream() {
                         m.latency.observe(*duration);
+                    }
+                    if let AttemptOutcome::Failed(kind) = outcome {
+                        m.recent.push(*kind, self.clock.unix_ms());
                     }
                 }
             }

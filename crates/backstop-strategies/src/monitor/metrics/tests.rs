@@ -251,3 +251,46 @@ async fn renders_circuit_states_and_budgets_from_the_router() {
     assert!(out.contains("backstop_circuit_failure_ratio{route=\"chat\",model=\"gpt-4o\"} 1\n"));
     assert!(out.contains("backstop_budget_spent_usd{route=\"chat\",policy=\"unlimited\"} 0\n"));
 }
+
+#[test]
+fn keeps_each_models_last_failures_newest_first() {
+    let clock = ManualClock::shared();
+    let models = vec![
+        ModelSpec::new("gpt-4o", "openai"),
+        ModelSpec::new("qwen-7b", "local"),
+    ];
+    let m = Metrics::new(
+        MetricsConfig { max_scenarios: 8 },
+        &StrategyContext::new(models, clock.clone()),
+    )
+    .unwrap();
+    attempt(&m, "gpt-4o", AttemptOutcome::Succeeded, ms(5));
+    assert!(m.recent_failures("gpt-4o").is_empty());
+    for kind in [
+        FailureKind::Server,
+        FailureKind::Timeout,
+        FailureKind::RateLimited,
+    ] {
+        clock.advance(ms(10));
+        attempt(&m, "gpt-4o", AttemptOutcome::Failed(kind), ms(5));
+    }
+    let recent = m.recent_failures("gpt-4o");
+    let kinds: Vec<&str> = recent.iter().map(|f| f.kind).collect();
+    assert_eq!(kinds, ["rate_limited", "timeout", "server"]);
+    assert!(recent[0].unix_ms > recent[2].unix_ms);
+    assert!(m.recent_failures("qwen-7b").is_empty());
+
+    // Only the last eight are kept.
+    for _ in 0..20 {
+        clock.advance(ms(1));
+        attempt(
+            &m,
+            "gpt-4o",
+            AttemptOutcome::Failed(FailureKind::Connect),
+            ms(1),
+        );
+    }
+    let recent = m.recent_failures("gpt-4o");
+    assert_eq!(recent.len(), 8);
+    assert!(recent.iter().all(|f| f.kind == "connect"));
+}
