@@ -230,7 +230,7 @@ impl RecentFailures {
                 })
             })
             .collect();
-        out.sort_by(|a, b| b.unix_ms.cmp(&a.unix_ms));
+        out.sort_by_key(|f| std::cmp::Reverse(f.unix_ms));
         out
     }
 }
