@@ -1,1 +1,102 @@
-fn main() {}
+//! Project tasks, run as `cargo xtask ...` (an alias in `.cargo/config.toml`
+//! for `cargo run --quiet --release --package xtask --`).
+//!
+//! - `cargo xtask chaos [--quick] [--scenario NAME]... [--out DIR] [--no-progress]`:
+//!   the outage chaos benchmark (see `chaos.rs`).
+//! - `cargo xtask bench gateway [--out DIR] [--no-pin]`: the gateway's
+//!   overhead against a direct call to the same mock (see `bench/`).
+//!
+//! Both build the `backstop` binary in release first, need no API keys and
+//! no network (everything runs on 127.0.0.1), and exit non-zero when a
+//! target is missed.
+
+// A task runner reports on stdout.
+#![allow(clippy::print_stdout)]
+
+mod bench;
+mod build;
+mod chaos;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Backstop's project tasks.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Run the outage chaos benchmark against the release gateway.
+    Chaos(chaos::ChaosArgs),
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        bench: BenchTask,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchTask {
+    /// The gateway's added latency, throughput, CPU and memory against a
+    /// direct call to the same mock upstream.
+    Gateway(bench::GatewayArgs),
+}
+
+/// What went wrong in a task: a message with its context.
+#[derive(Debug)]
+pub struct TaskError(String);
+
+impl std::fmt::Display for TaskError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TaskError {}
+
+impl TaskError {
+    /// An error saying `what` failed because of `cause`.
+    pub fn new(what: impl std::fmt::Display, cause: impl std::fmt::Display) -> Self {
+        Self(format!("{what}: {cause}"))
+    }
+
+    /// An error with only a message.
+    pub fn msg(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+/// The workspace root (the parent of this crate's directory).
+pub fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map_or(manifest.clone(), PathBuf::from)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.task {
+        Task::Chaos(args) => chaos::run(&args),
+        Task::Bench {
+            bench: BenchTask::Gateway(args),
+        } => bench::run(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -4,7 +4,11 @@
 //! providers that fail on purpose, the catalog of outage scenarios, an
 //! open-loop load generator that checks every answer, and the report.
 //!
-//! A driver (`cargo xtask chaos`) runs each scenario in four steps:
+//! [`driver::run`] (behind `cargo xtask chaos` and the gateway's
+//! `chaos_quick` test) runs each scenario in four steps, against the
+//! `backstop` binary it is given by path ([`GatewayCommand`]: `backstop
+//! check` on the rendered config, `backstop serve --listen 127.0.0.1:0`,
+//! SIGTERM then SIGKILL, killed on drop):
 //!
 //! 1. `let spec = scenario(name, mode)?;` (or [`catalog`]) and
 //!    `let fakes = spec.start_fakes().await?;` start the scenario's fake

@@ -25,6 +25,7 @@ fn plan(rate: f64, requests: u64, deadline: Duration) -> LoadPlan {
         mix: RequestMix::default(),
         max_in_flight: 256,
         burst: 1,
+        precise_start: false,
     }
 }
 

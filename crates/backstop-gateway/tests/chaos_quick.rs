@@ -64,7 +64,11 @@ async fn every_chaos_scenario_keeps_answering_at_quick_size() {
                 report.success_rate, report.succeeded, report.requests
             ));
         }
-        let expected_clean = if expect.flagged_fail_clean { flagged } else { 0 };
+        let expected_clean = if expect.flagged_fail_clean {
+            flagged
+        } else {
+            0
+        };
         if report.failed_clean != expected_clean {
             problems.push(format!(
                 "{name}: {} clean errors, expected {expected_clean}",

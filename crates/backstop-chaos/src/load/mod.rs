@@ -49,6 +49,14 @@ pub struct LoadPlan {
     /// arrive at once and the mean rate stays `rate`. 1 spaces every
     /// request evenly.
     pub burst: u64,
+    /// Send each request within microseconds of its intended time: the
+    /// last [`PRECISE_WINDOW`] of each wait yields to other tasks instead
+    /// of sleeping on tokio's 1 ms timer wheel (which sends up to a tick
+    /// late, or later when the idle CPU is slow to wake, and adds that to
+    /// every latency). Keeps the generator's thread busy while it waits:
+    /// for sub-millisecond measurements on a core of its own, not for a
+    /// paused clock.
+    pub precise_start: bool,
 }
 
 impl LoadPlan {
@@ -65,6 +73,7 @@ impl LoadPlan {
             mix: spec.mix,
             max_in_flight: 1024,
             burst: 1,
+            precise_start: false,
         }
     }
 
@@ -269,7 +278,11 @@ impl LoadGenerator {
             if intended > stop_issuing {
                 break;
             }
-            tokio::time::sleep_until(intended).await;
+            if self.plan.precise_start {
+                wait_precisely(intended).await;
+            } else {
+                tokio::time::sleep_until(intended).await;
+            }
             let Ok(Ok(permit)) =
                 tokio::time::timeout_at(stop_issuing, permits.clone().acquire_owned()).await
             else {
@@ -312,6 +325,29 @@ impl LoadGenerator {
             records,
             elapsed: epoch.elapsed(),
         })
+    }
+}
+
+/// How much of each wait [`LoadPlan::precise_start`] spends yielding
+/// rather than sleeping: well over the timer wheel's 1 ms resolution,
+/// because a thread that sleeps can take longer still to wake up on a
+/// virtual machine's idle CPU.
+pub const PRECISE_WINDOW: Duration = Duration::from_millis(3);
+
+/// Sleeps until shortly before `until`, then yields until it passes. The
+/// yielding part is bounded by the real clock to [`PRECISE_WINDOW`].
+async fn wait_precisely(until: Instant) {
+    let now = Instant::now();
+    if until <= now {
+        return;
+    }
+    if until - now > PRECISE_WINDOW {
+        tokio::time::sleep_until(until - PRECISE_WINDOW).await;
+    }
+    let left = until.saturating_duration_since(Instant::now());
+    let spin_until = std::time::Instant::now() + left.min(PRECISE_WINDOW);
+    while std::time::Instant::now() < spin_until {
+        tokio::task::yield_now().await;
     }
 }
 
@@ -452,5 +488,25 @@ impl Request {
             }
         }
         reader.finish(transport_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn precise_wait_is_never_early_and_rarely_late() {
+        let mut late = Vec::new();
+        for i in 0..20u32 {
+            let until = Instant::now() + Duration::from_micros(2500 + 337 * u64::from(i));
+            wait_precisely(until).await;
+            let now = Instant::now();
+            assert!(now >= until, "woke {:?} early", until - now);
+            late.push(now - until);
+        }
+        late.sort();
+        // tokio's timer alone wakes up to 1 ms late, about 0.5 ms on median.
+        assert!(late[10] < Duration::from_micros(200), "{late:?}");
     }
 }
