@@ -95,6 +95,7 @@ async fn a_rejected_config_carries_the_checkers_output() {
         .await
         .unwrap();
     assert!(report.contains("configuration OK"));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
@@ -140,6 +141,7 @@ async fn a_gateway_that_prints_nothing_is_not_ready_and_is_killed() {
         .parse()
         .unwrap();
     assert!(wait_ended(pid), "the silent gateway {pid} was left running");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
@@ -158,6 +160,7 @@ async fn a_gateway_that_dies_at_startup_is_reported_with_its_log() {
     assert!(matches!(err, GatewayError::Exited { .. }), "{text}");
     assert!(text.contains("address in use"), "{text}");
     assert!(text.contains("exit status: 3"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
@@ -198,4 +201,5 @@ async fn a_ready_gateway_stops_on_sigterm_and_a_dropped_one_is_killed() {
     assert!(!ended(pid));
     drop(dropped);
     assert!(wait_ended(pid), "a dropped gateway {pid} was left running");
+    let _ = std::fs::remove_dir_all(&dir);
 }
