@@ -73,7 +73,7 @@ pub async fn chat_completions(
             caller,
             request_id: Some(request_id.as_str().into()),
         };
-        tracing::info!(route = %request.model, stream = request.is_stream(), "chat completion");
+        tracing::debug!(route = %request.model, stream = request.is_stream(), "chat completion");
         if request.is_stream() {
             stream(&gateway, request, cx).await
         } else {
