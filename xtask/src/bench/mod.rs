@@ -17,7 +17,8 @@
 //!    from the intended send time, HdrHistogram), the sides of each
 //!    comparison taking turns over several rounds so a drifting shared
 //!    machine affects them alike: straight to the mock vs through the
-//!    gateway, one request at a time (500 req/s) and in bursts of 32
+//!    gateway, one request at a time (500 req/s, and 2,000 req/s for
+//!    comparison: less idle time between requests) and in bursts of 32
 //!    (3,200 req/s), with sends timed to the microsecond; the gateway's
 //!    CPU time per request (`/proc/PID/stat` utime + stime) at 5,000
 //!    req/s with its default log level vs `RUST_LOG=warn`; the failover
@@ -358,13 +359,21 @@ async fn bench(binary: &Path, out: &Path, pinning: &Pinning) -> Result<GatewayBe
     .await?;
     let through = Target::new(gateway.base_url());
 
-    eprintln!("latency, one request at a time (500 req/s), {ROUNDS} interleaved rounds");
+    eprintln!("latency, one request at a time (500 and 2,000 req/s), {ROUNDS} interleaved rounds");
     let c1_load = Load {
         precise: true,
         ..Load::steady(500.0, 0.8)
     };
     let c1 = pair(&direct, &through, pid, c1_load, ROUNDS).await?;
     report_pair("c1", &c1);
+    // Still one at a time (a request every 500 us), but the gateway's
+    // core idles far less between requests.
+    let c1_busier_load = Load {
+        precise: true,
+        ..Load::steady(2_000.0, 0.4)
+    };
+    let c1_busier = pair(&direct, &through, pid, c1_busier_load, ROUNDS).await?;
+    report_pair("c1 at 2,000 req/s", &c1_busier);
 
     eprintln!("latency, bursts of 32 (3,200 req/s), {ROUNDS} interleaved rounds");
     let c32_load = Load {
@@ -458,6 +467,7 @@ async fn bench(binary: &Path, out: &Path, pinning: &Pinning) -> Result<GatewayBe
         load_average: [load_before, procfs::load_average()],
         log_level: LOG_LEVEL.to_owned(),
         c1,
+        c1_busier,
         c32,
         throughput: Throughput {
             max_error_share: MAX_ERROR_SHARE,

@@ -18,16 +18,19 @@ pub struct GatewayBench {
     pub load_average: [Option<f64>; 2],
     /// The gateway's log level during the run.
     pub log_level: String,
-    /// One request at a time (open loop).
+    /// One request at a time (open loop), 500 req/s: the target's figure.
     pub c1: Pair,
+    /// One request at a time at 2,000 req/s: less idle time between
+    /// requests, for comparison.
+    pub c1_busier: Pair,
     /// Bursts of 32 requests (open loop).
     pub c32: Pair,
     /// The highest rate of the ramp each side sustained.
     pub throughput: Throughput,
     /// Gateway CPU per request at a fixed rate.
     pub cpu: Sample,
-    /// The same with per-request logs off (`RUST_LOG=warn`), for
-    /// comparison.
+    /// The same with `RUST_LOG=warn`, for what the default log level
+    /// costs.
     pub cpu_quiet_logs: Sample,
     /// Resident memory of the gateway after startup, before any load.
     pub idle_rss_bytes: u64,
@@ -230,6 +233,13 @@ pub fn render_markdown(bench: &GatewayBench) -> String {
         ),
         (
             format!(
+                "concurrency 1: {:.0} req/s, one at a time (for comparison)",
+                bench.c1_busier.direct.offered_rps
+            ),
+            &bench.c1_busier,
+        ),
+        (
+            format!(
                 "concurrency 32: bursts of {} at {:.0} req/s",
                 bench.c32.direct.burst, bench.c32.direct.offered_rps
             ),
@@ -300,7 +310,7 @@ pub fn render_markdown(bench: &GatewayBench) -> String {
     }
     let _ = writeln!(
         out,
-        "\nGateway CPU per request at {:.0} req/s: {} with the default log level, {} with `RUST_LOG=warn` (no per-request log lines). Idle RSS: {:.1} MiB.",
+        "\nGateway CPU per request at {:.0} req/s: {} with the default log level (`info`), {} with `RUST_LOG=warn`. Idle RSS: {:.1} MiB.",
         bench.cpu.offered_rps,
         bench
             .cpu
@@ -344,6 +354,10 @@ mod tests {
             c1: Pair {
                 direct: sample(40.0, 100.0, None),
                 gateway: sample(120.0, 300.0, Some(50.0)),
+            },
+            c1_busier: Pair {
+                direct: sample(35.0, 90.0, None),
+                gateway: sample(300.0, 900.0, Some(50.0)),
             },
             c32: Pair {
                 direct: sample(1000.0, 2000.0, None),
