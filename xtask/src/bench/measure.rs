@@ -78,6 +78,14 @@ pub struct Sample {
     /// This process's CPU time (load generator and mocks) per answered
     /// request, microseconds: what the harness itself costs.
     pub harness_cpu_us_per_request: Option<f64>,
+    /// Median time outside the answering attempt (latency minus the `ms`
+    /// the gateway's attempt trail gives the model that answered),
+    /// microseconds; `None` without trails (straight to a mock).
+    pub outside_answer_p50_us: Option<f64>,
+    /// Median total of the failed upstream attempts before the answer, by
+    /// the gateway's clock (its attempt trail), over the requests that
+    /// had one, microseconds.
+    pub failed_attempts_p50_us: Option<f64>,
 }
 
 impl Sample {
@@ -251,7 +259,31 @@ fn summarize(load: &Load, runs: &[Run]) -> Sample {
         max_us: round1(h.as_ref().map_or(0.0, |h| h.max() as f64 / 1000.0)),
         cpu_us_per_request: cpu.filter(|_| ok_count > 0).map(per_request),
         harness_cpu_us_per_request: (ok_count > 0).then(|| per_request(harness_cpu)),
+        outside_answer_p50_us: median_us(
+            ok.iter()
+                .filter(|r| r.answering_attempt().is_some())
+                .map(|r| r.outside_answer().as_secs_f64() * 1e6),
+        ),
+        failed_attempts_p50_us: median_us(ok.iter().filter_map(|r| {
+            let failed: Vec<f64> = r
+                .trail
+                .iter()
+                .filter(|e| e.called_upstream() && e.kind != "ok")
+                .filter_map(|e| e.ms)
+                .collect();
+            (!failed.is_empty()).then(|| failed.iter().sum::<f64>() * 1000.0)
+        })),
     }
+}
+
+/// The median of `values` (microseconds), rounded; `None` when empty.
+fn median_us(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let mut v: Vec<f64> = values.filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().map(round1)
 }
 
 /// Rounds to one decimal.

@@ -22,9 +22,12 @@
 //!    (3,200 req/s), with sends timed to the microsecond; the gateway's
 //!    CPU time per request (`/proc/PID/stat` utime + stime) at 5,000
 //!    req/s with its default log level vs `RUST_LOG=warn`; the failover
-//!    gateway vs the healthy one vs a direct call to the 500 mock (the
-//!    extra round trip); then a bounded ramp of rates, through the gateway
-//!    and straight to the mock, for the highest rate each sustains.
+//!    gateway vs the healthy one (end to end, and by the gateway's attempt
+//!    trail: what falling over added outside the answering call against
+//!    the failed call's own duration, the extra round trip) and a direct
+//!    call to the 500 mock; then a bounded ramp of rates, through the
+//!    gateway and straight to the mock, for the highest rate each
+//!    sustains.
 //! 5. Prints the table, writes `gateway.json` and `gateway.md`, and exits
 //!    1 when a target of issue 8 is missed.
 //!
