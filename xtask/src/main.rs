@@ -24,7 +24,7 @@ use clap::{Parser, Subcommand};
 
 /// Backstop's project tasks.
 #[derive(Debug, Parser)]
-#[command(name = "cargo xtask", about)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", about)]
 struct Cli {
     #[command(subcommand)]
     task: Task,
