@@ -42,6 +42,15 @@ pub struct Call<'a> {
 /// which only the transport can see.
 #[async_trait]
 pub trait Provider: Send + Sync + 'static {
+    /// Readies the provider for calls with this connect timeout (an HTTP
+    /// provider builds its pooled client for it), so a request never pays
+    /// for that setup; the first failover to a backup is exactly when it
+    /// would hurt. The Router calls it while it is built, once per route
+    /// and model. The default does nothing.
+    fn prepare(&self, connect_timeout: Duration) {
+        let _ = connect_timeout;
+    }
+
     /// Answers with a complete response.
     async fn complete(&self, call: Call<'_>) -> Result<ChatResponse, ProviderError>;
 

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use backstop_core::{
@@ -182,6 +182,12 @@ fn endpoint(base_url: &str) -> Result<Url, AnthropicBuildError> {
 
 #[async_trait]
 impl Provider for AnthropicProvider {
+    fn prepare(&self, connect_timeout: Duration) {
+        if let Err(error) = self.clients.get(connect_timeout) {
+            tracing::warn!(%error, "could not prepare an HTTP client");
+        }
+    }
+
     async fn complete(&self, call: Call<'_>) -> Result<ChatResponse, ProviderError> {
         let (response, join) = self.send(&call, false).await?;
         self.read_completion(response, join).await

@@ -305,6 +305,16 @@ impl RouterBuilder {
                     })
                 });
             }
+        } // Ready every provider for the connect timeouts its routes use.
+        let mut prepared: Vec<(ModelIndex, Duration)> = Vec::new();
+        for route in routes.values() {
+            for &index in route.chain.iter() {
+                let key = (index, route.policy.timeouts.connect);
+                if !prepared.contains(&key) {
+                    entries[index].provider.prepare(key.1);
+                    prepared.push(key);
+                }
+            }
         }
 
         Ok(Router {
