@@ -1289,3 +1289,164 @@ fn attempt_outcome_names_match_the_trail() {
     let _unused: Option<Arc<dyn HealthPolicy>> = None;
     let _unused: Option<Arc<dyn BudgetPolicy>> = None;
 }
+
+#[test]
+fn building_a_router_prepares_each_provider_for_its_routes_connect_timeouts() {
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Preparing {
+        prepared: Mutex<Vec<Duration>>,
+    }
+    #[async_trait::async_trait]
+    impl Provider for Preparing {
+        fn prepare(&self, connect_timeout: Duration) {
+            self.prepared.lock().unwrap().push(connect_timeout);
+        }
+        async fn complete(
+            &self,
+            _: backstop_core::Call<'_>,
+        ) -> Result<backstop_core::ChatResponse, backstop_core::ProviderError> {
+            Err(backstop_core::ProviderError::new(
+                FailureKind::Server,
+                "unused",
+            ))
+        }
+        async fn stream(
+            &self,
+            _: backstop_core::Call<'_>,
+        ) -> Result<backstop_core::ChunkStream, backstop_core::ProviderError> {
+            Err(backstop_core::ProviderError::new(
+                FailureKind::Server,
+                "unused",
+            ))
+        }
+    }
+
+    let provider = Arc::new(Preparing::default());
+    let fast = RoutePolicy {
+        timeouts: Timeouts {
+            connect: ms(2000),
+            ..Timeouts::default()
+        },
+        ..RoutePolicy::default()
+    };
+    let ctx = StrategyContext::new(vec![model("m")], SystemClock::shared());
+    Router::builder(ctx)
+        .provider("m", provider.clone())
+        .scenario(
+            Scenario {
+                name: "fast".into(),
+                chain: vec!["m".into()],
+                policy: fast,
+            },
+            simple_strategies(),
+        )
+        .scenario(
+            Scenario {
+                name: "fast_too".into(),
+                chain: vec!["m".into()],
+                policy: fast,
+            },
+            simple_strategies(),
+        )
+        .single_model_routes(RoutePolicy::default(), simple_strategies())
+        .build()
+        .unwrap();
+    let mut prepared = provider.prepared.lock().unwrap().clone();
+    prepared.sort();
+    assert_eq!(
+        prepared,
+        vec![ms(2000), Timeouts::default().connect],
+        "once per distinct timeout"
+    );
+}
+
+/// Health that admits everything and reports each model's failures so far.
+#[derive(Debug, Default)]
+struct CountsFailures {
+    failures: std::sync::Mutex<std::collections::HashMap<usize, u64>>,
+}
+
+impl HealthPolicy for CountsFailures {
+    fn name(&self) -> &str {
+        "counts_failures"
+    }
+    fn admit(&self, _: usize) -> backstop_core::Admission {
+        backstop_core::Admission::Admit(backstop_core::Permit::default())
+    }
+    fn record(
+        &self,
+        model: usize,
+        _: backstop_core::Permit,
+        outcome: backstop_core::CallOutcome,
+    ) -> Option<backstop_core::HealthTransition> {
+        if matches!(outcome, backstop_core::CallOutcome::Failure { .. }) {
+            *self.failures.lock().unwrap().entry(model).or_default() += 1;
+        }
+        None
+    }
+    fn record_probe(
+        &self,
+        _: usize,
+        _: Result<Duration, FailureKind>,
+    ) -> Option<backstop_core::HealthTransition> {
+        None
+    }
+    fn probe_targets(&self, _: Duration, _: &mut Vec<usize>) {}
+    fn snapshot(&self, model: usize) -> backstop_core::HealthSnapshot {
+        let failures = self
+            .failures
+            .lock()
+            .unwrap()
+            .get(&model)
+            .copied()
+            .unwrap_or(0);
+        backstop_core::HealthSnapshot {
+            state: backstop_core::CircuitState::Closed,
+            retry_after_ms: None,
+            window_calls: failures,
+            failure_ratio: if failures > 0 { 1.0 } else { 0.0 },
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_model_already_failing_is_not_retried_it_falls_over_at_once() {
+    let a = ScriptedProvider::always(Script::fail(FailureKind::Server));
+    let b = ScriptedProvider::always(Script::reply(ANSWER));
+    let strategies = Strategies {
+        health: Arc::new(CountsFailures::default()),
+        ..simple_strategies()
+    };
+    let s = setup(
+        vec![(model("a"), a.clone()), (model("b"), b)],
+        RoutePolicy::default(),
+        strategies,
+    );
+    // The first 500 looks like a blip: one retry after a backoff.
+    let started = Instant::now();
+    s.router
+        .complete(request(), RequestContext::default())
+        .await
+        .unwrap();
+    assert!(started.elapsed() >= ms(25));
+    assert_eq!(a.calls(), 2);
+    // Now the model has failed repeatedly: an outage, not a blip.
+    let started = Instant::now();
+    let r = s
+        .router
+        .complete(request(), RequestContext::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        started.elapsed(),
+        Duration::ZERO,
+        "no backoff for a model that is down"
+    );
+    assert_eq!(a.calls(), 3, "no retry either");
+    assert_eq!(
+        kinds(&r.attempts),
+        vec![("a".into(), "server"), ("b".into(), "ok")]
+    );
+}

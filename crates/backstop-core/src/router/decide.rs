@@ -21,27 +21,33 @@ pub(crate) enum Next {
 }
 
 /// Decides what follows a failed call, after `retries_done` same-model
-/// retries. `jitter` is uniform in `[0, 1)`.
+/// retries. `jitter` is uniform in `[0, 1)`. `model_failing` says the
+/// model's health window holds other failures besides this one: then the
+/// failure is an outage in progress, not a blip, and a connect or server
+/// failure falls over at once instead of waiting to retry a model that is
+/// down (a Retry-After the upstream sent is still honoured).
 pub(crate) fn decide(
     error: &ProviderError,
     retries_done: u32,
     policy: &RoutePolicy,
     jitter: f64,
+    model_failing: bool,
 ) -> Next {
     let retries = &policy.retries;
     let may_retry = retries_done < retries.same_model;
+    let may_retry_blip = may_retry && !model_failing;
     match error.kind {
         // A refused or reset connection is cheap to retry and often
         // transient; waiting would only add latency before falling over.
-        FailureKind::Connect if may_retry => Next::Retry(Duration::ZERO),
+        FailureKind::Connect if may_retry_blip => Next::Retry(Duration::ZERO),
         FailureKind::RateLimited => match error.retry_after {
             Some(wait) if may_retry && wait <= retries.retry_after_cap => Next::Retry(wait),
             _ => Next::FallOver,
         },
         FailureKind::Overloaded | FailureKind::Server if may_retry => match error.retry_after {
             Some(wait) if wait <= retries.retry_after_cap => Next::Retry(wait),
-            Some(_) => Next::FallOver,
-            None => Next::Retry(backoff(retries, retries_done, jitter)),
+            None if !model_failing => Next::Retry(backoff(retries, retries_done, jitter)),
+            _ => Next::FallOver,
         },
         FailureKind::ContextLength => Next::FallOverLarger,
         FailureKind::ContentPolicy => match policy.on_content_policy {
@@ -103,7 +109,7 @@ mod tests {
         ];
         assert_eq!(expected.len(), FailureKind::ALL.len());
         for (kind, next) in expected {
-            assert_eq!(decide(&err(kind), 0, &p, 0.0), next, "{kind}");
+            assert_eq!(decide(&err(kind), 0, &p, 0.0, false), next, "{kind}");
         }
     }
 
@@ -115,12 +121,16 @@ mod tests {
             FailureKind::Server,
             FailureKind::Overloaded,
         ] {
-            assert_eq!(decide(&err(kind), 1, &p, 0.0), Next::FallOver, "{kind}");
+            assert_eq!(
+                decide(&err(kind), 1, &p, 0.0, false),
+                Next::FallOver,
+                "{kind}"
+            );
         }
         let mut p = p;
         p.retries.same_model = 0;
         assert_eq!(
-            decide(&err(FailureKind::Connect), 0, &p, 0.0),
+            decide(&err(FailureKind::Connect), 0, &p, 0.0, false),
             Next::FallOver
         );
     }
@@ -129,17 +139,17 @@ mod tests {
     fn retry_after_under_cap_is_waited_once() {
         let p = RoutePolicy::default();
         let e = err(FailureKind::RateLimited).with_retry_after(ms(1200));
-        assert_eq!(decide(&e, 0, &p, 0.5), Next::Retry(ms(1200)));
-        assert_eq!(decide(&e, 1, &p, 0.5), Next::FallOver);
+        assert_eq!(decide(&e, 0, &p, 0.5, false), Next::Retry(ms(1200)));
+        assert_eq!(decide(&e, 1, &p, 0.5, false), Next::FallOver);
     }
 
     #[test]
     fn retry_after_over_cap_falls_over_instead_of_waiting() {
         let p = RoutePolicy::default();
         let e = err(FailureKind::RateLimited).with_retry_after(ms(3001));
-        assert_eq!(decide(&e, 0, &p, 0.5), Next::FallOver);
+        assert_eq!(decide(&e, 0, &p, 0.5, false), Next::FallOver);
         let e = err(FailureKind::Overloaded).with_retry_after(ms(60_000));
-        assert_eq!(decide(&e, 0, &p, 0.5), Next::FallOver);
+        assert_eq!(decide(&e, 0, &p, 0.5, false), Next::FallOver);
     }
 
     #[test]
@@ -149,9 +159,28 @@ mod tests {
             ..RoutePolicy::default()
         };
         assert_eq!(
-            decide(&err(FailureKind::ContentPolicy), 0, &p, 0.0),
+            decide(&err(FailureKind::ContentPolicy), 0, &p, 0.0, false),
             Next::FallOver
         );
+    }
+    #[test]
+    fn a_model_already_failing_gets_no_retry_but_a_retry_after_is_still_honoured() {
+        let p = RoutePolicy::default();
+        for kind in [
+            FailureKind::Connect,
+            FailureKind::Server,
+            FailureKind::Overloaded,
+        ] {
+            assert_eq!(
+                decide(&err(kind), 0, &p, 0.0, true),
+                Next::FallOver,
+                "{kind}"
+            );
+        }
+        let asked = err(FailureKind::Overloaded).with_retry_after(ms(500));
+        assert_eq!(decide(&asked, 0, &p, 0.0, true), Next::Retry(ms(500)));
+        let limited = err(FailureKind::RateLimited).with_retry_after(ms(500));
+        assert_eq!(decide(&limited, 0, &p, 0.0, true), Next::Retry(ms(500)));
     }
 
     #[test]

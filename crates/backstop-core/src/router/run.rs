@@ -86,9 +86,15 @@ impl RunShared {
             tools: self.tools,
         }
     }
-
     pub(crate) fn spec(&self, index: ModelIndex) -> &ModelSpec {
         self.inner.spec(index)
+    }
+
+    /// Whether the model's health window holds failures besides the one
+    /// just recorded: an outage in progress rather than a blip.
+    fn model_failing(&self, index: ModelIndex) -> bool {
+        let health = self.route.strategies.health.snapshot(index);
+        health.failure_ratio * health.window_calls as f64 >= 1.5
     }
 
     pub(crate) fn model_id(&self, index: ModelIndex) -> &Arc<str> {
@@ -463,7 +469,13 @@ async fn run_model<M: Mode>(
                     &error,
                     elapsed,
                 ));
-                let next = match decide(&error, retries_done, policy, jitter()) {
+                let next = match decide(
+                    &error,
+                    retries_done,
+                    policy,
+                    jitter(),
+                    shared.model_failing(index),
+                ) {
                     Next::Retry(wait) if ended + wait < shared.deadline => {
                         call_start = if wait.is_zero() {
                             ended
@@ -742,7 +754,8 @@ impl RunState {
                     started.retain(|(index, _)| *index != run.index);
                     match self.absorb(shared, run) {
                         Step::Won(winner) => {
-                            for (index, at) in started.drain(..) {                                let duration = self.now.saturating_duration_since(at);
+                            for (index, at) in started.drain(..) {
+                                let duration = self.now.saturating_duration_since(at);
                                 shared.emit_attempt(index, AttemptOutcome::Cancelled, duration);
                                 self.trail.push(Attempt {
                                     model: shared.model_id(index).clone(),
@@ -752,7 +765,8 @@ impl RunState {
                                     message: None,
                                 });
                                 self.upstream_calls += 1;
-                            }                            // Dropping the losers cancels them; their guards
+                            }
+                            // Dropping the losers cancels them; their guards
                             // report the timeouts and release budget holds.
                             shared.dropping_hedge_losers.store(true, Ordering::Relaxed);
                             drop(in_flight);
@@ -760,14 +774,17 @@ impl RunState {
                             return Ok(winner);
                         }
                         Step::Stop(error) => return Err(error),
-                        Step::Continue => {                            hedge_at = (!in_flight.is_empty()).then(|| self.now + hedge_after);
+                        Step::Continue => {
+                            hedge_at = (!in_flight.is_empty()).then(|| self.now + hedge_after);
                         }
                     }
                 }
-                () = hedge_timer => {                    hedge_at = None;
+                () = hedge_timer => {
+                    hedge_at = None;
                     self.now = Instant::now();
                     if let Some(admitted) = self.next_candidate(shared) {
-                        tracing::debug!(model = %shared.model_id(admitted.index), "hedging");                        let prefill = requests.for_model(shared.spec(admitted.index));
+                        tracing::debug!(model = %shared.model_id(admitted.index), "hedging");
+                        let prefill = requests.for_model(shared.spec(admitted.index));
                         started.push((admitted.index, self.now));
                         in_flight.push(run_model::<M>(shared.clone(), admitted, prefill, self.now));
                     }
