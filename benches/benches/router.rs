@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use backstop_core::{
-    Call, ChatRequest, ChatResponse, ChunkStream, FailureKind, ModelSpec, Provider, ProviderError,
-    RequestContext, RoutePolicy, Router, Scenario, Strategies, StrategyContext, SystemClock, Usage,
+    Call, ChatRequest, ChatResponse, Choice, ChunkStream, Content, Extra, FailureKind, Message,
+    ModelSpec, Provider, ProviderError, RequestContext, Role, RoutePolicy, Router, Scenario,
+    Strategies, StrategyContext, SystemClock, Usage,
 };
 use backstop_strategies::catalog;
 use criterion::{Criterion, criterion_group};
@@ -51,20 +52,44 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-/// Answers with a canned response (or fails at once) without I/O.
+/// Answers with the smallest valid response (one choice, empty text, usage:
+/// one allocation) or fails at once, without I/O: what is measured is the
+/// Router, not a provider building a body.
 struct NoopProvider {
-    answer: Option<ChatResponse>,
+    answers: bool,
+}
+
+fn smallest_answer() -> ChatResponse {
+    ChatResponse {
+        id: String::new(),
+        object: String::new(),
+        created: 0,
+        model: String::new(),
+        choices: vec![Choice {
+            index: 0,
+            message: Message {
+                role: Role::Assistant,
+                content: Some(Content::Text(String::new())),
+                extra: Extra::new(),
+            },
+            finish_reason: None,
+            extra: Extra::new(),
+        }],
+        usage: Some(Usage::new(9, 2)),
+        extra: Extra::new(),
+    }
 }
 
 #[async_trait]
 impl Provider for NoopProvider {
     async fn complete(&self, _: Call<'_>) -> Result<ChatResponse, ProviderError> {
-        match &self.answer {
-            Some(answer) => Ok(answer.clone()),
-            None => Err(ProviderError::new(
+        if self.answers {
+            Ok(smallest_answer())
+        } else {
+            Err(ProviderError::new(
                 FailureKind::InvalidResponse,
                 "unparseable body",
-            )),
+            ))
         }
     }
 
@@ -74,10 +99,6 @@ impl Provider for NoopProvider {
             "not benchmarked",
         ))
     }
-}
-
-fn answer() -> ChatResponse {
-    ChatResponse::assistant("cmpl-1", "m", 0, "Hello!", Some(Usage::new(9, 2)))
 }
 
 /// A 4-model chain; `failing_primary` makes the first model fail every
@@ -102,8 +123,8 @@ fn router(failing_primary: bool, health: serde_json::Value) -> Router {
     };
     let mut builder = Router::builder(ctx);
     for (i, m) in models.iter().enumerate() {
-        let answer = (!(failing_primary && i == 0)).then(answer);
-        builder = builder.provider(m.id.clone(), Arc::new(NoopProvider { answer }));
+        let answers = !(failing_primary && i == 0);
+        builder = builder.provider(m.id.clone(), Arc::new(NoopProvider { answers }));
     }
     builder
         .scenario(
