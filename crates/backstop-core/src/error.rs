@@ -42,6 +42,12 @@ pub enum FailureKind {
     InvalidResponse,
     /// A stream cut before its end.
     StreamInterrupted,
+    /// The upstream has no such model (404: retired, misnamed, not
+    /// deployed): a fault of the model's configuration, not of the request.
+    ModelNotFound,
+    /// The provider cannot express this request (a feature it lacks, such
+    /// as several choices): another model may serve it.
+    Unsupported,
 }
 
 /// What a failure means for the model's health (ARCHITECTURE.md's "health"
@@ -60,7 +66,7 @@ pub enum HealthEffect {
 
 impl FailureKind {
     /// Every kind, in table order.
-    pub const ALL: [FailureKind; 12] = [
+    pub const ALL: [FailureKind; 14] = [
         FailureKind::Connect,
         FailureKind::Timeout,
         FailureKind::RateLimited,
@@ -73,6 +79,8 @@ impl FailureKind {
         FailureKind::BadRequest,
         FailureKind::InvalidResponse,
         FailureKind::StreamInterrupted,
+        FailureKind::ModelNotFound,
+        FailureKind::Unsupported,
     ];
 
     /// The snake_case name used in config, logs, metrics and JSON.
@@ -90,6 +98,8 @@ impl FailureKind {
             FailureKind::BadRequest => "bad_request",
             FailureKind::InvalidResponse => "invalid_response",
             FailureKind::StreamInterrupted => "stream_interrupted",
+            FailureKind::ModelNotFound => "model_not_found",
+            FailureKind::Unsupported => "unsupported",
         }
     }
 
@@ -103,10 +113,13 @@ impl FailureKind {
             | FailureKind::InvalidResponse
             | FailureKind::StreamInterrupted => HealthEffect::Failure,
             FailureKind::RateLimited => HealthEffect::Cooldown,
-            FailureKind::QuotaExhausted | FailureKind::Auth => HealthEffect::Disable,
-            FailureKind::ContextLength | FailureKind::ContentPolicy | FailureKind::BadRequest => {
-                HealthEffect::None
+            FailureKind::QuotaExhausted | FailureKind::Auth | FailureKind::ModelNotFound => {
+                HealthEffect::Disable
             }
+            FailureKind::ContextLength
+            | FailureKind::ContentPolicy
+            | FailureKind::BadRequest
+            | FailureKind::Unsupported => HealthEffect::None,
         }
     }
 

@@ -49,6 +49,16 @@ pub enum CallOutcome {
     Cancelled,
 }
 
+/// A failed background probe, as a health policy hears of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeFailure {
+    /// The failure's kind.
+    pub kind: FailureKind,
+    /// The upstream's Retry-After, if it sent one (a probe answered with a
+    /// 429 says when to come back).
+    pub retry_after: Option<Duration>,
+}
+
 /// A model's circuit, as a person reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -127,7 +137,7 @@ pub trait HealthPolicy: Send + Sync + fmt::Debug {
     fn record_probe(
         &self,
         model: ModelIndex,
-        result: Result<Duration, FailureKind>,
+        result: Result<Duration, ProbeFailure>,
     ) -> Option<HealthTransition>;
 
     /// Models that want a probe now: open, half-open, cooling down or

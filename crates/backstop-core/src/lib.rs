@@ -48,6 +48,7 @@ pub use events::{Event, EventSink, FallbackEvent, RequestFinished};
 pub use facts::RequestFacts;
 pub use health::{
     Admission, CallOutcome, CircuitState, HealthPolicy, HealthSnapshot, HealthTransition, Permit,
+    ProbeFailure,
 };
 pub use latency::{LatencyKind, LatencyStats};
 pub use model::{Capabilities, ModelIndex, ModelSpec};

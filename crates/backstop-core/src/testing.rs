@@ -335,7 +335,7 @@ impl HealthPolicy for AlwaysAdmit {
     fn record_probe(
         &self,
         _: ModelIndex,
-        _: Result<Duration, FailureKind>,
+        _: Result<Duration, crate::health::ProbeFailure>,
     ) -> Option<HealthTransition> {
         None
     }
@@ -378,7 +378,7 @@ impl HealthPolicy for DownList {
     fn record_probe(
         &self,
         _: ModelIndex,
-        _: Result<Duration, FailureKind>,
+        _: Result<Duration, crate::health::ProbeFailure>,
     ) -> Option<HealthTransition> {
         None
     }

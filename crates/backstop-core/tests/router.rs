@@ -1389,7 +1389,7 @@ impl HealthPolicy for CountsFailures {
     fn record_probe(
         &self,
         _: usize,
-        _: Result<Duration, FailureKind>,
+        _: Result<Duration, backstop_core::ProbeFailure>,
     ) -> Option<backstop_core::HealthTransition> {
         None
     }

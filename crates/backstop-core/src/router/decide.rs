@@ -64,7 +64,9 @@ pub(crate) fn decide(
         | FailureKind::QuotaExhausted
         | FailureKind::Auth
         | FailureKind::InvalidResponse
-        | FailureKind::StreamInterrupted => Next::FallOver,
+        | FailureKind::StreamInterrupted
+        | FailureKind::ModelNotFound
+        | FailureKind::Unsupported => Next::FallOver,
     }
 }
 
@@ -106,6 +108,8 @@ mod tests {
             (FailureKind::BadRequest, Next::Stop),
             (FailureKind::InvalidResponse, Next::FallOver),
             (FailureKind::StreamInterrupted, Next::FallOver),
+            (FailureKind::ModelNotFound, Next::FallOver),
+            (FailureKind::Unsupported, Next::FallOver),
         ];
         assert_eq!(expected.len(), FailureKind::ALL.len());
         for (kind, next) in expected {

@@ -305,7 +305,9 @@ impl RouterBuilder {
                     })
                 });
             }
-        } // Ready every provider for the connect timeouts its routes use.
+        }
+
+        // Ready every provider for the connect timeouts its routes use.
         let mut prepared: Vec<(ModelIndex, Duration)> = Vec::new();
         for route in routes.values() {
             for &index in route.chain.iter() {
@@ -399,7 +401,8 @@ impl Router {
         stream::start(self.inner.clone(), route, request, cx).await
     }
 
-    /// Sends a tiny probe request to a model, outside any request, with its    /// cost held and settled on the probe budget. Returns the probe's
+    /// Sends a tiny probe request to a model, outside any request, with its
+    /// cost held and settled on the probe budget. Returns the probe's
     /// latency. Health policies are told by the caller (the prober).
     pub async fn probe(
         &self,

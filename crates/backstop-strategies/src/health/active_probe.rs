@@ -40,8 +40,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backstop_core::{
-    Event, EventSink, FailureKind, HealthPolicy, ModelIndex, ProbeError, ProviderError, Router,
-    StrategyContext,
+    Event, EventSink, FailureKind, HealthPolicy, ModelIndex, ProbeError, ProbeFailure,
+    ProviderError, Router, StrategyContext,
 };
 use serde::Deserialize;
 use tokio::task::{JoinHandle, JoinSet};
@@ -216,7 +216,10 @@ impl ActiveProbe {
             }
             Err(ProbeError::Failed(error)) => {
                 tracing::debug!(model = id, %error, "probe failed");
-                Err(error.kind)
+                Err(ProbeFailure {
+                    kind: error.kind,
+                    retry_after: error.retry_after,
+                })
             }
         };
         for policy in policies {

@@ -63,7 +63,7 @@ use std::time::Duration;
 
 use backstop_core::{
     Admission, CallOutcome, CircuitState, FailureKind, HealthEffect, HealthPolicy, HealthSnapshot,
-    HealthTransition, ModelIndex, Permit, SharedClock, StrategyContext,
+    HealthTransition, ModelIndex, Permit, ProbeFailure, SharedClock, StrategyContext,
 };
 use serde::Deserialize;
 
@@ -738,22 +738,24 @@ impl HealthPolicy for CircuitBreaker {
     fn record_probe(
         &self,
         model: ModelIndex,
-        result: Result<Duration, FailureKind>,
+        result: Result<Duration, ProbeFailure>,
     ) -> Option<HealthTransition> {
         let circuit = self.circuits.get(model)?;
         let now = self.clock.now();
         Self::touch(circuit, Self::now_ms(now));
-        let kind = match result {
+        let ProbeFailure { kind, retry_after } = match result {
             Ok(_) => {
                 Self::reset_cooldowns(circuit);
                 return self.close(circuit, None);
             }
-            Err(kind) => kind,
+            Err(failure) => failure,
         };
         match kind.health_effect() {
             HealthEffect::None => None,
             HealthEffect::Disable => Self::disable(circuit, kind),
-            HealthEffect::Cooldown => self.cool_down(circuit, now, None, None, true),
+            // A probe answered with 429 and Retry-After says when to come
+            // back: cool down for that long, not for the default.
+            HealthEffect::Cooldown => self.cool_down(circuit, now, retry_after, None, true),
             HealthEffect::Failure => {
                 let current = Word(circuit.word.load(Ordering::Acquire));
                 if current.code() == CLOSED {

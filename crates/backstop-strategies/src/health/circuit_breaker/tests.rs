@@ -24,6 +24,13 @@ fn breaker(config: CircuitBreakerConfig) -> (CircuitBreaker, Arc<ManualClock>) {
     (CircuitBreaker::new(config, &ctx).unwrap(), clock)
 }
 
+fn failed(kind: FailureKind) -> ProbeFailure {
+    ProbeFailure {
+        kind,
+        retry_after: None,
+    }
+}
+
 fn ok() -> CallOutcome {
     CallOutcome::Success { latency: ms(10) }
 }
@@ -451,8 +458,8 @@ fn auth_failure_disables_until_a_probe_succeeds() {
         b.probe_targets(ms(60_000), &mut targets);
         assert_eq!(targets, vec![0, 1], "disabled and idle models want probes");
         // Failed probes leave it disabled; the same cause reports nothing new.
-        assert_eq!(b.record_probe(0, Err(FailureKind::Connect)), None);
-        assert_eq!(b.record_probe(0, Err(kind)), None);
+        assert_eq!(b.record_probe(0, Err(failed(FailureKind::Connect))), None);
+        assert_eq!(b.record_probe(0, Err(failed(kind))), None);
         assert_eq!(state(&b), CircuitState::Disabled);
         assert_eq!(
             b.record_probe(0, Ok(ms(30))),
@@ -479,7 +486,7 @@ fn a_successful_probe_closes_an_open_circuit_before_the_break_ends() {
 fn a_failed_probe_opens_an_idle_circuit_and_extends_an_open_one() {
     let (b, clock) = breaker(CircuitBreakerConfig::default());
     assert_eq!(
-        b.record_probe(0, Err(FailureKind::Connect)),
+        b.record_probe(0, Err(failed(FailureKind::Connect))),
         t(
             CircuitState::Closed,
             CircuitState::Open,
@@ -489,13 +496,19 @@ fn a_failed_probe_opens_an_idle_circuit_and_extends_an_open_one() {
     assert_eq!(rejected(&b, 0), ms(5_000));
     clock.advance(ms(4_000));
     // Still down: the break starts over, grown.
-    assert_eq!(b.record_probe(0, Err(FailureKind::Timeout)), None);
+    assert_eq!(b.record_probe(0, Err(failed(FailureKind::Timeout))), None);
     assert_eq!(rejected(&b, 0), ms(10_000));
     // A probe that only hit a request fault says nothing.
-    assert_eq!(b.record_probe(0, Err(FailureKind::BadRequest)), None);
+    assert_eq!(
+        b.record_probe(0, Err(failed(FailureKind::BadRequest))),
+        None
+    );
     assert_eq!(rejected(&b, 0), ms(10_000));
     // A probe answered with a 429: the model is up but limited.
-    assert!(b.record_probe(0, Err(FailureKind::RateLimited)).is_some());
+    assert!(
+        b.record_probe(0, Err(failed(FailureKind::RateLimited)))
+            .is_some()
+    );
     assert_eq!(state(&b), CircuitState::CoolingDown);
 }
 
