@@ -15,9 +15,16 @@
 //!    `temperature` is capped at 1.0 (Anthropic's range is 0 to 1);
 //!    `top_p`, `top_k` pass; `tools`, `tool_choice` and
 //!    `parallel_tool_calls` map to Anthropic's shapes; `user` becomes
-//!    `metadata.user_id`. Fields with no Anthropic meaning are dropped;
-//!    what cannot be expressed at all (`n` > 1, legacy `functions`, audio
-//!    or file parts) is a `BadRequest`.
+//!    `metadata.user_id`. Fields with no Anthropic meaning are dropped.
+//! 8. What Anthropic cannot express (`n` > 1, legacy `functions` and
+//!    `function` messages, audio, file and other non-image parts, non-base64
+//!    image data URLs, tool-call arguments that are not a JSON object,
+//!    non-function tools, a `tool_choice` it does not know) is
+//!    `Unsupported`: the request may be fine for another model, so the
+//!    Router falls over. Only a request that is malformed for every
+//!    OpenAI-compatible API (a tool message without `tool_call_id`, an
+//!    image part without a URL, a function tool without a name) is a
+//!    `BadRequest`, which stops the chain.
 
 use backstop_core::{Call, Content, FailureKind, Message, ProviderError, Role};
 use serde_json::{Map, Value, json};
@@ -46,8 +53,14 @@ const MAPPED: &[&str] = &[
     "function_call",
 ];
 
+/// The request is malformed for every API: no model could serve it.
 fn bad(message: impl Into<String>) -> ProviderError {
     ProviderError::new(FailureKind::BadRequest, message)
+}
+
+/// The request is valid but Anthropic cannot express it: another model may.
+fn unsupported(message: impl Into<String>) -> ProviderError {
+    ProviderError::new(FailureKind::Unsupported, message)
 }
 
 /// Translates the call's request.
@@ -59,12 +72,12 @@ pub(crate) fn translate(call: &Call<'_>, stream: bool) -> Result<MessagesRequest
         .and_then(Value::as_u64)
         .is_some_and(|n| n > 1)
     {
-        return Err(bad(
+        return Err(unsupported(
             "Anthropic returns one choice per request; `n` > 1 is not supported",
         ));
     }
     if extra.contains_key("functions") || extra.contains_key("function_call") {
-        return Err(bad(
+        return Err(unsupported(
             "legacy `functions` / `function_call` are not supported; use `tools`",
         ));
     }
@@ -83,7 +96,7 @@ pub(crate) fn translate(call: &Call<'_>, stream: bool) -> Result<MessagesRequest
             Role::Assistant => turns.push("assistant", assistant_blocks(message)?),
             Role::Tool => turns.push("user", vec![tool_result(message)?]),
             Role::Function => {
-                return Err(bad(
+                return Err(unsupported(
                     "legacy `function` messages are not supported; use `tool` messages",
                 ));
             }
@@ -255,8 +268,9 @@ fn part_block(part: &Value) -> Result<Option<Value>, ProviderError> {
             image_block(url)?
         }
         "refusal" => return Ok(None),
+        "" => return Err(bad("a content part has no `type`")),
         other => {
-            return Err(bad(format!(
+            return Err(unsupported(format!(
                 "content parts of type `{other}` cannot be sent to Anthropic"
             )));
         }
@@ -278,7 +292,7 @@ fn image_block(url: &str) -> Result<Value, ProviderError> {
         .ok_or_else(|| bad("an image data URL has no data"))?;
     let media_type = meta
         .strip_suffix(";base64")
-        .ok_or_else(|| bad("only base64 image data URLs can be sent to Anthropic"))?;
+        .ok_or_else(|| unsupported("only base64 image data URLs can be sent to Anthropic"))?;
     Ok(json!({
         "type": "image",
         "source": { "type": "base64", "media_type": media_type, "data": data }
@@ -302,14 +316,19 @@ fn assistant_blocks(message: &Message) -> Result<Vec<Value>, ProviderError> {
             .get("arguments")
             .and_then(Value::as_str)
             .unwrap_or("{}");
+        // OpenAI-compatible APIs take any string as past arguments (a cut
+        // tool call, say); Anthropic's `input` must be a JSON object.
         let input: Value = if arguments.trim().is_empty() {
             json!({})
         } else {
-            serde_json::from_str(arguments).map_err(|e| {
-                bad(format!(
-                    "the arguments of tool call `{id}` are not JSON: {e}"
-                ))
-            })?
+            serde_json::from_str::<Value>(arguments)
+                .ok()
+                .filter(Value::is_object)
+                .ok_or_else(|| {
+                    unsupported(format!(
+                        "the arguments of tool call `{id}` are not a JSON object, which Anthropic requires"
+                    ))
+                })?
         };
         blocks.push(json!({ "type": "tool_use", "id": id, "name": name, "input": input }));
     }
@@ -347,7 +366,7 @@ fn tool(tool: &Value) -> Result<Value, ProviderError> {
         .and_then(Value::as_str)
         .unwrap_or("function");
     if kind != "function" {
-        return Err(bad(format!(
+        return Err(unsupported(format!(
             "tools of type `{kind}` cannot be sent to Anthropic"
         )));
     }
@@ -383,9 +402,23 @@ fn tool_choice(
             "auto" => json!({ "type": "auto" }),
             "required" => json!({ "type": "any" }),
             "none" => return Ok(Some(json!({ "type": "none" }))),
-            other => return Err(bad(format!("tool_choice `{other}` is not understood"))),
+            other => {
+                return Err(unsupported(format!(
+                    "tool_choice `{other}` cannot be sent to Anthropic"
+                )));
+            }
         },
         Some(object) => {
+            // OpenAI also has `allowed_tools` and `custom` choices.
+            let kind = object
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("function");
+            if kind != "function" {
+                return Err(unsupported(format!(
+                    "tool_choice of type `{kind}` cannot be sent to Anthropic"
+                )));
+            }
             let name = object
                 .get("function")
                 .and_then(|f| f.get("name"))
@@ -489,7 +522,7 @@ mod tests {
             false,
         )
         .unwrap_err();
-        assert_eq!(e.kind, FailureKind::BadRequest);
+        assert_eq!(e.kind, FailureKind::Unsupported);
         assert!(e.message.contains("input_audio"), "{e}");
     }
 
@@ -595,18 +628,50 @@ mod tests {
     }
 
     #[test]
-    fn what_cannot_be_expressed_is_a_bad_request() {
+    fn what_anthropic_cannot_express_is_unsupported() {
+        let user = json!([{"role": "user", "content": "x"}]);
         for request in [
-            json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 2}),
-            json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "functions": []}),
-            json!({"model": "m", "messages": [{"role": "tool", "content": "x"}]}),
+            json!({"model": "m", "messages": user, "n": 2}),
+            json!({"model": "m", "messages": user, "functions": []}),
+            json!({"model": "m", "messages": user, "function_call": "auto"}),
+            json!({"model": "m", "messages": [{"role": "function", "name": "f", "content": "x"}]}),
+            json!({"model": "m", "messages": [{"role": "user", "content": [
+                {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}]}]}),
+            json!({"model": "m", "messages": [{"role": "user", "content": [
+                {"type": "file", "file": {"file_id": "file-abc"}}]}]}),
+            json!({"model": "m", "messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": "data:image/svg+xml,%3Csvg%3E"}}]}]}),
             json!({"model": "m", "messages": [{"role": "assistant", "content": null, "tool_calls": [
-                {"id": "t", "type": "function", "function": {"name": "f", "arguments": "{not json"}}]}]}),
-            json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
-                   "tools": [{"type": "web_search"}]}),
+                {"id": "t", "type": "function", "function": {"name": "f", "arguments": "{\"city\": \"Par"}}]}]}),
+            json!({"model": "m", "messages": user, "tools": [{"type": "web_search"}]}),
+            json!({"model": "m", "messages": user,
+                   "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "sometimes"}),
+            json!({"model": "m", "messages": user,
+                   "tools": [{"type": "function", "function": {"name": "f"}}],
+                   "tool_choice": {"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": []}}}),
         ] {
             let e = translated(request.clone(), false).unwrap_err();
-            assert_eq!(e.kind, FailureKind::BadRequest, "{request}");
+            assert_eq!(e.kind, FailureKind::Unsupported, "{request}: {e}");
+        }
+    }
+
+    #[test]
+    fn only_a_request_malformed_for_every_api_is_a_bad_request() {
+        let user = json!([{"role": "user", "content": "x"}]);
+        for request in [
+            json!({"model": "m", "messages": [{"role": "tool", "content": "x"}]}),
+            json!({"model": "m", "messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"detail": "low"}}]}]}),
+            json!({"model": "m", "messages": [{"role": "user", "content": [{"text": "x"}]}]}),
+            json!({"model": "m", "messages": user, "tools": [{"type": "function"}]}),
+            json!({"model": "m", "messages": user,
+                   "tools": [{"type": "function", "function": {"parameters": {}}}]}),
+            json!({"model": "m", "messages": user,
+                   "tools": [{"type": "function", "function": {"name": "f"}}],
+                   "tool_choice": {"type": "function"}}),
+        ] {
+            let e = translated(request.clone(), false).unwrap_err();
+            assert_eq!(e.kind, FailureKind::BadRequest, "{request}: {e}");
         }
     }
 }

@@ -437,3 +437,50 @@ async fn a_stream_cut_mid_answer_is_continued_by_anthropic_from_the_prefill() {
         "the partial answer is sent as a trimmed prefill"
     );
 }
+
+#[tokio::test]
+async fn a_request_anthropic_cannot_express_falls_over_to_the_template() {
+    let openai = openai_failing(500, openai_500()).await;
+    let upstreams = Upstreams {
+        openai: openai.uri(),
+        anthropic: anthropic_answering(
+            ResponseTemplate::new(200).set_body_json(anthropic_message("never sent")),
+        )
+        .await,
+    };
+    let sink = Arc::new(RecordingSink::default());
+    let router = router(&upstreams, sink.clone());
+    let mut request = request(false);
+    request.extra.insert("n".into(), json!(2));
+
+    let result = router
+        .complete(request, RequestContext::default())
+        .await
+        .expect("the template serves what anthropic cannot express");
+
+    assert_eq!(
+        result.response.text(),
+        "The support_chat assistant is busy; rules answered."
+    );
+    assert_eq!(result.fallback_level, 2);
+    assert_eq!(
+        outcomes(&result.attempts),
+        [
+            ("gpt".into(), AttemptOutcome::Failed(FailureKind::Server)),
+            ("gpt".into(), AttemptOutcome::Failed(FailureKind::Server)),
+            (
+                "claude".into(),
+                AttemptOutcome::Failed(FailureKind::Unsupported)
+            ),
+            ("rules".into(), AttemptOutcome::Succeeded),
+        ]
+    );
+    assert_eq!(
+        calls(&upstreams.anthropic).await,
+        0,
+        "the refusal is local: nothing reaches Anthropic"
+    );
+    let seen = openai.received_requests().await.unwrap();
+    let body: Value = serde_json::from_slice(&seen[0].body).unwrap();
+    assert_eq!(body["n"], 2, "openai was asked for what the caller wanted");
+}
