@@ -6,7 +6,9 @@
 //! `invalid_request_error`, ...); the status and the message refine it: a
 //! 429 spend limit is out of credits rather than a rate limit, and an
 //! `invalid_request_error` saying "prompt is too long" is a context-length
-//! failure.
+//! failure. A 404 (`not_found_error`) from the Messages endpoint names a
+//! model that is retired, misspelt or not available to the key: a fault of
+//! the model's configuration, so it is `ModelNotFound`, not `BadRequest`.
 
 use std::time::Duration;
 
@@ -91,13 +93,12 @@ pub(crate) fn classify(status: Option<u16>, info: &ErrorInfo) -> FailureKind {
         return FailureKind::ContextLength;
     }
     match status {
+        Some(404) => FailureKind::ModelNotFound,
         Some(408 | 500..=599) => FailureKind::Server,
         Some(400..=499) => FailureKind::BadRequest,
         Some(_) => FailureKind::InvalidResponse,
-        None if info.is("invalid_request_error")
-            || info.is("not_found_error")
-            || info.is("request_too_large") =>
-        {
+        None if info.is("not_found_error") => FailureKind::ModelNotFound,
+        None if info.is("invalid_request_error") || info.is("request_too_large") => {
             FailureKind::BadRequest
         }
         None => FailureKind::Server,
@@ -219,7 +220,11 @@ mod tests {
                 error("billing_error", "There is an issue with your billing."),
                 QuotaExhausted,
             ),
-            (404, error("not_found_error", "model: claude-9"), BadRequest),
+            (
+                404,
+                error("not_found_error", "model: claude-9"),
+                ModelNotFound,
+            ),
             (
                 413,
                 error(
@@ -270,6 +275,10 @@ mod tests {
             BadRequest
         );
         assert_eq!(kind(None, error("authentication_error", "no")), Auth);
+        assert_eq!(
+            kind(None, error("not_found_error", "model: claude-9")),
+            ModelNotFound
+        );
     }
 
     #[test]

@@ -23,7 +23,8 @@
 //! - **Errors**: 529 `overloaded_error` -> `overloaded`; 429
 //!   `rate_limit_error` -> `rate_limited` with `retry-after`; "prompt is too
 //!   long" -> `context_length`; 401 / 403 -> `auth`; 402 `billing_error` and
-//!   spend limits -> `quota_exhausted`; other 4xx -> `bad_request`; 5xx
+//!   spend limits -> `quota_exhausted`; 404 `not_found_error` ->
+//!   `model_not_found`; other 4xx -> `bad_request`; 5xx
 //!   `api_error` -> `server`; in-stream `error` events the same way.
 //!
 //! **Assistant prefill.** The Messages API continues a trailing assistant

@@ -256,8 +256,18 @@ async fn other_client_errors_are_bad_request() {
     )
     .await;
     assert_eq!((e.kind, e.status), (FailureKind::BadRequest, Some(400)));
-    let e = error_for(404, error("not_found_error", "model: claude-9")).await;
-    assert_eq!((e.kind, e.status), (FailureKind::BadRequest, Some(404)));
+}
+
+#[tokio::test]
+async fn a_404_for_a_missing_model_is_model_not_found() {
+    let e = error_for(
+        404,
+        error("not_found_error", "model: claude-3-sonnet-20240229"),
+    )
+    .await;
+    assert_eq!((e.kind, e.status), (FailureKind::ModelNotFound, Some(404)));
+    assert_eq!(e.code.as_deref(), Some("not_found_error"));
+    assert_eq!(e.message, "model: claude-3-sonnet-20240229");
 }
 
 #[tokio::test]

@@ -6,6 +6,12 @@
 //! "text"}`, Azure `{"error": {"code": "content_filter", ...}}`. The kind
 //! comes from the status and from `error.code` / `error.type` together, so
 //! a 429 that means "out of credits" is not mistaken for a rate limit.
+//!
+//! A 404 from a chat completions endpoint is always about the model (OpenAI
+//! `model_not_found`, Ollama `model "x" not found`, vLLM's `NotFoundError`,
+//! a deployment that does not exist): the model's configuration is wrong,
+//! not the caller's request, so it is `ModelNotFound` and the Router falls
+//! over and disables the model rather than returning the error.
 
 use std::time::Duration;
 
@@ -94,6 +100,9 @@ pub(crate) fn classify(status: Option<u16>, info: &ErrorInfo) -> FailureKind {
     }
     if status == Some(429) || info.is("rate_limit_exceeded") || info.is("rate_limit_error") {
         return FailureKind::RateLimited;
+    }
+    if status == Some(404) || (client_side && info.is("model_not_found")) {
+        return FailureKind::ModelNotFound;
     }
     match status {
         Some(529) => FailureKind::Overloaded,
@@ -252,6 +261,30 @@ mod tests {
                     "invalid_request_error",
                     json!("model_not_found"),
                 ),
+                ModelNotFound,
+            ),
+            (
+                404,
+                json!({"error": "model \"llama3.3:70b\" not found, try pulling it first"}),
+                ModelNotFound,
+            ),
+            (
+                404,
+                json!({"object": "error", "message": "The model `llama-3-8b` does not exist.", "type": "NotFoundError", "param": null, "code": 404}),
+                ModelNotFound,
+            ),
+            (
+                404,
+                json!({"error": {"code": "DeploymentNotFound", "message": "The API deployment for this resource does not exist."}}),
+                ModelNotFound,
+            ),
+            (
+                400,
+                openai(
+                    "Invalid value for 'temperature': expected a number.",
+                    "invalid_request_error",
+                    json!("invalid_value"),
+                ),
                 BadRequest,
             ),
             (
@@ -287,6 +320,17 @@ mod tests {
         assert_eq!(
             kind(None, openai("bad", "invalid_request_error", Value::Null)),
             BadRequest
+        );
+        assert_eq!(
+            kind(
+                None,
+                openai(
+                    "The model `gpt-9` does not exist",
+                    "invalid_request_error",
+                    json!("model_not_found")
+                )
+            ),
+            ModelNotFound
         );
         assert_eq!(
             kind(None, openai("Overloaded", "overloaded_error", Value::Null)),

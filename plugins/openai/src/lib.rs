@@ -19,6 +19,7 @@
 //! | 401, 403 | `auth` |
 //! | 529, 503 saying "overloaded" / "capacity" | `overloaded` |
 //! | 408, other 5xx | `server` |
+//! | 404 (`model_not_found`, Ollama's and vLLM's "not found") | `model_not_found` |
 //! | other 4xx | `bad_request` |
 //! | refused / reset before headers | `connect` |
 //! | no connection within the connect timeout | `timeout` |

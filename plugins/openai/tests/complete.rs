@@ -319,7 +319,7 @@ async fn server_errors_are_server_or_overloaded() {
 }
 
 #[tokio::test]
-async fn other_client_errors_are_bad_request() {
+async fn a_404_for_a_missing_model_is_model_not_found() {
     let e = error_for(
         404,
         openai_error(
@@ -329,8 +329,32 @@ async fn other_client_errors_are_bad_request() {
         ),
     )
     .await;
-    assert_eq!((e.kind, e.status), (FailureKind::BadRequest, Some(404)));
+    assert_eq!((e.kind, e.status), (FailureKind::ModelNotFound, Some(404)));
     assert_eq!(e.code.as_deref(), Some("model_not_found"));
+    // Ollama
+    let e = error_for(
+        404,
+        json!({"error": "model \"llama3.3:70b\" not found, try pulling it first"}),
+    )
+    .await;
+    assert_eq!((e.kind, e.status), (FailureKind::ModelNotFound, Some(404)));
+    // vLLM
+    let e = error_for(
+        404,
+        json!({"object": "error", "message": "The model `llama-3-8b` does not exist.",
+               "type": "NotFoundError", "param": null, "code": 404}),
+    )
+    .await;
+    assert_eq!((e.kind, e.status), (FailureKind::ModelNotFound, Some(404)));
+    // A bare 404 (a wrong deployment path behind a proxy)
+    let e = complete_against(ResponseTemplate::new(404))
+        .await
+        .unwrap_err();
+    assert_eq!((e.kind, e.status), (FailureKind::ModelNotFound, Some(404)));
+}
+
+#[tokio::test]
+async fn other_client_errors_are_bad_request() {
     let e = error_for(
         400,
         openai_error(

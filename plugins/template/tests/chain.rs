@@ -484,3 +484,46 @@ async fn a_request_anthropic_cannot_express_falls_over_to_the_template() {
     let body: Value = serde_json::from_slice(&seen[0].body).unwrap();
     assert_eq!(body["n"], 2, "openai was asked for what the caller wanted");
 }
+
+#[tokio::test]
+async fn a_retired_primary_falls_over_instead_of_failing_the_request() {
+    let openai = openai_failing(
+        404,
+        json!({"error": {"message": "The model `gpt-4o-2024-08-06` does not exist or you do not have access to it.",
+                         "type": "invalid_request_error", "param": null, "code": "model_not_found"}}),
+    )
+    .await;
+    let upstreams = Upstreams {
+        openai: openai.uri(),
+        anthropic: anthropic_answering(
+            ResponseTemplate::new(200).set_body_json(anthropic_message("Your parcel is in Lyon.")),
+        )
+        .await,
+    };
+    let sink = Arc::new(RecordingSink::default());
+    let router = router(&upstreams, sink.clone());
+
+    let result = router
+        .complete(request(false), RequestContext::default())
+        .await
+        .expect("claude answers for the retired primary");
+
+    assert_eq!(result.response.text(), "Your parcel is in Lyon.");
+    assert_eq!(result.fallback_level, 1);
+    assert_eq!(
+        outcomes(&result.attempts),
+        [
+            (
+                "gpt".into(),
+                AttemptOutcome::Failed(FailureKind::ModelNotFound)
+            ),
+            ("claude".into(), AttemptOutcome::Succeeded),
+        ]
+    );
+    assert_eq!(result.attempts[0].status, Some(404));
+    assert_eq!(calls(&openai).await, 1, "a missing model is not retried");
+    assert_eq!(
+        fallbacks(&sink),
+        [("gpt".into(), "claude".into(), "model_not_found", 1)]
+    );
+}
