@@ -135,28 +135,43 @@ impl fmt::Debug for ApiKey {
     }
 }
 
-/// Removes secrets from an upstream message: the key itself, should a server
-/// echo it, and any word shaped like an API key (`sk-...`, masked or not:
-/// OpenAI's 401 quotes a masked prefix and suffix of the key it received).
+/// Removes secrets from an upstream message: the configured key itself,
+/// should a server echo it, and every run shaped like an API key wherever
+/// it appears (after a space, a quote, `=`, `(`, or glued to other text):
+/// `sk-` and the key characters that follow it (ASCII letters, digits,
+/// `-`, `_`, and the `*` of a masked key, as OpenAI's 401 quotes a masked
+/// prefix and suffix of the key it received). The run ends at the first
+/// other character, which is kept.
 pub fn redact(message: &str, key: Option<&ApiKey>) -> String {
-    let mut out = match key {
+    let message = match key {
         Some(key) if !key.secret.is_empty() => message.replace(&*key.secret, "<redacted>"),
         _ => message.to_owned(),
     };
-    if out.contains("sk-") {
-        out = out
-            .split(' ')
-            .map(|word| {
-                if word.starts_with("sk-") {
-                    "sk-<redacted>"
-                } else {
-                    word
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(" ");
+    const PREFIX: &str = "sk-";
+    if !message.contains(PREFIX) {
+        return message;
     }
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message.as_str();
+    while let Some(start) = rest.find(PREFIX) {
+        out.push_str(&rest[..start]);
+        out.push_str("sk-<redacted>");
+        let after = &rest[start + PREFIX.len()..];
+        // Key characters are ASCII, so the first other byte is a char
+        // boundary.
+        let end = after
+            .bytes()
+            .position(|b| !is_key_byte(b))
+            .unwrap_or(after.len());
+        rest = &after[end..];
+    }
+    out.push_str(rest);
     out
+}
+
+/// A byte that can be part of an API key or of its masked form.
+fn is_key_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'*')
 }
 
 /// Classifies an error from sending a request (before any response).
@@ -300,7 +315,7 @@ mod tests {
             "Incorrect API key provided: sk-proj-********3456. You can find your API key at x.";
         assert_eq!(
             redact(msg, Some(&key)),
-            "Incorrect API key provided: sk-<redacted> You can find your API key at x."
+            "Incorrect API key provided: sk-<redacted>. You can find your API key at x."
         );
         let local = ApiKey::bearer("local-secret").unwrap();
         assert_eq!(
@@ -343,5 +358,45 @@ mod tests {
         );
         assert_eq!(format!("{local:?}"), "ApiKey(<redacted>)");
         assert!(local.header().is_sensitive());
+    }
+
+    #[test]
+    fn redaction_finds_key_shaped_runs_after_any_character() {
+        for (message, expected) in [
+            (
+                "Incorrect API key provided: 'sk-proj-ab********************3456'.",
+                "Incorrect API key provided: 'sk-<redacted>'.",
+            ),
+            (
+                "header was key=sk-live-0123456789abcdef",
+                "header was key=sk-<redacted>",
+            ),
+            (
+                r#"{"x-api-key": "sk-ant-api03-AbC_dEf-123"}"#,
+                r#"{"x-api-key": "sk-<redacted>"}"#,
+            ),
+            (
+                "bad key (sk-abc***xyz), try again",
+                "bad key (sk-<redacted>), try again",
+            ),
+            ("key:sk-abc\nnext", "key:sk-<redacted>\nnext"),
+            (
+                "Bearersk-abc123 and sk-def456",
+                "Bearersk-<redacted> and sk-<redacted>",
+            ),
+            ("ends with sk-", "ends with sk-<redacted>"),
+            (
+                "sk-\u{e9}t\u{e9} sk-1\u{2026}9",
+                "sk-<redacted>\u{e9}t\u{e9} sk-<redacted>\u{2026}9",
+            ),
+            ("nothing to hide", "nothing to hide"),
+        ] {
+            assert_eq!(redact(message, None), expected, "{message}");
+        }
+        let key = ApiKey::raw("plain-secret-42").unwrap();
+        assert_eq!(
+            redact("got 'plain-secret-42' and \"sk-other-1\"", Some(&key)),
+            "got '<redacted>' and \"sk-<redacted>\""
+        );
     }
 }
