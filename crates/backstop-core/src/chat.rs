@@ -213,6 +213,22 @@ impl ChatRequest {
     }
 }
 
+/// A cheap estimate of the tokens in `text`, by the same rule as
+/// [`ChatRequest::estimated_prompt_tokens`]: ASCII at four bytes a token,
+/// every other character a token. Used to charge budgets for answers whose
+/// upstream reported no usage, or that were cut off.
+pub fn estimate_tokens(text: &str) -> u32 {
+    let (mut ascii, mut other) = (0u64, 0u64);
+    for c in text.chars() {
+        if c.is_ascii() {
+            ascii += 1;
+        } else {
+            other += 1;
+        }
+    }
+    u32::try_from(ascii.div_ceil(4) + other).unwrap_or(u32::MAX)
+}
+
 /// Token counts of one call.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Usage {
@@ -334,6 +350,15 @@ pub struct Delta {
     /// `tool_calls`, `refusal`, ...
     #[serde(flatten)]
     pub extra: Extra,
+}
+
+impl Delta {
+    /// Whether a field other than role and text carries a value (a tool
+    /// call, a refusal). OpenAI's opening chunk sends `"refusal": null`,
+    /// which carries nothing.
+    pub fn carries_extra(&self) -> bool {
+        self.extra.values().any(|v| !v.is_null())
+    }
 }
 
 /// One choice of a stream chunk.
@@ -458,7 +483,7 @@ impl ChatChunk {
     pub fn carries_output(&self) -> bool {
         self.choices.iter().any(|c| {
             c.delta.content.as_deref().is_some_and(|t| !t.is_empty())
-                || !c.delta.extra.is_empty()
+                || c.delta.carries_extra()
                 || c.finish_reason.is_some()
         })
     }

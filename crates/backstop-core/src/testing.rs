@@ -37,6 +37,9 @@ pub enum Piece {
     Fail(ProviderError),
     /// Stop sending and keep the stream open forever.
     Stall,
+    /// Send this chunk as it is (upstream quirks: extra fields, several
+    /// choices, a role-only opening).
+    Chunk(ChatChunk),
 }
 
 /// What a scripted provider does on one call.
@@ -197,6 +200,7 @@ impl Provider for ScriptedProvider {
                     for piece in pieces {
                         match piece {
                             Piece::Text(t) => text.push_str(&t),
+                            Piece::Chunk(c) => text.push_str(c.content().unwrap_or_default()),
                             Piece::Wait(d) => tokio::time::sleep(d).await,
                             Piece::Finish => {}
                             Piece::Fail(e) => return Err(e),
@@ -239,6 +243,7 @@ impl Provider for ScriptedProvider {
                     Emit::Chunk(ChatChunk::text("chunk-scripted", &model, 0, t))
                 }
                 Piece::Wait(d) => Emit::Wait(d),
+                Piece::Chunk(c) => Emit::Chunk(c),
                 Piece::Finish => {
                     events.push_back(Emit::Chunk(ChatChunk::finish(
                         "chunk-scripted",

@@ -646,9 +646,9 @@ async fn hedging_starts_the_next_model_and_cancels_the_loser() {
     assert_eq!(r.fallback_level, 1);
     assert_eq!(
         kinds(&r.attempts),
-        vec![("fast".into(), "ok"), ("slow".into(), "cancelled")]
+        vec![("slow".into(), "cancelled"), ("fast".into(), "ok")]
     );
-    assert_eq!(r.attempts[1].duration, ms(250));
+    assert_eq!(r.attempts[0].duration, ms(250));
     // The loser stayed silent past hedge_after: health hears a timeout, so
     // a hung primary's circuit can open even while hedging hides it.
     let timed_out = backstop_core::CallOutcome::Failure {
@@ -726,8 +726,8 @@ async fn a_hedged_primary_failure_falls_over_to_the_runner_up() {
         kinds(&r.attempts),
         vec![
             ("a".into(), "auth"),
-            ("c".into(), "ok"),
-            ("b".into(), "cancelled")
+            ("b".into(), "cancelled"),
+            ("c".into(), "ok")
         ]
     );
     assert_eq!(c.calls(), 1);
@@ -1362,68 +1362,11 @@ fn building_a_router_prepares_each_provider_for_its_routes_connect_timeouts() {
     );
 }
 
-/// Health that admits everything and reports each model's failures so far.
-#[derive(Debug, Default)]
-struct CountsFailures {
-    failures: std::sync::Mutex<std::collections::HashMap<usize, u64>>,
-}
-
-impl HealthPolicy for CountsFailures {
-    fn name(&self) -> &str {
-        "counts_failures"
-    }
-    fn admit(&self, _: usize) -> backstop_core::Admission {
-        backstop_core::Admission::Admit(backstop_core::Permit::default())
-    }
-    fn record(
-        &self,
-        model: usize,
-        _: backstop_core::Permit,
-        outcome: backstop_core::CallOutcome,
-    ) -> Option<backstop_core::HealthTransition> {
-        if matches!(outcome, backstop_core::CallOutcome::Failure { .. }) {
-            *self.failures.lock().unwrap().entry(model).or_default() += 1;
-        }
-        None
-    }
-    fn record_probe(
-        &self,
-        _: usize,
-        _: Result<Duration, backstop_core::ProbeFailure>,
-    ) -> Option<backstop_core::HealthTransition> {
-        None
-    }
-    fn probe_targets(&self, _: Duration, _: &mut Vec<usize>) {}
-    fn snapshot(&self, model: usize) -> backstop_core::HealthSnapshot {
-        let failures = self
-            .failures
-            .lock()
-            .unwrap()
-            .get(&model)
-            .copied()
-            .unwrap_or(0);
-        backstop_core::HealthSnapshot {
-            state: backstop_core::CircuitState::Closed,
-            retry_after_ms: None,
-            window_calls: failures,
-            failure_ratio: if failures > 0 { 1.0 } else { 0.0 },
-        }
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_model_already_failing_is_not_retried_it_falls_over_at_once() {
     let a = ScriptedProvider::always(Script::fail(FailureKind::Server));
     let b = ScriptedProvider::always(Script::reply(ANSWER));
-    let strategies = Strategies {
-        health: Arc::new(CountsFailures::default()),
-        ..simple_strategies()
-    };
-    let s = setup(
-        vec![(model("a"), a.clone()), (model("b"), b)],
-        RoutePolicy::default(),
-        strategies,
-    );
+    let s = chain2(a.clone(), b);
     // The first 500 looks like a blip: one retry after a backoff.
     let started = Instant::now();
     s.router
@@ -1447,6 +1390,352 @@ async fn a_model_already_failing_is_not_retried_it_falls_over_at_once() {
     assert_eq!(a.calls(), 3, "no retry either");
     assert_eq!(
         kinds(&r.attempts),
-        vec![("a".into(), "server"), ("b".into(), "ok")]
+        vec![("primary".into(), "server"), ("backup".into(), "ok")]
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_busy_model_with_rare_errors_keeps_its_retry() {
+    // fail, answer, fail, answer: each failure follows a success.
+    let a = ScriptedProvider::new(
+        [
+            Script::fail(FailureKind::Server),
+            Script::reply(ANSWER),
+            Script::fail(FailureKind::Server),
+            Script::reply(ANSWER),
+        ],
+        Script::reply(ANSWER),
+    );
+    let b = ScriptedProvider::always(Script::reply("backup"));
+    let s = chain2(a.clone(), b.clone());
+    for _ in 0..2 {
+        let r = s
+            .router
+            .complete(request(), RequestContext::default())
+            .await
+            .unwrap();
+        assert_eq!(&*r.model_used, "primary");
+    }
+    assert_eq!(a.calls(), 4);
+    assert_eq!(b.calls(), 0);
+}
+
+/// OpenAI's opening chunk: a role, empty content and `"refusal": null`.
+fn openai_opening_chunk() -> backstop_core::ChatChunk {
+    serde_json::from_value(serde_json::json!({
+        "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o",
+        "choices": [{"index": 0, "delta": {"role": "assistant", "content": "", "refusal": null},
+                     "logprobs": null, "finish_reason": null}]
+    }))
+    .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn openais_null_refusal_is_not_output_and_a_cut_stream_still_recovers() {
+    assert!(!openai_opening_chunk().carries_output());
+    let a = ScriptedProvider::always(Script::Pieces(vec![
+        Piece::Chunk(openai_opening_chunk()),
+        Piece::Text("The".into()),
+        Piece::Text(" quick".into()),
+        Piece::Fail(backstop_core::ProviderError::new(
+            FailureKind::StreamInterrupted,
+            "cut",
+        )),
+    ]));
+    let b = continuing();
+    let s = setup(
+        vec![(model("a"), a), (model("b"), b)],
+        mid_stream(MidStreamPolicy::Continue),
+        simple_strategies(),
+    );
+    let stream = s
+        .router
+        .stream(stream_request(), RequestContext::default())
+        .await
+        .unwrap();
+    let (text, last) = drain(stream).await;
+    assert_eq!(text, ANSWER);
+    assert!(matches!(last, StreamItem::Done(_)), "{last:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_content_policy_cut_mid_stream_ends_the_answer_with_its_reason() {
+    let a = ScriptedProvider::always(Script::Pieces(vec![
+        Piece::Text("The".into()),
+        Piece::Fail(
+            backstop_core::ProviderError::new(FailureKind::ContentPolicy, "flagged")
+                .with_status(400),
+        ),
+    ]));
+    let b = continuing();
+    let s = setup(
+        vec![(model("a"), a), (model("b"), b.clone())],
+        mid_stream(MidStreamPolicy::Continue),
+        simple_strategies(),
+    );
+    let stream = s
+        .router
+        .stream(stream_request(), RequestContext::default())
+        .await
+        .unwrap();
+    let (text, last) = drain(stream).await;
+    assert_eq!(text, "The");
+    let StreamItem::Failed(RouteError::StreamAborted { cause, .. }) = last else {
+        panic!("{last:?}");
+    };
+    assert_eq!(cause.kind, FailureKind::ContentPolicy);
+    assert_eq!(
+        b.calls(),
+        0,
+        "no other model is asked to finish a refused answer"
+    );
+}
+
+fn choice_chunk(index: u32, text: &str, finish: Option<&str>) -> backstop_core::ChatChunk {
+    serde_json::from_value(serde_json::json!({
+        "id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+        "choices": [{"index": index, "delta": {"content": text}, "finish_reason": finish}]
+    }))
+    .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_is_complete_only_when_every_started_choice_finished() {
+    let a = ScriptedProvider::always(Script::Pieces(vec![
+        Piece::Chunk(choice_chunk(0, "one", None)),
+        Piece::Chunk(choice_chunk(1, "two", None)),
+        Piece::Chunk(choice_chunk(0, "", Some("stop"))),
+        Piece::Fail(backstop_core::ProviderError::new(
+            FailureKind::StreamInterrupted,
+            "cut",
+        )),
+    ]));
+    let s = setup(
+        vec![(model("a"), a)],
+        mid_stream(MidStreamPolicy::Error),
+        simple_strategies(),
+    );
+    let mut req = stream_request();
+    req.extra.insert("n".into(), serde_json::json!(2));
+    let stream = s
+        .router
+        .stream(req, RequestContext::default())
+        .await
+        .unwrap();
+    let (_, last) = drain(stream).await;
+    assert!(
+        matches!(last, StreamItem::Failed(RouteError::StreamAborted { .. })),
+        "choice 1 never finished: {last:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_that_repeats_exactly_what_was_sent_then_finishes_is_complete() {
+    // The primary sent the whole text but no finish reason.
+    let a = ScriptedProvider::always(Script::Pieces(vec![
+        Piece::Text("Hello".into()),
+        Piece::Text(" world".into()),
+    ]));
+    let b = ScriptedProvider::always(Script::reply("Hello world"));
+    let s = setup(
+        vec![(model("a"), a), (model("b"), b)],
+        mid_stream(MidStreamPolicy::Restart),
+        simple_strategies(),
+    );
+    let stream = s
+        .router
+        .stream(stream_request(), RequestContext::default())
+        .await
+        .unwrap();
+    let (text, last) = drain(stream).await;
+    assert_eq!(text, "Hello world");
+    assert!(matches!(last, StreamItem::Done(_)), "{last:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hedge_that_just_started_is_cancelled_not_timed_out() {
+    // The primary answers at 210 ms; the hedge started at 200 ms loses.
+    let a = ScriptedProvider::always(Script::After(ms(210), Box::new(Script::reply(ANSWER))));
+    let b = ScriptedProvider::always(Script::After(ms(500), Box::new(Script::reply("b"))));
+    let health = Arc::new(AlwaysAdmit::default());
+    let strategies = Strategies {
+        health: health.clone(),
+        ..simple_strategies()
+    };
+    let policy = RoutePolicy {
+        hedge_after: Some(ms(200)),
+        ..RoutePolicy::default()
+    };
+    let s = setup(vec![(model("a"), a), (model("b"), b)], policy, strategies);
+    let r = s
+        .router
+        .complete(request(), RequestContext::default())
+        .await
+        .unwrap();
+    assert_eq!(&*r.model_used, "a");
+    assert_eq!(
+        health.outcomes(),
+        vec![
+            (0, backstop_core::CallOutcome::Success { latency: ms(210) }),
+            (1, backstop_core::CallOutcome::Cancelled)
+        ]
+    );
+    let fallback = s
+        .sink
+        .events()
+        .into_iter()
+        .any(|e| matches!(e, Recorded::Fallback(_)));
+    assert!(!fallback, "the primary answered");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fallback_won_by_a_hedge_gives_the_reason_hedged() {
+    let a = ScriptedProvider::always(Script::After(
+        Duration::from_secs(5),
+        Box::new(Script::reply("a")),
+    ));
+    let b = ScriptedProvider::always(Script::reply(ANSWER));
+    let policy = RoutePolicy {
+        hedge_after: Some(ms(100)),
+        ..RoutePolicy::default()
+    };
+    let s = setup(
+        vec![(model("a"), a), (model("b"), b)],
+        policy,
+        simple_strategies(),
+    );
+    s.router
+        .complete(request(), RequestContext::default())
+        .await
+        .unwrap();
+    let reasons: Vec<&str> = s
+        .sink
+        .events()
+        .iter()
+        .filter_map(|e| match e {
+            Recorded::Fallback(f) => Some(f.reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasons, ["hedged"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn budgets_are_charged_an_estimate_when_usage_is_missing_or_the_caller_leaves() {
+    // A complete answer without usage.
+    struct NoUsage;
+    #[async_trait::async_trait]
+    impl Provider for NoUsage {
+        async fn complete(
+            &self,
+            call: backstop_core::Call<'_>,
+        ) -> Result<backstop_core::ChatResponse, backstop_core::ProviderError> {
+            Ok(backstop_core::ChatResponse::assistant(
+                "id",
+                &call.model.upstream,
+                0,
+                "four words in here",
+                None,
+            ))
+        }
+        async fn stream(
+            &self,
+            _: backstop_core::Call<'_>,
+        ) -> Result<backstop_core::ChunkStream, backstop_core::ProviderError> {
+            Err(backstop_core::ProviderError::new(
+                FailureKind::Server,
+                "unused",
+            ))
+        }
+    }
+    let budget = Arc::new(Unlimited::default());
+    let strategies = Strategies {
+        budget: budget.clone(),
+        ..simple_strategies()
+    };
+    let s = setup(
+        vec![(model("a"), Arc::new(NoUsage))],
+        RoutePolicy::default(),
+        strategies,
+    );
+    s.router
+        .complete(request(), RequestContext::default())
+        .await
+        .unwrap();
+    let settled = budget.settlements();
+    let usage = settled[0].1.as_ref().expect("charged an estimate");
+    assert_eq!(usage.completion_tokens, 5, "18 ASCII bytes at four a token");
+
+    // A stream the caller drops after part of the answer.
+    let a = ScriptedProvider::always(Script::Pieces(vec![
+        Piece::Text("The quick brown".into()),
+        Piece::Stall,
+    ]));
+    let budget = Arc::new(Unlimited::default());
+    let strategies = Strategies {
+        budget: budget.clone(),
+        ..simple_strategies()
+    };
+    let s = setup(vec![(model("a"), a)], RoutePolicy::default(), strategies);
+    let mut stream = s
+        .router
+        .stream(stream_request(), RequestContext::default())
+        .await
+        .unwrap();
+    stream.next().await.unwrap();
+    drop(stream);
+    let settled = budget.settlements();
+    let usage = settled[0].1.as_ref().expect("charged what was streamed");
+    assert_eq!(usage.completion_tokens, 4);
+    assert_eq!(budget.open_reservations(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_model_whose_window_cannot_hold_prompt_and_output_bound_is_skipped() {
+    let small = ScriptedProvider::always(Script::reply("small"));
+    let big = ScriptedProvider::always(Script::reply(ANSWER));
+    // A 5,000-token window and the default 4,096-token output bound.
+    let s = setup(
+        vec![
+            (windowed("small", 5_000), small.clone()),
+            (model("big"), big),
+        ],
+        RoutePolicy::default(),
+        simple_strategies(),
+    );
+    let long = ChatRequest::user("chat", "word ".repeat(1_000));
+    let r = s
+        .router
+        .complete(long, RequestContext::default())
+        .await
+        .unwrap();
+    assert_eq!(&*r.model_used, "big");
+    assert_eq!(small.calls(), 0);
+    // With a small output bound it fits.
+    let mut short = ChatRequest::user("chat", "word ".repeat(1_000));
+    short.max_tokens = Some(500);
+    let r = s
+        .router
+        .complete(short, RequestContext::default())
+        .await
+        .unwrap();
+    assert_eq!(&*r.model_used, "small");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_dropped_in_flight_releases_its_budget() {
+    let budget = Arc::new(Unlimited::default());
+    let strategies = Strategies {
+        budget: budget.clone(),
+        ..simple_strategies()
+    };
+    let s = setup(
+        vec![(model("a"), ScriptedProvider::always(Script::Hang))],
+        RoutePolicy::default(),
+        strategies,
+    );
+    let probing = s.router.probe(0, Duration::from_secs(10));
+    assert!(tokio::time::timeout(ms(50), probing).await.is_err());
+    assert_eq!(budget.open_reservations(), 0);
+    assert_eq!(budget.settlements(), vec![(0, None)]);
 }

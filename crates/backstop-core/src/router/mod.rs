@@ -16,6 +16,7 @@ mod stream;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use crate::budget::{BudgetPolicy, OverBudget};
@@ -108,6 +109,9 @@ struct ModelEntry {
 pub(crate) struct RouterInner {
     ctx: StrategyContext,
     entries: Box<[ModelEntry]>,
+    /// By model: whether its last call failed. A failure right after
+    /// another is an outage in progress, not a blip to retry.
+    last_failed: Box<[AtomicBool]>,
     routes: HashMap<Box<str>, Arc<Route>>,
     scenario_names: Box<[Arc<str>]>,
     sinks: Box<[Arc<dyn EventSink>]>,
@@ -321,6 +325,7 @@ impl RouterBuilder {
 
         Ok(Router {
             inner: Arc::new(RouterInner {
+                last_failed: (0..entries.len()).map(|_| AtomicBool::new(false)).collect(),
                 ctx: self.ctx,
                 entries: entries.into(),
                 routes,
@@ -329,6 +334,33 @@ impl RouterBuilder {
                 probe_budget,
             }),
         })
+    }
+}
+
+/// A probe's budget reservation: settled when the probe ends, released if
+/// the probe is dropped first (the prober stopped).
+struct ProbeHold<'a> {
+    budget: &'a dyn BudgetPolicy,
+    spec: &'a ModelSpec,
+    facts: RequestFacts<'a>,
+    reservation: Option<crate::budget::Reservation>,
+}
+
+impl ProbeHold<'_> {
+    fn settle(mut self, usage: Option<&Usage>) {
+        if let Some(reservation) = self.reservation.take() {
+            self.budget
+                .settle(reservation, self.spec, &self.facts, usage);
+        }
+    }
+}
+
+impl Drop for ProbeHold<'_> {
+    fn drop(&mut self) {
+        if let Some(reservation) = self.reservation.take() {
+            self.budget
+                .settle(reservation, self.spec, &self.facts, None);
+        }
     }
 }
 
@@ -423,8 +455,13 @@ impl Router {
             stream: false,
             tools: false,
         };
-        let reservation = match &inner.probe_budget {
-            Some(budget) => Some(budget.reserve(model, spec, &facts)?),
+        let hold = match &inner.probe_budget {
+            Some(budget) => Some(ProbeHold {
+                reservation: Some(budget.reserve(model, spec, &facts)?),
+                budget: &**budget,
+                spec,
+                facts,
+            }),
             None => None,
         };
         let started = tokio::time::Instant::now();
@@ -433,11 +470,11 @@ impl Router {
             .await
             .unwrap_or_else(|_| Err(ProviderError::timeout("probe answer", timeout)));
         let elapsed = started.elapsed();
-        if let (Some(budget), Some(reservation)) = (&inner.probe_budget, reservation) {
+        if let Some(hold) = hold {
             let usage = result
                 .is_ok()
                 .then(|| Usage::new(facts.prompt_tokens, crate::provider::PROBE_MAX_TOKENS));
-            budget.settle(reservation, spec, &facts, usage.as_ref());
+            hold.settle(usage.as_ref());
         }
         result.map(|()| elapsed).map_err(ProbeError::Failed)
     }

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use super::decide::{Next, decide};
 use super::{Route, RouterInner};
 use crate::budget::Reservation;
-use crate::chat::{ChatRequest, ChatResponse, Usage};
+use crate::chat::{ChatRequest, ChatResponse, Usage, estimate_tokens};
 use crate::error::{
     AllModelsFailed, Attempt, AttemptOutcome, FailureKind, ProviderError, RouteError, SkipReason,
 };
@@ -36,7 +36,7 @@ pub(crate) struct RunShared {
     pub(crate) route: Arc<Route>,
     pub(crate) request: ChatRequest,
     pub(crate) cx: RequestContext,
-    prompt_tokens: u32,
+    pub(crate) prompt_tokens: u32,
     max_tokens: Option<u32>,
     stream: bool,
     tools: bool,
@@ -90,11 +90,17 @@ impl RunShared {
         self.inner.spec(index)
     }
 
-    /// Whether the model's health window holds failures besides the one
-    /// just recorded: an outage in progress rather than a blip.
-    fn model_failing(&self, index: ModelIndex) -> bool {
-        let health = self.route.strategies.health.snapshot(index);
-        health.failure_ratio * health.window_calls as f64 >= 1.5
+    /// Records that a call to the model failed, and says whether its
+    /// previous call failed too: two failures in a row are an outage in
+    /// progress rather than a blip (a busy model with rare errors still
+    /// gets its retry).
+    pub(crate) fn note_model_failed(&self, index: ModelIndex) -> bool {
+        self.inner.last_failed[index].swap(true, Ordering::Relaxed)
+    }
+
+    /// Records that a call to the model succeeded.
+    pub(crate) fn note_model_answered(&self, index: ModelIndex) {
+        self.inner.last_failed[index].store(false, Ordering::Relaxed);
     }
 
     pub(crate) fn model_id(&self, index: ModelIndex) -> &Arc<str> {
@@ -153,12 +159,14 @@ impl RunShared {
         if let (Some((index, level)), Some(primary)) = (answered, state.primary())
             && level > 0
         {
+            // The primary's problem: the first failure or skip; a primary
+            // that was merely outrun by a hedge is `hedged`.
             let reason = state
                 .trail
                 .iter()
                 .map(|a| a.outcome)
-                .find(|o| *o != AttemptOutcome::Succeeded)
-                .map_or("unknown", AttemptOutcome::as_str);
+                .find(|o| !matches!(o, AttemptOutcome::Succeeded | AttemptOutcome::Cancelled))
+                .map_or("hedged", AttemptOutcome::as_str);
             let event = FallbackEvent {
                 timestamp_ms: self.inner.ctx.clock.unix_ms(),
                 scenario: self.route.name.clone(),
@@ -258,11 +266,22 @@ impl CallGuard {
 impl Drop for CallGuard {
     fn drop(&mut self) {
         if let Some(permit) = self.permit.take() {
-            let outcome = if self.shared.dropping_hedge_losers.load(Ordering::Relaxed) {
+            let elapsed = self.elapsed_at(Instant::now());
+            // A loser that stayed silent past hedge_after timed out, as far
+            // as health goes; one started just before the winner answered
+            // merely lost a race.
+            let timed_out = self.shared.dropping_hedge_losers.load(Ordering::Relaxed)
+                && self
+                    .shared
+                    .route
+                    .policy
+                    .hedge_after
+                    .is_some_and(|hedge| elapsed >= hedge);
+            let outcome = if timed_out {
                 CallOutcome::Failure {
                     kind: FailureKind::Timeout,
                     retry_after: None,
-                    latency: self.elapsed_at(Instant::now()),
+                    latency: elapsed,
                 }
             } else {
                 CallOutcome::Cancelled
@@ -290,6 +309,8 @@ pub(crate) struct CallDeadlines {
     pub(crate) attempt: Instant,
     /// The request's end-to-end deadline.
     pub(crate) total: Instant,
+    /// The configured attempt and total limits, for messages.
+    pub(crate) limits: (Duration, Duration),
 }
 
 impl CallDeadlines {
@@ -306,12 +327,12 @@ impl CallDeadlines {
         if own <= self.attempt {
             (own, phase, limit)
         } else if self.attempt < self.total {
-            (self.attempt, "answer in the attempt", self.attempt - start)
+            (self.attempt, "answer in the attempt", self.limits.0)
         } else {
             (
                 self.total,
                 "answer before the request deadline",
-                self.total.saturating_duration_since(start),
+                self.limits.1,
             )
         }
     }
@@ -419,6 +440,7 @@ async fn run_model<M: Mode>(
             start: call_start,
             attempt: (call_start + policy.timeouts.attempt).min(shared.deadline),
             total: shared.deadline,
+            limits: (policy.timeouts.attempt, policy.timeouts.total),
         };
         let call = Call {
             scenario: &shared.route.name,
@@ -474,7 +496,7 @@ async fn run_model<M: Mode>(
                     retries_done,
                     policy,
                     jitter(),
-                    shared.model_failing(index),
+                    shared.note_model_failed(index),
                 ) {
                     Next::Retry(wait) if ended + wait < shared.deadline => {
                         call_start = if wait.is_zero() {
@@ -601,7 +623,11 @@ impl RunState {
                 self.skip(shared, index, SkipReason::NoTools);
                 continue;
             }
-            if facts.prompt_tokens > spec.context_window || spec.context_window <= self.min_window {
+            // The prompt and the output bound the call will send must fit.
+            let needed = facts
+                .prompt_tokens
+                .saturating_add(spec.effective_max_tokens(facts.max_tokens));
+            if needed > spec.context_window || spec.context_window <= self.min_window {
                 self.skip(shared, index, SkipReason::ContextWindow);
                 continue;
             }
@@ -752,20 +778,25 @@ impl RunState {
                 biased;
                 Some(run) = in_flight.next() => {
                     started.retain(|(index, _)| *index != run.index);
+                    if run.result.is_ok() {
+                        // The losers were tried before the winner answered:
+                        // their entries come first in the trail.
+                        let now = Instant::now().max(self.now);
+                        for (index, at) in started.drain(..) {
+                            let duration = now.saturating_duration_since(at);
+                            shared.emit_attempt(index, AttemptOutcome::Cancelled, duration);
+                            self.trail.push(Attempt {
+                                model: shared.model_id(index).clone(),
+                                outcome: AttemptOutcome::Cancelled,
+                                status: None,
+                                duration,
+                                message: None,
+                            });
+                            self.upstream_calls += 1;
+                        }
+                    }
                     match self.absorb(shared, run) {
                         Step::Won(winner) => {
-                            for (index, at) in started.drain(..) {
-                                let duration = self.now.saturating_duration_since(at);
-                                shared.emit_attempt(index, AttemptOutcome::Cancelled, duration);
-                                self.trail.push(Attempt {
-                                    model: shared.model_id(index).clone(),
-                                    outcome: AttemptOutcome::Cancelled,
-                                    status: None,
-                                    duration,
-                                    message: None,
-                                });
-                                self.upstream_calls += 1;
-                            }
                             // Dropping the losers cancels them; their guards
                             // report the timeouts and release budget holds.
                             shared.dropping_hedge_losers.store(true, Ordering::Relaxed);
@@ -838,7 +869,17 @@ impl Mode for CompleteMode {
             .latency
             .observe(index, LatencyKind::Total, latency);
         shared.emit_attempt(index, AttemptOutcome::Succeeded, latency);
-        hold.settle(response.usage.as_ref());
+        shared.note_model_answered(index);
+        // An answer without usage still cost something: charge an estimate.
+        let estimated;
+        let usage = match &response.usage {
+            Some(usage) => usage,
+            None => {
+                estimated = Usage::new(shared.prompt_tokens, estimate_tokens(&response.text()));
+                &estimated
+            }
+        };
+        hold.settle(Some(usage));
         response
     }
 }

@@ -22,11 +22,12 @@ use futures::{Stream, StreamExt};
 use smallvec::SmallVec;
 use tokio::time::Instant;
 
+use super::decide::{Next, decide};
 use super::run::{
     BudgetHold, CallDeadlines, CallGuard, Mode, Requests, RunShared, RunState, Winner, error_name,
 };
 use super::{RequestContext, Route, RouterInner};
-use crate::chat::{ChatChunk, ChatRequest, Content, Message, Role, Usage};
+use crate::chat::{ChatChunk, ChatRequest, Content, Message, Role, Usage, estimate_tokens};
 use crate::error::{Attempt, AttemptOutcome, FailureKind, ProviderError, RouteError};
 use crate::health::CallOutcome;
 use crate::latency::LatencyKind;
@@ -185,6 +186,7 @@ impl Mode for StreamMode {
         deadlines: CallDeadlines,
         first_token: Duration,
     ) -> StreamStart {
+        shared.note_model_answered(index);
         shared
             .inner
             .ctx
@@ -248,7 +250,8 @@ pub(crate) async fn start(
         delivered_other: false,
         verify: None,
         usage: None,
-        finished: false,
+        started_choices: 0,
+        finished_choices: 0,
         cut_cause: None,
         done: false,
     };
@@ -298,8 +301,10 @@ struct Machine {
     delivered_other: bool,
     verify: Option<Verify>,
     usage: Option<Usage>,
-    /// The current stream sent a finish reason.
-    finished: bool,
+    /// Choices the current stream started, and those it finished (bit i
+    /// for choice i; indexes past 63 share the last bit).
+    started_choices: u64,
+    finished_choices: u64,
     /// The failure that cut the answer after it started.
     cut_cause: Option<ProviderError>,
     done: bool,
@@ -314,10 +319,22 @@ fn diverged(model: &str) -> ProviderError {
 }
 
 impl Machine {
+    /// Whether every choice the current stream started has finished.
+    fn finished(&self) -> bool {
+        self.started_choices != 0 && self.started_choices & !self.finished_choices == 0
+    }
+
+    /// An estimate of what the current call cost so far, for budgets when
+    /// the upstream reported no usage (or was cut off before it could).
+    fn streamed_usage(&self) -> Usage {
+        Usage::new(self.shared.prompt_tokens, estimate_tokens(&self.delivered))
+    }
+
     fn take_over(&mut self, winner: Winner<StreamStart>) {
         let start = winner.won;
         self.pending.extend(start.head);
-        self.finished = false;
+        self.started_choices = 0;
+        self.finished_choices = 0;
         self.usage = None;
         self.current = Some(Current {
             index: winner.index,
@@ -357,7 +374,7 @@ impl Machine {
                     self.pending.push_back(chunk);
                     continue;
                 }
-                Ok(None) if self.finished => return Some(self.succeed()),
+                Ok(None) if self.finished() => return Some(self.succeed()),
                 Ok(None) => ProviderError::new(
                     FailureKind::StreamInterrupted,
                     "the stream ended without a finish reason",
@@ -365,7 +382,7 @@ impl Machine {
                 Ok(Some(Err(error))) => error,
                 Err(_) => ProviderError::timeout(phase, limit),
             };
-            if self.finished {
+            if self.finished() {
                 // The answer itself is complete; only its tail (usage, the
                 // terminator) went missing.
                 tracing::debug!(error = %failure, "stream tail lost after finish");
@@ -389,8 +406,12 @@ impl Machine {
         if let Some(usage) = chunk.usage.take() {
             self.usage = Some(usage);
         }
-        if chunk.finish_reason().is_some() {
-            self.finished = true;
+        for choice in &chunk.choices {
+            let bit = 1u64 << choice.index.min(63);
+            self.started_choices |= bit;
+            if choice.finish_reason.is_some() {
+                self.finished_choices |= bit;
+            }
         }
         replace(&mut chunk.id, &self.id);
         replace(&mut chunk.model, model);
@@ -412,6 +433,10 @@ impl Machine {
                         return Err(diverged(model));
                     }
                     verify.matched += text.len();
+                    if verify.matched == verify.expected.len() {
+                        // Caught up exactly: what follows is new.
+                        self.verify = None;
+                    }
                 } else {
                     let Some(new) = text.strip_prefix(rest) else {
                         return Err(diverged(model));
@@ -426,14 +451,14 @@ impl Machine {
             if let Some(text) = &choice.delta.content {
                 self.delivered.push_str(text);
             }
-            if !choice.delta.extra.is_empty() {
+            if choice.delta.carries_extra() {
                 self.delivered_other = true;
             }
         }
         chunk.choices.retain(|c| {
             c.delta.role.is_some()
                 || c.delta.content.as_deref().is_some_and(|t| !t.is_empty())
-                || !c.delta.extra.is_empty()
+                || c.delta.carries_extra()
                 || c.finish_reason.is_some()
         });
         Ok((!chunk.choices.is_empty()).then_some(chunk))
@@ -450,7 +475,10 @@ impl Machine {
         current.call.finish(CallOutcome::Success {
             latency: current.first_token,
         });
-        current.hold.settle(self.usage.as_ref());
+        let streamed = self.streamed_usage();
+        current
+            .hold
+            .settle(Some(self.usage.as_ref().unwrap_or(&streamed)));
         self.shared
             .emit_attempt(current.index, AttemptOutcome::Succeeded, total);
         if let Some(entry) = self.state.trail.get_mut(current.trail_entry) {
@@ -486,21 +514,25 @@ impl Machine {
             latency: elapsed,
         });
         // The cut attempt still cost something: settle what was streamed.
-        let streamed = ChatRequest::user("", self.delivered.as_str()).estimated_prompt_tokens();
-        let prompt = self.shared.request.estimated_prompt_tokens();
-        current.hold.settle(Some(&Usage::new(prompt, streamed)));
+        current.hold.settle(Some(&self.streamed_usage()));
+        self.shared.note_model_failed(current.index);
         self.shared
             .emit_attempt(current.index, AttemptOutcome::Failed(error.kind), elapsed);
         if let Some(entry) = self.state.trail.get_mut(current.trail_entry) {
             *entry = Attempt::failed(entry.model.clone(), &error, elapsed);
         }
         self.state.note_failure(error.clone());
-        if self.cut_cause.is_none() {
+        // A failure the table stops on (a content policy refusal, a bad
+        // request) ends the answer with that reason, whatever the
+        // mid-stream policy: no other model is asked to finish it.
+        let stops = decide(&error, u32::MAX, &self.shared.route.policy, 0.0, true) == Next::Stop;
+        if stops || self.cut_cause.is_none() {
             self.cut_cause = Some(error);
         }
 
         let policy = self.shared.route.policy.mid_stream;
-        if policy == MidStreamPolicy::Error
+        if stops
+            || policy == MidStreamPolicy::Error
             || self.delivered_other
             || many_choices(&self.shared.request)
         {
@@ -553,8 +585,11 @@ impl Machine {
 impl Drop for Machine {
     fn drop(&mut self) {
         if !self.done {
-            // The caller went away: the current call's guards cancel it.
-            self.current = None;
+            // The caller went away: charge what was streamed, and the call's
+            // guard cancels it.
+            if let Some(current) = self.current.take() {
+                current.hold.settle(Some(&self.streamed_usage()));
+            }
             self.shared
                 .emit_finished(&self.state, None, Some("cancelled"), Instant::now());
         }
