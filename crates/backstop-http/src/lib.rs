@@ -3,7 +3,8 @@
 //! HTTP plumbing shared by Backstop's provider plugins (`openai`,
 //! `anthropic`, and any team's own): pooled clients keyed by connect
 //! timeout, the API key as a sensitive header that never shows in `Debug`
-//! or in a message, secret redaction of upstream messages, classification
+//! or in a message, secret redaction of upstream messages and of endpoint
+//! URLs, classification
 //! of transport errors, `Retry-After` in its three forms, and bounded reads
 //! of error bodies. A provider crate built as a dynamic plugin links it in
 //! like any other library.
@@ -169,6 +170,35 @@ pub fn redact(message: &str, key: Option<&ApiKey>) -> String {
     out
 }
 
+/// An endpoint URL as it may be shown in `Debug` output, a log or an error
+/// message: `scheme://host[:port]/path`. The userinfo (`user:password@`),
+/// the query (`?api-key=...`, as Azure-style proxies take the key) and the
+/// fragment are removed, since any of them can carry a secret.
+///
+/// A string that does not parse as a URL with a host is cut by its text:
+/// everything from the first `?` or `#` goes, and so does everything up to
+/// the last `@` (after `://`, when there is one), so that a malformed URL in
+/// a config error does not show its password either.
+pub fn redact_url(url: &str) -> String {
+    if let Ok(parsed) = reqwest::Url::parse(url)
+        && let Some(host) = parsed.host_str()
+    {
+        let mut out = format!("{}://{host}", parsed.scheme());
+        if let Some(port) = parsed.port() {
+            out.push_str(&format!(":{port}"));
+        }
+        out.push_str(parsed.path());
+        return out;
+    }
+    let url = url.split(['?', '#']).next().unwrap_or_default();
+    let (scheme, rest) = match url.find("://") {
+        Some(at) => url.split_at(at + "://".len()),
+        None => ("", url),
+    };
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, after)| after);
+    format!("{scheme}{rest}")
+}
+
 /// A byte that can be part of an API key or of its masked form.
 fn is_key_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'*')
@@ -324,6 +354,39 @@ mod tests {
         );
         assert_eq!(format!("{local:?}"), "ApiKey(<redacted>)");
         assert!(local.header().is_sensitive());
+    }
+
+    #[test]
+    fn redacted_urls_keep_scheme_host_port_and_path_only() {
+        for (url, expected) in [
+            (
+                "https://user:hunter2@proxy.example:8443/openai/v1/chat/completions?api-key=s3cret#frag",
+                "https://proxy.example:8443/openai/v1/chat/completions",
+            ),
+            (
+                "https://res.openai.azure.com/openai/deployments/gpt/chat/completions?api-version=2024-06-01&api-key=s3cret",
+                "https://res.openai.azure.com/openai/deployments/gpt/chat/completions",
+            ),
+            ("http://token@127.0.0.1:8000/v1", "http://127.0.0.1:8000/v1"),
+            ("https://api.openai.com:443/v1", "https://api.openai.com/v1"),
+            (
+                "http://[::1]:9000/v1/messages",
+                "http://[::1]:9000/v1/messages",
+            ),
+            ("https://api.anthropic.com", "https://api.anthropic.com/"),
+            ("http://host/a@b/c", "http://host/a@b/c"),
+            // Unparseable: cut by the text.
+            ("http://user:pa/ss@host/v1?key=s3cret", "http://host/v1"),
+            ("http://user:hunter2@host:99999/v1", "http://host:99999/v1"),
+            ("user:hunter2@host/v1?api-key=s3cret", "host/v1"),
+            ("api.anthropic.com", "api.anthropic.com"),
+            ("not a url", "not a url"),
+            ("", ""),
+        ] {
+            let redacted = redact_url(url);
+            assert_eq!(redacted, expected, "{url}");
+            assert!(!redacted.contains("s3cret") && !redacted.contains("hunter2"));
+        }
     }
 
     #[test]

@@ -9,10 +9,14 @@
 //! anthropic_version = "2023-06-01"         # the default
 //! ```
 
+use std::fmt;
+
+use backstop_http::redact_url;
 use serde::Deserialize;
 
-/// Configuration of an Anthropic Messages API provider.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// Configuration of an Anthropic Messages API provider. Its `Debug` shows
+/// `base_url` without userinfo or query.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AnthropicConfig {
     /// The API root; requests go to `{base_url}/v1/messages` (a root that
@@ -41,6 +45,16 @@ fn default_api_key_env() -> String {
 
 fn default_version() -> String {
     "2023-06-01".to_owned()
+}
+
+impl fmt::Debug for AnthropicConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AnthropicConfig")
+            .field("base_url", &redact_url(&self.base_url))
+            .field("api_key_env", &self.api_key_env)
+            .field("anthropic_version", &self.anthropic_version)
+            .finish()
+    }
 }
 
 impl Default for AnthropicConfig {
@@ -74,6 +88,17 @@ mod tests {
         assert_eq!(c, AnthropicConfig::default());
         assert_eq!(c.api_key_env, "ANTHROPIC_API_KEY");
         assert_eq!(c.anthropic_version, "2023-06-01");
+    }
+
+    #[test]
+    fn debug_hides_credentials_and_query_of_the_base_url() {
+        let c = AnthropicConfig::with_base_url("https://user:hunter2@h.example/?api-key=s3cret");
+        let debug = format!("{c:?}");
+        assert!(
+            !debug.contains("hunter2") && !debug.contains("s3cret"),
+            "{debug}"
+        );
+        assert!(debug.contains("\"https://h.example/\""), "{debug}");
     }
 
     #[test]

@@ -19,7 +19,9 @@ use crate::prefill::Join;
 use crate::request::translate;
 use crate::response::completion;
 use crate::stream::chunk_stream;
-use backstop_http::{ApiKey, Clients, error_body, error_chain, retry_after, send_error};
+use backstop_http::{
+    ApiKey, Clients, error_body, error_chain, redact_url, retry_after, send_error,
+};
 
 /// A provider for Anthropic's Messages API.
 pub struct AnthropicProvider {
@@ -33,7 +35,7 @@ pub struct AnthropicProvider {
 impl fmt::Debug for AnthropicProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AnthropicProvider")
-            .field("endpoint", &self.endpoint.as_str())
+            .field("endpoint", &redact_url(self.endpoint.as_str()))
             .field("key", &"<redacted>")
             .field("version", &self.version)
             .finish_non_exhaustive()
@@ -154,7 +156,7 @@ impl AnthropicProvider {
 /// doubled.
 fn endpoint(base_url: &str) -> Result<Url, AnthropicBuildError> {
     let invalid = |reason: String| AnthropicBuildError::InvalidBaseUrl {
-        url: base_url.to_owned(),
+        url: redact_url(base_url),
         reason,
     };
     let mut url = Url::parse(base_url).map_err(|e| invalid(e.to_string()))?;
@@ -255,6 +257,40 @@ mod tests {
             matches!(e, AnthropicBuildError::InvalidBaseUrl { .. }),
             "{e}"
         );
+    }
+
+    #[test]
+    fn debug_and_build_errors_never_show_url_credentials_or_query() {
+        let p = with_key(AnthropicConfig::with_base_url(
+            "https://user:hunter2@proxy.example:8443/anthropic",
+        ))
+        .unwrap();
+        let debug = format!("{p:?}");
+        assert!(
+            !debug.contains("hunter2") && !debug.contains("user"),
+            "{debug}"
+        );
+        assert!(
+            debug.contains("https://proxy.example:8443/anthropic/v1/messages"),
+            "{debug}"
+        );
+
+        for url in [
+            "https://proxy.example/anthropic?api-key=s3cret",
+            "https://user:hunter2@proxy.example/anthropic#s3cret",
+            "ftp://user:hunter2@proxy.example/anthropic",
+        ] {
+            let e = with_key(AnthropicConfig::with_base_url(url)).unwrap_err();
+            let shown = format!("{e} {e:?}");
+            assert!(
+                matches!(e, AnthropicBuildError::InvalidBaseUrl { .. }),
+                "{shown}"
+            );
+            assert!(
+                !shown.contains("s3cret") && !shown.contains("hunter2"),
+                "{shown}"
+            );
+        }
     }
 
     #[test]

@@ -12,6 +12,9 @@
 //! base_url = "http://127.0.0.1:8000/v1"    # vLLM, Ollama, ...: no key needed
 //! ```
 
+use std::fmt;
+
+use backstop_http::redact_url;
 use serde::Deserialize;
 
 /// OpenAI's own API, the default `base_url`.
@@ -20,8 +23,9 @@ pub(crate) const OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
 /// The variable read for OpenAI's own API when `api_key_env` is not given.
 pub(crate) const OPENAI_KEY_VAR: &str = "OPENAI_API_KEY";
 
-/// Configuration of an OpenAI-compatible provider.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// Configuration of an OpenAI-compatible provider. Its `Debug` shows
+/// `base_url` without userinfo or query.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OpenAiConfig {
     /// The API root; requests go to `{base_url}/chat/completions`.
@@ -59,6 +63,16 @@ pub enum MaxTokensField {
 
 fn default_base_url() -> String {
     OPENAI_BASE_URL.to_owned()
+}
+
+impl fmt::Debug for OpenAiConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenAiConfig")
+            .field("base_url", &redact_url(&self.base_url))
+            .field("api_key_env", &self.api_key_env)
+            .field("max_tokens_field", &self.max_tokens_field)
+            .finish()
+    }
 }
 
 impl Default for OpenAiConfig {
@@ -101,6 +115,17 @@ mod tests {
                 .unwrap_err();
         assert!(e.to_string().contains("unknown field `api_key`"), "{e}");
         assert!(serde_json::from_str::<OpenAiConfig>(r#"{"type": "openai"}"#).is_err());
+    }
+
+    #[test]
+    fn debug_hides_credentials_and_query_of_the_base_url() {
+        let c = OpenAiConfig::with_base_url("https://user:hunter2@h.example/v1?api-key=s3cret");
+        let debug = format!("{c:?}");
+        assert!(
+            !debug.contains("hunter2") && !debug.contains("s3cret"),
+            "{debug}"
+        );
+        assert!(debug.contains("\"https://h.example/v1\""), "{debug}");
     }
 
     #[test]

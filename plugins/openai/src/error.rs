@@ -27,7 +27,8 @@ pub enum OpenAiBuildError {
     /// `base_url` is not an absolute http(s) URL.
     #[error("`{url}` is not a valid http(s) URL: {reason}")]
     InvalidBaseUrl {
-        /// The configured value.
+        /// The configured value without its userinfo and query (see
+        /// [`backstop_http::redact_url`]), which may hold secrets.
         url: String,
         /// What is wrong with it.
         reason: String,

@@ -33,7 +33,8 @@
 //!
 //! The API key comes from the environment variable the config names; it is
 //! sent only in the `Authorization` header and never appears in logs, in
-//! `Debug` output or in error messages.
+//! `Debug` output or in error messages. Nor do the userinfo and query of
+//! `base_url`: wherever the URL is shown it is `scheme://host[:port]/path`.
 
 mod classify;
 mod config;

@@ -18,7 +18,9 @@ use crate::config::{MaxTokensField, OPENAI_BASE_URL, OPENAI_KEY_VAR, OpenAiConfi
 use crate::error::OpenAiBuildError;
 use crate::stream::chunk_stream;
 use crate::wire::WireRequest;
-use backstop_http::{ApiKey, Clients, error_body, error_chain, retry_after, send_error};
+use backstop_http::{
+    ApiKey, Clients, error_body, error_chain, redact_url, retry_after, send_error,
+};
 
 /// A provider for an OpenAI-compatible chat completions API.
 pub struct OpenAiProvider {
@@ -32,7 +34,7 @@ pub struct OpenAiProvider {
 impl fmt::Debug for OpenAiProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OpenAiProvider")
-            .field("endpoint", &self.endpoint.as_str())
+            .field("endpoint", &redact_url(self.endpoint.as_str()))
             .field("key", &self.key.as_ref().map(|_| "<redacted>"))
             .field("max_tokens_field", &self.max_tokens_field)
             .finish_non_exhaustive()
@@ -57,7 +59,7 @@ impl OpenAiProvider {
         let endpoint =
             base.join("chat/completions")
                 .map_err(|e| OpenAiBuildError::InvalidBaseUrl {
-                    url: config.base_url.clone(),
+                    url: redact_url(&config.base_url),
                     reason: e.to_string(),
                 })?;
         let key_var = match config.api_key_env.as_deref() {
@@ -191,7 +193,7 @@ fn parse_completion(body: &[u8], key: Option<&ApiKey>) -> Result<ChatResponse, P
 
 fn parse_base_url(url: &str) -> Result<Url, OpenAiBuildError> {
     let invalid = |reason: String| OpenAiBuildError::InvalidBaseUrl {
-        url: url.to_owned(),
+        url: redact_url(url),
         reason,
     };
     // A trailing slash makes `join` append rather than replace the last
@@ -366,6 +368,42 @@ mod tests {
         let debug = format!("{p:?}");
         assert!(!debug.contains("secret-value"), "{debug}");
         assert!(debug.contains("<redacted>"), "{debug}");
+    }
+
+    #[test]
+    fn debug_and_build_errors_never_show_url_credentials_or_query() {
+        let p = OpenAiProvider::new_with_env(
+            OpenAiConfig::with_base_url("https://user:hunter2@proxy.example:8443/v1"),
+            |_| None,
+        )
+        .unwrap();
+        let debug = format!("{p:?}");
+        assert!(
+            !debug.contains("hunter2") && !debug.contains("user"),
+            "{debug}"
+        );
+        assert!(
+            debug.contains("https://proxy.example:8443/v1/chat/completions"),
+            "{debug}"
+        );
+
+        for url in [
+            "https://res.openai.azure.com/openai/v1?api-key=s3cret",
+            "https://user:hunter2@res.openai.azure.com/openai/v1?api-version=1&api-key=s3cret",
+            "ftp://user:hunter2@host/v1",
+        ] {
+            let e = OpenAiProvider::new_with_env(OpenAiConfig::with_base_url(url), |_| None)
+                .unwrap_err();
+            let shown = format!("{e} {e:?}");
+            assert!(
+                matches!(e, OpenAiBuildError::InvalidBaseUrl { .. }),
+                "{shown}"
+            );
+            assert!(
+                !shown.contains("s3cret") && !shown.contains("hunter2"),
+                "{shown}"
+            );
+        }
     }
 
     #[test]
