@@ -150,9 +150,15 @@ impl Report {
         )?;
         writeln!(
             f,
+            "  body read timeout    {}",
+            ms(s.body_read_timeout.as_millis())
+        )?;
+        writeln!(
+            f,
             "  shutdown grace       {}",
             ms(s.shutdown_grace.as_millis())
         )?;
+        writeln!(f, "  max connections      {}", s.max_connections)?;
 
         writeln!(f, "\nproviders")?;
         let width = self.providers.iter().map(|p| p.id.len()).max().unwrap_or(0);

@@ -28,8 +28,12 @@ pub struct ServerSettings {
     pub body_limit_bytes: usize,
     /// Longest wait for a request's headers.
     pub header_read_timeout: Duration,
+    /// Longest wait for a request's body once its headers arrived.
+    pub body_read_timeout: Duration,
     /// How long a shutdown waits for requests in flight.
     pub shutdown_grace: Duration,
+    /// Most client connections open at once.
+    pub max_connections: usize,
 }
 
 /// Bearer keys. Never printed: `Debug` shows only how many there are.

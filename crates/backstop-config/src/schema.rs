@@ -36,9 +36,15 @@ pub(crate) struct ServerSection {
     /// Longest wait for a request's headers.
     #[serde(default = "default_header_read_timeout")]
     pub header_read_timeout_ms: u64,
+    /// Longest wait for a request's body once its headers arrived.
+    #[serde(default = "default_body_read_timeout")]
+    pub body_read_timeout_ms: u64,
     /// How long a shutdown waits for requests in flight.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace_ms: u64,
+    /// Most client connections open at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u64,
 }
 
 pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -46,6 +52,8 @@ pub(crate) const DEFAULT_API_KEYS_ENV: &str = "BACKSTOP_API_KEYS";
 pub(crate) const DEFAULT_BODY_LIMIT: u64 = 10 * 1024 * 1024;
 pub(crate) const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 pub(crate) const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 30_000;
+pub(crate) const DEFAULT_BODY_READ_TIMEOUT_MS: u64 = 30_000;
+pub(crate) const DEFAULT_MAX_CONNECTIONS: u64 = 10_000;
 
 fn default_listen() -> String {
     DEFAULT_LISTEN.to_owned()
@@ -62,6 +70,12 @@ fn default_header_read_timeout() -> u64 {
 fn default_shutdown_grace() -> u64 {
     DEFAULT_SHUTDOWN_GRACE_MS
 }
+fn default_body_read_timeout() -> u64 {
+    DEFAULT_BODY_READ_TIMEOUT_MS
+}
+fn default_max_connections() -> u64 {
+    DEFAULT_MAX_CONNECTIONS
+}
 
 impl Default for ServerSection {
     fn default() -> Self {
@@ -70,7 +84,9 @@ impl Default for ServerSection {
             api_keys_env: default_api_keys_env(),
             body_limit_bytes: DEFAULT_BODY_LIMIT,
             header_read_timeout_ms: DEFAULT_HEADER_READ_TIMEOUT_MS,
+            body_read_timeout_ms: DEFAULT_BODY_READ_TIMEOUT_MS,
             shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }

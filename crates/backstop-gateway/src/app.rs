@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use axum::Router as HttpRouter;
 use axum::http::{HeaderMap, Uri};
@@ -15,6 +16,9 @@ use crate::{completions, introspect};
 
 /// Default request body limit: 10 MiB.
 pub const DEFAULT_BODY_LIMIT: usize = 10 * 1024 * 1024;
+
+/// Default longest wait for a request body once its headers arrived: 30 s.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Something that adds to `/metrics` and `/v1/backstop/status`: the
 /// metrics and alert sinks of the strategies, for instance.
@@ -31,6 +35,9 @@ pub struct GatewayOptions {
     pub keys: ApiKeys,
     /// Largest request body, in bytes.
     pub body_limit: usize,
+    /// How long a caller may take to send the whole body once its headers
+    /// arrived; a slower one gets a 408.
+    pub body_read_timeout: Duration,
     /// Contributors to `/metrics` and the status page.
     pub observers: Vec<Arc<dyn Observability>>,
 }
@@ -40,6 +47,7 @@ impl Default for GatewayOptions {
         Self {
             keys: ApiKeys::none(),
             body_limit: DEFAULT_BODY_LIMIT,
+            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
             observers: Vec::new(),
         }
     }
@@ -96,6 +104,11 @@ impl Gateway {
     /// Largest request body.
     pub fn body_limit(&self) -> usize {
         self.options.body_limit
+    }
+
+    /// Longest wait for a request body.
+    pub fn body_read_timeout(&self) -> Duration {
+        self.options.body_read_timeout
     }
 
     /// Contributors to metrics and status.

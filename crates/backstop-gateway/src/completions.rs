@@ -53,9 +53,12 @@ pub async fn chat_completions(
             Err(e) => return e.into_response(),
         };
         let limit = gateway.body_limit();
-        let bytes = match axum::body::to_bytes(body, limit).await {
-            Ok(bytes) => bytes,
-            Err(e) => {
+        let read_timeout = gateway.body_read_timeout();
+        let read = tokio::time::timeout(read_timeout, axum::body::to_bytes(body, limit)).await;
+        let bytes = match read {
+            Ok(Ok(bytes)) => bytes,
+            Err(_elapsed) => return ApiError::body_timeout(read_timeout).into_response(),
+            Ok(Err(e)) => {
                 let too_large = std::error::Error::source(&e)
                     .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
                 return if too_large {
@@ -69,6 +72,9 @@ pub async fn chat_completions(
             Ok(request) => request,
             Err(e) => return e.into_response(),
         };
+        // The parsed request owns its data; a large body need not stay in
+        // memory for as long as the answer streams.
+        drop(bytes);
         let cx = RequestContext {
             caller,
             request_id: Some(request_id.as_str().into()),

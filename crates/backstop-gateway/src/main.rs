@@ -16,7 +16,7 @@ use std::sync::Arc;
 use backstop_config::{Registry, Resolved};
 use backstop_gateway::auth::ApiKeys;
 use backstop_gateway::observe::{AlertObserver, MetricsObserver};
-use backstop_gateway::server::{ServerTiming, serve, shutdown_signal};
+use backstop_gateway::server::{ServeOptions, serve, shutdown_signal};
 use backstop_gateway::{Gateway, GatewayOptions};
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -183,9 +183,10 @@ async fn run(resolved: Resolved, listener: tokio::net::TcpListener, bound: Socke
             ApiKeys::none()
         }
     };
-    let timing = ServerTiming {
+    let serve_options = ServeOptions {
         header_read_timeout: resolved.server.header_read_timeout,
         shutdown_grace: resolved.server.shutdown_grace,
+        max_connections: resolved.server.max_connections,
     };
     let summary = summary(&resolved);
     let _prober = resolved.spawn_prober();
@@ -194,6 +195,7 @@ async fn run(resolved: Resolved, listener: tokio::net::TcpListener, bound: Socke
         GatewayOptions {
             keys,
             body_limit: resolved.server.body_limit_bytes,
+            body_read_timeout: resolved.server.body_read_timeout,
             observers: vec![
                 Arc::new(MetricsObserver(resolved.metrics)),
                 Arc::new(AlertObserver(resolved.alerts)),
@@ -205,7 +207,7 @@ async fn run(resolved: Resolved, listener: tokio::net::TcpListener, bound: Socke
     tracing::info!(%bound, "listening");
     let app = gateway.http();
     let draining = gateway.clone();
-    serve(listener, app, timing, async move {
+    serve(listener, app, serve_options, async move {
         shutdown_signal().await;
         draining.start_draining();
     })

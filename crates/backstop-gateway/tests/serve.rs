@@ -13,7 +13,7 @@ use backstop_core::{
     StrategyContext, SystemClock,
 };
 use backstop_gateway::auth::ApiKeys;
-use backstop_gateway::server::{ServerTiming, serve};
+use backstop_gateway::server::{ServeOptions, serve};
 use backstop_gateway::{Gateway, GatewayOptions};
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -37,16 +37,25 @@ impl Running {
 }
 
 async fn start(router: Router, options: GatewayOptions) -> Running {
+    start_serving(router, options, ServeOptions::default()).await
+}
+
+async fn start_serving(
+    router: Router,
+    options: GatewayOptions,
+    serve_options: ServeOptions,
+) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let gateway = Gateway::new(router, options);
     let app = gateway.http();
     let (stop, stopped) = oneshot::channel::<()>();
-    let timing = ServerTiming {
+    let serve_options = ServeOptions {
         header_read_timeout: Duration::from_secs(2),
         shutdown_grace: Duration::from_secs(2),
+        ..serve_options
     };
-    let done = tokio::spawn(serve(listener, app, timing, async {
+    let done = tokio::spawn(serve(listener, app, serve_options, async {
         let _ = stopped.await;
     }));
     Running {
@@ -419,6 +428,94 @@ async fn bodies_over_the_limit_get_413_and_garbage_gets_400() {
             .unwrap()
             .contains("chat, primary, backup")
     );
+    gw.shutdown().await;
+}
+
+/// Reads from `stream` until the end of the response headers (or EOF).
+async fn read_head(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+#[tokio::test]
+async fn a_body_that_never_finishes_gets_408() {
+    use tokio::io::AsyncWriteExt;
+    let options = GatewayOptions {
+        body_read_timeout: Duration::from_millis(200),
+        ..GatewayOptions::default()
+    };
+    let gw = start(
+        two(
+            ScriptedProvider::always(Script::reply(ANSWER)),
+            ScriptedProvider::always(Script::reply("b")),
+        ),
+        options,
+    )
+    .await;
+    let address = gw.base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    // Headers promise 100 bytes; only 10 come.
+    stream
+        .write_all(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"model\": ",
+        )
+        .await
+        .unwrap();
+    let head = tokio::time::timeout(Duration::from_secs(10), read_head(&mut stream))
+        .await
+        .expect("the gateway answers a stalled body instead of waiting forever");
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_wait_until_one_closes() {
+    use tokio::io::AsyncWriteExt;
+    let gw = start_serving(
+        two(
+            ScriptedProvider::always(Script::reply(ANSWER)),
+            ScriptedProvider::always(Script::reply("b")),
+        ),
+        GatewayOptions::default(),
+        ServeOptions {
+            max_connections: 1,
+            ..ServeOptions::default()
+        },
+    )
+    .await;
+    let address = gw.base.trim_start_matches("http://").to_owned();
+    // The first connection takes the only slot and keeps it (keep-alive).
+    let mut first = tokio::net::TcpStream::connect(&address).await.unwrap();
+    first
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_head(&mut first).await.starts_with("HTTP/1.1 200"));
+
+    // The second one connects (the kernel's backlog) but is not served.
+    let mut second = tokio::net::TcpStream::connect(&address).await.unwrap();
+    second
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let waiting = tokio::time::timeout(Duration::from_millis(300), read_head(&mut second)).await;
+    assert!(waiting.is_err(), "served past the limit: {waiting:?}");
+
+    // Closing the first frees the slot and the second is answered.
+    drop(first);
+    let head = tokio::time::timeout(Duration::from_secs(10), read_head(&mut second))
+        .await
+        .expect("the waiting connection is served once a slot frees");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     gw.shutdown().await;
 }
 

@@ -54,6 +54,33 @@ impl Builder<'_> {
             );
         }
 
+        if section.body_read_timeout_ms == 0 {
+            self.problem(
+                &path.key("body_read_timeout_ms"),
+                "must be greater than 0: a client that never finishes its body would hold a request forever",
+            );
+        }
+        if section.shutdown_grace_ms == 0 {
+            self.problem(
+                &path.key("shutdown_grace_ms"),
+                "must be greater than 0: with no grace, a shutdown cuts every answer in flight",
+            );
+        }
+        let max_connections = match usize::try_from(section.max_connections) {
+            Ok(0) => {
+                self.problem(&path.key("max_connections"), "must be greater than 0");
+                1
+            }
+            Ok(n) => n,
+            Err(_) => {
+                self.problem(
+                    &path.key("max_connections"),
+                    format!("must be at most {} on this machine", usize::MAX),
+                );
+                1
+            }
+        };
+
         let var = section.api_keys_env.trim().to_owned();
         let api_keys = if var.is_empty() {
             self.problem(
@@ -100,7 +127,9 @@ impl Builder<'_> {
             api_keys,
             body_limit_bytes,
             header_read_timeout: Duration::from_millis(section.header_read_timeout_ms),
+            body_read_timeout: Duration::from_millis(section.body_read_timeout_ms),
             shutdown_grace: Duration::from_millis(section.shutdown_grace_ms),
+            max_connections,
         }
     }
 }

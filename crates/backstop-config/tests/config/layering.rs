@@ -60,6 +60,8 @@ fn keys_left_out_take_their_defaults() {
         assert_eq!(server.body_limit_bytes, 10 * 1024 * 1024);
         assert_eq!(server.header_read_timeout, Duration::from_secs(10));
         assert_eq!(server.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(server.body_read_timeout, Duration::from_secs(30));
+        assert_eq!(server.max_connections, 10_000);
 
         let model = &resolved.router.models()[0];
         assert_eq!(
@@ -146,7 +148,7 @@ fn a_bad_environment_value_names_its_variable() {
         assert_eq!(
             problems("backstop.toml"),
             [
-                r#"backstop.toml: server.listn: unknown key "listn" (did you mean "listen"?); expected one of "listen", "api_keys_env", "body_limit_bytes", "header_read_timeout_ms", "shutdown_grace_ms" (set by BACKSTOP__SERVER__LISTN)"#,
+                r#"backstop.toml: server.listn: unknown key "listn" (did you mean "listen"?); expected one of "listen", "api_keys_env", "body_limit_bytes", "header_read_timeout_ms", "body_read_timeout_ms", "shutdown_grace_ms", "max_connections" (set by BACKSTOP__SERVER__LISTN)"#,
                 "backstop.toml: models.second.priority: expected a whole number from 0 to 4294967295, found signed int `-3` (set by BACKSTOP__MODELS__SECOND__PRIORITY)",
             ]
         );

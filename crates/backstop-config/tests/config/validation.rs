@@ -76,6 +76,21 @@ fn toml_syntax_errors_carry_line_and_column() {
 }
 
 #[test]
+fn server_guards_must_not_be_zero() {
+    assert_problems(
+        &format!(
+            "[server]\nheader_read_timeout_ms = 0\nbody_read_timeout_ms = 0\nshutdown_grace_ms = 0\nmax_connections = 0\n{BASE}"
+        ),
+        &[
+            "c.toml: server.header_read_timeout_ms: must be greater than 0: a client that never finishes its headers would hold a connection forever",
+            "c.toml: server.body_read_timeout_ms: must be greater than 0: a client that never finishes its body would hold a request forever",
+            "c.toml: server.shutdown_grace_ms: must be greater than 0: with no grace, a shutdown cuts every answer in flight",
+            "c.toml: server.max_connections: must be greater than 0",
+        ],
+    );
+}
+
+#[test]
 fn a_model_defined_twice_is_a_duplicate_key() {
     assert_problems(
         &format!("{BASE}\n[models.qwen-7b]\nprovider = \"local\"\n"),
