@@ -1,7 +1,6 @@
 //! The endpoints that describe the gateway: `/v1/models`, `/healthz`,
 //! `/readyz`, `/metrics` and `/v1/backstop/status`.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -129,25 +128,9 @@ pub async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
 pub async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
     let router = gateway.router();
     let mut out = String::with_capacity(8192);
-    // Circuits by route and model, their windows, and budgets.
+    // Circuits by route and model, their windows, budgets and latency
+    // estimates.
     backstop_strategies::monitor::render_router_state(router, &mut out);
-    out.push_str("# HELP backstop_latency_estimate_seconds Peak-EWMA latency estimate of a model.\n# TYPE backstop_latency_estimate_seconds gauge\n");
-    let latency = &router.context().latency;
-    for (i, model) in router.models().iter().enumerate() {
-        for (kind, label) in [
-            (LatencyKind::FirstToken, "first_token"),
-            (LatencyKind::Total, "total"),
-        ] {
-            if let Some(d) = latency.estimate(i, kind) {
-                let _ = writeln!(
-                    out,
-                    "backstop_latency_estimate_seconds{{model=\"{}\",kind=\"{label}\"}} {:.6}",
-                    model.id,
-                    d.as_secs_f64()
-                );
-            }
-        }
-    }
     for observer in gateway.observers() {
         observer.render_prometheus(&mut out);
     }

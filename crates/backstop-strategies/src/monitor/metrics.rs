@@ -41,8 +41,8 @@ use std::time::Duration;
 
 use backstop_core::clock::duration_to_nanos;
 use backstop_core::{
-    AttemptOutcome, CircuitState, Event, EventSink, FailureKind, Router, SharedClock, SkipReason,
-    StrategyContext,
+    AttemptOutcome, CircuitState, Event, EventSink, FailureKind, LatencyKind, Router, SharedClock,
+    SkipReason, StrategyContext,
 };
 use serde::Deserialize;
 
@@ -537,7 +537,8 @@ impl EventSink for Metrics {
 
 /// Writes the Router's current state: per route and model, the circuit's
 /// state (one series per state, 1 for the current one), the calls and
-/// failure ratio in its window; per route, its budget's spend.
+/// failure ratio in its window; per route, its budget's spend; per model,
+/// its latency estimates.
 pub fn render_router_state(router: &Router, out: &mut String) {
     let mut routes: Vec<_> = router.routes().collect();
     routes.sort_by(|a, b| a.name.cmp(&b.name));
@@ -636,6 +637,29 @@ pub fn render_router_state(router: &Router, out: &mut String) {
         "The budget's cap per window, by route.",
     );
     out.push_str(&limit);
+
+    header(
+        out,
+        "backstop_latency_estimate_seconds",
+        "gauge",
+        "Peak-EWMA latency estimate of a model, by kind (first_token for streams, total otherwise).",
+    );
+    let latency = &router.context().latency;
+    for (index, model) in models.iter().enumerate() {
+        for (kind, label) in [
+            (LatencyKind::FirstToken, "first_token"),
+            (LatencyKind::Total, "total"),
+        ] {
+            if let Some(estimate) = latency.estimate(index, kind) {
+                let _ = writeln!(
+                    out,
+                    "backstop_latency_estimate_seconds{{model=\"{}\",kind=\"{label}\"}} {:.6}",
+                    escape(&model.id),
+                    estimate.as_secs_f64()
+                );
+            }
+        }
+    }
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {

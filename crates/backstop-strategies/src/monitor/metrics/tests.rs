@@ -294,3 +294,24 @@ fn keeps_each_models_last_failures_newest_first() {
     assert_eq!(recent.len(), 8);
     assert!(recent.iter().all(|f| f.kind == "connect"));
 }
+
+#[test]
+fn latency_estimates_render_per_model_with_escaped_ids() {
+    let models = vec![ModelSpec::new("we\"ird", "local")];
+    let ctx = StrategyContext::new(models, ManualClock::shared());
+    ctx.latency
+        .observe(0, LatencyKind::Total, Duration::from_millis(250));
+    let router = backstop_core::Router::builder(ctx)
+        .provider("local", ScriptedProvider::always(Script::reply("hi")))
+        .build()
+        .unwrap();
+    let mut out = String::new();
+    render_router_state(&router, &mut out);
+    assert!(
+        out.contains(
+            "backstop_latency_estimate_seconds{model=\"we\\\"ird\",kind=\"total\"} 0.250000\n"
+        ),
+        "{out}"
+    );
+    assert!(!out.contains("kind=\"first_token\""), "{out}");
+}
