@@ -12,6 +12,10 @@
 //! a deployment that does not exist): the model's configuration is wrong,
 //! not the caller's request, so it is `ModelNotFound` and the Router falls
 //! over and disables the model rather than returning the error.
+//!
+//! An error object inside a stream or a 200 body has no status of its own;
+//! a numeric `code` in the 4xx/5xx range (vLLM's `"code": 404`) stands in
+//! for it.
 
 use std::time::Duration;
 
@@ -56,6 +60,14 @@ impl ErrorInfo {
     /// Reads an error body; `None` when it is not JSON of a known shape.
     pub(crate) fn from_body(body: &[u8]) -> Option<Self> {
         Self::from_value(&serde_json::from_slice(body).ok()?)
+    }
+
+    /// The HTTP status an in-band error names in its `code`: vLLM's bare
+    /// error objects (and Google's compatible API) carry the status they
+    /// would have answered with, `400`, `404`, `429`, `500`, ...
+    fn status_code(&self) -> Option<u16> {
+        let code: u16 = self.code.as_deref()?.parse().ok()?;
+        (400..=599).contains(&code).then_some(code)
     }
 
     fn is(&self, name: &str) -> bool {
@@ -132,13 +144,15 @@ pub(crate) fn status_error(
     error
 }
 
-/// The error for an `error` object inside a stream or a 200 body.
+/// The error for an `error` object inside a stream or a 200 body. A
+/// numeric `code` that is an HTTP error status is classified as that
+/// status.
 pub(crate) fn inband_error(value: &Value, key: Option<&ApiKey>) -> ProviderError {
     let info = ErrorInfo::from_value(value).unwrap_or_else(|| ErrorInfo {
         message: "the upstream reported an error without a message".to_owned(),
         ..ErrorInfo::default()
     });
-    build(classify(None, &info), info, key)
+    build(classify(info.status_code(), &info), info, key)
 }
 
 fn build(kind: FailureKind, info: ErrorInfo, key: Option<&ApiKey>) -> ProviderError {
@@ -347,6 +361,51 @@ mod tests {
             ),
             ContextLength
         );
+    }
+
+    #[test]
+    fn inband_numeric_codes_are_classified_as_their_status() {
+        use FailureKind::*;
+        let vllm = |message: &str, kind: &str, code: u16| json!({"object": "error", "message": message, "type": kind, "param": null, "code": code});
+        for (body, expected) in [
+            (
+                vllm(
+                    "The model `llama-3-8b` does not exist.",
+                    "NotFoundError",
+                    404,
+                ),
+                ModelNotFound,
+            ),
+            (
+                vllm("temperature must be non-negative", "BadRequestError", 400),
+                BadRequest,
+            ),
+            (
+                vllm("Too many requests", "RateLimitError", 429),
+                RateLimited,
+            ),
+            (
+                vllm(
+                    "EngineCore encountered an issue.",
+                    "InternalServerError",
+                    500,
+                ),
+                Server,
+            ),
+            (
+                json!({"error": {"code": 429, "message": "Resource has been exhausted", "status": "RESOURCE_EXHAUSTED"}}),
+                RateLimited,
+            ),
+            // Not a status: classified by its words as before.
+            (
+                json!({"error": {"code": 1234, "message": "something broke"}}),
+                Server,
+            ),
+        ] {
+            let e = inband_error(&body, None);
+            assert_eq!(e.kind, expected, "{body}");
+            assert_eq!(e.status, None, "the response itself was a 200");
+        }
     }
 
     #[test]

@@ -29,7 +29,9 @@
 //! The stream reader is strict about what it trusts and lenient about what
 //! it can skip: an unparseable `data:` line is skipped, logged and counted
 //! ([`OpenAiProvider::malformed_chunks`]); an `error` object inside the
-//! stream fails it with that error's kind.
+//! stream, or vLLM's bare `{"object": "error", ...}`, fails it with that
+//! error's kind (a numeric `code` such as vLLM's `404` counts as the
+//! status).
 //!
 //! The API key comes from the environment variable the config names; it is
 //! sent only in the `Authorization` header and never appears in logs, in

@@ -5,8 +5,9 @@
 //! 1. Each `data:` event is a JSON chunk, passed on as it came.
 //! 2. An unparseable `data:` event is skipped, logged and counted; it does
 //!    not fail the answer.
-//! 3. An `error` object in the stream (or an `event: error`) fails it with
-//!    that error's kind.
+//! 3. An `error` object in the stream, vLLM's bare `{"object": "error",
+//!    "message", "type", "code"}`, or an `event: error` fails it with that
+//!    error's kind.
 //! 4. `[DONE]` ends the stream.
 //! 5. A stream that ends without `[DONE]` is complete only if every choice
 //!    it started has a finish reason; otherwise, or if the transport cut
@@ -21,6 +22,7 @@ use backstop_core::sse::{SseDecoder, SseEvent};
 use backstop_core::{ChatChunk, ChunkStream, FailureKind, ProviderError};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
+use serde_json::Value;
 
 use crate::classify::inband_error;
 use backstop_http::{ApiKey, error_chain};
@@ -109,14 +111,24 @@ impl Reader {
         if event.event.as_deref() == Some("error") {
             // Some compatible servers name the event instead of nesting
             // an `error` object in a chunk.
-            if let Ok(value) = serde_json::from_str::<serde_json::Value>(data) {
-                self.done = true;
-                return Some(Err(inband_error(&value, self.key.as_ref())));
+            if let Ok(value) = serde_json::from_str::<Value>(data) {
+                return Some(Err(self.fail(&value)));
             }
         }
-        let chunk: ChatChunk = match serde_json::from_str(data) {
+        let chunk = match serde_json::from_str::<ChatChunk>(data) {
+            Ok(chunk) if chunk.object == "error" => {
+                // vLLM's error object, which parses as a chunk with no
+                // choices; classified from its own fields.
+                let value = serde_json::from_str::<Value>(data).unwrap_or_default();
+                return Some(Err(self.fail(&value)));
+            }
             Ok(chunk) => chunk,
             Err(error) => {
+                if let Ok(value) = serde_json::from_str::<Value>(data)
+                    && is_error_object(&value)
+                {
+                    return Some(Err(self.fail(&value)));
+                }
                 self.skipped += 1;
                 self.malformed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
@@ -129,13 +141,20 @@ impl Reader {
             }
         };
         if let Some(error) = chunk.extra.get("error") {
-            self.done = true;
-            let error = inband_error(error, self.key.as_ref());
-            tracing::debug!(model = %self.model, %error, "error inside the stream");
-            return Some(Err(error));
+            return Some(Err(self.fail(error)));
         }
         self.choices.observe(&chunk);
         Some(Ok(chunk))
+    }
+
+    /// Ends the stream with the error an in-stream error object reports:
+    /// OpenAI's `{"error": {...}}`, or vLLM's bare `{"object": "error",
+    /// "message", "type", "code"}`.
+    fn fail(&mut self, error: &Value) -> ProviderError {
+        self.done = true;
+        let error = inband_error(error, self.key.as_ref());
+        tracing::debug!(model = %self.model, %error, "error inside the stream");
+        error
     }
 
     /// The transport ended, cleanly (`None`) or not.
@@ -156,6 +175,13 @@ impl Reader {
             message,
         )))
     }
+}
+
+/// An error object that does not parse as a chunk: `{"error": ...}` or
+/// `{"object": "error", ...}` with fields of unexpected types.
+fn is_error_object(value: &Value) -> bool {
+    value.get("error").is_some_and(|e| !e.is_null())
+        || value.get("object").and_then(Value::as_str) == Some("error")
 }
 
 /// Which choices started and which finished.

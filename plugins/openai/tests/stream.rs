@@ -218,6 +218,48 @@ async fn an_error_inside_the_stream_fails_it_with_its_kind() {
 }
 
 #[tokio::test]
+async fn a_vllm_error_object_inside_the_stream_fails_it_with_its_kind() {
+    // vLLM reports a failure mid-stream as a bare error object, with no
+    // `error` wrapper and a numeric code.
+    let events = hello_events();
+    let error = json!({"object": "error", "message": "This model's maximum context length is 4096 tokens. However, you requested 5000 tokens.", "type": "BadRequestError", "param": null, "code": 400});
+    let server = sse_server(format!("{}{}", sse(&events[..2]), sse_done(&[error]))).await;
+    let p = provider(&server.uri());
+    let model = model();
+    let request = ChatRequest::user("chat", "hi");
+    let (chunks, error) = drain(p.stream(call(&model, &request)).await.unwrap()).await;
+    assert_eq!(text(&chunks), "Hello");
+    let error = error.expect("in-stream vLLM error");
+    assert_eq!(error.kind, FailureKind::ContextLength, "{error}");
+    assert_eq!(error.code.as_deref(), Some("400"));
+    assert_eq!(p.malformed_chunks(), 0, "an error is not a malformed chunk");
+
+    let crashed = json!({"object": "error", "message": "EngineCore encountered an issue.", "type": "InternalServerError", "param": null, "code": 500});
+    let server = sse_server(sse_done(&[crashed])).await;
+    let (chunks, error) = drain(
+        provider(&server.uri())
+            .stream(call(&model, &request))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(chunks.is_empty(), "{chunks:?}");
+    assert_eq!(error.expect("in-stream error").kind, FailureKind::Server);
+
+    // An error object whose other fields do not fit a chunk is still an
+    // error, not a malformed chunk.
+    let odd = json!({"object": "error", "message": "Rate limit exceeded", "type": "RateLimitError", "code": 429, "choices": null});
+    let server = sse_server(sse(&[odd])).await;
+    let p = provider(&server.uri());
+    let (_, error) = drain(p.stream(call(&model, &request)).await.unwrap()).await;
+    assert_eq!(
+        error.expect("in-stream error").kind,
+        FailureKind::RateLimited
+    );
+    assert_eq!(p.malformed_chunks(), 0);
+}
+
+#[tokio::test]
 async fn an_error_status_fails_before_the_stream_starts() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
