@@ -9,6 +9,8 @@
 //! failure. A 404 (`not_found_error`) from the Messages endpoint names a
 //! model that is retired, misspelt or not available to the key: a fault of
 //! the model's configuration, so it is `ModelNotFound`, not `BadRequest`.
+//! So is an in-stream `error` event of that type, or of the type
+//! `model_not_found` that some Anthropic-compatible proxies send.
 
 use std::time::Duration;
 
@@ -92,12 +94,15 @@ pub(crate) fn classify(status: Option<u16>, info: &ErrorInfo) -> FailureKind {
     {
         return FailureKind::ContextLength;
     }
+    if status == Some(404)
+        || (client_side && (info.is("not_found_error") || info.is("model_not_found")))
+    {
+        return FailureKind::ModelNotFound;
+    }
     match status {
-        Some(404) => FailureKind::ModelNotFound,
         Some(408 | 500..=599) => FailureKind::Server,
         Some(400..=499) => FailureKind::BadRequest,
         Some(_) => FailureKind::InvalidResponse,
-        None if info.is("not_found_error") => FailureKind::ModelNotFound,
         None if info.is("invalid_request_error") || info.is("request_too_large") => {
             FailureKind::BadRequest
         }
@@ -277,6 +282,14 @@ mod tests {
         assert_eq!(kind(None, error("authentication_error", "no")), Auth);
         assert_eq!(
             kind(None, error("not_found_error", "model: claude-9")),
+            ModelNotFound
+        );
+        assert_eq!(
+            kind(None, error("model_not_found", "model: claude-9")),
+            ModelNotFound
+        );
+        assert_eq!(
+            kind(Some(400), error("model_not_found", "model: claude-9")),
             ModelNotFound
         );
     }

@@ -238,6 +238,25 @@ async fn an_error_event_fails_the_stream_with_its_kind() {
     assert_eq!(error.unwrap().kind, FailureKind::RateLimited);
 }
 
+#[tokio::test]
+async fn a_not_found_error_event_is_model_not_found() {
+    let model = model();
+    let request = ChatRequest::user("chat", "hi");
+    for kind in ["not_found_error", "model_not_found"] {
+        let server = sse_server(event(&error_event(kind, "model: claude-9"))).await;
+        let (_, error) = drain(
+            provider(&server.uri())
+                .stream(call(&model, &request))
+                .await
+                .unwrap(),
+        )
+        .await;
+        let error = error.expect("error event");
+        assert_eq!(error.kind, FailureKind::ModelNotFound, "{kind}: {error}");
+        assert_eq!(error.code.as_deref(), Some(kind));
+    }
+}
+
 fn error_event(kind: &str, message: &str) -> Value {
     json!({"type": "error", "error": {"type": kind, "message": message}})
 }

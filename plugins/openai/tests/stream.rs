@@ -260,6 +260,24 @@ async fn a_vllm_error_object_inside_the_stream_fails_it_with_its_kind() {
 }
 
 #[tokio::test]
+async fn a_model_not_found_error_inside_the_stream_is_model_not_found() {
+    let missing = json!({"error": {"message": "The model `gpt-9` does not exist or you do not have access to it.", "type": "invalid_request_error", "param": null, "code": "model_not_found"}});
+    let server = sse_server(sse(&[missing])).await;
+    let model = model();
+    let request = ChatRequest::user("chat", "hi");
+    let (_, error) = drain(
+        provider(&server.uri())
+            .stream(call(&model, &request))
+            .await
+            .unwrap(),
+    )
+    .await;
+    let error = error.expect("in-stream error");
+    assert_eq!(error.kind, FailureKind::ModelNotFound, "{error}");
+    assert_eq!(error.code.as_deref(), Some("model_not_found"));
+}
+
+#[tokio::test]
 async fn an_error_status_fails_before_the_stream_starts() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
