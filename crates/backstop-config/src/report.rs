@@ -5,6 +5,8 @@ use std::fmt;
 
 use backstop_core::{ModelSpec, RoutePolicy};
 
+use backstop_http::redact_url;
+
 use crate::problem::Problem;
 use crate::registry::{Origin, SeamKind};
 use crate::resolved::{ProbeSettings, ServerSettings};
@@ -410,7 +412,7 @@ fn toml_value(value: &serde_json::Value) -> String {
                     } else {
                         format!("{k:?}")
                     };
-                    format!("{key} = {}", toml_value(v))
+                    format!("{key} = {}", shown(k, v))
                 })
                 .collect();
             format!("{{ {} }}", entries.join(", "))
@@ -418,9 +420,69 @@ fn toml_value(value: &serde_json::Value) -> String {
     }
 }
 
+/// A table entry's value as `check` may print it. Plugin and strategy
+/// tables are free-form, so secrets are recognised by their key: a URL loses
+/// its userinfo and query, a webhook URL its path too (Slack-style hooks
+/// carry their token there), and a key named like a secret is hidden.
+fn shown(key: &str, value: &serde_json::Value) -> String {
+    use serde_json::Value;
+    let key = key.to_ascii_lowercase();
+    let hidden = |s: String| toml_value(&Value::String(s));
+    match value {
+        Value::String(url) if key.contains("webhook") => hidden(without_path(&redact_url(url))),
+        Value::String(url) if key.ends_with("url") => hidden(redact_url(url)),
+        Value::String(_) if names_a_secret(&key) => hidden("<redacted>".to_owned()),
+        other => toml_value(other),
+    }
+}
+
+/// `scheme://host[:port]/<redacted>` when there is a path beyond `/`.
+fn without_path(url: &str) -> String {
+    let after_scheme = url.find("://").map_or(0, |at| at + "://".len());
+    match url[after_scheme..].find('/') {
+        Some(slash) if after_scheme + slash + 1 < url.len() => {
+            format!("{}/<redacted>", &url[..after_scheme + slash])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Whether a key names a secret value (not the variable that holds one:
+/// `api_key_env` is fine to show).
+fn names_a_secret(key: &str) -> bool {
+    !key.ends_with("_env")
+        && ["key", "secret", "password", "token", "authorization"]
+            .iter()
+            .any(|word| key.contains(word))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_in_tables_are_not_printed() {
+        let v = serde_json::json!({
+            "webhook_url": "https://hooks.slack.com/services/T000/B000/XXXXSECRET",
+            "base_url": "https://user:pass@proxy.example:8443/v1?api-key=SECRET",
+            "api_key_env": "OPENAI_API_KEY",
+            "api_key": "sk-SECRET",
+            "auth_token": "SECRET",
+            "locale": "en",
+        });
+        let shown = inline(&v);
+        assert!(!shown.contains("SECRET"), "{shown}");
+        assert!(!shown.contains("pass"), "{shown}");
+        assert_eq!(
+            shown,
+            r#"{ api_key = "<redacted>", api_key_env = "OPENAI_API_KEY", auth_token = "<redacted>", base_url = "https://proxy.example:8443/v1", locale = "en", webhook_url = "https://hooks.slack.com/<redacted>" }"#
+        );
+        let bare = serde_json::json!({"webhook_url": "http://127.0.0.1:9000/"});
+        assert_eq!(
+            inline(&bare),
+            r#"{ webhook_url = "http://127.0.0.1:9000/" }"#
+        );
+    }
 
     #[test]
     fn tables_print_as_toml_inline_tables() {
