@@ -2,34 +2,34 @@
 //!
 //! The window is `buckets` buckets, each covering `window / buckets` of
 //! time, kept in a ring of slots (a power of two at least that long, so a
-//! bucket finds its slot with a mask), each slot holding `K` counters (calls, failures, slow calls; requests,
-//! fallbacks). A counter is one `AtomicU64`: the low 40 bits count, the high
-//! 24 bits tag the bucket the count belongs to (its bucket number modulo
-//! 2^24). Adding to a counter whose tag is current is one `fetch_add`; a
-//! stale tag is replaced by compare-and-swap, so a slot is recycled without a
-//! lock and without losing a concurrent increment.
+//! bucket finds its slot with a mask), each slot holding `K` counters
+//! (calls, failures, slow calls; requests, fallbacks).
 //!
 //! Each slot is striped: its counters exist once per stripe, each stripe on
 //! its own cache line, and a thread adds to its own stripe. Threads
 //! recording at once therefore do not bounce one cache line between cores;
 //! reading (rare: on failures, for snapshots) sums the stripes.
 //!
-//! Tags are truncated, so a slot left untouched for 2^24 buckets could alias
-//! a current one. To rule that out, whoever moves the window's newest bucket
-//! forward also zeroes the slots of the buckets skipped in between (all of
-//! them after a gap longer than the window); every tag therefore stays
-//! within one window of the newest bucket, and a window idle for longer than
-//! itself reads as empty.
+//! Every stripe carries the full bucket number (its epoch) its counts
+//! belong to, in a `u64` that never wraps. Adding to a stripe of the
+//! current bucket is one `fetch_add` per counter. A stripe still holding an
+//! older bucket is recycled by whoever finds it first: one compare-and-swap
+//! marks it as being recycled, the counters are set, and the new epoch is
+//! published; a thread that meets a stripe mid-recycle adds to another
+//! stripe of the slot instead of waiting. A reader counts a stripe only if
+//! its epoch lies within the window of its `now`, so a slot left untouched
+//! for any length of time can never pass for a current one, and nothing
+//! needs clearing when time jumps ahead.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use backstop_core::clock::duration_to_nanos;
 
-const COUNT_BITS: u32 = 40;
-const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
-const TAG_MASK: u64 = (1 << (64 - COUNT_BITS)) - 1;
-const TAG_HALF: u64 = 1 << (64 - COUNT_BITS - 1);
+/// Marks an epoch whose stripe is being recycled.
+const RECYCLING: u64 = 1 << 63;
+/// The largest epoch (bucket number + 1; 0 marks a stripe never used).
+const EPOCH_MAX: u64 = RECYCLING - 1;
 
 /// Stripes per slot.
 const STRIPES: usize = 4;
@@ -37,7 +37,12 @@ const STRIPES: usize = 4;
 /// One stripe of a slot's counters, alone on its cache lines.
 #[derive(Debug)]
 #[repr(align(128))]
-struct Stripe<const K: usize>([AtomicU64; K]);
+struct Stripe<const K: usize> {
+    /// The bucket the counts belong to, plus one (0: never used), with
+    /// [`RECYCLING`] set while they are being replaced.
+    epoch: AtomicU64,
+    counts: [AtomicU64; K],
+}
 
 /// The stripe of the current thread: threads take stripes in turn as they
 /// first record, so a handful of threads never share one.
@@ -47,6 +52,11 @@ fn my_stripe() -> usize {
         static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
     }
     STRIPE.with(|s| *s)
+}
+
+/// The epoch of `bucket`.
+fn epoch_of(bucket: u64) -> u64 {
+    bucket.min(EPOCH_MAX - 1) + 1
 }
 
 /// `K` counters summed over the last `window` of time.
@@ -59,22 +69,9 @@ pub(crate) struct SlidingWindow<const K: usize> {
     ring_mask: u64,
     /// `ring * STRIPES` stripes: slot `i` is `stripes[i * STRIPES..][..STRIPES]`.
     stripes: Box<[Stripe<K>]>,
-    /// The newest bucket number seen (full width).
+    /// The newest bucket seen: only a hint that spares `bucket_at` its
+    /// division in the common case.
     newest: AtomicU64,
-}
-
-fn tag_of(bucket: u64) -> u64 {
-    bucket & TAG_MASK
-}
-
-/// Whether tag `a` is strictly older than tag `b` (modulo the tag width).
-fn older(a: u64, b: u64) -> bool {
-    let d = b.wrapping_sub(a) & TAG_MASK;
-    d != 0 && d < TAG_HALF
-}
-
-fn word(tag: u64, count: u64) -> u64 {
-    (tag << COUNT_BITS) | (count & COUNT_MASK)
 }
 
 impl<const K: usize> SlidingWindow<K> {
@@ -89,15 +86,13 @@ impl<const K: usize> SlidingWindow<K> {
             buckets,
             ring_mask: ring - 1,
             stripes: (0..ring as usize * STRIPES)
-                .map(|_| Stripe(std::array::from_fn(|_| AtomicU64::new(0))))
+                .map(|_| Stripe {
+                    epoch: AtomicU64::new(0),
+                    counts: std::array::from_fn(|_| AtomicU64::new(0)),
+                })
                 .collect(),
             newest: AtomicU64::new(0),
         }
-    }
-
-    /// Number of slots of the ring.
-    fn ring(&self) -> u64 {
-        self.ring_mask + 1
     }
 
     /// The bucket of `now`; `newest` spares the division in the common
@@ -119,140 +114,89 @@ impl<const K: usize> SlidingWindow<K> {
         &self.stripes[first..first + STRIPES]
     }
 
-    /// Every counter of `bucket`'s slot, all stripes.
-    fn slot_counters(&self, bucket: u64) -> impl Iterator<Item = &AtomicU64> {
-        self.slot(bucket).iter().flat_map(|stripe| stripe.0.iter())
-    }
-
     /// Adds `by[k]` to counter `k` at time `now`.
     pub(crate) fn add(&self, now: Duration, by: [u64; K]) {
-        let newest = self.newest.load(Ordering::Acquire);
+        let newest = self.newest.load(Ordering::Relaxed);
         let bucket = self.bucket_at(now, newest);
         if bucket > newest {
-            self.advance(bucket);
+            self.newest.fetch_max(bucket, Ordering::Relaxed);
         }
-        let tag = tag_of(bucket);
-        let stripe = &self.slot(bucket)[my_stripe()];
-        for (counter, n) in stripe.0.iter().zip(by) {
-            if n == 0 {
+        let epoch = epoch_of(bucket);
+        let slot = self.slot(bucket);
+        let mut index = my_stripe();
+        let mut busy = 0;
+        loop {
+            let stripe = &slot[index];
+            let current = stripe.epoch.load(Ordering::Acquire);
+            if current & RECYCLING != 0 {
+                // Another thread is recycling this stripe: any stripe of
+                // the slot will do. Only when all of them are being
+                // recycled at once is there anything to wait for.
+                index = (index + 1) % STRIPES;
+                busy += 1;
+                if busy % STRIPES == 0 {
+                    std::hint::spin_loop();
+                }
                 continue;
             }
-            let mut current = counter.load(Ordering::Relaxed);
-            loop {
-                let current_tag = current >> COUNT_BITS;
-                if !older(current_tag, tag) {
-                    // Current bucket (or, for a caller whose clock read lags
-                    // a bucket behind another's, the next one: a count a few
-                    // nanoseconds late is harmless).
-                    counter.fetch_add(n, Ordering::Relaxed);
-                    break;
-                }
-                match counter.compare_exchange_weak(
-                    current,
-                    word(tag, n),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                ) {
-                    Ok(_) => break,
-                    Err(actual) => current = actual,
-                }
-            }
-        }
-    }
-
-    /// Moves the newest bucket to `bucket`, zeroing the slots of the buckets
-    /// skipped since the previous newest one.
-    fn advance(&self, bucket: u64) {
-        let mut newest = self.newest.load(Ordering::Relaxed);
-        while bucket > newest {
-            match self.newest.compare_exchange_weak(
-                newest,
-                bucket,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => {
-                    if bucket - newest >= self.ring() {
-                        // The whole ring expired and old tags may alias
-                        // current ones: start every slot afresh.
-                        for b in bucket + 1 - self.ring()..=bucket {
-                            let tag = tag_of(b);
-                            for counter in self.slot_counters(b) {
-                                counter.store(word(tag, 0), Ordering::Relaxed);
-                            }
-                        }
-                    } else {
-                        for skipped in newest + 1..bucket {
-                            self.clear_slot(skipped);
-                        }
+            if current >= epoch {
+                // The current bucket (or, for a caller whose clock read
+                // lags a whole ring behind another's, a newer one: a count
+                // a little late is harmless).
+                for (counter, n) in stripe.counts.iter().zip(by) {
+                    if n != 0 {
+                        counter.fetch_add(n, Ordering::Relaxed);
                     }
-                    return;
                 }
-                Err(actual) => newest = actual,
+                return;
             }
-        }
-    }
-
-    /// Sets every counter of `bucket`'s slot to zero for that bucket, unless
-    /// it already holds that bucket or a newer one.
-    fn clear_slot(&self, bucket: u64) {
-        let tag = tag_of(bucket);
-        for counter in self.slot_counters(bucket) {
-            let mut current = counter.load(Ordering::Relaxed);
-            while older(current >> COUNT_BITS, tag) {
-                match counter.compare_exchange_weak(
+            // The stripe holds a bucket that has left the window: start it
+            // afresh for this one.
+            if stripe
+                .epoch
+                .compare_exchange(
                     current,
-                    word(tag, 0),
+                    epoch | RECYCLING,
+                    Ordering::Acquire,
                     Ordering::Relaxed,
-                    Ordering::Relaxed,
-                ) {
-                    Ok(_) => break,
-                    Err(actual) => current = actual,
+                )
+                .is_ok()
+            {
+                for (counter, n) in stripe.counts.iter().zip(by) {
+                    counter.store(n, Ordering::Relaxed);
                 }
+                stripe.epoch.store(epoch, Ordering::Release);
+                return;
             }
         }
     }
 
     /// Each counter summed over the window ending at `now`.
     pub(crate) fn sums(&self, now: Duration) -> [u64; K] {
+        let bucket = self.bucket_at(now, self.newest.load(Ordering::Relaxed));
+        let epoch = epoch_of(bucket);
         let mut out = [0; K];
-        let newest = self.newest.load(Ordering::Acquire);
-        let bucket = self.bucket_at(now, newest);
-        if bucket >= newest.saturating_add(self.buckets) {
-            // Idle for longer than the window: everything has expired (and
-            // the tags may have wrapped, so they are not consulted).
-            return out;
-        }
-        let tag = tag_of(bucket);
         for stripe in self.stripes.iter() {
-            for (sum, counter) in out.iter_mut().zip(&stripe.0) {
-                let w = counter.load(Ordering::Relaxed);
-                let age = tag.wrapping_sub(w >> COUNT_BITS) & TAG_MASK;
-                if age < self.buckets {
-                    *sum += w & COUNT_MASK;
-                }
+            let e = stripe.epoch.load(Ordering::Acquire);
+            // Never used, being recycled (its old counts have expired and
+            // its new ones are about to start), newer than `now`, or out of
+            // the window.
+            if e == 0 || e & RECYCLING != 0 || e > epoch || epoch - e >= self.buckets {
+                continue;
+            }
+            for (sum, counter) in out.iter_mut().zip(&stripe.counts) {
+                *sum += counter.load(Ordering::Relaxed);
             }
         }
         out
     }
 
-    /// Zeroes every count, keeping the buckets' tags. Increments racing with
-    /// the reset may survive it; none is corrupted.
+    /// Zeroes every count, keeping the buckets' epochs. Increments racing
+    /// with the reset may survive it; none is corrupted.
     pub(crate) fn reset(&self) {
         for stripe in self.stripes.iter() {
-            for counter in &stripe.0 {
-                let mut current = counter.load(Ordering::Relaxed);
-                while current & COUNT_MASK != 0 {
-                    match counter.compare_exchange_weak(
-                        current,
-                        current & !COUNT_MASK,
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    ) {
-                        Ok(_) => break,
-                        Err(actual) => current = actual,
-                    }
-                }
+            for counter in &stripe.counts {
+                counter.store(0, Ordering::Relaxed);
             }
         }
     }
@@ -314,9 +258,51 @@ mod tests {
         w.add(Duration::from_nanos(2), [1]);
         // Exactly 2^24 buckets later, bucket 1's tag would match again.
         let later = (1u64 << 24) + 2;
+        assert_eq!(w.sums(Duration::from_nanos(later)), [0]);
         w.add(Duration::from_nanos(later), [1]);
         assert_eq!(w.sums(Duration::from_nanos(later)), [1]);
         assert_eq!(w.sums(Duration::from_nanos(later + 1)), [1]);
+    }
+
+    #[test]
+    fn old_counts_never_alias_for_a_reader_during_a_jump_of_2_pow_24_buckets() {
+        // A window full of counts, then one call exactly 2^24 buckets later
+        // (1 ns buckets, so 2^24 ns): with bucket tags 24 bits wide, every
+        // old bucket would carry the tag of a current one. A reader at the
+        // new time, racing the call that jumps there, must see at most that
+        // one call.
+        const WRAP: u64 = 1 << 24;
+        const BUCKETS: u64 = 1_000;
+        let w = SlidingWindow::<1>::new(Duration::from_nanos(BUCKETS), BUCKETS as u32);
+        let target = AtomicU64::new(0);
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut start = 0;
+                for _ in 0..500 {
+                    // A full window of old counts...
+                    for b in start..start + BUCKETS {
+                        w.add(Duration::from_nanos(b), [1]);
+                    }
+                    // ...then, exactly the wrap distance later, one call.
+                    let jump = start + BUCKETS - 1 + WRAP;
+                    target.store(jump, Ordering::SeqCst);
+                    w.add(Duration::from_nanos(jump), [1]);
+                    start = jump + 1;
+                }
+                done.store(true, Ordering::SeqCst);
+            });
+            s.spawn(|| {
+                while !done.load(Ordering::SeqCst) {
+                    let now = target.load(Ordering::SeqCst);
+                    let [calls] = w.sums(Duration::from_nanos(now));
+                    assert!(
+                        calls <= 1,
+                        "{calls} calls seen at {now}: old buckets aliased"
+                    );
+                }
+            });
+        });
     }
 
     #[test]
@@ -351,5 +337,22 @@ mod tests {
             }
         });
         assert_eq!(w.sums(ms(50)), [40_000]);
+    }
+
+    #[test]
+    fn concurrent_adds_across_fresh_buckets_are_all_counted() {
+        // Every add starts a new bucket, so threads recycle stripes of the
+        // same slots at the same time.
+        let w = SlidingWindow::<1>::new(Duration::from_nanos(10_000), 10_000);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for b in 0..10_000 {
+                        w.add(Duration::from_nanos(b), [1]);
+                    }
+                });
+            }
+        });
+        assert_eq!(w.sums(Duration::from_nanos(9_999)), [40_000]);
     }
 }
