@@ -199,6 +199,20 @@ pub fn redact_url(url: &str) -> String {
     format!("{scheme}{rest}")
 }
 
+/// How many characters of upstream data [`log_preview`] keeps.
+const PREVIEW_CHARS: usize = 100;
+
+/// The start of a piece of upstream data (an unparseable stream line),
+/// fit for a log: secrets removed as by [`redact`] first, so a cut never
+/// leaves part of a key, then cut to 100 characters, `…` marking the cut.
+pub fn log_preview(text: &str, key: Option<&ApiKey>) -> String {
+    let text = redact(text, key);
+    match text.char_indices().nth(PREVIEW_CHARS) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text,
+    }
+}
+
 /// A byte that can be part of an API key or of its masked form.
 fn is_key_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'*')
@@ -387,6 +401,22 @@ mod tests {
             assert_eq!(redacted, expected, "{url}");
             assert!(!redacted.contains("s3cret") && !redacted.contains("hunter2"));
         }
+    }
+
+    #[test]
+    fn log_previews_are_redacted_then_cut_to_100_characters() {
+        assert_eq!(log_preview("{\"id\": 1", None), "{\"id\": 1");
+        let long = format!("{{\"text\": \"{}\"}}", "é".repeat(300));
+        let preview = log_preview(&long, None);
+        assert_eq!(preview.chars().count(), 101);
+        assert!(preview.ends_with("é…"), "{preview}");
+        // A key that straddles the cut is removed, not cut in half.
+        let key = ApiKey::raw("plain-secret-0123456789").unwrap();
+        let line = format!("{}plain-secret-0123456789 sk-live-abcdef", "x".repeat(90));
+        let preview = log_preview(&line, Some(&key));
+        assert!(!preview.contains("plain-secret"), "{preview}");
+        assert!(preview.starts_with(&format!("{}<redacted>", "x".repeat(90))));
+        assert!(!log_preview("data sk-live-abcdef", None).contains("abcdef"));
     }
 
     #[test]

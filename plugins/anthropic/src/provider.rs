@@ -214,7 +214,7 @@ impl Provider for AnthropicProvider {
         }
         Ok(chunk_stream(
             response,
-            &call.model.id,
+            call.model,
             join,
             Some(self.key.clone()),
             self.malformed.clone(),

@@ -10,7 +10,9 @@
 //! | `ping`, `content_block_stop`, thinking deltas, unknown events | nothing |
 //! | `error` | the stream fails with the error's kind |
 //!
-//! An unparseable event is skipped, logged and counted. A stream that ends
+//! An unparseable event is skipped, counted, and logged at `warn` (provider,
+//! model, counts, and at most 100 characters of the data with secrets
+//! removed). A stream that ends
 //! without `message_stop` is complete if `message_delta` brought a stop
 //! reason; otherwise, or if the transport cut it, it fails with
 //! `StreamInterrupted`.
@@ -22,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use backstop_core::sse::{SseDecoder, SseEvent};
 use backstop_core::{
-    ChatChunk, ChunkChoice, ChunkStream, Delta, Extra, FailureKind, ProviderError, Role,
+    ChatChunk, ChunkChoice, ChunkStream, Delta, Extra, FailureKind, ModelSpec, ProviderError, Role,
 };
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -31,14 +33,14 @@ use serde_json::{Value, json};
 use crate::classify::inband_error;
 use crate::prefill::Join;
 use crate::response::{AnthropicUsage, finish_reason, now_unix};
-use backstop_http::{ApiKey, error_chain};
+use backstop_http::{ApiKey, error_chain, log_preview};
 
 type Body = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
 
 /// Turns a streaming response into chunks.
 pub(crate) fn chunk_stream(
     response: reqwest::Response,
-    model: &str,
+    model: &ModelSpec,
     join: Join,
     key: Option<ApiKey>,
     malformed: Arc<AtomicU64>,
@@ -54,7 +56,8 @@ pub(crate) fn chunk_stream(
         events: VecDeque::new(),
         out: VecDeque::new(),
         translator: Translator::new(join),
-        model: model.to_owned(),
+        model: model.id.clone(),
+        provider: model.provider.clone(),
         key,
         malformed,
         skipped: 0,
@@ -75,8 +78,11 @@ struct Reader {
     out: VecDeque<ChatChunk>,
     translator: Translator,
     model: String,
+    /// The provider's id, for logs.
+    provider: String,
     key: Option<ApiKey>,
     malformed: Arc<AtomicU64>,
+    /// Unparseable events skipped in this stream.
     skipped: u64,
     /// No more events are read.
     done: bool,
@@ -117,9 +123,7 @@ impl Reader {
         let data: Value = match serde_json::from_str(&event.data) {
             Ok(data) => data,
             Err(error) => {
-                self.skipped += 1;
-                self.malformed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(model = %self.model, skipped = self.skipped, %error, "skipped an unparseable stream event");
+                self.skip(&event.data, &error);
                 return Ok(());
             }
         };
@@ -143,6 +147,25 @@ impl Reader {
                 Ok(())
             }
         }
+    }
+
+    /// Counts and logs an unparseable event. The log names the model and
+    /// provider and shows the counts, where the JSON broke, and at most 100
+    /// characters of the data with secrets removed; never the parser's
+    /// message, which quotes the data's values at any length.
+    fn skip(&mut self, data: &str, error: &serde_json::Error) {
+        self.skipped += 1;
+        let total = self.malformed.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::warn!(
+            provider = %self.provider,
+            model = %self.model,
+            skipped = self.skipped,
+            total,
+            reason = ?error.classify(),
+            column = error.column(),
+            line = %log_preview(data, self.key.as_ref()),
+            "skipped an unparseable stream event"
+        );
     }
 
     /// The transport ended, cleanly (`None`) or not.

@@ -10,8 +10,10 @@ use backstop_core::{ChatRequest, FailureKind, Provider, Role};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use support::chunks::{drain, text};
+use support::logs::Logs;
 use support::raw_http::{End, RawServer, Reply};
 use support::{answer_events, call, error, event, events, message_stop, model, provider};
+use tracing::Level;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -112,6 +114,53 @@ async fn an_unparseable_event_is_skipped_and_counted() {
     let (chunks, error) = drain(p.stream(call(&model, &request)).await.unwrap()).await;
     assert!(error.is_none(), "{error:?}");
     assert_eq!(text(&chunks), "Hello!");
+    assert_eq!(p.malformed_chunks(), 1);
+}
+
+#[tokio::test]
+async fn an_unparseable_event_is_logged_at_warn_with_counts_and_no_secrets() {
+    let all = answer_events(&["Hello", "!"]);
+    let bad = format!(
+        "event: content_block_delta\ndata: {{\"type\": \"content_block_delta\", \"note\": \"{} {}\"\n\n",
+        support::KEY,
+        "y".repeat(300)
+    );
+    let body = format!(
+        "{}{bad}{}{}",
+        events(&all[..4]),
+        events(&all[4..]),
+        event(&message_stop())
+    );
+    let server = sse_server(body).await;
+    let p = provider(&server.uri());
+    let model = model();
+    let request = ChatRequest::user("chat", "hi");
+    let (logs, _guard) = Logs::capture();
+    let (chunks, error) = drain(p.stream(call(&model, &request)).await.unwrap()).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(text(&chunks), "Hello!");
+
+    let warned = logs.at(Level::WARN);
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    let logged = &warned[0];
+    let line = logged.line();
+    assert_eq!(
+        logged.field("message"),
+        Some("skipped an unparseable stream event"),
+        "{line}"
+    );
+    assert_eq!(logged.field("provider"), Some("anthropic"), "{line}");
+    assert_eq!(logged.field("model"), Some("claude"), "{line}");
+    assert_eq!(logged.field("skipped"), Some("1"), "{line}");
+    assert_eq!(logged.field("total"), Some("1"), "{line}");
+    assert!(!line.contains("TESTKEY"), "{line}");
+    assert!(!line.contains(&"y".repeat(101)), "{line}");
+    let shown = logged.field("line").unwrap();
+    assert!(shown.chars().count() <= 101, "{line}");
+    assert!(
+        shown.starts_with(r#"{"type": "content_block_delta", "note": "<redacted> yyy"#),
+        "{line}"
+    );
     assert_eq!(p.malformed_chunks(), 1);
 }
 

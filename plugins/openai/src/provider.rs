@@ -252,7 +252,7 @@ impl Provider for OpenAiProvider {
         }
         Ok(chunk_stream(
             response,
-            &call.model.id,
+            call.model,
             self.key.clone(),
             self.malformed.clone(),
         ))

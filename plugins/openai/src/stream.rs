@@ -3,8 +3,9 @@
 //! Strict about what it trusts, lenient about what it can skip:
 //!
 //! 1. Each `data:` event is a JSON chunk, passed on as it came.
-//! 2. An unparseable `data:` event is skipped, logged and counted; it does
-//!    not fail the answer.
+//! 2. An unparseable `data:` event is skipped, counted, and logged at
+//!    `warn` (provider, model, counts, and at most 100 characters of the
+//!    line with secrets removed); it does not fail the answer.
 //! 3. An `error` object in the stream, vLLM's bare `{"object": "error",
 //!    "message", "type", "code"}`, or an `event: error` fails it with that
 //!    error's kind.
@@ -19,20 +20,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use backstop_core::sse::{SseDecoder, SseEvent};
-use backstop_core::{ChatChunk, ChunkStream, FailureKind, ProviderError};
+use backstop_core::{ChatChunk, ChunkStream, FailureKind, ModelSpec, ProviderError};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde_json::Value;
 
 use crate::classify::inband_error;
-use backstop_http::{ApiKey, error_chain};
+use backstop_http::{ApiKey, error_chain, log_preview};
 
 type Body = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
 
 /// Turns a streaming response into chunks.
 pub(crate) fn chunk_stream(
     response: reqwest::Response,
-    model: &str,
+    model: &ModelSpec,
     key: Option<ApiKey>,
     malformed: Arc<AtomicU64>,
 ) -> ChunkStream {
@@ -46,7 +47,8 @@ pub(crate) fn chunk_stream(
         scratch: Vec::new(),
         events: VecDeque::new(),
         choices: Choices::default(),
-        model: model.to_owned(),
+        model: model.id.clone(),
+        provider: model.provider.clone(),
         key,
         malformed,
         skipped: 0,
@@ -66,6 +68,8 @@ struct Reader {
     events: VecDeque<SseEvent>,
     choices: Choices,
     model: String,
+    /// The provider's id, for logs.
+    provider: String,
     key: Option<ApiKey>,
     malformed: Arc<AtomicU64>,
     /// Unparseable events skipped in this stream.
@@ -129,14 +133,7 @@ impl Reader {
                 {
                     return Some(Err(self.fail(&value)));
                 }
-                self.skipped += 1;
-                self.malformed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    model = %self.model,
-                    skipped = self.skipped,
-                    %error,
-                    "skipped an unparseable stream chunk"
-                );
+                self.skip(data, &error);
                 return None;
             }
         };
@@ -145,6 +142,25 @@ impl Reader {
         }
         self.choices.observe(&chunk);
         Some(Ok(chunk))
+    }
+
+    /// Counts and logs an unparseable `data:` line. The log names the
+    /// model and provider and shows the counts, where the JSON broke, and
+    /// at most 100 characters of the line with secrets removed; never the
+    /// parser's message, which quotes the line's values at any length.
+    fn skip(&mut self, data: &str, error: &serde_json::Error) {
+        self.skipped += 1;
+        let total = self.malformed.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::warn!(
+            provider = %self.provider,
+            model = %self.model,
+            skipped = self.skipped,
+            total,
+            reason = ?error.classify(),
+            column = error.column(),
+            line = %log_preview(data, self.key.as_ref()),
+            "skipped an unparseable stream chunk"
+        );
     }
 
     /// Ends the stream with the error an in-stream error object reports:

@@ -9,8 +9,10 @@ use backstop_core::{ChatRequest, FailureKind, Provider};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use support::chunks::{drain, text};
+use support::logs::Logs;
 use support::raw_http::{End, RawServer, Reply};
 use support::{call, chunk, hello_events, model, provider, sse, sse_done, usage_chunk};
+use tracing::Level;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -68,6 +70,63 @@ async fn an_unparseable_chunk_is_skipped_and_counted() {
     assert!(error.is_none(), "{error:?}");
     assert_eq!(text(&chunks), "Hello world");
     assert_eq!(p.malformed_chunks(), 1);
+}
+
+#[tokio::test]
+async fn an_unparseable_chunk_is_logged_at_warn_with_counts_and_no_secrets() {
+    // A chunk whose `created` is text: serde's message would quote all of
+    // it, the key included.
+    let bad = format!(
+        r#"{{"id": "chatcmpl-123", "created": "Bearer {} {}", "choices": []}}"#,
+        support::KEY,
+        "y".repeat(300)
+    );
+    let events = hello_events();
+    let body = format!(
+        "{}data: {bad}\n\n{}data: {{\"id\": \"cut\n\n{}",
+        sse(&events[..2]),
+        sse(&events[2..3]),
+        sse_done(&events[3..])
+    );
+    let server = sse_server(body).await;
+    let p = provider(&server.uri());
+    let model = model();
+    let request = ChatRequest::user("chat", "hi");
+    let (logs, _guard) = Logs::capture();
+    let (chunks, error) = drain(p.stream(call(&model, &request)).await.unwrap()).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(text(&chunks), "Hello world");
+
+    let warned = logs.at(Level::WARN);
+    assert_eq!(warned.len(), 2, "{warned:?}");
+    for (n, logged) in warned.iter().enumerate() {
+        let line = logged.line();
+        assert_eq!(
+            logged.field("message"),
+            Some("skipped an unparseable stream chunk"),
+            "{line}"
+        );
+        assert_eq!(logged.field("provider"), Some("openai"), "{line}");
+        assert_eq!(logged.field("model"), Some("fast"), "{line}");
+        let count = (n + 1).to_string();
+        assert_eq!(logged.field("skipped"), Some(count.as_str()), "{line}");
+        assert_eq!(logged.field("total"), Some(count.as_str()), "{line}");
+        assert!(!line.contains("TESTKEY"), "{line}");
+        assert!(!line.contains(&"y".repeat(101)), "{line}");
+        assert!(
+            logged.field("line").unwrap().chars().count() <= 101,
+            "{line}"
+        );
+    }
+    assert!(
+        warned[0]
+            .field("line")
+            .unwrap()
+            .starts_with(r#"{"id": "chatcmpl-123", "created": "Bearer <redacted> yyy"#),
+        "{warned:?}"
+    );
+    assert_eq!(warned[1].field("line"), Some(r#"{"id": "cut"#));
+    assert_eq!(p.malformed_chunks(), 2);
 }
 
 #[tokio::test]

@@ -1,11 +1,14 @@
 //! Shared pieces of this crate's tests: a provider pointed at a test
 //! server, calls, and the real response shapes of the Messages API. The
-//! loopback server and the stream readers are the OpenAI crate's.
+//! loopback server, the stream readers and the log capture are the OpenAI
+//! crate's.
 
 #![allow(dead_code)]
 
 #[path = "../../../openai/tests/support/chunks.rs"]
 pub mod chunks;
+#[path = "../../../openai/tests/support/logs.rs"]
+pub mod logs;
 #[path = "../../../openai/tests/support/raw_http.rs"]
 pub mod raw_http;
 

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod chunks;
+pub mod logs;
 pub mod raw_http;
 
 use std::time::Duration;
