@@ -3,9 +3,10 @@
 //! Every built-in strategy is built from a table (its config without the
 //! `type` key) by a constructor that first deserializes it with serde (which
 //! refuses unknown and misspelled keys and names them) and then checks the
-//! values (ratios within 0..=1, non-zero windows, non-negative costs). The
-//! config crate prefixes these messages with the key path of the table:
-//! `strategies.health: unknown field `failur_ratio`, expected one of ...`.
+//! values (ratios above 0 and at most 1, non-zero windows, non-negative
+//! costs). The config crate prefixes these messages with the key path of
+//! the table: `strategies.health: unknown field `failur_ratio`, expected one
+//! of ...`.
 
 use serde::Deserialize;
 
@@ -71,10 +72,19 @@ where
     Ok(T::deserialize(value)?)
 }
 
-/// Checks that a ratio lies within 0..=1.
+/// Checks that a ratio lies within (0, 1]: above 0 and at most 1. Every
+/// window meets a ratio of 0, so what it guards would trip on calls that
+/// all succeeded.
 pub(crate) fn check_ratio(field: &str, value: f64) -> Result<(), StrategyError> {
-    if (0.0..=1.0).contains(&value) {
+    if value > 0.0 && value <= 1.0 {
         Ok(())
+    } else if value <= 0.0 {
+        Err(StrategyError::invalid(
+            field,
+            format!(
+                "must be greater than 0 (got {value}): every window meets a ratio of 0, so it would trip even when every call succeeds"
+            ),
+        ))
     } else {
         Err(StrategyError::invalid(
             field,
@@ -141,6 +151,8 @@ mod tests {
             "`failure_ratio` must be within 0..=1 (got 1.5)"
         );
         assert!(check_ratio("r", f64::NAN).is_err());
+        assert!(check_ratio("r", 1.0).is_ok());
+        assert!(check_ratio("r", f64::MIN_POSITIVE).is_ok());
         assert!(check_cost("max_cost", -0.01).is_err());
         assert!(check_cost("max_cost", f64::INFINITY).is_err());
         assert!(check_non_zero("window_ms", 0).is_err());

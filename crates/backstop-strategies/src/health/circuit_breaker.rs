@@ -45,12 +45,12 @@
 //!
 //! | key | default | meaning |
 //! |---|---|---|
-//! | `failure_ratio` | `0.5` | failures / calls in the window that opens the circuit (0..=1) |
+//! | `failure_ratio` | `0.5` | failures / calls in the window that opens the circuit (above 0, at most 1) |
 //! | `min_calls` | `5` | calls the window must hold before it can open |
 //! | `window_ms` | `30000` | length of the sliding window |
 //! | `buckets` | `10` | time buckets the window is split into |
 //! | `slow_call_ms` | none (off) | a call at least this long is slow |
-//! | `slow_call_ratio` | `1.0` | slow calls / calls that opens the circuit (0..=1) |
+//! | `slow_call_ratio` | `1.0` | slow calls / calls that opens the circuit (above 0, at most 1) |
 //! | `break_ms` | `5000` | first break (open) duration |
 //! | `break_multiplier` | `2.0` | growth of the break on each re-open (>= 1) |
 //! | `max_break_ms` | `60000` | cap of the break |
@@ -77,7 +77,8 @@ pub const NAME: &str = "circuit_breaker";
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CircuitBreakerConfig {
-    /// Failures / calls that opens the circuit. Default 0.5.
+    /// Failures / calls that opens the circuit, above 0 and at most 1.
+    /// Default 0.5.
     pub failure_ratio: f64,
     /// Calls the window must hold before it may open. Default 5.
     pub min_calls: u32,
@@ -87,7 +88,8 @@ pub struct CircuitBreakerConfig {
     pub buckets: u32,
     /// A call at least this long is slow. Default none (slow calls off).
     pub slow_call_ms: Option<u64>,
-    /// Slow calls / calls that opens the circuit. Default 1.0.
+    /// Slow calls / calls that opens the circuit, above 0 and at most 1.
+    /// Default 1.0.
     pub slow_call_ratio: f64,
     /// First break duration. Default 5000.
     pub break_ms: u64,

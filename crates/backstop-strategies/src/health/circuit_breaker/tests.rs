@@ -691,3 +691,32 @@ fn bad_values_name_their_key() {
         "{err}"
     );
 }
+
+#[test]
+fn a_ratio_of_zero_is_refused_naming_its_key() {
+    // failures / calls >= 0 holds for every window: the circuit would open
+    // after min_calls calls that all succeeded.
+    let (ctx, _) = ctx(1);
+    for field in ["failure_ratio", "slow_call_ratio"] {
+        for bad in [0.0, -0.0, -0.5] {
+            let err =
+                CircuitBreaker::from_value(&serde_json::json!({ field: bad }), &ctx).unwrap_err();
+            assert_eq!(err.field(), Some(field), "{field} = {bad}: {err}");
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("`{field}` must be greater than 0 (got ")),
+                "{err}"
+            );
+        }
+        let err =
+            CircuitBreaker::from_value(&serde_json::json!({ field: 1.01 }), &ctx).unwrap_err();
+        assert_eq!(err.field(), Some(field));
+        // The bounds themselves: just above 0, and 1.
+        for good in [1e-9, 1.0] {
+            assert!(
+                CircuitBreaker::from_value(&serde_json::json!({ field: good }), &ctx).is_ok(),
+                "{field} = {good}"
+            );
+        }
+    }
+}
