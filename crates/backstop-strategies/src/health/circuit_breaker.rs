@@ -17,7 +17,11 @@
 //! 4. **Cooling down**: a 429 cools the model for its Retry-After; without
 //!    one, for `cooldown_ms`, doubling while 429s persist (up to
 //!    `max_cooldown_ms`), so a 429 storm without Retry-After is not
-//!    hammered. A success resets the doubling.
+//!    hammered. A success resets the doubling. A cooldown ends where it
+//!    began: a closed circuit closes again, but one that was half-open (a
+//!    trial answered 429) or open (a probe answered 429) goes half-open, so
+//!    the next call is a trial again: a 429 says the model is up, not that
+//!    it has recovered.
 //! 5. **Disabled**: an auth failure or an exhausted quota disables the model
 //!    until a probe succeeds; the transition is reported so the Router raises
 //!    an alert event.
@@ -180,7 +184,8 @@ impl CircuitBreakerConfig {
 // One model's circuit in one word:
 //   bits 0..3   state code
 //   bit  3      cooling down for an explicit Retry-After
-//   bits 4..10  trial calls admitted in this half-open period
+//   bits 4..10  trial calls admitted in this half-open period; cooling
+//               down, bit 4 says the cooldown ends half-open, not closed
 //   bits 10..16 trial calls that succeeded
 //   bits 16..64 end of the break or cooldown, in clock milliseconds (open,
 //               cooling down), kept through half-open to name the period
@@ -191,6 +196,9 @@ const COOLING_DOWN: u64 = 3;
 const DISABLED: u64 = 4;
 const STATE_MASK: u64 = 0b111;
 const EXPLICIT: u64 = 0b1000;
+/// Cooling down only: the cooldown ends half-open (it began on a trial or
+/// on a probe of an open circuit).
+const THEN_HALF_OPEN: u64 = 0b1_0000;
 const TRIALS_SHIFT: u32 = 4;
 const SUCCESSES_SHIFT: u32 = 10;
 const FIELD_MAX: u64 = 0b11_1111;
@@ -221,9 +229,10 @@ impl Word {
         )
     }
 
-    fn cooling_down(until_ms: u64, explicit: bool) -> Self {
-        let flag = if explicit { EXPLICIT } else { 0 };
-        Word(COOLING_DOWN | flag | (until_ms.min(UNTIL_MAX) << UNTIL_SHIFT))
+    fn cooling_down(until_ms: u64, explicit: bool, then_half_open: bool) -> Self {
+        let explicit = if explicit { EXPLICIT } else { 0 };
+        let then = if then_half_open { THEN_HALF_OPEN } else { 0 };
+        Word(COOLING_DOWN | explicit | then | (until_ms.min(UNTIL_MAX) << UNTIL_SHIFT))
     }
 
     fn disabled() -> Self {
@@ -236,6 +245,11 @@ impl Word {
 
     fn explicit(self) -> bool {
         self.0 & EXPLICIT != 0
+    }
+
+    /// Whether a cooldown ends half-open rather than closed.
+    fn then_half_open(self) -> bool {
+        self.code() == COOLING_DOWN && self.0 & THEN_HALF_OPEN != 0
     }
 
     fn trials(self) -> u64 {
@@ -556,9 +570,19 @@ impl CircuitBreaker {
             };
             let (next, streak) = if starts {
                 let streak = circuit.cooldowns.load(Ordering::Relaxed).saturating_add(1);
-                let wait = explicit_ms.unwrap_or_else(|| self.default_cooldown(streak));
+                let mut wait = explicit_ms.unwrap_or_else(|| self.default_cooldown(streak));
+                // A 429 shows the model is up, not that it has recovered: a
+                // circuit that was not closed goes back to trials after the
+                // cooldown.
+                let then_half_open = current.code() != CLOSED;
+                if then_half_open {
+                    // The half-open period that follows is named by the
+                    // cooldown's end; at least 1 ms ahead keeps that name
+                    // apart from the period whose trial got the 429.
+                    wait = wait.max(1);
+                }
                 (
-                    Word::cooling_down(now_ms.saturating_add(wait), explicit),
+                    Word::cooling_down(now_ms.saturating_add(wait), explicit, then_half_open),
                     Some(streak),
                 )
             } else {
@@ -570,7 +594,11 @@ impl CircuitBreaker {
                 let streak = circuit.cooldowns.load(Ordering::Relaxed).max(1);
                 let wait = explicit_ms.unwrap_or_else(|| self.default_cooldown(streak));
                 let until = now_ms.saturating_add(wait).max(current.until_ms());
-                let next = Word::cooling_down(until, explicit || current.explicit());
+                let next = Word::cooling_down(
+                    until,
+                    explicit || current.explicit(),
+                    current.then_half_open(),
+                );
                 if next == current {
                     return None;
                 }
@@ -638,7 +666,7 @@ impl HealthPolicy for CircuitBreaker {
                             retry_after: Duration::from_millis(until - now_ms),
                         };
                     }
-                    if current.code() == OPEN {
+                    if current.code() == OPEN || current.then_half_open() {
                         Word::half_open(until, 1, 0)
                     } else {
                         Word::closed()

@@ -426,7 +426,7 @@ fn a_429_in_flight_during_a_cooldown_extends_it_without_doubling() {
 }
 
 #[test]
-fn a_429_on_a_trial_cools_the_model_down() {
+fn a_429_on_a_trial_cools_down_then_trials_again() {
     let (b, clock) = breaker(CircuitBreakerConfig::default());
     open(&b);
     clock.advance(ms(5_000));
@@ -439,8 +439,97 @@ fn a_429_on_a_trial_cools_the_model_down() {
             Some(FailureKind::RateLimited)
         )
     );
-    clock.advance(ms(2_000));
-    assert_eq!(trial_of(permit(&b, 0)), None);
+    clock.advance(ms(1_999));
+    assert_eq!(rejected(&b, 0), ms(1));
+    // A 429 is not proof of recovery: after the cooldown the circuit is
+    // half-open again, one trial at a time.
+    clock.advance(ms(1));
+    let trial = permit(&b, 0);
+    assert!(trial_of(trial).is_some(), "the first call is a trial");
+    assert_eq!(state(&b), CircuitState::HalfOpen);
+    assert_eq!(rejected(&b, 0), Duration::ZERO);
+    // A failed trial re-opens it with the grown break, as any trial would.
+    assert_eq!(
+        b.record(0, trial, fail(FailureKind::Server)),
+        t(
+            CircuitState::HalfOpen,
+            CircuitState::Open,
+            Some(FailureKind::Server)
+        )
+    );
+    assert_eq!(rejected(&b, 0), ms(10_000));
+    // A trial that succeeds closes it.
+    clock.advance(ms(10_000));
+    let trial = permit(&b, 0);
+    assert_eq!(
+        b.record(0, trial, ok()),
+        t(CircuitState::HalfOpen, CircuitState::Closed, None)
+    );
+}
+
+#[test]
+fn a_429_on_a_trial_in_flight_during_the_cooldown_keeps_it_ending_half_open() {
+    let (b, clock) = breaker(CircuitBreakerConfig {
+        half_open_calls: 2,
+        ..CircuitBreakerConfig::default()
+    });
+    open(&b);
+    clock.advance(ms(5_000));
+    let first = permit(&b, 0);
+    let second = permit(&b, 0);
+    assert!(b.record(0, first, limited(None)).is_some());
+    // The other trial's 429 extends the cooldown; it still ends half-open.
+    clock.advance(ms(500));
+    assert_eq!(b.record(0, second, limited(Some(ms(3_000)))), None);
+    clock.advance(ms(3_000));
+    assert!(trial_of(permit(&b, 0)).is_some());
+    assert_eq!(state(&b), CircuitState::HalfOpen);
+}
+
+#[test]
+fn a_429_without_retry_after_on_a_trial_ends_half_open_too() {
+    let (b, clock) = breaker(CircuitBreakerConfig::default());
+    open(&b);
+    clock.advance(ms(5_000));
+    let p = permit(&b, 0);
+    assert!(b.record(0, p, limited(None)).is_some());
+    assert_eq!(rejected(&b, 0), ms(1_000));
+    clock.advance(ms(1_000));
+    assert!(trial_of(permit(&b, 0)).is_some());
+    // Even a Retry-After of 0 leaves a trial, not a closed circuit.
+    let (b, clock) = breaker(CircuitBreakerConfig::default());
+    open(&b);
+    clock.advance(ms(5_000));
+    let p = permit(&b, 0);
+    assert!(b.record(0, p, limited(Some(Duration::ZERO))).is_some());
+    clock.advance(ms(1));
+    let p = permit(&b, 0);
+    assert!(trial_of(p).is_some());
+    assert!(
+        b.record(0, p, ok()).is_some(),
+        "the new period's trial decides"
+    );
+}
+
+#[test]
+fn a_probe_429_on_an_open_circuit_ends_half_open() {
+    let (b, clock) = breaker(CircuitBreakerConfig::default());
+    open(&b);
+    let limited_probe = ProbeFailure {
+        kind: FailureKind::RateLimited,
+        retry_after: Some(ms(1_000)),
+    };
+    assert_eq!(
+        b.record_probe(0, Err(limited_probe)),
+        t(
+            CircuitState::Open,
+            CircuitState::CoolingDown,
+            Some(FailureKind::RateLimited)
+        )
+    );
+    clock.advance(ms(1_000));
+    assert!(trial_of(permit(&b, 0)).is_some());
+    assert_eq!(state(&b), CircuitState::HalfOpen);
 }
 
 #[test]
