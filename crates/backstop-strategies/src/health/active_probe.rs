@@ -17,8 +17,11 @@
 //! 3. It reports each result to every policy that routes to the model
 //!    ([`HealthPolicy::record_probe`]): a success closes an open circuit or
 //!    re-enables a disabled model, so a recovered primary gets traffic back
-//!    within one interval. Transitions are logged and sent to the event
-//!    sinks given to [`ActiveProbe::event_sink`] (alerts, metrics).
+//!    within one interval; a failure opens the circuit of a model probed for
+//!    being idle only if it is still idle, so calls that reached it while
+//!    the probe was out decide for themselves. Transitions are logged and
+//!    sent to the event sinks given to [`ActiveProbe::event_sink`] (alerts,
+//!    metrics).
 //!
 //! A probe the budget refused is not a health signal and is not reported.
 //! The task stops when its [`ProberHandle`] is dropped.

@@ -31,8 +31,11 @@
 //! model and count for nothing.
 //!
 //! Background probes ([`super::active_probe`]) feed [`HealthPolicy::record_probe`]:
-//! a successful probe closes the circuit from any state; a failed one opens
-//! a closed circuit (an idle model found dead) or extends an open one.
+//! a successful probe closes the circuit from any state; a failed one
+//! extends an open circuit, and opens a closed one only if the model is
+//! still idle: listed as idle by [`HealthPolicy::probe_targets`] and without
+//! a call since (an idle model found dead). A model that got traffic while
+//! its probe was out is judged by that traffic, in its window.
 //! Models that want a probe are open, half-open, disabled or cooling down
 //! without an explicit Retry-After, or closed and idle for the prober's
 //! `idle_ms`; a healthy, busy model is never listed.
@@ -298,11 +301,17 @@ struct Circuit {
     reopens: AtomicU32,
     /// Cooldowns since the last success; sizes the next default cooldown.
     cooldowns: AtomicU32,
-    /// Clock milliseconds of the last outcome or probe.
+    /// Clock milliseconds of the last outcome or probe, with
+    /// [`LISTED_IDLE`] set while the model is listed for a probe as idle
+    /// and no call has been recorded since.
     last_activity_ms: AtomicU64,
     /// Calls, failures, slow calls.
     window: SlidingWindow<3>,
 }
+
+/// Marks `last_activity_ms` of a closed model listed for a probe because it
+/// was idle; the next recorded call clears it.
+const LISTED_IDLE: u64 = 1 << 63;
 
 /// Outcome counters of the window.
 const CALLS: usize = 0;
@@ -392,12 +401,35 @@ impl CircuitBreaker {
         self.slow_call.is_some_and(|slow| latency >= slow)
     }
 
-    /// Notes activity. Idleness is judged in seconds, so a store at most
-    /// every 100 ms keeps the shared line quiet under load.
+    /// Notes a call. Idleness is judged in seconds, so a store at most
+    /// every 100 ms keeps the shared line quiet under load; the first call
+    /// after the model was listed as idle always stores, ending that.
     fn touch(circuit: &Circuit, now_ms: u64) {
-        if now_ms.saturating_sub(circuit.last_activity_ms.load(Ordering::Relaxed)) >= 100 {
+        let last = circuit.last_activity_ms.load(Ordering::Relaxed);
+        if last & LISTED_IDLE != 0 || now_ms.saturating_sub(last) >= 100 {
             circuit.last_activity_ms.store(now_ms, Ordering::Relaxed);
         }
+    }
+
+    /// Whether a closed model has had no call for `idle_ms`; if so, marks it
+    /// listed as idle, so a failed probe may open it unless a call comes
+    /// first. A call recorded between the check and the mark makes the
+    /// model busy, not listed.
+    fn list_if_idle(circuit: &Circuit, now_ms: u64, idle_ms: u64) -> bool {
+        let last = circuit.last_activity_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(last & !LISTED_IDLE) < idle_ms {
+            return false;
+        }
+        last & LISTED_IDLE != 0
+            || circuit
+                .last_activity_ms
+                .compare_exchange(
+                    last,
+                    last | LISTED_IDLE,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
     }
 
     fn transition(from: Word, to: CircuitState, cause: Option<FailureKind>) -> HealthTransition {
@@ -772,7 +804,12 @@ impl HealthPolicy for CircuitBreaker {
     ) -> Option<HealthTransition> {
         let circuit = self.circuits.get(model)?;
         let now = self.clock.now();
-        Self::touch(circuit, Self::now_ms(now));
+        // A probe counts as activity: an idle model is probed again only
+        // after idling for the prober's idle_ms once more.
+        let before = circuit
+            .last_activity_ms
+            .swap(Self::now_ms(now), Ordering::Relaxed);
+        let still_idle = before & LISTED_IDLE != 0;
         let ProbeFailure { kind, retry_after } = match result {
             Ok(_) => {
                 Self::reset_cooldowns(circuit);
@@ -789,6 +826,12 @@ impl HealthPolicy for CircuitBreaker {
             HealthEffect::Failure => {
                 let current = Word(circuit.word.load(Ordering::Acquire));
                 if current.code() == CLOSED {
+                    if !still_idle {
+                        // Calls reached the model while the probe was out
+                        // (or it was never listed as idle): they, through
+                        // the window, say whether it is down.
+                        return None;
+                    }
                     // An idle model found dead: open with the first break,
                     // so traffic does not discover it the hard way.
                     let until = Self::now_ms(now).saturating_add(self.break_for(0));
@@ -818,10 +861,7 @@ impl HealthPolicy for CircuitBreaker {
                 // An explicit Retry-After is the upstream's word; it ends by
                 // itself and probing would only spend its quota.
                 COOLING_DOWN => !current.explicit(),
-                _ => {
-                    now_ms.saturating_sub(circuit.last_activity_ms.load(Ordering::Relaxed))
-                        >= idle_ms
-                }
+                _ => Self::list_if_idle(circuit, now_ms, idle_ms),
             };
             if wants {
                 out.push(index);

@@ -317,3 +317,38 @@ async fn a_probe_the_budget_refuses_is_not_a_health_signal() {
     // Not disabled as if the upstream's quota were exhausted.
     assert_eq!(s.breaker.snapshot(0).state, CircuitState::Open);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_idle_probe_does_not_open_a_model_that_got_traffic_meanwhile() {
+    let s = setup(None);
+    s.backup.hang_probes.store(true, Ordering::SeqCst);
+    let _prober = prober(&s, 5_000, 10_000).spawn(s.router.clone());
+    // The backup has had no call since the start: the round at 60 s lists
+    // it as idle, and its probe hangs until the 10 s timeout, at 70 s.
+    tokio::time::sleep(ms(62_000)).await;
+    assert_eq!(s.backup.probes(), 1);
+    // Meanwhile it serves real traffic that succeeds.
+    for _ in 0..6 {
+        let permit = match s.breaker.admit(1) {
+            backstop_core::Admission::Admit(p) => p,
+            backstop_core::Admission::Reject { .. } => panic!("rejected"),
+        };
+        s.breaker.record(
+            1,
+            permit,
+            backstop_core::CallOutcome::Success { latency: ms(20) },
+        );
+        tokio::time::sleep(ms(1_000)).await;
+    }
+    // The probe has timed out; the busy backup stays closed.
+    tokio::time::sleep(ms(4_500)).await;
+    assert_eq!(s.backup.probes(), 1);
+    assert_eq!(s.breaker.snapshot(1).state, CircuitState::Closed);
+    assert!(
+        !s.sink.events().iter().any(
+            |e| matches!(e, Recorded::Health(model, _, CircuitState::Open) if model == "backup")
+        ),
+        "{:?}",
+        s.sink.events()
+    );
+}

@@ -574,6 +574,10 @@ fn a_successful_probe_closes_an_open_circuit_before_the_break_ends() {
 #[test]
 fn a_failed_probe_opens_an_idle_circuit_and_extends_an_open_one() {
     let (b, clock) = breaker(CircuitBreakerConfig::default());
+    clock.advance(ms(60_000));
+    let mut targets = Vec::new();
+    b.probe_targets(ms(60_000), &mut targets);
+    assert_eq!(targets, vec![0, 1], "both models idle");
     assert_eq!(
         b.record_probe(0, Err(failed(FailureKind::Connect))),
         t(
@@ -599,6 +603,49 @@ fn a_failed_probe_opens_an_idle_circuit_and_extends_an_open_one() {
             .is_some()
     );
     assert_eq!(state(&b), CircuitState::CoolingDown);
+}
+
+#[test]
+fn a_failed_probe_does_not_open_a_model_that_got_traffic_since_it_was_listed() {
+    let (b, clock) = breaker(CircuitBreakerConfig::default());
+    clock.advance(ms(60_000));
+    let mut targets = Vec::new();
+    b.probe_targets(ms(60_000), &mut targets);
+    assert_eq!(targets, vec![0, 1], "both models idle, both probed");
+    // While the probes are out, model 0 gets real traffic that succeeds;
+    // model 1 stays idle.
+    clock.advance(ms(1_000));
+    assert_eq!(call(&b, ok()), None);
+    clock.advance(ms(9_000));
+    // Both probes time out. The busy model's own calls say it is up.
+    assert_eq!(b.record_probe(0, Err(failed(FailureKind::Timeout))), None);
+    assert_eq!(state(&b), CircuitState::Closed);
+    assert!(matches!(b.admit(0), Admission::Admit(_)));
+    // The idle one is found dead before traffic finds it.
+    assert_eq!(
+        b.record_probe(1, Err(failed(FailureKind::Timeout))),
+        t(
+            CircuitState::Closed,
+            CircuitState::Open,
+            Some(FailureKind::Timeout)
+        )
+    );
+}
+
+#[test]
+fn a_failed_probe_of_a_model_never_listed_as_idle_does_not_open_it() {
+    // A policy that shares the model but found it busy (so did not list
+    // it) still hears the probe's result; it must not open on it.
+    let (b, clock) = breaker(CircuitBreakerConfig::default());
+    for _ in 0..10 {
+        clock.advance(ms(10_000));
+        call(&b, ok());
+    }
+    let mut targets = Vec::new();
+    b.probe_targets(ms(60_000), &mut targets);
+    assert_eq!(targets, vec![1]);
+    assert_eq!(b.record_probe(0, Err(failed(FailureKind::Server))), None);
+    assert_eq!(state(&b), CircuitState::Closed);
 }
 
 #[test]
