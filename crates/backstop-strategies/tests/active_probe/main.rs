@@ -12,8 +12,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use backstop_core::testing::{Recorded, RecordingSink};
 use backstop_core::{
-    BudgetPolicy, Call, ChatRequest, ChatResponse, ChunkStream, CircuitState, FailureKind,
-    HealthPolicy, ModelSpec, Provider, ProviderError, RequestContext, RoutePolicy, Router,
+    Admission, BudgetPolicy, Call, CallOutcome, ChatRequest, ChatResponse, ChunkStream,
+    CircuitState, FailureKind, HealthPolicy, HealthSnapshot, HealthTransition, ModelIndex,
+    ModelSpec, Permit, ProbeFailure, Provider, ProviderError, RequestContext, RoutePolicy, Router,
     Scenario, Strategies, StrategyContext, SystemClock, Usage,
 };
 use backstop_strategies::budget::{PerRequest, PerRequestConfig, Unlimited, UnlimitedConfig};
@@ -351,4 +352,120 @@ async fn a_failed_idle_probe_does_not_open_a_model_that_got_traffic_meanwhile() 
         "{:?}",
         s.sink.events()
     );
+}
+
+/// A health policy that admits everything, asks for probes of the models it
+/// is given, and logs which models' probe results it was told.
+#[derive(Debug)]
+struct ProbeLog {
+    wants: Vec<ModelIndex>,
+    told: std::sync::Mutex<Vec<ModelIndex>>,
+}
+
+impl ProbeLog {
+    fn new(wants: Vec<ModelIndex>) -> Arc<Self> {
+        Arc::new(Self {
+            wants,
+            told: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    fn told(&self) -> Vec<ModelIndex> {
+        let mut told = self.told.lock().unwrap().clone();
+        told.sort_unstable();
+        told.dedup();
+        told
+    }
+}
+
+impl HealthPolicy for ProbeLog {
+    fn name(&self) -> &str {
+        "probe_log"
+    }
+
+    fn admit(&self, _: ModelIndex) -> Admission {
+        Admission::Admit(Permit::default())
+    }
+
+    fn record(&self, _: ModelIndex, _: Permit, _: CallOutcome) -> Option<HealthTransition> {
+        None
+    }
+
+    fn record_probe(
+        &self,
+        model: ModelIndex,
+        _: Result<Duration, ProbeFailure>,
+    ) -> Option<HealthTransition> {
+        self.told.lock().unwrap().push(model);
+        None
+    }
+
+    fn probe_targets(&self, _: Duration, out: &mut Vec<ModelIndex>) {
+        out.extend_from_slice(&self.wants);
+    }
+
+    fn snapshot(&self, _: ModelIndex) -> HealthSnapshot {
+        HealthSnapshot {
+            state: CircuitState::Closed,
+            retry_after_ms: None,
+            window_calls: 0,
+            failure_ratio: 0.0,
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn probe_results_reach_only_the_policies_whose_routes_list_the_model() {
+    // Scenario `chat` (policy A) routes primary -> backup; scenario `solo`
+    // (policy B) routes spare -> backup. Each policy also asks for a model
+    // none of its routes reach.
+    let models = vec![
+        ModelSpec::new("primary", "primary"),
+        ModelSpec::new("backup", "backup"),
+        ModelSpec::new("spare", "spare"),
+    ];
+    let ctx = StrategyContext::new(models, SystemClock::shared());
+    let (a, b) = (ProbeLog::new(vec![0, 1, 2]), ProbeLog::new(vec![0, 2]));
+    let strategies = |health: Arc<ProbeLog>| Strategies {
+        selector: Arc::new(Priority::new(PriorityConfig {}, &ctx).unwrap()),
+        health,
+        budget: Arc::new(Unlimited::new(UnlimitedConfig {}, &ctx).unwrap()),
+        result: Arc::new(Annotate::new(AnnotateConfig::default(), &ctx).unwrap()),
+    };
+    let upstreams: Vec<Arc<Upstream>> = (0..3).map(|_| Arc::new(Upstream::default())).collect();
+    let router = Router::builder(ctx.clone())
+        .provider("primary", upstreams[0].clone())
+        .provider("backup", upstreams[1].clone())
+        .provider("spare", upstreams[2].clone())
+        .scenario(
+            Scenario {
+                name: "chat".into(),
+                chain: vec!["primary".into(), "backup".into()],
+                policy: RoutePolicy::default(),
+            },
+            strategies(a.clone()),
+        )
+        .scenario(
+            Scenario {
+                name: "solo".into(),
+                chain: vec!["spare".into(), "backup".into()],
+                policy: RoutePolicy::default(),
+            },
+            strategies(b.clone()),
+        )
+        .build()
+        .unwrap();
+    let _prober = ActiveProbe::new(ActiveProbeConfig::default(), &ctx)
+        .unwrap()
+        .spawn(router.clone());
+    tokio::time::sleep(ms(1_000)).await;
+    // Every model is probed once: each is listed by a policy that reaches it.
+    for upstream in &upstreams {
+        assert_eq!(upstream.probes(), 1);
+    }
+    // A hears about primary and backup, never spare (which only B's route
+    // reaches, though A asked for it); B about spare and backup, never
+    // primary. The shared backup's result reaches both.
+    assert_eq!(a.told(), vec![0, 1]);
+    assert_eq!(b.told(), vec![1, 2]);
 }
