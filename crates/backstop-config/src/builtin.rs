@@ -83,7 +83,8 @@ fn openai(registry: &mut Registry) -> Result<(), DuplicateType> {
         let provider = OpenAiProvider::new(config).map_err(|e| match e {
             OpenAiBuildError::MissingKey { .. }
             | OpenAiBuildError::InvalidKey { .. }
-            | OpenAiBuildError::EmptyKeyVar => FactoryError::at("api_key_env", e),
+            | OpenAiBuildError::EmptyKeyVar
+            | OpenAiBuildError::KeyVarNotAName => FactoryError::at("api_key_env", e),
             OpenAiBuildError::InvalidBaseUrl { .. } => FactoryError::at("base_url", e),
             OpenAiBuildError::Client(_) => FactoryError::new(e),
         })?;
@@ -100,7 +101,8 @@ fn anthropic(registry: &mut Registry) -> Result<(), DuplicateType> {
         let provider = AnthropicProvider::new(config).map_err(|e| match e {
             AnthropicBuildError::MissingKey { .. }
             | AnthropicBuildError::InvalidKey { .. }
-            | AnthropicBuildError::EmptyKeyVar => FactoryError::at("api_key_env", e),
+            | AnthropicBuildError::EmptyKeyVar
+            | AnthropicBuildError::KeyVarNotAName => FactoryError::at("api_key_env", e),
             AnthropicBuildError::InvalidVersion(_) => FactoryError::at("anthropic_version", e),
             AnthropicBuildError::InvalidBaseUrl { .. } => FactoryError::at("base_url", e),
             AnthropicBuildError::Client(_) => FactoryError::new(e),

@@ -213,6 +213,18 @@ pub fn log_preview(text: &str, key: Option<&ApiKey>) -> String {
     }
 }
 
+/// Whether `name` can be an environment variable name as configs write
+/// them: ASCII letters, digits and `_`, not starting with a digit. A value
+/// that is not (say, the key itself pasted into `api_key_env`) must be
+/// refused without being repeated.
+pub fn is_env_var_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
 /// A byte that can be part of an API key or of its masked form.
 fn is_key_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'*')
@@ -451,6 +463,24 @@ mod tests {
         );
         assert_eq!(format!("{local:?}"), "ApiKey(<redacted>)");
         assert!(local.header().is_sensitive());
+    }
+
+    #[test]
+    fn env_var_names_are_letters_digits_and_underscores() {
+        for name in ["OPENAI_API_KEY", "_X", "key2", "a"] {
+            assert!(is_env_var_name(name), "{name}");
+        }
+        for name in [
+            "",
+            "2KEY",
+            "sk-proj-abc123",
+            "MY KEY",
+            "KEY=1",
+            "$KEY",
+            "K\u{e9}Y",
+        ] {
+            assert!(!is_env_var_name(name), "{name}");
+        }
     }
 
     #[test]

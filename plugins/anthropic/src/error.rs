@@ -21,6 +21,12 @@ pub enum AnthropicBuildError {
     /// `api_key_env` is the empty string.
     #[error("the variable name is empty; name the environment variable that holds the key")]
     EmptyKeyVar,
+    /// `api_key_env` is not shaped like a variable name: most likely the key
+    /// itself was pasted in. The value is not carried.
+    #[error(
+        "`api_key_env` is not an environment variable name (ASCII letters, digits and `_`, not starting with a digit); it names the variable that holds the key, never the key itself (the value is not repeated here)"
+    )]
+    KeyVarNotAName,
     /// `anthropic_version` is empty or not sendable in a header.
     #[error("`{0}` is not a valid header value")]
     InvalidVersion(String),

@@ -20,7 +20,7 @@ use crate::request::translate;
 use crate::response::completion;
 use crate::stream::chunk_stream;
 use backstop_http::{
-    ApiKey, Clients, error_body, error_chain, redact_url, retry_after, send_error,
+    ApiKey, Clients, error_body, error_chain, is_env_var_name, redact_url, retry_after, send_error,
 };
 
 /// A provider for Anthropic's Messages API.
@@ -64,6 +64,9 @@ impl AnthropicProvider {
         let var = config.api_key_env.as_str();
         if var.is_empty() {
             return Err(AnthropicBuildError::EmptyKeyVar);
+        }
+        if !is_env_var_name(var) {
+            return Err(AnthropicBuildError::KeyVarNotAName);
         }
         let value = env(var).filter(|v| !v.trim().is_empty()).ok_or_else(|| {
             AnthropicBuildError::MissingKey {
@@ -327,6 +330,17 @@ mod tests {
             }
         );
         assert!(!e.to_string().contains("secret"));
+    }
+
+    #[test]
+    fn a_key_pasted_into_api_key_env_is_refused_without_being_repeated() {
+        let config = AnthropicConfig {
+            api_key_env: "sk-ant-api03-0123456789abcdef".into(),
+            ..AnthropicConfig::default()
+        };
+        let e = AnthropicProvider::new_with_env(config, |_| None).unwrap_err();
+        assert_eq!(e, AnthropicBuildError::KeyVarNotAName);
+        assert!(!e.to_string().contains("0123456789"), "{e}");
     }
 
     #[test]

@@ -24,6 +24,12 @@ pub enum OpenAiBuildError {
         "the variable name is empty; name the environment variable that holds the key, or remove the key"
     )]
     EmptyKeyVar,
+    /// `api_key_env` is not shaped like a variable name: most likely the key
+    /// itself was pasted in. The value is not carried.
+    #[error(
+        "`api_key_env` is not an environment variable name (ASCII letters, digits and `_`, not starting with a digit); it names the variable that holds the key, never the key itself (the value is not repeated here)"
+    )]
+    KeyVarNotAName,
     /// `base_url` is not an absolute http(s) URL.
     #[error("`{url}` is not a valid http(s) URL: {reason}")]
     InvalidBaseUrl {

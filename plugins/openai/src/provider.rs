@@ -19,7 +19,7 @@ use crate::error::OpenAiBuildError;
 use crate::stream::chunk_stream;
 use crate::wire::WireRequest;
 use backstop_http::{
-    ApiKey, Clients, error_body, error_chain, redact_url, retry_after, send_error,
+    ApiKey, Clients, error_body, error_chain, is_env_var_name, redact_url, retry_after, send_error,
 };
 
 /// A provider for an OpenAI-compatible chat completions API.
@@ -64,6 +64,7 @@ impl OpenAiProvider {
                 })?;
         let key_var = match config.api_key_env.as_deref() {
             Some("") => return Err(OpenAiBuildError::EmptyKeyVar),
+            Some(var) if !is_env_var_name(var) => return Err(OpenAiBuildError::KeyVarNotAName),
             Some(var) => Some(var),
             None if config.base_url.trim_end_matches('/') == OPENAI_BASE_URL => {
                 Some(OPENAI_KEY_VAR)
@@ -344,6 +345,18 @@ mod tests {
             OpenAiProvider::new_with_env(empty, |_| None).unwrap_err(),
             OpenAiBuildError::EmptyKeyVar
         );
+    }
+
+    #[test]
+    fn a_key_pasted_into_api_key_env_is_refused_without_being_repeated() {
+        let config = OpenAiConfig {
+            base_url: "https://api.deepseek.com/v1".into(),
+            api_key_env: Some("sk-live-0123456789abcdef".into()),
+            ..OpenAiConfig::default()
+        };
+        let e = OpenAiProvider::new_with_env(config, |_| None).unwrap_err();
+        assert_eq!(e, OpenAiBuildError::KeyVarNotAName);
+        assert!(!e.to_string().contains("0123456789"), "{e}");
     }
 
     #[test]

@@ -50,14 +50,19 @@ impl Builder<'_> {
             };
             provider.stands_in = registry.stands_in(&type_name);
             let config = self.factory_config(table);
-            let unset = self.unset_secrets(&at, table);
+            let reported = self.secret_variables(&at, table);
             if let Some(factory) = registry.provider_factory(&type_name) {
                 match factory(&config) {
                     Ok(p) => provider.provider = Some(p),
-                    Err(e) if unset.iter().any(|var| e.to_string().contains(var.as_str())) => {
-                        // Already reported at its key, by name.
+                    Err(mut e) => {
+                        // What was already reported at its key is not
+                        // repeated in the factory's words.
+                        e.issues
+                            .retain(|issue| !reported.iter().any(|r| r.covers(issue)));
+                        if !e.issues.is_empty() {
+                            self.factory_problem(&at, &type_name, e);
+                        }
                     }
-                    Err(e) => self.factory_problem(&at, &type_name, e),
                 }
             }
             provider.entry = Some(ProviderEntry {
@@ -75,24 +80,66 @@ impl Builder<'_> {
         built
     }
 
-    /// Reports every `*_env` key of the table that names an unset (or
-    /// empty) environment variable, and returns their names. Their values
-    /// are secrets: only the names are ever shown.
-    fn unset_secrets(&mut self, at: &KeyPath, table: &figment::value::Dict) -> Vec<String> {
-        let mut unset = Vec::new();
+    /// Reports every `*_env` key of the table that is not a variable name
+    /// (the secret itself pasted in, most likely: it is not repeated) or
+    /// names an unset (or empty) variable, and returns what it reported.
+    /// The variables' values are secrets: only names are ever shown.
+    fn secret_variables(
+        &mut self,
+        at: &KeyPath,
+        table: &figment::value::Dict,
+    ) -> Vec<ReportedVariable> {
+        let mut reported = Vec::new();
         for (key, value) in table {
             let (true, Value::String(_, var)) = (key.ends_with("_env"), value) else {
                 continue;
             };
-            let set = std::env::var_os(var).is_some_and(|v| !v.is_empty());
-            if !var.is_empty() && !set {
+            if var.is_empty() {
+                continue;
+            }
+            if !backstop_http::is_env_var_name(var) {
+                self.problem(
+                    &at.key(key.as_str()),
+                    "is not an environment variable name (ASCII letters, digits and `_`, not starting with a digit); it names the variable that holds the secret, never the secret itself (the value is not repeated here)",
+                );
+                reported.push(ReportedVariable {
+                    key: key.clone(),
+                    name: None,
+                });
+            } else if std::env::var_os(var).is_none_or(|v| v.is_empty()) {
                 self.problem(
                     &at.key(key.as_str()),
                     format!("environment variable {var:?} is not set"),
                 );
-                unset.push(var.clone());
+                reported.push(ReportedVariable {
+                    key: key.clone(),
+                    name: Some(var.clone()),
+                });
             }
         }
-        unset
+        reported
+    }
+}
+
+/// A `*_env` key already reported by [`Builder::secret_variables`].
+struct ReportedVariable {
+    /// The key in the provider's table.
+    key: String,
+    /// The variable it names, when it is a name (unset).
+    name: Option<String>,
+}
+
+impl ReportedVariable {
+    /// Whether a factory's issue is about the same thing.
+    fn covers(&self, issue: &crate::registry::FactoryIssue) -> bool {
+        let same_key = matches!(
+            issue.key.segments().last(),
+            Some(crate::problem::Segment::Key(key)) if *key == self.key
+        );
+        same_key
+            || self
+                .name
+                .as_ref()
+                .is_some_and(|name| issue.message.contains(name.as_str()))
     }
 }

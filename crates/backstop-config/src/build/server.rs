@@ -88,6 +88,12 @@ impl Builder<'_> {
                 "is empty: name the environment variable that holds the comma-separated API keys",
             );
             None
+        } else if !backstop_http::is_env_var_name(&var) {
+            self.problem(
+                &path.key("api_keys_env"),
+                "is not an environment variable name (ASCII letters, digits and `_`, not starting with a digit); it names the variable that holds the keys, never the keys themselves (the value is not repeated here)",
+            );
+            None
         } else {
             match std::env::var(&var) {
                 Ok(list) => {

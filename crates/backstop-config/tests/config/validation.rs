@@ -91,6 +91,19 @@ fn server_guards_must_not_be_zero() {
 }
 
 #[test]
+fn keys_pasted_where_a_variable_name_belongs_are_refused_unrepeated() {
+    assert_problems(
+        &format!(
+            "[server]\napi_keys_env = \"sk-caller-123\"\n{BASE}\n[providers.cloud]\ntype = \"openai\"\nbase_url = \"https://api.deepseek.com/v1\"\napi_key_env = \"sk-live-456\"\n"
+        ),
+        &[
+            "c.toml: server.api_keys_env: is not an environment variable name (ASCII letters, digits and `_`, not starting with a digit); it names the variable that holds the keys, never the keys themselves (the value is not repeated here)",
+            "c.toml: providers.cloud.api_key_env: is not an environment variable name (ASCII letters, digits and `_`, not starting with a digit); it names the variable that holds the secret, never the secret itself (the value is not repeated here)",
+        ],
+    );
+}
+
+#[test]
 fn a_model_defined_twice_is_a_duplicate_key() {
     assert_problems(
         &format!("{BASE}\n[models.qwen-7b]\nprovider = \"local\"\n"),
