@@ -12,15 +12,23 @@
 //!    (`max_cost`), its caller's (`max_cost_per_caller`; requests without a
 //!    caller share one anonymous account) and its scenario's
 //!    (`max_cost_per_scenario`). Each reservation is one compare-and-swap
-//!    against the cap, so concurrent requests can never together overspend;
-//!    if one account refuses, the others are released and the model is
+//!    against the cap, so concurrent reservations can never together exceed
+//!    it; if one account refuses, the others are released and the model is
 //!    skipped (`over_budget` in the trail; a cheaper model may still fit).
 //! 3. After the call the reservation is replaced by the actual cost of the
 //!    usage reported, or released when the call failed.
 //!
+//! Reservations are atomic on the *estimates*. The actual cost a call
+//! settles at may exceed its reservation (a prompt longer than estimated),
+//! so a window's actual spend can exceed its cap by at most the estimation
+//! error of the calls in flight.
+//!
 //! Calls in flight when a window ends keep their reservation in the next
-//! window until they settle, so a window boundary cannot be used to
-//! overspend either. Probes are counted under the scenario `probe`.
+//! window until they settle, and their cost counts in the window they
+//! settle in, so a window boundary cannot be used to overspend either. A
+//! settle racing the roll into a new window lands in one window or the
+//! other, never lost between them. Probes are counted under the scenario
+//! `probe`.
 //!
 //! When to pick it: to cap spend per hour or per day, for everyone, per API
 //! key, or per product scenario.
@@ -105,16 +113,36 @@ impl RollingConfig {
     }
 }
 
+/// Bits of the generation that tags an account's spend with its window.
+const GEN_BITS: u32 = 8;
+const GEN_MASK: u64 = (1 << GEN_BITS) - 1;
+/// Bits of the spend itself: up to 2^56 nano-dollars (about 72 million
+/// USD) per window, beyond which it stops counting.
+const AMOUNT_BITS: u32 = 64 - GEN_BITS;
+const AMOUNT_MAX: u64 = (1 << AMOUNT_BITS) - 1;
+
 /// One capped account: spend in the current window plus reservations.
+///
+/// Reservations survive a window's end (they are in `used`, not `spent`);
+/// only the spend of the old window is dropped. Rolling into a new window
+/// moves `window` forward and bumps its generation; whoever first meets
+/// `spent` still tagged with an older generation, roller or settler,
+/// replaces it by an empty spend of the new generation with one
+/// compare-and-swap and takes the old amount off `used`. That happens
+/// exactly once per window, and a cost is only ever added to the spend of
+/// the account's current generation, so a settle racing the roll lands in
+/// one window or the other, never in the old window's spend after the roll
+/// has decided to drop it.
 #[derive(Debug)]
 struct Account {
     cap: u64,
-    /// The window `spent` belongs to.
+    /// The current window and its generation (rolls counted modulo
+    /// 2^GEN_BITS): `window << GEN_BITS | generation`.
     window: AtomicU64,
     /// Spent in the window plus held by calls in flight: what the cap
     /// bounds.
     used: AtomicU64,
-    /// Spent in the window.
+    /// Spent in the window: `generation << AMOUNT_BITS | nano-dollars`.
     spent: AtomicU64,
 }
 
@@ -122,7 +150,7 @@ impl Account {
     fn new(cap: u64, window: u64) -> Self {
         Self {
             cap,
-            window: AtomicU64::new(window),
+            window: AtomicU64::new(window << GEN_BITS),
             used: AtomicU64::new(0),
             spent: AtomicU64::new(0),
         }
@@ -131,20 +159,68 @@ impl Account {
     /// Starts `window` if it is newer than the account's: the spend of the
     /// old one is forgotten, reservations in flight are kept.
     fn roll(&self, window: u64) {
+        self.advance(window);
+        self.sync();
+    }
+
+    /// Moves the account to `window` if it is newer, with the next
+    /// generation; whether this call moved it. The old window's spend is
+    /// dropped by [`Account::sync`].
+    fn advance(&self, window: u64) -> bool {
         let mut current = self.window.load(Ordering::Acquire);
-        while current < window {
+        while current >> GEN_BITS < window {
+            let next = (window << GEN_BITS) | ((current + 1) & GEN_MASK);
             match self.window.compare_exchange_weak(
                 current,
-                window,
+                next,
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => {
-                    let old = self.spent.swap(0, Ordering::AcqRel);
-                    saturating_sub(&self.used, old);
-                    return;
-                }
+                Ok(_) => return true,
                 Err(actual) => current = actual,
+            }
+        }
+        false
+    }
+
+    /// Drops the spend of windows the account has left, if nobody has yet;
+    /// returns the `spent` word of the current window.
+    fn sync(&self) -> u64 {
+        loop {
+            // Read `spent` first: its generation was the account's at some
+            // moment before, so if it differs from the one read now, it is
+            // older.
+            let word = self.spent.load(Ordering::Acquire);
+            let generation = self.window.load(Ordering::Acquire) & GEN_MASK;
+            if word >> AMOUNT_BITS == generation {
+                return word;
+            }
+            let fresh = generation << AMOUNT_BITS;
+            if self
+                .spent
+                .compare_exchange(word, fresh, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                saturating_sub(&self.used, word & AMOUNT_MAX);
+            }
+        }
+    }
+
+    /// Adds `amount` to the spend of the current window.
+    fn add_spent(&self, amount: u64) {
+        if amount == 0 {
+            return;
+        }
+        loop {
+            let word = self.sync();
+            let spent = (word & AMOUNT_MAX).saturating_add(amount).min(AMOUNT_MAX);
+            let next = (word & !AMOUNT_MAX) | spent;
+            if self
+                .spent
+                .compare_exchange_weak(word, next, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return;
             }
         }
     }
@@ -172,19 +248,21 @@ impl Account {
         saturating_sub(&self.used, amount);
     }
 
-    /// Replaces a reservation of `held` by the `actual` cost.
+    /// Replaces a reservation of `held` by the `actual` cost, counted in
+    /// the account's current window (for a call reserved before a window
+    /// ended, the new one).
     fn settle(&self, window: u64, held: u64, actual: u64) {
         self.roll(window);
         // Add before subtracting, so `used` never dips below the truth and
         // lets a concurrent reservation through that should not pass.
         self.used.fetch_add(actual, Ordering::AcqRel);
-        self.spent.fetch_add(actual, Ordering::AcqRel);
+        self.add_spent(actual);
         saturating_sub(&self.used, held);
     }
 
     fn snapshot(&self, window: u64, limit: Option<f64>) -> BudgetSnapshot {
         self.roll(window);
-        let spent = self.spent.load(Ordering::Acquire);
+        let spent = self.sync() & AMOUNT_MAX;
         let used = self.used.load(Ordering::Acquire);
         BudgetSnapshot {
             policy: NAME.into(),
@@ -448,6 +526,80 @@ mod tests {
         let s = b.snapshot();
         assert!(close(s.spent, 0.001));
         assert!(close(s.reserved, 0.0));
+    }
+
+    #[test]
+    fn a_settle_racing_the_window_roll_counts_in_the_new_window() {
+        let (b, ctx, clock) = rolling(RollingConfig {
+            window_ms: 60_000,
+            ..total(0.003)
+        });
+        let (m, f) = (&ctx.models[0], facts("chat", None));
+        // The first window: 0.001 spent, 0.001 in flight.
+        let spent = b.reserve(0, m, &f).unwrap();
+        b.settle(spent, m, &f, Some(&Usage::new(500, 100)));
+        let in_flight = b.reserve(0, m, &f).unwrap();
+        // The clock reaches the boundary exactly. Another thread begins the
+        // roll: the account is in the new window, the old window's spend
+        // not yet dropped.
+        clock.advance(std::time::Duration::from_millis(60_000));
+        assert!(b.total.advance(b.window()));
+        // The call in flight settles now, in the new window...
+        b.settle(in_flight, m, &f, Some(&Usage::new(500, 100)));
+        // ...and the other thread finishes its roll.
+        b.total.sync();
+        // The settled call counts in the new window, and under its cap.
+        let s = b.snapshot();
+        assert!(close(s.spent, 0.001), "{s:?}");
+        assert!(close(s.reserved, 0.0), "{s:?}");
+        b.reserve(0, m, &f).unwrap();
+        b.reserve(0, m, &f).unwrap();
+        assert!(b.reserve(0, m, &f).is_err(), "{:?}", b.snapshot());
+    }
+
+    #[test]
+    fn settles_racing_many_window_rolls_leave_nothing_held() {
+        // 1 ms windows while another thread moves the clock: rolls race
+        // every reserve and settle.
+        let (b, ctx, clock) = rolling(RollingConfig {
+            window_ms: 1,
+            max_cost_per_caller: Some(1.0),
+            ..total(1.0)
+        });
+        let done = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for t in 0..3 {
+                let (b, ctx, done) = (&b, &ctx, &done);
+                s.spawn(move || {
+                    let caller = format!("c{t}");
+                    let f = facts("chat", Some(&caller));
+                    for i in 0..5_000 {
+                        if let Ok(r) = b.reserve(0, &ctx.models[0], &f) {
+                            let usage = (i % 2 == 0).then(|| Usage::new(500, 100));
+                            b.settle(r, &ctx.models[0], &f, usage.as_ref());
+                        }
+                    }
+                    done.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+            s.spawn(|| {
+                while done.load(Ordering::SeqCst) < 3 {
+                    clock.advance(std::time::Duration::from_millis(1));
+                    std::thread::yield_now();
+                }
+            });
+        });
+        // Everything settled: nothing is held, and what the window spent is
+        // all that the cap still counts.
+        let s = b.snapshot();
+        assert!(close(s.reserved, 0.0), "{s:?}");
+        for caller in ["c0", "c1", "c2"] {
+            let c = b.caller_snapshot(Some(caller)).unwrap();
+            assert!(close(c.reserved, 0.0), "{caller}: {c:?}");
+        }
+        clock.advance(std::time::Duration::from_millis(1));
+        let s = b.snapshot();
+        assert!(close(s.spent, 0.0) && close(s.reserved, 0.0), "{s:?}");
     }
 
     #[test]
