@@ -213,6 +213,9 @@ pub fn log_preview(text: &str, key: Option<&ApiKey>) -> String {
     }
 }
 
+/// What [`is_env_var_name`] accepts, for error messages.
+pub const ENV_VAR_NAME_RULE: &str = "ASCII letters, digits and `_`, not starting with a digit";
+
 /// Whether `name` can be an environment variable name as configs write
 /// them: ASCII letters, digits and `_`, not starting with a digit. A value
 /// that is not (say, the key itself pasted into `api_key_env`) must be

@@ -24,7 +24,8 @@ pub enum AnthropicBuildError {
     /// `api_key_env` is not shaped like a variable name: most likely the key
     /// itself was pasted in. The value is not carried.
     #[error(
-        "`api_key_env` is not an environment variable name (ASCII letters, digits and `_`, not starting with a digit); it names the variable that holds the key, never the key itself (the value is not repeated here)"
+        "`api_key_env` is not an environment variable name ({}); it names the variable that holds the key, never the key itself (the value is not repeated here)",
+        backstop_http::ENV_VAR_NAME_RULE
     )]
     KeyVarNotAName,
     /// `anthropic_version` is empty or not sendable in a header.

@@ -1,5 +1,6 @@
 //! `[providers.<id>]`: who serves the models.
 
+use backstop_http::{ENV_VAR_NAME_RULE, is_env_var_name};
 use std::sync::Arc;
 
 use backstop_core::Provider;
@@ -97,10 +98,12 @@ impl Builder<'_> {
             if var.is_empty() {
                 continue;
             }
-            if !backstop_http::is_env_var_name(var) {
+            if !is_env_var_name(var) {
                 self.problem(
                     &at.key(key.as_str()),
-                    "is not an environment variable name (ASCII letters, digits and `_`, not starting with a digit); it names the variable that holds the secret, never the secret itself (the value is not repeated here)",
+                    format!(
+                        "is not an environment variable name ({ENV_VAR_NAME_RULE}); it names the variable that holds the secret, never the secret itself (the value is not repeated here)"
+                    ),
                 );
                 reported.push(ReportedVariable {
                     key: key.clone(),

@@ -1,5 +1,6 @@
 //! `[server]`.
 
+use backstop_http::{ENV_VAR_NAME_RULE, is_env_var_name};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -88,10 +89,12 @@ impl Builder<'_> {
                 "is empty: name the environment variable that holds the comma-separated API keys",
             );
             None
-        } else if !backstop_http::is_env_var_name(&var) {
+        } else if !is_env_var_name(&var) {
             self.problem(
                 &path.key("api_keys_env"),
-                "is not an environment variable name (ASCII letters, digits and `_`, not starting with a digit); it names the variable that holds the keys, never the keys themselves (the value is not repeated here)",
+                format!(
+                    "is not an environment variable name ({ENV_VAR_NAME_RULE}); it names the variable that holds the keys, never the keys themselves (the value is not repeated here)"
+                ),
             );
             None
         } else {
