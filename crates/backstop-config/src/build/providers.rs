@@ -1,10 +1,11 @@
 //! `[providers.<id>]`: who serves the models.
 
-use backstop_http::{ENV_VAR_NAME_RULE, is_env_var_name};
 use std::sync::Arc;
 
 use backstop_core::Provider;
 use figment::value::Value;
+
+use backstop_http::{ENV_VAR_NAME_RULE, is_env_var_name};
 
 use super::Builder;
 use crate::problem::KeyPath;

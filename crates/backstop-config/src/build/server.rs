@@ -1,8 +1,9 @@
 //! `[server]`.
 
-use backstop_http::{ENV_VAR_NAME_RULE, is_env_var_name};
 use std::net::SocketAddr;
 use std::time::Duration;
+
+use backstop_http::{ENV_VAR_NAME_RULE, is_env_var_name};
 
 use super::Builder;
 use crate::problem::KeyPath;
