@@ -3,9 +3,8 @@
 use std::sync::Arc;
 
 use backstop_core::Provider;
-use figment::value::Value;
-
 use backstop_http::{ENV_VAR_NAME_RULE, is_env_var_name};
+use figment::value::Value;
 
 use super::Builder;
 use crate::problem::KeyPath;
