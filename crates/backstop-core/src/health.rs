@@ -147,6 +147,18 @@ pub trait HealthPolicy: Send + Sync + fmt::Debug {
 
     /// The model's current health.
     fn snapshot(&self, model: ModelIndex) -> HealthSnapshot;
+
+    /// Whether a call of `model` that just failed is part of an outage in
+    /// progress rather than a blip: then the Router falls over at once
+    /// instead of retrying the same model (a Retry-After the upstream sent
+    /// is still honoured). `previous_failed` is the Router's own memory:
+    /// whether the model's call before this one, on any route and for any
+    /// request, failed too. The default trusts it; a policy with a better
+    /// view of the model may override it.
+    fn outage_in_progress(&self, model: ModelIndex, previous_failed: bool) -> bool {
+        let _ = model;
+        previous_failed
+    }
 }
 
 fn _health_is_object_safe(_: &dyn HealthPolicy) {}

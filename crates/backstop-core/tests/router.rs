@@ -1420,6 +1420,72 @@ async fn a_busy_model_with_rare_errors_keeps_its_retry() {
     assert_eq!(b.calls(), 0);
 }
 
+/// Admits everything and never calls a failure an outage in progress,
+/// overriding the Router's "previous call failed" memory.
+#[derive(Debug, Default)]
+struct NeverAnOutage(AlwaysAdmit);
+
+impl HealthPolicy for NeverAnOutage {
+    fn name(&self) -> &str {
+        "never_an_outage"
+    }
+
+    fn admit(&self, model: usize) -> backstop_core::Admission {
+        self.0.admit(model)
+    }
+
+    fn record(
+        &self,
+        model: usize,
+        permit: backstop_core::Permit,
+        outcome: backstop_core::CallOutcome,
+    ) -> Option<backstop_core::HealthTransition> {
+        self.0.record(model, permit, outcome)
+    }
+
+    fn record_probe(
+        &self,
+        model: usize,
+        result: Result<Duration, backstop_core::ProbeFailure>,
+    ) -> Option<backstop_core::HealthTransition> {
+        self.0.record_probe(model, result)
+    }
+
+    fn probe_targets(&self, idle: Duration, out: &mut Vec<usize>) {
+        self.0.probe_targets(idle, out);
+    }
+
+    fn snapshot(&self, model: usize) -> backstop_core::HealthSnapshot {
+        self.0.snapshot(model)
+    }
+
+    fn outage_in_progress(&self, _: usize, _: bool) -> bool {
+        false
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_health_policy_may_overrule_the_previous_failure_and_keep_the_retry() {
+    let a = ScriptedProvider::always(Script::fail(FailureKind::Server));
+    let b = ScriptedProvider::always(Script::reply(ANSWER));
+    let strategies = Strategies {
+        health: Arc::new(NeverAnOutage::default()),
+        ..simple_strategies()
+    };
+    let s = setup(
+        vec![(model("primary"), a.clone()), (model("backup"), b)],
+        RoutePolicy::default(),
+        strategies,
+    );
+    for round in 1..=2 {
+        s.router
+            .complete(request(), RequestContext::default())
+            .await
+            .unwrap();
+        assert_eq!(a.calls(), 2 * round, "a retry in round {round}");
+    }
+}
+
 /// OpenAI's opening chunk: a role, empty content and `"refusal": null`.
 fn openai_opening_chunk() -> backstop_core::ChatChunk {
     serde_json::from_value(serde_json::json!({

@@ -1,6 +1,7 @@
-//! The failure table of ARCHITECTURE.md as one function: given a classified
-//! failure, retry the same model, fall over, fall over to a larger context
-//! window only, or stop and return the upstream's error.
+//! Step 4 of the map, classifying: the failure table of ARCHITECTURE.md as
+//! one function. Given a classified failure: retry the same model, fall
+//! over, fall over to a larger context window only, or stop and return the
+//! upstream's error.
 
 use std::time::Duration;
 
@@ -21,8 +22,9 @@ pub(crate) enum Next {
 }
 
 /// Decides what follows a failed call, after `retries_done` same-model
-/// retries. `jitter` is uniform in `[0, 1)`. `model_failing` says the
-/// model's health window holds other failures besides this one: then the
+/// retries. `jitter` is uniform in `[0, 1)`. `model_failing` is the
+/// health policy's answer to `HealthPolicy::outage_in_progress` (by
+/// default: the model's previous call, on any route, failed too): then the
 /// failure is an outage in progress, not a blip, and a connect or server
 /// failure falls over at once instead of waiting to retry a model that is
 /// down (a Retry-After the upstream sent is still honoured).

@@ -10,7 +10,13 @@
 //! recorded to health, latency stats, budget and the event sinks, and the
 //! ResultHandler annotates the answer.
 
+mod attempt;
+mod candidates;
+mod complete;
 mod decide;
+mod guard;
+mod hedge;
+mod record;
 mod run;
 mod stream;
 
@@ -109,8 +115,10 @@ struct ModelEntry {
 pub(crate) struct RouterInner {
     ctx: StrategyContext,
     entries: Box<[ModelEntry]>,
-    /// By model: whether its last call failed. A failure right after
-    /// another is an outage in progress, not a blip to retry.
+    /// By model: whether its last call failed (on any route). Written and
+    /// read only by the [`Recorder`](record::Recorder), which hands it to
+    /// `HealthPolicy::outage_in_progress`: a failure right after another is
+    /// an outage in progress, not a blip to retry.
     last_failed: Box<[AtomicBool]>,
     routes: HashMap<Box<str>, Arc<Route>>,
     scenario_names: Box<[Arc<str>]>,
@@ -418,7 +426,7 @@ impl Router {
         cx: RequestContext,
     ) -> Result<FallbackResult, RouteError> {
         let route = self.resolve(&request.model)?;
-        run::complete(self.inner.clone(), route, request, cx).await
+        complete::complete(self.inner.clone(), route, request, cx).await
     }
 
     /// Answers a request with a stream. Returns once the first output chunk

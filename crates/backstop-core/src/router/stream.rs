@@ -22,14 +22,13 @@ use futures::{Stream, StreamExt};
 use smallvec::SmallVec;
 use tokio::time::Instant;
 
+use super::attempt::{CallDeadlines, Mode, Requests};
 use super::decide::{Next, decide};
-use super::run::{
-    BudgetHold, CallDeadlines, CallGuard, Mode, Requests, RunShared, RunState, Winner, error_name,
-};
+use super::guard::{BudgetHold, CallGuard};
+use super::run::{RunShared, RunState, Winner, error_name};
 use super::{RequestContext, Route, RouterInner};
 use crate::chat::{ChatChunk, ChatRequest, Content, Message, Role, Usage, estimate_tokens};
-use crate::error::{Attempt, AttemptOutcome, FailureKind, ProviderError, RouteError};
-use crate::health::CallOutcome;
+use crate::error::{Attempt, FailureKind, ProviderError, RouteError};
 use crate::latency::LatencyKind;
 use crate::model::ModelIndex;
 use crate::provider::{Call, ChunkStream, Provider};
@@ -186,12 +185,9 @@ impl Mode for StreamMode {
         deadlines: CallDeadlines,
         first_token: Duration,
     ) -> StreamStart {
-        shared.note_model_answered(index);
         shared
-            .inner
-            .ctx
-            .latency
-            .observe(index, LatencyKind::FirstToken, first_token);
+            .recorder()
+            .answered(index, LatencyKind::FirstToken, first_token);
         StreamStart {
             head: opened.head,
             rest: opened.rest,
@@ -218,7 +214,9 @@ pub(crate) async fn start(
     {
         Ok(winner) => winner,
         Err(error) => {
-            shared.emit_finished(&state, None, Some(error_name(&error)), state.now);
+            shared
+                .recorder()
+                .finished(&state, None, Some(error_name(&error)), state.now);
             return Err(error);
         }
     };
@@ -472,23 +470,27 @@ impl Machine {
         };
         let now = Instant::now();
         let total = current.call.elapsed_at(now);
-        current.call.finish(CallOutcome::Success {
-            latency: current.first_token,
-        });
         let streamed = self.streamed_usage();
-        current
-            .hold
-            .settle(Some(self.usage.as_ref().unwrap_or(&streamed)));
-        self.shared
-            .emit_attempt(current.index, AttemptOutcome::Succeeded, total);
+        self.shared.recorder().stream_succeeded(
+            current.index,
+            current.call,
+            current.hold,
+            current.first_token,
+            total,
+            self.usage.as_ref().unwrap_or(&streamed),
+        );
         if let Some(entry) = self.state.trail.get_mut(current.trail_entry) {
             entry.duration = total;
         }
         let annotation = self
             .shared
             .annotate(&self.state, current.index, current.level);
-        self.shared
-            .emit_finished(&self.state, Some((current.index, current.level)), None, now);
+        self.shared.recorder().finished(
+            &self.state,
+            Some((current.index, current.level)),
+            None,
+            now,
+        );
         StreamItem::Done(StreamSummary {
             model_used: self.shared.model_id(current.index).clone(),
             fallback_level: current.level,
@@ -508,16 +510,14 @@ impl Machine {
         self.state.now = now;
         let elapsed = current.call.elapsed_at(now);
         tracing::warn!(model = %self.shared.model_id(current.index), %error, "stream failed mid-answer");
-        current.call.finish(CallOutcome::Failure {
-            kind: error.kind,
-            retry_after: error.retry_after,
-            latency: elapsed,
-        });
+        // Whether the model was already failing does not matter here: a
+        // stream cut mid-answer is never retried on the same model.
+        let _outage =
+            self.shared
+                .recorder()
+                .call_failed(current.index, current.call, &error, elapsed);
         // The cut attempt still cost something: settle what was streamed.
         current.hold.settle(Some(&self.streamed_usage()));
-        self.shared.note_model_failed(current.index);
-        self.shared
-            .emit_attempt(current.index, AttemptOutcome::Failed(error.kind), elapsed);
         if let Some(entry) = self.state.trail.get_mut(current.trail_entry) {
             *entry = Attempt::failed(entry.model.clone(), &error, elapsed);
         }
@@ -576,8 +576,12 @@ impl Machine {
             ProviderError::new(FailureKind::StreamInterrupted, "the stream was cut")
         });
         let error = RouteError::StreamAborted { cause, attempts };
-        self.shared
-            .emit_finished(&self.state, None, Some(error_name(&error)), Instant::now());
+        self.shared.recorder().finished(
+            &self.state,
+            None,
+            Some(error_name(&error)),
+            Instant::now(),
+        );
         StreamItem::Failed(error)
     }
 }
@@ -591,7 +595,8 @@ impl Drop for Machine {
                 current.hold.settle(Some(&self.streamed_usage()));
             }
             self.shared
-                .emit_finished(&self.state, None, Some("cancelled"), Instant::now());
+                .recorder()
+                .finished(&self.state, None, Some("cancelled"), Instant::now());
         }
     }
 }

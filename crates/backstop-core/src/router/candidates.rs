@@ -1,0 +1,118 @@
+//! Step 2 of the map, choosing candidates: the Selector orders the chain
+//! (last resorts always last), then each model in turn passes the filters —
+//! the request's deadline, capabilities (streaming, tools, context window),
+//! `HealthPolicy::admit`, `BudgetPolicy::reserve` — or goes to the trail as
+//! a skip with its reason.
+
+use std::sync::Arc;
+
+use smallvec::SmallVec;
+
+use super::guard::BudgetHold;
+use super::run::{RunShared, RunState};
+use crate::error::{Attempt, SkipReason};
+use crate::health::{Admission, CallOutcome, Permit};
+use crate::model::ModelIndex;
+use crate::selector::Candidate;
+
+/// A model that passed the filters, with its first admission and its
+/// budget held.
+pub(crate) struct Admitted {
+    pub(crate) index: ModelIndex,
+    /// Its index in the order tried (0 = primary).
+    pub(crate) level: usize,
+    pub(crate) permit: Permit,
+    pub(crate) hold: BudgetHold,
+}
+
+/// The route's chain in the order the request tries it.
+pub(crate) fn order(shared: &RunShared) -> SmallVec<[ModelIndex; 8]> {
+    let models = &shared.inner.ctx.models;
+    let mut candidates: SmallVec<[Candidate<'_>; 8]> = shared
+        .route
+        .chain
+        .iter()
+        .enumerate()
+        .map(|(position, &index)| Candidate {
+            index,
+            spec: &models[index],
+            position,
+        })
+        .collect();
+    shared
+        .route
+        .strategies
+        .selector
+        .order(&shared.facts(), &mut candidates);
+    // Last resorts go behind everything else, whatever the selector
+    // thought of them (a stable sort keeps its order otherwise).
+    if candidates.iter().any(|c| c.spec.last_resort) {
+        candidates.sort_by_key(|c| c.spec.last_resort);
+    }
+    candidates.iter().map(|c| c.index).collect()
+}
+
+impl RunState {
+    fn skip(&mut self, shared: &RunShared, index: ModelIndex, reason: SkipReason) {
+        tracing::debug!(model = %shared.model_id(index), %reason, "skipped");
+        self.trail
+            .push(Attempt::skipped(shared.model_id(index).clone(), reason));
+    }
+
+    /// The next model that may serve the request, admitted and with its
+    /// budget held; skipped ones go to the trail with their reason.
+    pub(crate) fn next_candidate(&mut self, shared: &Arc<RunShared>) -> Option<Admitted> {
+        let strategies = &shared.route.strategies;
+        let facts = shared.facts();
+        while let Some(&index) = self.order.get(self.cursor) {
+            let level = self.cursor;
+            self.cursor += 1;
+            let spec = shared.spec(index);
+            if self.now >= shared.deadline {
+                self.skip(shared, index, SkipReason::Deadline);
+                continue;
+            }
+            if facts.stream && !spec.capabilities.streaming {
+                self.skip(shared, index, SkipReason::NoStreaming);
+                continue;
+            }
+            if facts.tools && !spec.capabilities.tools {
+                self.skip(shared, index, SkipReason::NoTools);
+                continue;
+            }
+            // The prompt and the output bound the call will send must fit.
+            let needed = facts
+                .prompt_tokens
+                .saturating_add(spec.effective_max_tokens(facts.max_tokens));
+            if needed > spec.context_window || spec.context_window <= self.min_window {
+                self.skip(shared, index, SkipReason::ContextWindow);
+                continue;
+            }
+            let permit = match strategies.health.admit(index) {
+                Admission::Admit(permit) => permit,
+                Admission::Reject { .. } => {
+                    self.skip(shared, index, SkipReason::CircuitOpen);
+                    continue;
+                }
+            };
+            match strategies.budget.reserve(index, spec, &facts) {
+                Ok(reservation) => {
+                    return Some(Admitted {
+                        index,
+                        level,
+                        permit,
+                        hold: BudgetHold::new(shared, reservation),
+                    });
+                }
+                Err(over) => {
+                    shared
+                        .recorder()
+                        .health(index, permit, CallOutcome::Cancelled);
+                    tracing::debug!(model = %shared.model_id(index), %over, "over budget");
+                    self.skip(shared, index, SkipReason::OverBudget);
+                }
+            }
+        }
+        None
+    }
+}

@@ -1,0 +1,114 @@
+//! The guards: what keeps the books straight when a call is abandoned.
+//! A [`CallGuard`] reports every admitted call to health exactly once, and a
+//! [`BudgetHold`] settles every budget reservation exactly once, even when
+//! the future holding them is dropped (a hedge won, the caller left). Both
+//! report through the [`Recorder`](super::record::Recorder).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::run::RunShared;
+use crate::budget::Reservation;
+use crate::chat::Usage;
+use crate::error::FailureKind;
+use crate::health::{CallOutcome, Permit};
+use crate::model::ModelIndex;
+
+/// Holds a model's budget reservation until it is settled; a hold dropped
+/// unsettled (a cancelled call) is released.
+pub(crate) struct BudgetHold {
+    shared: Arc<RunShared>,
+    reservation: Option<Reservation>,
+}
+
+impl BudgetHold {
+    pub(crate) fn new(shared: &Arc<RunShared>, reservation: Reservation) -> Self {
+        Self {
+            shared: shared.clone(),
+            reservation: Some(reservation),
+        }
+    }
+
+    pub(crate) fn settle(mut self, usage: Option<&Usage>) {
+        self.settle_inner(usage);
+    }
+
+    fn settle_inner(&mut self, usage: Option<&Usage>) {
+        if let Some(reservation) = self.reservation.take() {
+            self.shared.recorder().settle(reservation, usage);
+        }
+    }
+}
+
+impl Drop for BudgetHold {
+    fn drop(&mut self) {
+        self.settle_inner(None);
+    }
+}
+
+/// One admitted upstream call; reports its outcome to health exactly once,
+/// as `Cancelled` if dropped unfinished.
+pub(crate) struct CallGuard {
+    shared: Arc<RunShared>,
+    index: ModelIndex,
+    permit: Option<Permit>,
+    started: Instant,
+}
+
+impl CallGuard {
+    pub(crate) fn new(
+        shared: &Arc<RunShared>,
+        index: ModelIndex,
+        permit: Permit,
+        started: Instant,
+    ) -> Self {
+        Self {
+            shared: shared.clone(),
+            index,
+            permit: Some(permit),
+            started,
+        }
+    }
+
+    /// Time from the start of the call to `now`.
+    pub(crate) fn elapsed_at(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.started)
+    }
+
+    pub(crate) fn finish(mut self, outcome: CallOutcome) {
+        if let Some(permit) = self.permit.take() {
+            self.shared.recorder().health(self.index, permit, outcome);
+        }
+    }
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            let elapsed = self.elapsed_at(Instant::now());
+            // A loser that stayed silent past hedge_after timed out, as far
+            // as health goes; one started just before the winner answered
+            // merely lost a race.
+            let timed_out = self.shared.dropping_hedge_losers.load(Ordering::Relaxed)
+                && self
+                    .shared
+                    .route
+                    .policy
+                    .hedge_after
+                    .is_some_and(|hedge| elapsed >= hedge);
+            let outcome = if timed_out {
+                CallOutcome::Failure {
+                    kind: FailureKind::Timeout,
+                    retry_after: None,
+                    latency: elapsed,
+                }
+            } else {
+                CallOutcome::Cancelled
+            };
+            self.shared.recorder().health(self.index, permit, outcome);
+        }
+    }
+}

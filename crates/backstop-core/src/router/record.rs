@@ -1,0 +1,208 @@
+//! Step 5 of the map, recording: every outcome of a request reaches health,
+//! latency stats, budget settlement and the event sinks through
+//! [`Recorder`], whether the request is complete or streamed. A new sink
+//! (OpenTelemetry, fleet state) is added here, once.
+//!
+//! The Router also keeps one fact of its own here: whether each model's
+//! previous call failed (see [`Recorder::call_failed`]). The route's
+//! [`HealthPolicy`](crate::HealthPolicy) reads it through
+//! [`HealthPolicy::outage_in_progress`](crate::HealthPolicy::outage_in_progress)
+//! and may override it.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::run::{RunShared, RunState};
+use crate::budget::Reservation;
+use crate::chat::Usage;
+use crate::error::{AttemptOutcome, FailureKind, ProviderError};
+use crate::events::{Event, FallbackEvent, RequestFinished};
+use crate::health::{CallOutcome, Permit};
+use crate::latency::LatencyKind;
+use crate::model::ModelIndex;
+
+use super::guard::{BudgetHold, CallGuard};
+
+/// Records the outcomes of one request. A view of the request's shared
+/// state: cheap to make, nothing to keep.
+pub(crate) struct Recorder<'a> {
+    shared: &'a RunShared,
+}
+
+impl RunShared {
+    /// Where this request's outcomes are recorded.
+    pub(crate) fn recorder(&self) -> Recorder<'_> {
+        Recorder { shared: self }
+    }
+}
+
+impl Recorder<'_> {
+    /// Tells the route's health policy how an admitted call ended, and
+    /// raises an event when the model's circuit changed.
+    pub(crate) fn health(&self, index: ModelIndex, permit: Permit, outcome: CallOutcome) {
+        let shared = self.shared;
+        if let Some(transition) = shared
+            .route
+            .strategies
+            .health
+            .record(index, permit, outcome)
+        {
+            tracing::info!(
+                model = %shared.model_id(index),
+                from = transition.from.as_str(),
+                to = transition.to.as_str(),
+                cause = transition.cause.map(FailureKind::as_str),
+                "circuit changed"
+            );
+            shared.inner.emit(&Event::Health {
+                model: shared.model_id(index),
+                transition,
+            });
+        }
+    }
+
+    /// Settles a budget reservation with what the call used (`None`: it
+    /// used nothing that is known; the hold is released).
+    pub(crate) fn settle(&self, reservation: Reservation, usage: Option<&Usage>) {
+        let shared = self.shared;
+        let spec = shared.spec(reservation.model);
+        shared
+            .route
+            .strategies
+            .budget
+            .settle(reservation, spec, &shared.facts(), usage);
+    }
+
+    /// Raises the event of one upstream call.
+    pub(crate) fn attempt(&self, index: ModelIndex, outcome: AttemptOutcome, duration: Duration) {
+        let shared = self.shared;
+        shared.inner.emit(&Event::Attempt {
+            scenario: &shared.route.name,
+            model: shared.model_id(index),
+            outcome,
+            duration,
+        });
+    }
+
+    /// A model produced an answer (a complete one, or a stream's first
+    /// output): feeds its latency estimate and clears its failed flag.
+    pub(crate) fn answered(&self, index: ModelIndex, kind: LatencyKind, latency: Duration) {
+        let inner = &self.shared.inner;
+        inner.ctx.latency.observe(index, kind, latency);
+        inner.last_failed[index].store(false, Ordering::Relaxed);
+    }
+
+    /// A complete call answered in `latency` and used `usage`.
+    pub(crate) fn complete_succeeded(
+        &self,
+        index: ModelIndex,
+        call: CallGuard,
+        hold: BudgetHold,
+        latency: Duration,
+        usage: &Usage,
+    ) {
+        call.finish(CallOutcome::Success { latency });
+        self.answered(index, LatencyKind::Total, latency);
+        self.attempt(index, AttemptOutcome::Succeeded, latency);
+        hold.settle(Some(usage));
+    }
+
+    /// A stream finished properly after `total`; health hears of its time
+    /// to first token.
+    pub(crate) fn stream_succeeded(
+        &self,
+        index: ModelIndex,
+        call: CallGuard,
+        hold: BudgetHold,
+        first_token: Duration,
+        total: Duration,
+        usage: &Usage,
+    ) {
+        call.finish(CallOutcome::Success {
+            latency: first_token,
+        });
+        hold.settle(Some(usage));
+        self.attempt(index, AttemptOutcome::Succeeded, total);
+    }
+
+    /// A call failed after `elapsed`. Returns whether the failure is an
+    /// outage in progress rather than a blip worth a same-model retry: by
+    /// default, whether the model's previous call (on any route of this
+    /// Router, any request) failed too; the route's health policy has the
+    /// last word.
+    pub(crate) fn call_failed(
+        &self,
+        index: ModelIndex,
+        call: CallGuard,
+        error: &ProviderError,
+        elapsed: Duration,
+    ) -> bool {
+        call.finish(CallOutcome::Failure {
+            kind: error.kind,
+            retry_after: error.retry_after,
+            latency: elapsed,
+        });
+        self.attempt(index, AttemptOutcome::Failed(error.kind), elapsed);
+        let shared = self.shared;
+        let previous_failed = shared.inner.last_failed[index].swap(true, Ordering::Relaxed);
+        shared
+            .route
+            .strategies
+            .health
+            .outage_in_progress(index, previous_failed)
+    }
+
+    /// Emits the request's end and, when a backup answered, its fallback.
+    pub(crate) fn finished(
+        &self,
+        state: &RunState,
+        answered: Option<(ModelIndex, usize)>,
+        error: Option<&'static str>,
+        ended: Instant,
+    ) {
+        let shared = self.shared;
+        let latency = ended.saturating_duration_since(shared.started);
+        let model_used = answered.map(|(index, _)| shared.model_id(index));
+        shared.inner.emit(&Event::RequestFinished(&RequestFinished {
+            scenario: &shared.route.name,
+            model_used: model_used.map(|m| &**m),
+            fallback_level: answered.map(|(_, level)| level),
+            error,
+            latency,
+            upstream_attempts: state.upstream_calls,
+            stream: shared.stream,
+        }));
+        if let (Some((index, level)), Some(primary)) = (answered, state.primary())
+            && level > 0
+        {
+            // The primary's problem: the first failure or skip; a primary
+            // that was merely outrun by a hedge is `hedged`.
+            let reason = state
+                .trail
+                .iter()
+                .map(|a| a.outcome)
+                .find(|o| !matches!(o, AttemptOutcome::Succeeded | AttemptOutcome::Cancelled))
+                .map_or("hedged", AttemptOutcome::as_str);
+            let event = FallbackEvent {
+                timestamp_ms: shared.inner.ctx.clock.unix_ms(),
+                scenario: shared.route.name.clone(),
+                primary: shared.model_id(primary).clone(),
+                model_used: shared.model_id(index).clone(),
+                reason,
+                level,
+                latency,
+            };
+            tracing::warn!(
+                scenario = %event.scenario,
+                primary = %event.primary,
+                model_used = %event.model_used,
+                reason,
+                level,
+                "fallback"
+            );
+            shared.inner.emit(&Event::Fallback(&event));
+        }
+    }
+}
