@@ -5,8 +5,11 @@
 //!   the outage chaos benchmark (see `chaos.rs`).
 //! - `cargo xtask bench gateway [--out DIR] [--no-pin]`: the gateway's
 //!   overhead against a direct call to the same mock (see `bench/`).
+//! - `cargo xtask test [--no-install] [NEXTEST ARGS]...`: installs what the
+//!   test suite needs when it is missing (`redis-server`, `cargo-nextest`),
+//!   then runs `cargo nextest run --workspace` (see `test.rs`).
 //!
-//! Both build the `backstop` binary in release first, need no API keys and
+//! `chaos` and `bench` build the `backstop` binary in release first, need no API keys and
 //! no network (everything runs on 127.0.0.1), and exit non-zero when a
 //! target is missed.
 
@@ -16,6 +19,7 @@
 mod bench;
 mod build;
 mod chaos;
+mod test;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +43,9 @@ enum Task {
         #[command(subcommand)]
         bench: BenchTask,
     },
+    /// Install what the test suite needs when missing (redis-server,
+    /// cargo-nextest), then run `cargo nextest run --workspace [ARGS]`.
+    Test(test::TestArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -91,6 +98,7 @@ fn main() -> ExitCode {
         Task::Bench {
             bench: BenchTask::Gateway(args),
         } => bench::run(&args),
+        Task::Test(args) => test::run(&args),
     };
     match result {
         Ok(code) => code,
