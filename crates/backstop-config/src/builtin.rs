@@ -1,15 +1,30 @@
 //! The compiled-in types: providers behind cargo features (`openai`,
-//! `anthropic`, `template`, all on by default) and every strategy of
+//! `anthropic`, `template`, `simulated`, all on by default) and every strategy of
 //! backstop-strategies' catalog. Each piece is wired by one small function.
 
-#[cfg(any(feature = "openai", feature = "anthropic", feature = "template"))]
+#[cfg(any(
+    feature = "openai",
+    feature = "anthropic",
+    feature = "template",
+    feature = "simulated"
+))]
 use std::sync::Arc;
 
-#[cfg(any(feature = "openai", feature = "anthropic", feature = "template"))]
+#[cfg(any(
+    feature = "openai",
+    feature = "anthropic",
+    feature = "template",
+    feature = "simulated"
+))]
 use backstop_core::Provider;
 use backstop_strategies::{StrategyError, catalog};
 
-#[cfg(any(feature = "openai", feature = "anthropic", feature = "template"))]
+#[cfg(any(
+    feature = "openai",
+    feature = "anthropic",
+    feature = "template",
+    feature = "simulated"
+))]
 use crate::decode::parse_config;
 use crate::registry::{DuplicateType, FactoryError, Registry};
 
@@ -24,6 +39,8 @@ impl Registry {
         registered(anthropic(&mut registry));
         #[cfg(feature = "template")]
         registered(template(&mut registry));
+        #[cfg(feature = "simulated")]
+        registered(simulated(&mut registry));
         registry
     }
 }
@@ -123,6 +140,20 @@ fn template(registry: &mut Registry) -> Result<(), DuplicateType> {
             | TemplateBuildError::UnknownPlaceholder { key, .. }
             | TemplateBuildError::UnmatchedBrace { key } => FactoryError::at(&key.clone(), e),
             TemplateBuildError::UnknownLocale { .. } => FactoryError::at("locale", e),
+        })?;
+        Ok(Arc::new(provider) as Arc<dyn Provider>)
+    })
+}
+
+/// `type = "simulated"`: a model in the gateway's own process, with
+/// configurable latency and failures, for trying Backstop without keys.
+#[cfg(feature = "simulated")]
+fn simulated(registry: &mut Registry) -> Result<(), DuplicateType> {
+    use backstop_provider_simulated::{SimulatedBuildError, SimulatedConfig, SimulatedProvider};
+    registry.provider("simulated", |table| {
+        let config: SimulatedConfig = parse_config(table)?;
+        let provider = SimulatedProvider::new(config).map_err(|e| match e {
+            SimulatedBuildError::FailureRate(_) => FactoryError::at("failure_rate", e),
         })?;
         Ok(Arc::new(provider) as Arc<dyn Provider>)
     })

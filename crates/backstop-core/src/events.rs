@@ -24,8 +24,9 @@ pub struct FallbackEvent {
     pub reason: &'static str,
     /// The answering model's index in the order tried.
     pub level: usize,
-    /// End-to-end latency of the request.
-    #[serde(serialize_with = "serialize_ms")]
+    /// End-to-end latency of the request; serialized as `latency_ms`
+    /// (milliseconds, fractional) so the unit is in the name.
+    #[serde(rename = "latency_ms", serialize_with = "serialize_ms")]
     pub latency: Duration,
 }
 

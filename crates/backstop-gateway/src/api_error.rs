@@ -112,6 +112,22 @@ impl ApiError {
         )
     }
 
+    /// 404: the model is not served by a `simulated` provider, so it cannot
+    /// be changed at run time.
+    pub fn not_simulated(model: &str, simulated: &[String]) -> Self {
+        let known = if simulated.is_empty() {
+            "this configuration has none".to_owned()
+        } else {
+            format!("simulated models: {}", simulated.join(", "))
+        };
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "model_not_found",
+            format!("`{model}` is not a model of a `simulated` provider; {known}."),
+        )
+    }
+
     /// 503: the gateway is shutting down or not ready.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(

@@ -40,6 +40,9 @@ pub struct GatewayOptions {
     pub body_read_timeout: Duration,
     /// Contributors to `/metrics` and the status page.
     pub observers: Vec<Arc<dyn Observability>>,
+    /// Ids of the models served by `simulated` providers, which
+    /// `POST /v1/backstop/simulated/{model}` may change.
+    pub simulated_models: Vec<String>,
 }
 
 impl Default for GatewayOptions {
@@ -49,6 +52,7 @@ impl Default for GatewayOptions {
             body_limit: DEFAULT_BODY_LIMIT,
             body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
             observers: Vec::new(),
+            simulated_models: Vec::new(),
         }
     }
 }
@@ -79,7 +83,13 @@ impl Gateway {
 
     /// The HTTP routes.
     pub fn http(self: &Arc<Self>) -> HttpRouter {
-        HttpRouter::new()
+        let routes = HttpRouter::new();
+        #[cfg(feature = "simulated")]
+        let routes = routes.route(
+            "/v1/backstop/simulated/{model}",
+            post(crate::simulated::set),
+        );
+        routes
             .route("/v1/chat/completions", post(completions::chat_completions))
             .route("/chat/completions", post(completions::chat_completions))
             .route("/v1/models", get(introspect::models))
@@ -114,6 +124,11 @@ impl Gateway {
     /// Contributors to metrics and status.
     pub fn observers(&self) -> &[Arc<dyn Observability>] {
         &self.options.observers
+    }
+
+    /// Models a `simulated` provider serves.
+    pub fn simulated_models(&self) -> &[String] {
+        &self.options.simulated_models
     }
 
     /// Marks the gateway as shutting down: `/readyz` turns 503 so load

@@ -8,6 +8,8 @@
 //!   answered, at which fallback level, and why.
 //! - `GET /v1/models`, `/healthz`, `/readyz`, `/metrics` (Prometheus) and
 //!   `/v1/backstop/status`.
+//! - `POST /v1/backstop/simulated/{model}`: break or restore a model of a
+//!   `simulated` provider while the gateway runs (the quickstart's demo).
 //! - Bearer-key auth, a body limit, a header read timeout, graceful
 //!   shutdown, and cancellation of the upstream call when a caller leaves.
 
@@ -19,5 +21,7 @@ mod completions;
 pub mod introspect;
 pub mod observe;
 pub mod server;
+#[cfg(feature = "simulated")]
+mod simulated;
 
 pub use app::{DEFAULT_BODY_LIMIT, Gateway, GatewayOptions, Observability};

@@ -172,16 +172,11 @@ fn serve_command(config: PathBuf, listen: Option<SocketAddr>) -> ExitCode {
 }
 
 async fn run(resolved: Resolved, listener: tokio::net::TcpListener, bound: SocketAddr) {
+    // Without keys the loader's warnings (logged by the caller) already
+    // said so, naming the variable: one warning, not two.
     let keys = match &resolved.server.api_keys {
         Some(keys) => ApiKeys::from_list(&keys.keys().join(",")),
-        None => {
-            tracing::warn!(
-                env = %resolved.server.api_keys_env,
-                "no API keys configured: the gateway accepts every caller; set {} to require keys",
-                resolved.server.api_keys_env
-            );
-            ApiKeys::none()
-        }
+        None => ApiKeys::none(),
     };
     let serve_options = ServeOptions {
         header_read_timeout: resolved.server.header_read_timeout,
@@ -189,6 +184,7 @@ async fn run(resolved: Resolved, listener: tokio::net::TcpListener, bound: Socke
         max_connections: resolved.server.max_connections,
     };
     let summary = summary(&resolved);
+    let simulated_models = simulated_models(&resolved);
     let _prober = resolved.spawn_prober();
     let gateway = Gateway::new(
         resolved.router,
@@ -200,6 +196,7 @@ async fn run(resolved: Resolved, listener: tokio::net::TcpListener, bound: Socke
                 Arc::new(MetricsObserver(resolved.metrics)),
                 Arc::new(AlertObserver(resolved.alerts)),
             ],
+            simulated_models,
         },
     );
     say(&format!("backstop listening on http://{bound}"));
@@ -212,6 +209,22 @@ async fn run(resolved: Resolved, listener: tokio::net::TcpListener, bound: Socke
         draining.start_draining();
     })
     .await;
+}
+
+/// The models whose provider is of type `simulated`.
+fn simulated_models(resolved: &Resolved) -> Vec<String> {
+    let report = &resolved.report;
+    report
+        .models
+        .iter()
+        .filter(|m| {
+            report
+                .providers
+                .iter()
+                .any(|p| p.id == m.spec.provider && p.type_name == "simulated")
+        })
+        .map(|m| m.spec.id.clone())
+        .collect()
 }
 
 /// One line: every scenario and its chain.
@@ -231,9 +244,14 @@ fn summary(resolved: &Resolved) -> String {
         })
         .collect();
     format!(
-        "{} scenarios: {}; {} models",
-        scenarios.len(),
+        "{}: {}; {}",
+        counted(scenarios.len(), "scenario"),
         scenarios.join(", "),
-        router.models().len()
+        counted(router.models().len(), "model")
     )
+}
+
+/// `1 scenario`, `3 scenarios`.
+fn counted(n: usize, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }

@@ -457,6 +457,11 @@ async fn a_5xx_primary_is_retried_once_then_the_backup_answers() {
     assert!(model("backup")["latency_ms"]["total"].as_f64().is_some());
     assert_eq!(status["recent_fallbacks"][0]["model_used"], "backup");
     assert_eq!(status["recent_fallbacks"][0]["reason"], "server");
+    assert!(
+        status["recent_fallbacks"][0]["latency_ms"]
+            .as_f64()
+            .is_some()
+    );
     assert_eq!(status["alerts"]["fallback_rate"], 1.0);
     let metrics = reqwest::get(gw.url("/metrics"))
         .await
@@ -966,4 +971,112 @@ fn plugin_inspect_prints_a_plugins_declaration_or_why_it_cannot_load() {
     assert!(stdout.contains("plugin  example"), "{stdout}");
     assert!(stdout.contains("type    provider echo"), "{stdout}");
     assert!(stdout.contains("abi     "), "{stdout}");
+}
+
+// ------------------------------------------------------------ quickstart
+
+/// `examples/quickstart.toml` as the README serves it: no key, no network.
+fn quickstart() -> Backstop {
+    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/quickstart.toml");
+    let config = std::fs::read_to_string(&file).unwrap();
+    Backstop::start(&config, &[])
+}
+
+async fn simulate(gw: &Backstop, model: &str, change: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(gw.url(&format!("/v1/backstop/simulated/{model}")))
+        .body(change.to_owned())
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn ask(gw: &Backstop) -> (Value, reqwest::header::HeaderMap) {
+    let response = post(
+        gw,
+        &json!({"model": "chat", "messages": [{"role": "user", "content": "Hello!"}]}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    (response.json().await.unwrap(), headers)
+}
+
+#[tokio::test]
+async fn the_quickstart_answers_without_keys_and_falls_back_when_its_primary_breaks() {
+    let gw = quickstart();
+
+    // The README's curl: the primary answers, complete and streamed.
+    let (answer, headers) = ask(&gw).await;
+    assert_eq!(answer["model"], "primary");
+    assert_eq!(headers["x-backstop-fallback-level"], "0");
+    assert!(
+        answer["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("Hello from primary")
+    );
+    let streamed = events(post(&gw, &body(true)).await).await;
+    assert!(streamed_text(&streamed).starts_with("Hello from primary"));
+    assert_eq!(streamed.last().map(String::as_str), Some("[DONE]"));
+
+    // Break the primary: the backup answers, annotated, and once the
+    // breaker has seen enough failures the primary is skipped outright.
+    let broken = simulate(&gw, "primary", r#"{"failure_rate": 1.0}"#).await;
+    assert_eq!(broken.status(), 200);
+    let broken: Value = broken.json().await.unwrap();
+    assert_eq!(broken["override"]["failure_rate"], 1.0);
+    let mut trails = Vec::new();
+    for _ in 0..4 {
+        let (answer, headers) = ask(&gw).await;
+        assert_eq!(answer["model"], "backup");
+        assert_eq!(headers["x-backstop-fallback-level"], "1");
+        assert!(headers.contains_key("x-backstop-warning"));
+        trails.push(answer["backstop"]["attempts"][0]["kind"].clone());
+    }
+    assert_eq!(trails.first(), Some(&json!("server")));
+    assert_eq!(trails.last(), Some(&json!("circuit_open")), "{trails:?}");
+
+    // Restore it: the prober finds it healthy and it answers again within
+    // the break (5 s) plus a probe interval (2 s); bounded at 20 s.
+    assert_eq!(simulate(&gw, "primary", "{}").await.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (answer, _) = ask(&gw).await;
+        if answer["model"] == "primary" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restored primary never answered again"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test]
+async fn only_simulated_models_can_be_broken_and_bad_changes_are_refused() {
+    let gw = quickstart();
+    let not_simulated = simulate(&gw, "rules", r#"{"failure_rate": 1.0}"#).await;
+    assert_eq!(not_simulated.status(), 404);
+    let error: Value = not_simulated.json().await.unwrap();
+    assert_eq!(
+        error["error"]["message"],
+        "`rules` is not a model of a `simulated` provider; simulated models: primary, backup."
+    );
+    let out_of_range = simulate(&gw, "primary", r#"{"failure_rate": 2}"#).await;
+    assert_eq!(out_of_range.status(), 400);
+    let unknown_kind = simulate(&gw, "primary", r#"{"failure": "on_fire"}"#).await;
+    assert_eq!(unknown_kind.status(), 400);
+    let error: Value = unknown_kind.json().await.unwrap();
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown variant `on_fire`"),
+        "{error}"
+    );
+    // Nothing was changed by the refused calls.
+    let (answer, _) = ask(&gw).await;
+    assert_eq!(answer["model"], "primary");
 }

@@ -18,7 +18,7 @@ fn bad_example_reports_every_problem_in_one_run() {
             "examples/bad.toml: server.body_limit_bytes: must be greater than 0",
             r#"examples/bad.toml: providers.openai.api_key_env: environment variable "BAD_EXAMPLE_OPENAI_KEY" is not set"#,
             r#"examples/bad.toml: providers.openai.base_urll: openai: unknown key "base_urll" (did you mean "base_url"?); expected one of "base_url", "api_key_env", "max_tokens_field""#,
-            r#"examples/bad.toml: providers.local.type: unknown provider type "openia" (did you mean "openai"?); known provider types: "anthropic", "openai", "template""#,
+            r#"examples/bad.toml: providers.local.type: unknown provider type "openia" (did you mean "openai"?); known provider types: "anthropic", "openai", "simulated", "template""#,
             "examples/bad.toml: models.gpt-4o.cost_per_1k: must be a non-negative number of USD (got -0.005)",
             "examples/bad.toml: models.gpt-4o.context_window: must be greater than 0",
             r#"examples/bad.toml: models.gpt-4o-mini.prioritty: unknown key "prioritty" (did you mean "priority"?); expected one of "provider", "model", "priority", "max_tokens", "cost_per_1k", "input_cost_per_1k", "output_cost_per_1k", "context_window", "supports_prefill", "streaming", "tools", "last_resort""#,
@@ -160,8 +160,8 @@ fn unknown_type_names_list_the_known_ones_in_every_seam() {
             "{BASE}\n[providers.cloud]\ntype = \"opnai\"\n\n[providers.other]\nbase_url = \"x\"\n\n[scenarios.chat]\nchain = [\"qwen-7b\"]\nselector = {{ type = \"latency\" }}\nhealth = {{ type = \"breaker\" }}\nbudget = \"perrequest\"\nresult = {{ locale = \"en\" }}\n"
         ),
         &[
-            r#"c.toml: providers.cloud.type: unknown provider type "opnai" (did you mean "openai"?); known provider types: "anthropic", "openai", "template""#,
-            r#"c.toml: providers.other: missing required key "type"; known provider types: "anthropic", "openai", "template""#,
+            r#"c.toml: providers.cloud.type: unknown provider type "opnai" (did you mean "openai"?); known provider types: "anthropic", "openai", "simulated", "template""#,
+            r#"c.toml: providers.other: missing required key "type"; known provider types: "anthropic", "openai", "simulated", "template""#,
             r#"c.toml: scenarios.chat.selector.type: unknown selector type "latency" (did you mean "latency_aware"?); known selector types: "cost_aware", "latency_aware", "priority", "weighted""#,
             r#"c.toml: scenarios.chat.health.type: unknown health type "breaker"; known health types: "circuit_breaker""#,
             r#"c.toml: scenarios.chat.budget.type: unknown budget type "perrequest" (did you mean "per_request"?); known budget types: "per_request", "rolling", "unlimited""#,
