@@ -383,6 +383,22 @@ pub enum RouteError {
     /// Every model failed or was skipped.
     #[error(transparent)]
     AllFailed(#[from] AllModelsFailed),
+    /// No model of the chain has a context window the request fits: every
+    /// one was skipped for its window (or failed with a context-length
+    /// error). The caller must shorten the prompt or the output bound; no
+    /// retry can help.
+    #[error(
+        "the prompt (about {prompt_tokens} tokens) with its output bound fits the context window of no model of `{scenario}`; attempts: {}",
+        TrailDisplay(attempts)
+    )]
+    NoWindowFits {
+        /// The scenario (or single-model route) that was served.
+        scenario: Arc<str>,
+        /// The prompt's estimated tokens.
+        prompt_tokens: u32,
+        /// Every skip and context-length failure, in order.
+        attempts: Vec<Attempt>,
+    },
     /// The stream failed after part of the answer had reached the caller and
     /// the mid-stream policy could not complete it.
     #[error(
@@ -403,6 +419,7 @@ impl RouteError {
         match self {
             RouteError::UnknownRoute(_) => &[],
             RouteError::Rejected { attempts, .. }
+            | RouteError::NoWindowFits { attempts, .. }
             | RouteError::StreamAborted { attempts, .. }
             | RouteError::AllFailed(AllModelsFailed { attempts, .. }) => attempts,
         }

@@ -20,6 +20,8 @@ pub struct ApiError {
     pub code: String,
     /// Every attempt and skip, when the Router tried models.
     pub attempts: Vec<Attempt>,
+    /// Seconds after which a retry may succeed, sent as `Retry-After`.
+    pub retry_after_secs: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -56,6 +58,7 @@ impl ApiError {
             kind,
             code: code.into(),
             attempts: Vec::new(),
+            retry_after_secs: None,
         }
     }
 
@@ -128,6 +131,24 @@ impl ApiError {
         )
     }
 
+    /// 405: the endpoint exists but not for this method.
+    pub fn method_not_allowed(method: &str, path: &str) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            "method_not_allowed",
+            format!("`{path}` does not accept {method}."),
+        )
+    }
+
+    /// Sets `Retry-After`, in whole seconds (at least 1).
+    #[must_use]
+    pub fn retry_after(mut self, after: std::time::Duration) -> Self {
+        let millis = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+        self.retry_after_secs = Some(millis.div_ceil(1000).max(1));
+        self
+    }
+
     /// 503: the gateway is shutting down or not ready.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(
@@ -173,8 +194,19 @@ impl ApiError {
                     kind: "invalid_request_error",
                     code,
                     attempts,
+                    retry_after_secs: None,
                 }
             }
+            // OpenAI's own answer to a prompt too long for the model, so
+            // clients do not retry what cannot succeed.
+            RouteError::NoWindowFits { ref attempts, .. } => Self {
+                status: StatusCode::BAD_REQUEST,
+                message: error.to_string(),
+                kind: "invalid_request_error",
+                code: "context_length_exceeded".to_owned(),
+                attempts: attempts.clone(),
+                retry_after_secs: None,
+            },
             RouteError::AllFailed(all) => {
                 let message = all.to_string();
                 Self {
@@ -183,6 +215,7 @@ impl ApiError {
                     kind: "server_error",
                     code: "all_models_failed".to_owned(),
                     attempts: all.attempts,
+                    retry_after_secs: None,
                 }
             }
             RouteError::StreamAborted { cause, attempts } => Self {
@@ -191,6 +224,7 @@ impl ApiError {
                 kind: "server_error",
                 code: "stream_aborted".to_owned(),
                 attempts,
+                retry_after_secs: None,
             },
         }
     }
@@ -216,10 +250,14 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, self.to_json()).into_response();
-        response.headers_mut().insert(
+        let headers = response.headers_mut();
+        headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if let Some(secs) = self.retry_after_secs {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         response
     }
 }

@@ -5,10 +5,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router as HttpRouter;
-use axum::http::{HeaderMap, Uri};
+use axum::http::{HeaderMap, Method, Uri};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use backstop_core::{RouteError, Router};
+use backstop_core::{AttemptOutcome, RouteError, Router, SkipReason};
 
 use crate::api_error::ApiError;
 use crate::auth::ApiKeys;
@@ -98,6 +98,9 @@ impl Gateway {
             .route("/metrics", get(introspect::metrics))
             .route("/v1/backstop/status", get(introspect::status))
             .fallback(|uri: Uri| async move { ApiError::no_route(uri.path()).into_response() })
+            .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
+                ApiError::method_not_allowed(method.as_str(), uri.path()).into_response()
+            })
             .with_state(self.clone())
     }
 
@@ -156,8 +159,11 @@ impl Gateway {
     }
 
     /// Maps a Router error, listing the known routes for an unknown one.
+    /// When every model was skipped for an open circuit, `Retry-After` says
+    /// when the earliest of them admits a trial call.
     pub fn route_error(&self, error: RouteError) -> ApiError {
-        ApiError::from_route(error, || {
+        let retry_after = self.circuits_reopen_after(&error);
+        let api = ApiError::from_route(error, || {
             let mut names: Vec<String> = self
                 .router
                 .scenario_names()
@@ -166,6 +172,34 @@ impl Gateway {
                 .collect();
             names.extend(self.router.models().iter().map(|m| m.id.clone()));
             names.join(", ")
-        })
+        });
+        match retry_after {
+            Some(after) => api.retry_after(after),
+            None => api,
+        }
+    }
+
+    /// The time until the earliest circuit of the route admits a call,
+    /// when every model of the failed request was skipped for its circuit.
+    fn circuits_reopen_after(&self, error: &RouteError) -> Option<Duration> {
+        let RouteError::AllFailed(all) = error else {
+            return None;
+        };
+        let all_open = !all.attempts.is_empty()
+            && all
+                .attempts
+                .iter()
+                .all(|a| a.outcome == AttemptOutcome::Skipped(SkipReason::CircuitOpen));
+        if !all_open {
+            return None;
+        }
+        let route = self.router.route(&all.scenario)?;
+        let ctx = self.router.context();
+        all.attempts
+            .iter()
+            .filter_map(|a| ctx.index_of(&a.model))
+            .filter_map(|index| route.strategies.health.snapshot(index).retry_after_ms)
+            .min()
+            .map(Duration::from_millis)
     }
 }

@@ -1,6 +1,6 @@
 //! `[scenarios.<name>]`: named chains, their strategies and policy.
 
-use backstop_core::{RoutePolicy, Scenario, Strategies, StrategyContext};
+use backstop_core::{MidStreamPolicy, RoutePolicy, Scenario, Strategies, StrategyContext};
 
 use super::Builder;
 use super::models::Models;
@@ -66,6 +66,9 @@ impl Builder<'_> {
                     ),
                 );
             }
+            if let Some((chain, _)) = &chain {
+                self.warn_continue_without_prefill(&at, section, chain, models);
+            }
             let (Some((chain, chain_by_priority)), Some(chosen)) = (chain, strategies) else {
                 complete = false;
                 continue;
@@ -86,6 +89,35 @@ impl Builder<'_> {
             });
         }
         complete.then_some(Scenarios { routes })
+    }
+
+    /// `mid_stream = "continue"` needs a model after the first that takes
+    /// an assistant prefill; without one a cut stream is restarted instead.
+    fn warn_continue_without_prefill(
+        &mut self,
+        at: &KeyPath,
+        section: &ScenarioSection,
+        chain: &[String],
+        models: &Models,
+    ) {
+        if section.mid_stream != Some(MidStreamPolicy::Continue) {
+            return;
+        }
+        let prefill = |id: &String| {
+            models
+                .specs
+                .iter()
+                .any(|m| m.id == *id && m.capabilities.assistant_prefill)
+        };
+        if chain.iter().skip(1).any(prefill) {
+            return;
+        }
+        self.warn(
+            &at.key("mid_stream"),
+            "is \"continue\", but no model after the first of the chain sets supports_prefill = true: \
+             a cut stream will be restarted instead (set supports_prefill on a backup that takes an \
+             assistant prefill, or say mid_stream = \"restart\")",
+        );
     }
 
     /// The chain, checked: every id names a model, none twice. Without a

@@ -197,6 +197,13 @@ impl RunState {
                 attempts,
             };
         }
+        if !attempts.is_empty() && attempts.iter().all(|a| is_window_problem(a.outcome)) {
+            return RouteError::NoWindowFits {
+                scenario: shared.route.name.clone(),
+                prompt_tokens: shared.prompt_tokens,
+                attempts,
+            };
+        }
         RouteError::AllFailed(AllModelsFailed {
             scenario: shared.route.name.clone(),
             attempts,
@@ -231,12 +238,23 @@ impl RunState {
     }
 }
 
+/// Whether a trail entry says only that the request is too long for the
+/// model.
+fn is_window_problem(outcome: AttemptOutcome) -> bool {
+    matches!(
+        outcome,
+        AttemptOutcome::Skipped(SkipReason::ContextWindow)
+            | AttemptOutcome::Failed(FailureKind::ContextLength)
+    )
+}
+
 /// The short name of a route error, for events and metrics.
 pub(crate) fn error_name(error: &RouteError) -> &'static str {
     match error {
         RouteError::UnknownRoute(_) => "unknown_route",
         RouteError::Rejected { .. } => "rejected",
         RouteError::AllFailed(_) => "all_failed",
+        RouteError::NoWindowFits { .. } => "no_window_fits",
         RouteError::StreamAborted { .. } => "stream_aborted",
     }
 }

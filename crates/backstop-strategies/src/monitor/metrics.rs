@@ -3,7 +3,7 @@
 //! What it does: counts, in atomics, what the Router reports —
 //!
 //! - `backstop_requests_total{scenario, outcome}`: requests by scenario and
-//!   outcome (`ok`, or the error: `rejected`, `all_failed`,
+//!   outcome (`ok`, or the error: `rejected`, `no_window_fits`, `all_failed`,
 //!   `stream_aborted`, `cancelled`, `unknown_route`);
 //! - `backstop_request_duration_seconds{scenario}`: end-to-end latency
 //!   histogram;
@@ -123,9 +123,10 @@ impl Histogram {
 }
 
 /// Request outcomes, by the Router's error names.
-const REQUEST_OUTCOMES: [&str; 7] = [
+const REQUEST_OUTCOMES: [&str; 8] = [
     "ok",
     "rejected",
+    "no_window_fits",
     "all_failed",
     "stream_aborted",
     "cancelled",
