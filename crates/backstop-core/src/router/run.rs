@@ -17,7 +17,9 @@ use super::attempt::{Mode, ModelRun, Requests, run_model};
 use super::decide::Next;
 use super::{RequestContext, Route, RouterInner, candidates};
 use crate::chat::ChatRequest;
-use crate::error::{AllModelsFailed, Attempt, ProviderError, RouteError};
+use crate::error::{
+    AllModelsFailed, Attempt, AttemptOutcome, FailureKind, ProviderError, RouteError, SkipReason,
+};
 use crate::facts::RequestFacts;
 use crate::model::{ModelIndex, ModelSpec};
 
