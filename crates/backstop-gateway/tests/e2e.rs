@@ -9,6 +9,7 @@
 
 mod support;
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
