@@ -191,7 +191,7 @@ fn bench_router(c: &mut Criterion) {
             let r = rt
                 .block_on(case.router.complete(request(), RequestContext::default()))
                 .unwrap();
-            assert_eq!(r.fallback_level, case.level, "{}", case.name);
+            assert_eq!(r.outcome.fallback_level, case.level, "{}", case.name);
         }
         let template = request();
         group.bench_function(case.name, |b| {

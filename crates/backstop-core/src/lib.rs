@@ -53,10 +53,10 @@ pub use health::{
 pub use latency::{LatencyKind, LatencyStats};
 pub use model::{Capabilities, ModelIndex, ModelSpec};
 pub use provider::{Call, ChunkStream, PROBE_MAX_TOKENS, Provider};
-pub use result::{Annotation, FallbackResult, ResultHandler, RouteSummary};
+pub use result::{Annotation, FallbackResult, Outcome, ResultHandler, RouteSummary};
 pub use router::{
     BuildError, FallbackStream, ProbeError, RequestContext, Route, Router, RouterBuilder,
-    Strategies, StrategyContext, StreamItem, StreamMeta, StreamSummary,
+    Strategies, StrategyContext, StreamItem, StreamMeta,
 };
 pub use scenario::{
     ContentPolicyAction, MidStreamPolicy, RetryPolicy, RoutePolicy, Scenario, Timeouts,

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::chat::ChatResponse;
+use crate::chat::{ChatResponse, Usage};
 use crate::error::Attempt;
 
 /// How a request was served, as far as annotation is concerned.
@@ -42,30 +42,35 @@ pub trait ResultHandler: Send + Sync + fmt::Debug {
 
 fn _result_handler_is_object_safe(_: &dyn ResultHandler) {}
 
+/// How a request was served: the facts every door tells the caller (the
+/// `x-backstop-*` headers, the `backstop` object). One type for complete
+/// answers and for streams, at their start and at their end.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    /// The model that answered.
+    pub model_used: Arc<str>,
+    /// The answering model's index in the order tried (0 = primary).
+    pub fallback_level: usize,
+    /// Every attempt and skip, in order (for a stream that just started,
+    /// the streaming call last).
+    pub attempts: Vec<Attempt>,
+    /// How many upstream calls were made (skips not counted).
+    pub upstream_attempts: u32,
+    /// Set when a backup model answered.
+    pub warning: Option<Arc<str>>,
+    /// Set when the answer may lack features of the primary.
+    pub limitation: Option<Arc<str>>,
+    /// The answering attempt's usage, when the upstream reported it (for a
+    /// stream: known only at its end).
+    pub usage: Option<Usage>,
+}
+
 /// A complete answer and how it was obtained.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FallbackResult {
     /// The answer. Its `model` is the model that answered, and its `usage`
     /// is that attempt's usage only.
     pub response: ChatResponse,
-    /// The model that answered.
-    pub model_used: Arc<str>,
-    /// The answering model's index in the order tried (0 = primary).
-    pub fallback_level: usize,
-    /// Every attempt and skip, in order.
-    pub attempts: Vec<Attempt>,
-    /// Set when a backup model answered.
-    pub warning: Option<Arc<str>>,
-    /// Set when the answer may lack features of the primary.
-    pub limitation: Option<Arc<str>>,
-}
-
-impl FallbackResult {
-    /// How many upstream calls were made (skips not counted).
-    pub fn upstream_attempts(&self) -> usize {
-        self.attempts
-            .iter()
-            .filter(|a| a.outcome.called_upstream())
-            .count()
-    }
+    /// How it was served.
+    pub outcome: Outcome,
 }

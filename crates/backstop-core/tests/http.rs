@@ -257,7 +257,7 @@ async fn a_500_is_retried_once_after_a_backoff_then_the_backup_answers() {
     assert_eq!(r.response.text(), ANSWER);
     assert_eq!(r.response.model, "b");
     assert_eq!(r.response.usage.as_ref().unwrap().total_tokens, 15);
-    assert_eq!(r.fallback_level, 1);
+    assert_eq!(r.outcome.fallback_level, 1);
     let seen = primary.arrivals();
     assert_eq!(seen.len(), 2, "exactly one same-model retry");
     let gap = seen[1] - seen[0];
@@ -290,7 +290,7 @@ async fn a_429_with_a_short_retry_after_is_retried_after_exactly_that_wait() {
         .await
         .unwrap();
 
-    assert_eq!(&*r.model_used, "a");
+    assert_eq!(&*r.outcome.model_used, "a");
     let seen = primary.arrivals();
     assert_eq!(seen.len(), 2);
     assert!(seen[1] - seen[0] >= Duration::from_millis(300));
@@ -314,8 +314,13 @@ async fn a_refused_connection_is_retried_once_then_the_backup_answers() {
         .await
         .unwrap();
 
-    assert_eq!(&*r.model_used, "b");
-    let trail: Vec<_> = r.attempts.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(&*r.outcome.model_used, "b");
+    let trail: Vec<_> = r
+        .outcome
+        .attempts
+        .iter()
+        .map(|a| a.outcome.as_str())
+        .collect();
     assert_eq!(trail, ["connect", "connect", "ok"]);
 }
 
@@ -344,10 +349,10 @@ async fn a_hung_upstream_times_out_once_and_is_not_retried() {
         .await
         .unwrap();
 
-    assert_eq!(&*r.model_used, "b");
+    assert_eq!(&*r.outcome.model_used, "b");
     assert!(started.elapsed() < Duration::from_secs(2));
     assert_eq!(primary.arrivals().len(), 1);
-    assert_eq!(r.attempts[0].outcome.as_str(), "timeout");
+    assert_eq!(r.outcome.attempts[0].outcome.as_str(), "timeout");
 }
 
 #[tokio::test]
@@ -374,7 +379,7 @@ async fn a_context_length_error_goes_to_the_larger_window_only() {
         .await
         .unwrap();
 
-    assert_eq!(&*r.model_used, "large");
+    assert_eq!(&*r.outcome.model_used, "large");
     assert_eq!(small.arrivals().len(), 1);
     assert!(same.arrivals().is_empty());
 }
@@ -422,7 +427,7 @@ async fn a_stream_cut_mid_answer_is_restarted_on_the_backup_without_repeating_wo
     let mut req = request();
     req.stream = Some(true);
     let mut stream = router.stream(req, RequestContext::default()).await.unwrap();
-    assert_eq!(&*stream.meta().model_used, "a");
+    assert_eq!(&*stream.meta().outcome.model_used, "a");
     let mut text = String::new();
     let mut last = None;
     while let Some(item) = stream.next().await {

@@ -121,11 +121,11 @@ async fn primary_answers_at_level_zero_without_annotation() {
         .await
         .unwrap();
     assert_eq!(r.response.text(), ANSWER);
-    assert_eq!(&*r.model_used, "primary");
+    assert_eq!(&*r.outcome.model_used, "primary");
     assert_eq!(r.response.model, "primary");
-    assert_eq!(r.fallback_level, 0);
-    assert_eq!(r.warning, None);
-    assert_eq!(kinds(&r.attempts), vec![("primary".into(), "ok")]);
+    assert_eq!(r.outcome.fallback_level, 0);
+    assert_eq!(r.outcome.warning, None);
+    assert_eq!(kinds(&r.outcome.attempts), vec![("primary".into(), "ok")]);
     assert_eq!(b.calls(), 0);
 }
 
@@ -142,22 +142,22 @@ async fn server_error_is_retried_once_with_backoff_then_falls_over() {
         .unwrap();
     let took = started.elapsed();
     assert_eq!(a.calls(), 2, "one retry of the same model");
-    assert_eq!(&*r.model_used, "backup");
-    assert_eq!(r.fallback_level, 1);
+    assert_eq!(&*r.outcome.model_used, "backup");
+    assert_eq!(r.outcome.fallback_level, 1);
     assert_eq!(r.response.model, "backup");
     // Default backoff: 50 ms step with equal jitter -> between 25 and 50 ms.
     assert!(took >= ms(25) && took <= ms(50), "{took:?}");
     assert_eq!(
-        kinds(&r.attempts),
+        kinds(&r.outcome.attempts),
         vec![
             ("primary".into(), "server"),
             ("primary".into(), "server"),
             ("backup".into(), "ok")
         ]
     );
-    assert_eq!(r.attempts[0].status, Some(500));
-    assert_eq!(r.warning.as_deref(), Some("level 1 via backup"));
-    assert_eq!(r.upstream_attempts(), 3);
+    assert_eq!(r.outcome.attempts[0].status, Some(500));
+    assert_eq!(r.outcome.warning.as_deref(), Some("level 1 via backup"));
+    assert_eq!(r.outcome.upstream_attempts, 3);
 }
 
 #[tokio::test(start_paused = true)]
@@ -177,7 +177,7 @@ async fn connect_failure_is_retried_at_once_then_falls_over() {
         Duration::ZERO,
         "no wait before a connect retry"
     );
-    assert_eq!(r.fallback_level, 1);
+    assert_eq!(r.outcome.fallback_level, 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -193,8 +193,8 @@ async fn a_retry_that_succeeds_keeps_the_primary() {
         .complete(request(), RequestContext::default())
         .await
         .unwrap();
-    assert_eq!(&*r.model_used, "primary");
-    assert_eq!(r.fallback_level, 0);
+    assert_eq!(&*r.outcome.model_used, "primary");
+    assert_eq!(r.outcome.fallback_level, 0);
     assert_eq!(a.calls(), 2);
     assert_eq!(b.calls(), 0);
 }
@@ -223,8 +223,8 @@ async fn timeout_is_never_retried_on_the_same_model() {
         .unwrap();
     assert_eq!(a.calls(), 1);
     assert_eq!(started.elapsed(), ms(700));
-    assert_eq!(kinds(&r.attempts)[0], ("primary".into(), "timeout"));
-    assert_eq!(&*r.model_used, "backup");
+    assert_eq!(kinds(&r.outcome.attempts)[0], ("primary".into(), "timeout"));
+    assert_eq!(&*r.outcome.model_used, "backup");
 }
 
 #[tokio::test(start_paused = true)]
@@ -243,7 +243,7 @@ async fn retry_after_under_the_cap_is_waited_for() {
         .unwrap();
     assert_eq!(started.elapsed(), ms(1200));
     assert_eq!(a.calls(), 2);
-    assert_eq!(&*r.model_used, "primary");
+    assert_eq!(&*r.outcome.model_used, "primary");
 }
 
 #[tokio::test(start_paused = true)]
@@ -262,7 +262,7 @@ async fn retry_after_over_the_cap_falls_over_instead_of_waiting() {
         .unwrap();
     assert_eq!(started.elapsed(), Duration::ZERO);
     assert_eq!(a.calls(), 1);
-    assert_eq!(&*r.model_used, "backup");
+    assert_eq!(&*r.outcome.model_used, "backup");
 }
 
 #[tokio::test(start_paused = true)]
@@ -276,7 +276,7 @@ async fn rate_limit_without_retry_after_falls_over_at_once() {
         .await
         .unwrap();
     assert_eq!(a.calls(), 1);
-    assert_eq!(&*r.model_used, "backup");
+    assert_eq!(&*r.outcome.model_used, "backup");
 }
 
 #[tokio::test(start_paused = true)]
@@ -295,8 +295,8 @@ async fn auth_quota_and_invalid_responses_fall_over_without_retry() {
             .await
             .unwrap();
         assert_eq!(a.calls(), 1, "{kind}");
-        assert_eq!(&*r.model_used, "backup", "{kind}");
-        assert_eq!(kinds(&r.attempts)[0].1, kind.as_str());
+        assert_eq!(&*r.outcome.model_used, "backup", "{kind}");
+        assert_eq!(kinds(&r.outcome.attempts)[0].1, kind.as_str());
     }
 }
 
@@ -356,7 +356,7 @@ async fn content_policy_returns_the_reason_unless_configured_to_fall_over() {
         .complete(request(), RequestContext::default())
         .await
         .unwrap();
-    assert_eq!(&*r.model_used, "backup");
+    assert_eq!(&*r.outcome.model_used, "backup");
 }
 
 fn windowed(id: &str, window: u32) -> ModelSpec {
@@ -384,11 +384,11 @@ async fn context_length_error_routes_only_to_larger_windows() {
         .complete(request(), RequestContext::default())
         .await
         .unwrap();
-    assert_eq!(&*r.model_used, "large");
-    assert_eq!(r.fallback_level, 2);
+    assert_eq!(&*r.outcome.model_used, "large");
+    assert_eq!(r.outcome.fallback_level, 2);
     assert_eq!(same.calls(), 0);
     assert_eq!(
-        kinds(&r.attempts),
+        kinds(&r.outcome.attempts),
         vec![
             ("small".into(), "context_length"),
             ("same".into(), "context_window"),
@@ -436,9 +436,12 @@ async fn a_prompt_larger_than_a_window_skips_that_model() {
         .await
         .unwrap();
     assert_eq!(tiny.calls(), 0);
-    assert_eq!(kinds(&r.attempts)[0], ("tiny".into(), "context_window"));
     assert_eq!(
-        r.fallback_level, 1,
+        kinds(&r.outcome.attempts)[0],
+        ("tiny".into(), "context_window")
+    );
+    assert_eq!(
+        r.outcome.fallback_level, 1,
         "a skipped primary still makes this a fallback"
     );
 }
@@ -507,10 +510,10 @@ async fn open_circuits_and_missing_capabilities_are_skipped_and_recorded() {
         .stream(stream_request(), RequestContext::default())
         .await
         .unwrap();
-    assert_eq!(&*stream.meta().model_used, "c");
-    assert_eq!(stream.meta().fallback_level, 2);
+    assert_eq!(&*stream.meta().outcome.model_used, "c");
+    assert_eq!(stream.meta().outcome.fallback_level, 2);
     assert_eq!(
-        kinds(&stream.meta().attempts),
+        kinds(&stream.meta().outcome.attempts),
         vec![
             ("a".into(), "circuit_open"),
             ("b".into(), "no_streaming"),
@@ -544,7 +547,10 @@ async fn tools_requests_skip_models_without_tools() {
         .await
         .unwrap();
     assert_eq!(a.calls(), 0);
-    assert_eq!(kinds(&r.attempts)[0].1, SkipReason::NoTools.as_str());
+    assert_eq!(
+        kinds(&r.outcome.attempts)[0].1,
+        SkipReason::NoTools.as_str()
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -604,7 +610,7 @@ async fn retries_never_wait_past_the_deadline() {
         .unwrap();
     assert_eq!(started.elapsed(), Duration::ZERO);
     assert_eq!(a.calls(), 1);
-    assert_eq!(&*r.model_used, "b");
+    assert_eq!(&*r.outcome.model_used, "b");
 }
 
 #[tokio::test(start_paused = true)]
@@ -642,13 +648,13 @@ async fn hedging_starts_the_next_model_and_cancels_the_loser() {
         ms(250),
         "hedge at 200 ms, answer 50 ms later"
     );
-    assert_eq!(&*r.model_used, "fast");
-    assert_eq!(r.fallback_level, 1);
+    assert_eq!(&*r.outcome.model_used, "fast");
+    assert_eq!(r.outcome.fallback_level, 1);
     assert_eq!(
-        kinds(&r.attempts),
+        kinds(&r.outcome.attempts),
         vec![("slow".into(), "cancelled"), ("fast".into(), "ok")]
     );
-    assert_eq!(r.attempts[0].duration, ms(250));
+    assert_eq!(r.outcome.attempts[0].duration, ms(250));
     // The loser stayed silent past hedge_after: health hears a timeout, so
     // a hung primary's circuit can open even while hedging hides it.
     let timed_out = backstop_core::CallOutcome::Failure {
@@ -688,7 +694,7 @@ async fn hedging_does_not_fire_when_the_primary_is_fast() {
         .complete(request(), RequestContext::default())
         .await
         .unwrap();
-    assert_eq!(&*r.model_used, "a");
+    assert_eq!(&*r.outcome.model_used, "a");
     assert_eq!(b.calls(), 0);
 }
 
@@ -720,10 +726,10 @@ async fn a_hedged_primary_failure_falls_over_to_the_runner_up() {
     // the hedge timer for b, still silent, so c starts at 400 ms and answers
     // at once; b (due at 500 ms) is cancelled.
     assert_eq!(started.elapsed(), ms(400));
-    assert_eq!(&*r.model_used, "c");
-    assert_eq!(r.fallback_level, 2);
+    assert_eq!(&*r.outcome.model_used, "c");
+    assert_eq!(r.outcome.fallback_level, 2);
     assert_eq!(
-        kinds(&r.attempts),
+        kinds(&r.outcome.attempts),
         vec![
             ("a".into(), "auth"),
             ("b".into(), "cancelled"),
@@ -824,9 +830,9 @@ async fn the_selector_order_decides_the_primary_and_the_level() {
         .complete(request(), RequestContext::default())
         .await
         .unwrap();
-    assert_eq!(&*r.model_used, "b");
+    assert_eq!(&*r.outcome.model_used, "b");
     assert_eq!(
-        r.fallback_level, 0,
+        r.outcome.fallback_level, 0,
         "the level is the index in the order tried"
     );
     assert_eq!(a.calls(), 0);
@@ -872,8 +878,8 @@ async fn a_last_resort_is_tried_last_whatever_the_selector_says() {
         .await
         .unwrap();
     // The selector put the template first; the Router tried b, then a.
-    assert_eq!(&*r.model_used, "a");
-    assert_eq!(r.fallback_level, 1);
+    assert_eq!(&*r.outcome.model_used, "a");
+    assert_eq!(r.outcome.fallback_level, 1);
     assert_eq!(rules.calls(), 0);
 }
 
@@ -887,8 +893,8 @@ async fn a_request_naming_a_model_uses_its_single_model_route() {
         .complete(ChatRequest::user("backup", "hi"), RequestContext::default())
         .await
         .unwrap();
-    assert_eq!(&*r.model_used, "backup");
-    assert_eq!(r.fallback_level, 0);
+    assert_eq!(&*r.outcome.model_used, "backup");
+    assert_eq!(r.outcome.fallback_level, 0);
     assert_eq!(a.calls(), 0);
     let err = s
         .router
@@ -910,7 +916,7 @@ async fn a_stream_streams_the_whole_answer_and_ends_with_usage() {
         .stream(stream_request(), RequestContext::default())
         .await
         .unwrap();
-    assert_eq!(&*stream.meta().model_used, "primary");
+    assert_eq!(&*stream.meta().outcome.model_used, "primary");
     let (text, last) = drain(stream).await;
     assert_eq!(text, ANSWER);
     let StreamItem::Done(summary) = last else {
@@ -932,9 +938,12 @@ async fn failover_before_the_first_chunk_is_invisible() {
         .stream(stream_request(), RequestContext::default())
         .await
         .unwrap();
-    assert_eq!(&*stream.meta().model_used, "backup");
-    assert_eq!(stream.meta().fallback_level, 1);
-    assert_eq!(stream.meta().warning.as_deref(), Some("level 1 via backup"));
+    assert_eq!(&*stream.meta().outcome.model_used, "backup");
+    assert_eq!(stream.meta().outcome.fallback_level, 1);
+    assert_eq!(
+        stream.meta().outcome.warning.as_deref(),
+        Some("level 1 via backup")
+    );
     let (text, last) = drain(stream).await;
     assert_eq!(text, ANSWER);
     assert!(matches!(last, StreamItem::Done(_)));
@@ -967,7 +976,10 @@ async fn no_first_token_in_time_is_a_timeout_and_falls_over() {
         .await
         .unwrap();
     assert_eq!(started.elapsed(), ms(800));
-    assert_eq!(kinds(&stream.meta().attempts)[0], ("a".into(), "timeout"));
+    assert_eq!(
+        kinds(&stream.meta().outcome.attempts)[0],
+        ("a".into(), "timeout")
+    );
     assert_eq!(a.calls(), 1);
 }
 
@@ -1274,7 +1286,7 @@ async fn hedged_streams_race_to_the_first_token() {
         .await
         .unwrap();
     assert_eq!(started.elapsed(), ms(300));
-    assert_eq!(&*stream.meta().model_used, "b");
+    assert_eq!(&*stream.meta().outcome.model_used, "b");
     let (text, _) = drain(stream).await;
     assert_eq!(text, ANSWER);
 }
@@ -1389,7 +1401,7 @@ async fn a_model_already_failing_is_not_retried_it_falls_over_at_once() {
     );
     assert_eq!(a.calls(), 3, "no retry either");
     assert_eq!(
-        kinds(&r.attempts),
+        kinds(&r.outcome.attempts),
         vec![("primary".into(), "server"), ("backup".into(), "ok")]
     );
 }
@@ -1414,7 +1426,7 @@ async fn a_busy_model_with_rare_errors_keeps_its_retry() {
             .complete(request(), RequestContext::default())
             .await
             .unwrap();
-        assert_eq!(&*r.model_used, "primary");
+        assert_eq!(&*r.outcome.model_used, "primary");
     }
     assert_eq!(a.calls(), 4);
     assert_eq!(b.calls(), 0);
@@ -1638,7 +1650,7 @@ async fn a_hedge_that_just_started_is_cancelled_not_timed_out() {
         .complete(request(), RequestContext::default())
         .await
         .unwrap();
-    assert_eq!(&*r.model_used, "a");
+    assert_eq!(&*r.outcome.model_used, "a");
     assert_eq!(
         health.outcomes(),
         vec![
@@ -1775,7 +1787,7 @@ async fn a_model_whose_window_cannot_hold_prompt_and_output_bound_is_skipped() {
         .complete(long, RequestContext::default())
         .await
         .unwrap();
-    assert_eq!(&*r.model_used, "big");
+    assert_eq!(&*r.outcome.model_used, "big");
     assert_eq!(small.calls(), 0);
     // With a small output bound it fits.
     let mut short = ChatRequest::user("chat", "word ".repeat(1_000));
@@ -1785,7 +1797,7 @@ async fn a_model_whose_window_cannot_hold_prompt_and_output_bound_is_skipped() {
         .complete(short, RequestContext::default())
         .await
         .unwrap();
-    assert_eq!(&*r.model_used, "small");
+    assert_eq!(&*r.outcome.model_used, "small");
 }
 
 #[tokio::test(start_paused = true)]

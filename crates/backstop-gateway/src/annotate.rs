@@ -2,10 +2,8 @@
 //! headers on every answer and a `backstop` object in the body (on the
 //! final chunk, for streams).
 
-use std::sync::Arc;
-
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
-use backstop_core::Attempt;
+use backstop_core::{Attempt, Outcome};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use serde::Serialize;
 
@@ -26,7 +24,7 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// and `%` so decoding is unambiguous.
 const HEADER_UNSAFE: &AsciiSet = &CONTROLS.add(b'%').add(b'"');
 
-/// The `backstop` object.
+/// The `backstop` object, as every answer carries it.
 #[derive(Debug, Serialize)]
 pub struct BackstopInfo<'a> {
     /// The model that answered.
@@ -41,21 +39,29 @@ pub struct BackstopInfo<'a> {
     pub attempts: &'a [Attempt],
 }
 
-/// Sets the `x-backstop-*` headers.
-pub fn set_headers(
-    headers: &mut HeaderMap,
-    model: &str,
-    level: usize,
-    upstream_attempts: u32,
-    warning: Option<&Arc<str>>,
-    limitation: Option<&Arc<str>>,
-) {
-    if let Ok(v) = HeaderValue::from_str(&encode(model)) {
+impl<'a> From<&'a Outcome> for BackstopInfo<'a> {
+    fn from(outcome: &'a Outcome) -> Self {
+        Self {
+            model_used: &outcome.model_used,
+            fallback_level: outcome.fallback_level,
+            warning: outcome.warning.as_deref(),
+            limitation: outcome.limitation.as_deref(),
+            attempts: &outcome.attempts,
+        }
+    }
+}
+
+/// Sets the `x-backstop-*` headers of an answer served as `outcome` says.
+pub fn set_headers(headers: &mut HeaderMap, outcome: &Outcome) {
+    if let Ok(v) = HeaderValue::from_str(&encode(&outcome.model_used)) {
         headers.insert(MODEL, v);
     }
-    headers.insert(FALLBACK_LEVEL, HeaderValue::from(level));
-    headers.insert(ATTEMPTS, HeaderValue::from(upstream_attempts));
-    for (name, text) in [(WARNING, warning), (LIMITATION, limitation)] {
+    headers.insert(FALLBACK_LEVEL, HeaderValue::from(outcome.fallback_level));
+    headers.insert(ATTEMPTS, HeaderValue::from(outcome.upstream_attempts));
+    for (name, text) in [
+        (WARNING, &outcome.warning),
+        (LIMITATION, &outcome.limitation),
+    ] {
         if let Some(text) = text
             && let Ok(v) = HeaderValue::from_str(&encode(text))
         {
@@ -75,8 +81,17 @@ mod tests {
     #[test]
     fn non_ascii_warnings_are_percent_encoded() {
         let mut h = HeaderMap::new();
-        let warning: Arc<str> = "当前使用了备用模型(qwen-7b) 100%".into();
-        set_headers(&mut h, "qwen-7b", 1, 2, Some(&warning), None);
+        let warning: std::sync::Arc<str> = "当前使用了备用模型(qwen-7b) 100%".into();
+        let outcome = Outcome {
+            model_used: "qwen-7b".into(),
+            fallback_level: 1,
+            attempts: Vec::new(),
+            upstream_attempts: 2,
+            warning: Some(warning.clone()),
+            limitation: None,
+            usage: None,
+        };
+        set_headers(&mut h, &outcome);
         let v = h[WARNING].to_str().unwrap();
         assert!(v.is_ascii());
         let decoded = percent_encoding::percent_decode_str(v)

@@ -25,8 +25,8 @@ pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub trait Observability: Send + Sync {
     /// Appends Prometheus text-format lines.
     fn render_prometheus(&self, out: &mut String);
-    /// Adds keys to the status document.
-    fn status(&self, status: &mut serde_json::Map<String, serde_json::Value>);
+    /// Fills in its part of the status document.
+    fn status(&self, status: &mut crate::introspect::StatusDocument);
 }
 
 /// How the gateway behaves around the Router.

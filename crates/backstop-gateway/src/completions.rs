@@ -111,13 +111,7 @@ async fn complete(gateway: &Gateway, request: ChatRequest, cx: RequestContext) -
     };
     let body = CompleteBody {
         response: &result.response,
-        backstop: BackstopInfo {
-            model_used: &result.model_used,
-            fallback_level: result.fallback_level,
-            warning: result.warning.as_deref(),
-            limitation: result.limitation.as_deref(),
-            attempts: &result.attempts,
-        },
+        backstop: BackstopInfo::from(&result.outcome),
     };
     let json = match serde_json::to_vec(&body) {
         Ok(json) => json,
@@ -132,14 +126,7 @@ async fn complete(gateway: &Gateway, request: ChatRequest, cx: RequestContext) -
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    annotate::set_headers(
-        h,
-        &result.model_used,
-        result.fallback_level,
-        result.upstream_attempts() as u32,
-        result.warning.as_ref(),
-        result.limitation.as_ref(),
-    );
+    annotate::set_headers(h, &result.outcome);
     response
 }
 
@@ -149,23 +136,17 @@ async fn stream(gateway: &Gateway, request: ChatRequest, cx: RequestContext) -> 
         Ok(stream) => stream,
         Err(e) => return gateway.route_error(e).into_response(),
     };
-    let meta = stream.meta().clone();
+    let mut headers = HeaderMap::new();
+    annotate::set_headers(&mut headers, &stream.meta().outcome);
     let body = Body::from_stream(sse_body(stream, include_usage));
     let mut response = (StatusCode::OK, body).into_response();
     let h = response.headers_mut();
+    h.extend(headers);
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/event-stream"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    annotate::set_headers(
-        h,
-        &meta.model_used,
-        meta.fallback_level,
-        meta.upstream_attempts,
-        meta.warning.as_ref(),
-        meta.limitation.as_ref(),
-    );
     response
 }
 
@@ -183,21 +164,15 @@ fn sse_body(
         let mut out = Vec::with_capacity(256);
         match item {
             StreamItem::Chunk(chunk) => write_json(&mut out, &chunk),
-            StreamItem::Done(summary) => {
+            StreamItem::Done(outcome) => {
                 let last = FinalChunk {
                     id: &id,
                     object: "chat.completion.chunk",
                     created,
-                    model: &summary.model_used,
+                    model: &outcome.model_used,
                     choices: [],
-                    usage: summary.usage.as_ref().filter(|_| include_usage),
-                    backstop: BackstopInfo {
-                        model_used: &summary.model_used,
-                        fallback_level: summary.fallback_level,
-                        warning: summary.warning.as_deref(),
-                        limitation: summary.limitation.as_deref(),
-                        attempts: &summary.attempts,
-                    },
+                    usage: outcome.usage.as_ref().filter(|_| include_usage),
+                    backstop: BackstopInfo::from(&outcome),
                 };
                 write_json(&mut out, &last);
                 write_data(&mut out, "[DONE]");

@@ -1,18 +1,32 @@
 //! The endpoints that describe the gateway: `/v1/models`, `/healthz`,
 //! `/readyz`, `/metrics` and `/v1/backstop/status`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use backstop_core::{CircuitState, HealthPolicy, LatencyKind, ModelIndex, Route, Router};
-use serde_json::{Map, Value, json};
+use backstop_core::{
+    BudgetPolicy, BudgetSnapshot, CircuitState, FallbackEvent, HealthPolicy, HealthSnapshot,
+    LatencyKind, MidStreamPolicy, ModelIndex, Route, Router,
+};
+use backstop_strategies::monitor::metrics::RecentFailure;
+use serde::Serialize;
+use serde_json::json;
 
+use crate::api_error::ApiError;
 use crate::app::Gateway;
 
-fn json_response(status: StatusCode, value: &Value) -> Response {
-    let mut response = (status, value.to_string()).into_response();
+fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response {
+    let body = match serde_json::to_string(value) {
+        Ok(body) => body,
+        Err(e) => {
+            return ApiError::unavailable(format!("could not encode the document: {e}"))
+                .into_response();
+        }
+    };
+    let mut response = (status, body).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -152,17 +166,107 @@ pub async fn status(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> 
     json_response(StatusCode::OK, &status_document(&gateway))
 }
 
+/// The status document of `/v1/backstop/status`: each model's circuit
+/// per health policy and latency estimates, the scenarios, the budgets, and
+/// what the observers add. Fields are declared in the order they are
+/// written (alphabetical, as the document always was).
+#[derive(Debug, Serialize)]
+pub struct StatusDocument {
+    /// The alert rule's window (with the alert observer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<AlertWindow>,
+    /// Every distinct budget policy's spend.
+    pub budgets: Vec<BudgetSnapshot>,
+    /// Every model, by index.
+    pub models: Vec<ModelStatus>,
+    /// The last fallbacks, oldest first (with the alert observer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recent_fallbacks: Option<Vec<FallbackEvent>>,
+    /// Every scenario, in configured order.
+    pub scenarios: Vec<ScenarioStatus>,
+}
+
+/// One model in the status document.
+#[derive(Debug, Serialize)]
+pub struct ModelStatus {
+    /// Its circuit under each health policy whose routes list it, by the
+    /// policy's name (`name#2` for a second policy of the same name).
+    pub health: BTreeMap<String, HealthSnapshot>,
+    /// Its id.
+    pub id: String,
+    /// Latency estimates in milliseconds (`None`: never measured).
+    pub latency_ms: LatencyMs,
+    /// Its priority.
+    pub priority: u32,
+    /// Its provider's id.
+    pub provider: String,
+    /// Its last failures, newest first (with the metrics observer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recent_failures: Option<Vec<RecentFailure>>,
+    /// The upstream model name.
+    pub upstream: String,
+}
+
+/// A model's latency estimates, in milliseconds.
+#[derive(Debug, Serialize)]
+pub struct LatencyMs {
+    /// Time to first token of streams.
+    pub first_token: Option<f64>,
+    /// Total time of complete calls.
+    pub total: Option<f64>,
+}
+
+/// One scenario in the status document.
+#[derive(Debug, Serialize)]
+pub struct ScenarioStatus {
+    /// Its budget policy's name.
+    pub budget: String,
+    /// Its chain, by model id.
+    pub chain: Vec<String>,
+    /// Its health policy's name.
+    pub health: String,
+    /// Its hedging delay, if it hedges.
+    pub hedge_after_ms: Option<u64>,
+    /// Its mid-stream policy.
+    pub mid_stream: MidStreamPolicy,
+    /// Its name.
+    pub name: String,
+    /// Its result handler's name.
+    pub result: String,
+    /// Its selector's name.
+    pub selector: String,
+}
+
+/// The alert rule's window in the status document.
+#[derive(Debug, Serialize)]
+pub struct AlertWindow {
+    /// Fallback alerts fired since start.
+    pub alerts_fired: u64,
+    /// fallbacks / requests in the window (0 without requests).
+    pub fallback_rate: f64,
+    /// Fallbacks in the window.
+    pub fallbacks: u64,
+    /// Wall clock (Unix ms) of the last fallback alert.
+    pub last_alert_unix_ms: Option<u64>,
+    /// The threshold.
+    pub max_fallbacks: u32,
+    /// Requests that ended in the window.
+    pub requests: u64,
+    /// The window.
+    pub window_ms: u64,
+}
+
 /// The status document.
-pub fn status_document(gateway: &Gateway) -> Value {
+pub fn status_document(gateway: &Gateway) -> StatusDocument {
     let router = gateway.router();
     let policies = health_policies(router);
     let latency = &router.context().latency;
-    let models: Vec<Value> = router
+    let models = router
         .models()
         .iter()
         .enumerate()
         .map(|(i, model)| {
-            let mut health = Map::new();
+            let mut health = BTreeMap::new();
             for (policy, members) in &policies {
                 if members.contains(&i) {
                     let key = if health.contains_key(policy.name()) {
@@ -170,54 +274,65 @@ pub fn status_document(gateway: &Gateway) -> Value {
                     } else {
                         policy.name().to_owned()
                     };
-                    health.insert(key, json!(policy.snapshot(i)));
+                    health.insert(key, policy.snapshot(i));
                 }
             }
             let ms = |kind| latency.estimate(i, kind).map(|d| d.as_secs_f64() * 1000.0);
-            json!({
-                "id": model.id,
-                "provider": model.provider,
-                "upstream": model.upstream,
-                "priority": model.priority,
-                "health": health,
-                "latency_ms": {"first_token": ms(LatencyKind::FirstToken), "total": ms(LatencyKind::Total)},
-            })
+            ModelStatus {
+                health,
+                id: model.id.clone(),
+                latency_ms: LatencyMs {
+                    first_token: ms(LatencyKind::FirstToken),
+                    total: ms(LatencyKind::Total),
+                },
+                priority: model.priority,
+                provider: model.provider.clone(),
+                recent_failures: None,
+                upstream: model.upstream.clone(),
+            }
         })
         .collect();
 
     let mut scenarios = Vec::new();
-    let mut budgets: Vec<Value> = Vec::new();
-    let mut seen_budgets = Vec::new();
     for name in router.scenario_names() {
         let Some(route) = router.route(name) else {
             continue;
         };
         let s = &route.strategies;
-        scenarios.push(json!({
-            "name": name.as_ref(),
-            "chain": route.chain.iter().map(|&i| router.models()[i].id.as_str()).collect::<Vec<_>>(),
-            "selector": s.selector.name(),
-            "health": s.health.name(),
-            "budget": s.budget.name(),
-            "result": s.result.name(),
-            "mid_stream": route.policy.mid_stream,
-            "hedge_after_ms": route.policy.hedge_after.map(|d| d.as_millis() as u64),
-        }));
+        scenarios.push(ScenarioStatus {
+            budget: s.budget.name().to_owned(),
+            chain: route
+                .chain
+                .iter()
+                .map(|&i| router.models()[i].id.clone())
+                .collect(),
+            health: s.health.name().to_owned(),
+            hedge_after_ms: route.policy.hedge_after.map(|d| d.as_millis() as u64),
+            mid_stream: route.policy.mid_stream,
+            name: name.to_string(),
+            result: s.result.name().to_owned(),
+            selector: s.selector.name().to_owned(),
+        });
     }
+    let mut budgets = Vec::new();
+    let mut seen_budgets: Vec<&Arc<dyn BudgetPolicy>> = Vec::new();
     for route in router.routes() {
         let budget = &route.strategies.budget;
         if !seen_budgets.iter().any(|b| Arc::ptr_eq(b, budget)) {
-            seen_budgets.push(budget.clone());
-            budgets.push(json!(budget.snapshot()));
+            seen_budgets.push(budget);
+            budgets.push(budget.snapshot());
         }
     }
 
-    let mut doc = Map::new();
-    doc.insert("models".into(), Value::Array(models));
-    doc.insert("scenarios".into(), Value::Array(scenarios));
-    doc.insert("budgets".into(), Value::Array(budgets));
+    let mut doc = StatusDocument {
+        alerts: None,
+        budgets,
+        models,
+        recent_fallbacks: None,
+        scenarios,
+    };
     for observer in gateway.observers() {
         observer.status(&mut doc);
     }
-    Value::Object(doc)
+    doc
 }

@@ -3,10 +3,9 @@
 
 use std::sync::Arc;
 
-use backstop_strategies::monitor::{AlertSink, Metrics};
-use serde_json::{Map, Value, json};
-
 use crate::app::Observability;
+use crate::introspect::{AlertWindow, StatusDocument};
+use backstop_strategies::monitor::{AlertSink, Metrics};
 
 /// Request, attempt, fallback and latency counters, and each model's last
 /// failures.
@@ -18,18 +17,9 @@ impl Observability for MetricsObserver {
     }
 
     /// Adds `recent_failures` (newest first) to each model of the document.
-    fn status(&self, doc: &mut Map<String, Value>) {
-        let Some(Value::Array(models)) = doc.get_mut("models") else {
-            return;
-        };
-        for model in models {
-            let Some(id) = model.get("id").and_then(Value::as_str) else {
-                continue;
-            };
-            let recent = json!(self.0.recent_failures(id));
-            if let Some(model) = model.as_object_mut() {
-                model.insert("recent_failures".into(), recent);
-            }
+    fn status(&self, doc: &mut StatusDocument) {
+        for model in &mut doc.models {
+            model.recent_failures = Some(self.0.recent_failures(&model.id));
         }
     }
 }
@@ -53,20 +43,17 @@ impl Observability for AlertObserver {
         ));
     }
 
-    fn status(&self, doc: &mut Map<String, Value>) {
+    fn status(&self, doc: &mut StatusDocument) {
         let status = self.0.status();
-        doc.insert(
-            "alerts".into(),
-            json!({
-                "window_ms": status.window_ms,
-                "requests": status.requests,
-                "fallbacks": status.fallbacks,
-                "fallback_rate": status.fallback_rate,
-                "max_fallbacks": status.max_fallbacks,
-                "alerts_fired": status.alerts_fired,
-                "last_alert_unix_ms": status.last_alert_unix_ms,
-            }),
-        );
-        doc.insert("recent_fallbacks".into(), json!(status.recent));
+        doc.alerts = Some(AlertWindow {
+            alerts_fired: status.alerts_fired,
+            fallback_rate: status.fallback_rate,
+            fallbacks: status.fallbacks,
+            last_alert_unix_ms: status.last_alert_unix_ms,
+            max_fallbacks: status.max_fallbacks,
+            requests: status.requests,
+            window_ms: status.window_ms,
+        });
+        doc.recent_fallbacks = Some(status.recent);
     }
 }

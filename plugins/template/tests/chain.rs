@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use backstop_core::testing::{Recorded, RecordingSink, simple_strategies};
 use backstop_core::{
-    AttemptOutcome, ChatRequest, FailureKind, FallbackResult, RequestContext, RoutePolicy, Router,
-    Scenario, StrategyContext, StreamItem, StreamSummary, SystemClock, Usage,
+    AttemptOutcome, ChatRequest, FailureKind, FallbackResult, Outcome, RequestContext, RoutePolicy,
+    Router, Scenario, StrategyContext, StreamItem, SystemClock, Usage,
 };
 use backstop_core::{ChatChunk, ModelSpec};
 use backstop_provider_anthropic::{AnthropicConfig, AnthropicProvider};
@@ -165,7 +165,7 @@ fn outcomes(attempts: &[backstop_core::Attempt]) -> Vec<(String, AttemptOutcome)
 
 /// Reads a fallback stream: the text, the model of each chunk, and how it
 /// ended.
-async fn read(stream: backstop_core::FallbackStream) -> (String, Vec<ChatChunk>, StreamSummary) {
+async fn read(stream: backstop_core::FallbackStream) -> (String, Vec<ChatChunk>, Outcome) {
     let items: Vec<StreamItem> = stream.collect().await;
     let mut chunks = Vec::new();
     let mut summary = None;
@@ -220,18 +220,21 @@ async fn a_failing_primary_falls_over_to_anthropic() {
         Some(Usage::new(21, 7)),
         "the answering attempt's usage only"
     );
-    assert_eq!(&*result.model_used, "claude");
-    assert_eq!(result.fallback_level, 1);
-    assert_eq!(result.warning.as_deref(), Some("level 1 via claude"));
+    assert_eq!(&*result.outcome.model_used, "claude");
+    assert_eq!(result.outcome.fallback_level, 1);
     assert_eq!(
-        outcomes(&result.attempts),
+        result.outcome.warning.as_deref(),
+        Some("level 1 via claude")
+    );
+    assert_eq!(
+        outcomes(&result.outcome.attempts),
         [
             ("gpt".into(), AttemptOutcome::Failed(FailureKind::Server)),
             ("gpt".into(), AttemptOutcome::Failed(FailureKind::Server)),
             ("claude".into(), AttemptOutcome::Succeeded),
         ]
     );
-    assert_eq!(result.attempts[0].status, Some(500));
+    assert_eq!(result.outcome.attempts[0].status, Some(500));
     assert_eq!(calls(&openai).await, 2, "one same-model retry for a 500");
     assert_eq!(calls(&upstreams.anthropic).await, 1);
     assert_eq!(
@@ -258,9 +261,12 @@ async fn a_failing_primary_falls_over_to_anthropic_when_streaming() {
         .stream(request(true), RequestContext::default())
         .await
         .unwrap();
-    assert_eq!(&*stream.meta().model_used, "claude");
-    assert_eq!(stream.meta().fallback_level, 1);
-    assert_eq!(stream.meta().warning.as_deref(), Some("level 1 via claude"));
+    assert_eq!(&*stream.meta().outcome.model_used, "claude");
+    assert_eq!(stream.meta().outcome.fallback_level, 1);
+    assert_eq!(
+        stream.meta().outcome.warning.as_deref(),
+        Some("level 1 via claude")
+    );
     let (text, chunks, summary) = read(stream).await;
 
     assert_eq!(text, "Your parcel is in Lyon.");
@@ -307,9 +313,9 @@ async fn when_both_models_fail_the_template_answers() {
     );
     assert_eq!(result.response.model, "rules");
     assert_eq!(result.response.usage, Some(Usage::new(0, 0)));
-    assert_eq!(result.fallback_level, 2);
-    assert_eq!(result.warning.as_deref(), Some("level 2 via rules"));
-    let kinds: Vec<_> = outcomes(&result.attempts)
+    assert_eq!(result.outcome.fallback_level, 2);
+    assert_eq!(result.outcome.warning.as_deref(), Some("level 2 via rules"));
+    let kinds: Vec<_> = outcomes(&result.outcome.attempts)
         .into_iter()
         .map(|(m, o)| format!("{m} {}", o.as_str()))
         .collect();
@@ -349,8 +355,8 @@ async fn when_both_models_fail_the_template_streams() {
         .stream(request(true), RequestContext::default())
         .await
         .unwrap();
-    assert_eq!(&*stream.meta().model_used, "rules");
-    let attempts = outcomes(&stream.meta().attempts);
+    assert_eq!(&*stream.meta().outcome.model_used, "rules");
+    let attempts = outcomes(&stream.meta().outcome.attempts);
     assert_eq!(
         attempts[0],
         ("gpt".into(), AttemptOutcome::Failed(FailureKind::Auth))
@@ -404,7 +410,7 @@ async fn a_stream_cut_mid_answer_is_continued_by_anthropic_from_the_prefill() {
         .await
         .unwrap();
     assert_eq!(
-        &*stream.meta().model_used,
+        &*stream.meta().outcome.model_used,
         "gpt",
         "the primary started the answer"
     );
@@ -462,9 +468,9 @@ async fn a_request_anthropic_cannot_express_falls_over_to_the_template() {
         result.response.text(),
         "The support_chat assistant is busy; rules answered."
     );
-    assert_eq!(result.fallback_level, 2);
+    assert_eq!(result.outcome.fallback_level, 2);
     assert_eq!(
-        outcomes(&result.attempts),
+        outcomes(&result.outcome.attempts),
         [
             ("gpt".into(), AttemptOutcome::Failed(FailureKind::Server)),
             ("gpt".into(), AttemptOutcome::Failed(FailureKind::Server)),
@@ -509,9 +515,9 @@ async fn a_retired_primary_falls_over_instead_of_failing_the_request() {
         .expect("claude answers for the retired primary");
 
     assert_eq!(result.response.text(), "Your parcel is in Lyon.");
-    assert_eq!(result.fallback_level, 1);
+    assert_eq!(result.outcome.fallback_level, 1);
     assert_eq!(
-        outcomes(&result.attempts),
+        outcomes(&result.outcome.attempts),
         [
             (
                 "gpt".into(),
@@ -520,7 +526,7 @@ async fn a_retired_primary_falls_over_instead_of_failing_the_request() {
             ("claude".into(), AttemptOutcome::Succeeded),
         ]
     );
-    assert_eq!(result.attempts[0].status, Some(404));
+    assert_eq!(result.outcome.attempts[0].status, Some(404));
     assert_eq!(calls(&openai).await, 1, "a missing model is not retried");
     assert_eq!(
         fallbacks(&sink),

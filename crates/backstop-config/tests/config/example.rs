@@ -124,7 +124,7 @@ async fn the_template_rung_answers_by_its_own_id() {
         )
         .await
         .expect("the template answers");
-    assert_eq!(&*answer.model_used, "rules");
+    assert_eq!(&*answer.outcome.model_used, "rules");
     assert_eq!(
         answer.response.text(),
         "The rules service is busy right now. Please try again in a minute."
@@ -162,16 +162,19 @@ async fn realtime_chat_falls_over_to_the_template_when_its_upstreams_fail() {
         .await
         .expect("the last rung answers");
 
-    assert_eq!(&*answer.model_used, "rules");
-    assert_eq!(answer.fallback_level, 2);
-    assert!(answer.warning.is_some(), "a degraded answer is annotated");
+    assert_eq!(&*answer.outcome.model_used, "rules");
+    assert_eq!(answer.outcome.fallback_level, 2);
+    assert!(
+        answer.outcome.warning.is_some(),
+        "a degraded answer is annotated"
+    );
     // gpt-4o-mini was tried and retried once (server error), the local
     // model refused twice (connect), then the template answered.
     let seen = openai.received_requests().await.expect("recorded");
     assert_eq!(seen.len(), 2);
     let body: serde_json::Value = serde_json::from_slice(&seen[0].body).expect("json body");
     assert_eq!(body["model"], "gpt-4o-mini");
-    assert_eq!(answer.upstream_attempts(), 5);
+    assert_eq!(answer.outcome.upstream_attempts, 5);
 }
 
 #[test]

@@ -14,7 +14,7 @@ use crate::chat::{ChatRequest, ChatResponse, Usage, estimate_tokens};
 use crate::error::{FailureKind, ProviderError, RouteError};
 use crate::model::ModelIndex;
 use crate::provider::{Call, Provider};
-use crate::result::{Annotation, FallbackResult, RouteSummary};
+use crate::result::{Annotation, FallbackResult, Outcome, RouteSummary};
 
 /// Complete (non-streaming) requests.
 pub(crate) struct CompleteMode;
@@ -105,13 +105,22 @@ pub(crate) async fn complete(
             shared
                 .recorder()
                 .finished(&state, Some((winner.index, winner.level)), None, state.now);
+            let attempts = std::mem::take(&mut state.trail);
+            let upstream_attempts = attempts
+                .iter()
+                .filter(|a| a.outcome.called_upstream())
+                .count() as u32;
             Ok(FallbackResult {
+                outcome: Outcome {
+                    model_used,
+                    fallback_level: winner.level,
+                    attempts,
+                    upstream_attempts,
+                    warning: annotation.warning,
+                    limitation: annotation.limitation,
+                    usage: response.usage.clone(),
+                },
                 response,
-                model_used,
-                fallback_level: winner.level,
-                attempts: std::mem::take(&mut state.trail),
-                warning: annotation.warning,
-                limitation: annotation.limitation,
             })
         }
         Err(error) => {

@@ -39,7 +39,7 @@ use crate::result::{FallbackResult, ResultHandler};
 use crate::scenario::{RoutePolicy, Scenario, Timeouts};
 use crate::selector::Selector;
 
-pub use stream::{FallbackStream, StreamItem, StreamMeta, StreamSummary};
+pub use stream::{FallbackStream, StreamItem, StreamMeta};
 
 /// The four strategies a route runs with.
 #[derive(Debug, Clone)]

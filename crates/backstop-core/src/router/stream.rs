@@ -32,46 +32,18 @@ use crate::error::{Attempt, FailureKind, ProviderError, RouteError};
 use crate::latency::LatencyKind;
 use crate::model::ModelIndex;
 use crate::provider::{Call, ChunkStream, Provider};
+use crate::result::Outcome;
 use crate::scenario::MidStreamPolicy;
 
 /// What is known when a stream starts: enough for response headers.
 #[derive(Debug, Clone)]
 pub struct StreamMeta {
-    /// The model streaming the answer.
-    pub model_used: Arc<str>,
-    /// Its index in the order tried (0 = primary).
-    pub fallback_level: usize,
-    /// The trail so far (the streaming call last).
-    pub attempts: Vec<Attempt>,
-    /// Upstream calls made so far.
-    pub upstream_attempts: u32,
-    /// Set when a backup model answers.
-    pub warning: Option<Arc<str>>,
-    /// Set when the answer may lack features of the primary.
-    pub limitation: Option<Arc<str>>,
+    /// How the stream is served so far (no usage yet).
+    pub outcome: Outcome,
     /// The id every chunk carries.
     pub id: String,
     /// The creation time every chunk carries (Unix seconds).
     pub created: u64,
-}
-
-/// How a finished stream was served.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StreamSummary {
-    /// The model that finished the answer.
-    pub model_used: Arc<str>,
-    /// Its index in the order tried (0 = primary).
-    pub fallback_level: usize,
-    /// Every attempt and skip, in order.
-    pub attempts: Vec<Attempt>,
-    /// Upstream calls made.
-    pub upstream_attempts: u32,
-    /// The finishing attempt's usage, when the upstream reported it.
-    pub usage: Option<Usage>,
-    /// Set when a backup model answered.
-    pub warning: Option<Arc<str>>,
-    /// Set when the answer may lack features of the primary.
-    pub limitation: Option<Arc<str>>,
 }
 
 /// One item of a [`FallbackStream`].
@@ -79,8 +51,9 @@ pub struct StreamSummary {
 pub enum StreamItem {
     /// A chunk for the caller (usage is kept for the summary).
     Chunk(ChatChunk),
-    /// The answer is complete. Always the last item of a good stream.
-    Done(StreamSummary),
+    /// The answer is complete, served as the outcome says (with the
+    /// finishing attempt's usage). Always the last item of a good stream.
+    Done(Outcome),
     /// The answer could not be completed; always the last item.
     Failed(RouteError),
 }
@@ -228,12 +201,15 @@ pub(crate) async fn start(
         .map(|c| (c.id.clone(), c.created))
         .unwrap_or_default();
     let meta = StreamMeta {
-        model_used: shared.model_id(winner.index).clone(),
-        fallback_level: winner.level,
-        attempts: state.trail.clone(),
-        upstream_attempts: state.upstream_calls,
-        warning: annotation.warning,
-        limitation: annotation.limitation,
+        outcome: Outcome {
+            model_used: shared.model_id(winner.index).clone(),
+            fallback_level: winner.level,
+            attempts: state.trail.clone(),
+            upstream_attempts: state.upstream_calls,
+            warning: annotation.warning,
+            limitation: annotation.limitation,
+            usage: None,
+        },
         id: id.clone(),
         created,
     };
@@ -491,14 +467,14 @@ impl Machine {
             None,
             now,
         );
-        StreamItem::Done(StreamSummary {
+        StreamItem::Done(Outcome {
             model_used: self.shared.model_id(current.index).clone(),
             fallback_level: current.level,
             attempts: std::mem::take(&mut self.state.trail),
             upstream_attempts: self.state.upstream_calls,
-            usage: self.usage.take(),
             warning: annotation.warning,
             limitation: annotation.limitation,
+            usage: self.usage.take(),
         })
     }
 

@@ -119,8 +119,11 @@ async fn the_router_falls_over_from_a_panicking_plugin_and_keeps_serving() {
             .await
             .unwrap();
         assert_eq!(result.response.text(), "still here");
-        assert_eq!((&*result.model_used, result.fallback_level), ("steady", 1));
-        let first = &result.attempts[0];
+        assert_eq!(
+            (&*result.outcome.model_used, result.outcome.fallback_level),
+            ("steady", 1)
+        );
+        let first = &result.outcome.attempts[0];
         assert_eq!(&*first.model, "fragile");
         assert_eq!(
             first.outcome,
@@ -170,7 +173,10 @@ async fn the_router_falls_over_from_a_plugin_that_panics_opening_a_stream() {
         .await
         .unwrap();
     assert_eq!(
-        (&*stream.meta().model_used, stream.meta().fallback_level),
+        (
+            &*stream.meta().outcome.model_used,
+            stream.meta().outcome.fallback_level
+        ),
         ("steady", 1)
     );
     let (text, last) = drain(stream).await;

@@ -23,8 +23,8 @@ async fn a_complete_call_round_trips_through_the_router() {
         .await
         .unwrap();
     assert_eq!(result.response.text(), "Hello from a plugin.");
-    assert_eq!(&*result.model_used, "local");
-    assert_eq!(result.fallback_level, 0);
+    assert_eq!(&*result.outcome.model_used, "local");
+    assert_eq!(result.outcome.fallback_level, 0);
     assert_eq!(result.response.model, "local");
     let usage = result.response.usage.unwrap();
     assert_eq!(usage.completion_tokens, 4);
@@ -43,7 +43,7 @@ async fn a_streaming_call_round_trips_through_the_router() {
         .stream(request, RequestContext::default())
         .await
         .unwrap();
-    assert_eq!(&*stream.meta().model_used, "local");
+    assert_eq!(&*stream.meta().outcome.model_used, "local");
     let (text, last) = drain(stream).await;
     assert_eq!(text, "one two three four five");
     match last {

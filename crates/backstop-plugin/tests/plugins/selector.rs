@@ -72,7 +72,7 @@ async fn a_dynamic_round_robin_spreads_the_routers_requests() {
             .complete(request("hi"), RequestContext::default())
             .await
             .unwrap();
-        assert_eq!(result.fallback_level, 0);
+        assert_eq!(result.outcome.fallback_level, 0);
         served.push(result.response.text());
     }
     assert_eq!(

@@ -163,7 +163,10 @@ async fn ask(router: &Router) -> (String, usize) {
         .complete(ChatRequest::user("chat", "hi"), RequestContext::default())
         .await
         .unwrap();
-    (result.model_used.to_string(), result.fallback_level)
+    (
+        result.outcome.model_used.to_string(),
+        result.outcome.fallback_level,
+    )
 }
 
 /// Opens the primary's circuit with five failures.

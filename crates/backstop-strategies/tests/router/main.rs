@@ -100,6 +100,7 @@ async fn ask(
 
 fn outcomes(result: &backstop_core::FallbackResult) -> Vec<(String, AttemptOutcome)> {
     result
+        .outcome
         .attempts
         .iter()
         .map(|a| (a.model.to_string(), a.outcome))
@@ -128,7 +129,10 @@ async fn an_open_circuit_is_skipped_then_a_half_open_trial_closes_it() {
         result,
     );
     for _ in 0..5 {
-        assert_eq!(ask(&c.router, None).await.unwrap().fallback_level, 1);
+        assert_eq!(
+            ask(&c.router, None).await.unwrap().outcome.fallback_level,
+            1
+        );
     }
     // Open: the primary is skipped without a call.
     let r = ask(&c.router, None).await.unwrap();
@@ -143,17 +147,20 @@ async fn an_open_circuit_is_skipped_then_a_half_open_trial_closes_it() {
         ]
     );
     assert_eq!(
-        r.warning.as_deref(),
+        r.outcome.warning.as_deref(),
         Some("a backup model (backup) answered; quality may differ")
     );
     assert_eq!(c.providers[0].calls(), 5);
     // After the break, one trial call goes through and closes the circuit.
     c.clock.advance(Duration::from_millis(5_000));
     let r = ask(&c.router, None).await.unwrap();
-    assert_eq!((&*r.model_used, r.fallback_level), ("primary", 0));
-    assert_eq!(r.warning, None);
+    assert_eq!(
+        (&*r.outcome.model_used, r.outcome.fallback_level),
+        ("primary", 0)
+    );
+    assert_eq!(r.outcome.warning, None);
     let r = ask(&c.router, None).await.unwrap();
-    assert_eq!(&*r.model_used, "primary");
+    assert_eq!(&*r.outcome.model_used, "primary");
     assert_eq!(c.providers[0].calls(), 7);
 }
 
@@ -189,16 +196,30 @@ async fn a_rolling_budget_skips_what_it_cannot_afford_and_a_cheaper_model_serves
     );
     // Settled at actual usage (3 words = 3 tokens), so the hold is freed.
     assert_eq!(
-        ask(&c.router, Some("alice")).await.unwrap().fallback_level,
+        ask(&c.router, Some("alice"))
+            .await
+            .unwrap()
+            .outcome
+            .fallback_level,
         0
     );
     // Concurrent requests: one hold of 0.01 fits, a second does not.
     let (a, b) = tokio::join!(ask(&c.router, Some("alice")), ask(&c.router, Some("alice")));
-    let mut levels = [a.unwrap().fallback_level, b.unwrap().fallback_level];
+    let mut levels = [
+        a.unwrap().outcome.fallback_level,
+        b.unwrap().outcome.fallback_level,
+    ];
     levels.sort_unstable();
     assert_eq!(levels, [0, 1]);
     // bob has his own allowance.
-    assert_eq!(ask(&c.router, Some("bob")).await.unwrap().fallback_level, 0);
+    assert_eq!(
+        ask(&c.router, Some("bob"))
+            .await
+            .unwrap()
+            .outcome
+            .fallback_level,
+        0
+    );
     let snap = c.router.route("chat").unwrap().strategies.budget.snapshot();
     assert_eq!(snap.reserved, 0.0);
     assert!(snap.spent > 0.0);
@@ -233,13 +254,13 @@ async fn over_budget_models_show_in_the_trail_and_level_two_carries_the_limitati
             ("qwen".into(), AttemptOutcome::Succeeded)
         ]
     );
-    assert_eq!(r.fallback_level, 2);
+    assert_eq!(r.outcome.fallback_level, 2);
     assert_eq!(
-        r.warning.as_deref(),
+        r.outcome.warning.as_deref(),
         Some("当前使用了备用模型(qwen)，输出质量可能有所差异")
     );
     assert_eq!(
-        r.limitation.as_deref(),
+        r.outcome.limitation.as_deref(),
         Some("由于主服务不可用，部分高级功能(如长文本生成)可能受限")
     );
     assert_eq!(c.providers[0].calls() + c.providers[1].calls(), 0);
@@ -260,6 +281,9 @@ async fn cost_aware_sends_the_request_to_the_cheapest_model_first() {
     );
     let r = ask(&c.router, None).await.unwrap();
     // The order tried starts with the cheapest: it is level 0, the primary.
-    assert_eq!((&*r.model_used, r.fallback_level), ("mini", 0));
-    assert_eq!(r.warning, None);
+    assert_eq!(
+        (&*r.outcome.model_used, r.outcome.fallback_level),
+        ("mini", 0)
+    );
+    assert_eq!(r.outcome.warning, None);
 }
