@@ -108,9 +108,15 @@ provider = "echo"
         )?;
         let found = problems("backstop.toml");
         assert_eq!(found.len(), 5, "{found:#?}");
+        // A relative path is resolved against the working directory, and
+        // the error says where that led.
+        let resolved = jail.directory().join("missing/libnothing.so");
         assert_eq!(
             found[0],
-            "backstop.toml: plugins[0].path: plugin library `missing/libnothing.so` does not exist"
+            format!(
+                "backstop.toml: plugins[0].path: plugin library `missing/libnothing.so` does not exist (relative to the working directory: `{}`)",
+                resolved.display()
+            )
         );
         assert_eq!(
             found[1],

@@ -13,10 +13,17 @@ use crate::abi::PluginKind;
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
     /// Nothing exists at the path.
-    #[error("plugin library `{}` does not exist", path.display())]
+    #[error(
+        "plugin library `{}` does not exist{}",
+        path.display(),
+        resolved.as_ref().map(|r| format!(" (relative to the working directory: `{}`)", r.display())).unwrap_or_default()
+    )]
     NotFound {
         /// The path as configured.
         path: PathBuf,
+        /// Where a relative path led, from the working directory; `None`
+        /// for an absolute path.
+        resolved: Option<PathBuf>,
     },
     /// The path exists but cannot be read.
     #[error("plugin library `{}` cannot be read: {source}", path.display())]

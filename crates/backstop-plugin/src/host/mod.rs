@@ -102,7 +102,14 @@ pub fn load(path: impl AsRef<Path>) -> Result<LoadedPlugin, PluginError> {
     let path = path.as_ref();
     match std::fs::metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(PluginError::NotFound { path: path.into() });
+            let resolved = path
+                .is_relative()
+                .then(|| std::path::absolute(path).ok())
+                .flatten();
+            return Err(PluginError::NotFound {
+                path: path.into(),
+                resolved,
+            });
         }
         Err(source) => {
             return Err(PluginError::Unreadable {
@@ -130,7 +137,7 @@ pub fn load(path: impl AsRef<Path>) -> Result<LoadedPlugin, PluginError> {
     // gateway binary itself.
     let library = unsafe { Library::new(&absolute) }.map_err(|e| PluginError::NotALibrary {
         path: path.into(),
-        reason: e.to_string(),
+        reason: with_sources(&e),
     })?;
     // Never unloaded: providers, streams and futures the plugin creates
     // point into its code for as long as anyone holds them.
@@ -427,4 +434,21 @@ fn decode<T: DeserializeOwned>(bytes: &FfiBytes) -> Result<T, serde_json::Error>
 
 fn _factories_are_shareable(p: ProviderFactory, s: SelectorFactory) -> impl Send + Sync + 'static {
     (p, s)
+}
+
+/// An error and its sources, `: `-joined: libloading's own message is only
+/// "dlopen failed", and the loader's reason (`invalid ELF header`, `wrong
+/// architecture`) is its source.
+fn with_sources(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }

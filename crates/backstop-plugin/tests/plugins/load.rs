@@ -34,6 +34,9 @@ fn a_text_file_is_not_a_library() {
             .contains("is not a loadable shared library"),
         "{error}"
     );
+    // The loader's own reason, not only libloading's "dlopen failed".
+    #[cfg(target_os = "linux")]
+    assert!(error.to_string().contains("dlopen failed: "), "{error}");
 }
 
 #[test]
