@@ -745,3 +745,116 @@ async fn only_simulated_models_can_be_broken_and_bad_changes_are_refused() {
     let (answer, _) = ask(&gw).await;
     assert_eq!(answer["model"], "primary");
 }
+
+// ---------------------------------------------------------- plugin guide
+
+/// The repository's root.
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A file of the plugin guide's crate.
+fn guide_file(name: &str) -> String {
+    std::fs::read_to_string(repo().join("examples/plugin-guide").join(name)).unwrap()
+}
+
+#[test]
+fn the_plugin_guide_shows_its_crate_exactly() {
+    let guide = std::fs::read_to_string(repo().join("docs/plugins.md")).unwrap();
+    for (name, fence) in [
+        ("Cargo.toml", "toml"),
+        ("src/lib.rs", "rust"),
+        ("backstop.toml", "toml"),
+    ] {
+        let block = format!("```{fence}\n{}```", guide_file(name));
+        assert!(
+            guide.contains(&block),
+            "docs/plugins.md does not show examples/plugin-guide/{name} as it is"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_plugin_guide_crate_builds_outside_the_workspace_loads_and_serves() {
+    // Built as the guide says (its own manifest, not a workspace member),
+    // into this build's target directory so shared dependencies are reused.
+    let backstop = PathBuf::from(env!("CARGO_BIN_EXE_backstop"));
+    let target_dir = backstop.parent().and_then(|p| p.parent()).unwrap();
+    let library = backstop_plugin::testing::build_outside(
+        &repo().join("examples/plugin-guide/Cargo.toml"),
+        "backstop-plugin-faq",
+        target_dir,
+        backstop_plugin::testing::Profile::Dev,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    let inspect = Command::new(&backstop)
+        .args(["plugin", "inspect"])
+        .arg(&library)
+        .output()
+        .unwrap();
+    assert!(inspect.status.success(), "{inspect:?}");
+    let printed = String::from_utf8(inspect.stdout).unwrap();
+    assert!(printed.starts_with("plugin  faq\n"), "{printed}");
+    assert!(printed.contains("type    provider faq"), "{printed}");
+
+    // The guide's config, with the library where this build put it.
+    let config = guide_file("backstop.toml");
+    let configured = "path = \"target/release/libbackstop_plugin_faq.so\"";
+    assert!(config.contains(configured));
+    let config = config.replace(
+        configured,
+        &format!("path = {:?}", library.display().to_string()),
+    );
+    let gw = Backstop::start(&config, &[]);
+    let ask = |question: &str| json!({"model": "support", "messages": [{"role": "user", "content": question}]});
+    let answered: Value = post(&gw, &ask("How long does a refund take?"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answered["model"], "faq");
+    assert_eq!(
+        answered["choices"][0]["message"]["content"],
+        "Refunds reach your account within 5 working days."
+    );
+    let streamed = events(
+        post(
+            &gw,
+            &json!({"model": "support", "stream": true,
+        "messages": [{"role": "user", "content": "What are your HOURS?"}]}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        streamed_text(&streamed),
+        "We answer from 9:00 to 17:00 CET."
+    );
+    let declined: Value = post(&gw, &ask("Can I pay by cheque?"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(declined["model"], "assistant");
+    assert_eq!(declined["backstop"]["fallback_level"], 1);
+    assert_eq!(declined["backstop"]["attempts"][0]["kind"], "unsupported");
+}
+
+#[test]
+fn plugin_inspect_gives_the_loaders_reason_for_a_file_that_is_not_a_library() {
+    let output = Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .args(["plugin", "inspect"])
+        .arg(repo().join("Cargo.toml"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let said = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        said.contains("is not a loadable shared library: "),
+        "{said}"
+    );
+    // libloading's own text is only "dlopen failed"; the loader's reason follows it.
+    #[cfg(target_os = "linux")]
+    assert!(said.contains("invalid ELF header"), "{said}");
+}

@@ -1,11 +1,13 @@
 //! Builds plugin libraries with cargo, for tests and benches (feature
 //! `test-util`).
 //!
-//! Runs `cargo build -p <package>...` in this workspace and reads the
-//! library paths from cargo's JSON messages, so it finds them wherever the
-//! target directory is (`CARGO_TARGET_DIR`, a config file, the default).
+//! Runs `cargo build -p <package>...` in this workspace (or, for a crate
+//! outside it such as the plugin guide's, `cargo build --manifest-path`)
+//! and reads the library paths from cargo's JSON messages, so it finds them
+//! wherever the target directory is (`CARGO_TARGET_DIR`, a config file, the
+//! default).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Which cargo profile to build with.
@@ -39,6 +41,16 @@ pub enum BuildError {
         /// What cargo printed.
         stderr: String,
     },
+    /// The workspace's `Cargo.lock` could not be copied next to an outside
+    /// crate's manifest.
+    #[error("cannot copy the workspace's Cargo.lock to `{}`: {source}", to.display())]
+    Lockfile {
+        /// Where it was to go.
+        to: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// Cargo built the package but reported no dynamic library for it.
     #[error("cargo built `{0}` but reported no cdylib for it (is its crate-type `cdylib`?)")]
     NoLibrary(String),
@@ -47,19 +59,62 @@ pub enum BuildError {
 /// Builds `packages` (each a workspace package with a `cdylib` target) in
 /// one cargo run, and returns their library paths in the same order.
 pub fn build_plugins(packages: &[&str], profile: Profile) -> Result<Vec<PathBuf>, BuildError> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let mut command = Command::new(&cargo);
-    command
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["build", "--message-format=json-render-diagnostics"]);
+    let mut command = cargo_build(profile);
+    command.current_dir(env!("CARGO_MANIFEST_DIR"));
     for package in packages {
         command.args(["-p", package]);
     }
+    run(command, packages)
+}
+
+/// Builds the crate of `manifest`, which lives outside this workspace the
+/// way a plugin author's crate does, offline (every dependency it shares
+/// with the workspace is already fetched), into `target_dir`; returns its
+/// library path. Without a `Cargo.lock` next to the manifest the
+/// workspace's is copied there first, so both resolve to the same versions
+/// and the build reuses what the workspace compiled.
+pub fn build_outside(
+    manifest: &Path,
+    package: &str,
+    target_dir: &Path,
+    profile: Profile,
+) -> Result<PathBuf, BuildError> {
+    let lock = manifest.with_file_name("Cargo.lock");
+    if !lock.exists() {
+        let workspace_lock = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.lock");
+        std::fs::copy(&workspace_lock, &lock).map_err(|source| BuildError::Lockfile {
+            to: lock.clone(),
+            source,
+        })?;
+    }
+    let mut command = cargo_build(profile);
+    command
+        .arg("--offline")
+        .arg("--manifest-path")
+        .arg(manifest)
+        .arg("--target-dir")
+        .arg(target_dir);
+    let mut paths = run(command, &[package])?;
+    paths
+        .pop()
+        .ok_or_else(|| BuildError::NoLibrary(package.to_owned()))
+}
+
+/// `cargo build` with JSON messages, in `profile`.
+fn cargo_build(profile: Profile) -> Command {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut command = Command::new(cargo);
+    command.args(["build", "--message-format=json-render-diagnostics"]);
     if profile == Profile::Release {
         command.arg("--release");
     }
+    command
+}
+
+/// Runs a `cargo build` and finds the cdylib of each package.
+fn run(mut command: Command, packages: &[&str]) -> Result<Vec<PathBuf>, BuildError> {
     let output = command.output().map_err(|source| BuildError::Spawn {
-        cargo: cargo.clone(),
+        cargo: format!("{:?}", command.get_program()),
         source,
     })?;
     if !output.status.success() {
