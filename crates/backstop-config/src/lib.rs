@@ -46,6 +46,8 @@ mod build;
 mod builtin;
 mod decode;
 mod dynamic;
+#[cfg(test)]
+mod knob_docs;
 pub mod problem;
 mod registry;
 mod report;
