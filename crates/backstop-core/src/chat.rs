@@ -97,6 +97,39 @@ impl Message {
     pub fn text_content(&self) -> String {
         self.content.as_ref().map(Content::text).unwrap_or_default()
     }
+
+    /// The function calls of an assistant message (`tool_calls`), in
+    /// order; entries without an id or a name are skipped.
+    pub fn tool_calls(&self) -> Vec<ToolCall> {
+        let Some(calls) = self.extra.get("tool_calls").and_then(Value::as_array) else {
+            return Vec::new();
+        };
+        calls
+            .iter()
+            .filter_map(|call| {
+                let function = call.get("function")?;
+                Some(ToolCall {
+                    id: call.get("id")?.as_str()?.to_owned(),
+                    name: function.get("name")?.as_str()?.to_owned(),
+                    arguments: function
+                        .get("arguments")
+                        .and_then(Value::as_str)
+                        .unwrap_or("{}")
+                        .to_owned(),
+                })
+            })
+            .collect()
+    }
+
+    /// Sets the message's tool calls (none removes them).
+    pub fn set_tool_calls(&mut self, calls: &[ToolCall]) {
+        if calls.is_empty() {
+            self.extra.remove("tool_calls");
+        } else {
+            let calls = calls.iter().map(ToolCall::to_value).collect();
+            self.extra.insert("tool_calls".into(), Value::Array(calls));
+        }
+    }
 }
 
 /// `stream_options` of a streaming request.
@@ -359,6 +392,98 @@ impl Delta {
     pub fn carries_extra(&self) -> bool {
         self.extra.values().any(|v| !v.is_null())
     }
+
+    /// The tool-call fragments this delta carries (`tool_calls`), in order.
+    /// Entries that are not objects are skipped.
+    pub fn tool_calls(&self) -> Vec<ToolCallDelta> {
+        let Some(calls) = self.extra.get("tool_calls").and_then(Value::as_array) else {
+            return Vec::new();
+        };
+        calls
+            .iter()
+            .enumerate()
+            .filter(|(_, call)| call.is_object())
+            .map(|(position, call)| {
+                let function = call.get("function");
+                let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
+                ToolCallDelta {
+                    index: call
+                        .get("index")
+                        .and_then(Value::as_u64)
+                        .and_then(|i| u32::try_from(i).ok())
+                        .unwrap_or(u32::try_from(position).unwrap_or(u32::MAX)),
+                    id: text(call.get("id")),
+                    name: text(function.and_then(|f| f.get("name"))),
+                    arguments: text(function.and_then(|f| f.get("arguments"))),
+                }
+            })
+            .collect()
+    }
+
+    /// Sets the delta's tool-call fragments (replacing any).
+    pub fn set_tool_calls(&mut self, calls: &[ToolCallDelta]) {
+        let calls = calls.iter().map(ToolCallDelta::to_value).collect();
+        self.extra.insert("tool_calls".into(), Value::Array(calls));
+    }
+}
+
+/// One fragment of a streamed tool call: the first fragment of a call
+/// carries its id and function name, later ones pieces of its JSON
+/// arguments. Every provider streams tool calls in this shape (OpenAI's
+/// `delta.tool_calls[]`), and every door reads them from it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ToolCallDelta {
+    /// The call's position among the answer's tool calls.
+    pub index: u32,
+    /// The call's id (first fragment).
+    pub id: Option<String>,
+    /// The function's name (first fragment).
+    pub name: Option<String>,
+    /// The next piece of the JSON arguments.
+    pub arguments: Option<String>,
+}
+
+impl ToolCallDelta {
+    /// The fragment in OpenAI's wire shape.
+    pub fn to_value(&self) -> Value {
+        let mut function = Map::new();
+        if let Some(name) = &self.name {
+            function.insert("name".into(), Value::from(name.as_str()));
+        }
+        if let Some(arguments) = &self.arguments {
+            function.insert("arguments".into(), Value::from(arguments.as_str()));
+        }
+        let mut call = Map::new();
+        call.insert("index".into(), Value::from(self.index));
+        if let Some(id) = &self.id {
+            call.insert("id".into(), Value::from(id.as_str()));
+            call.insert("type".into(), Value::from("function"));
+        }
+        call.insert("function".into(), Value::Object(function));
+        Value::Object(call)
+    }
+}
+
+/// A complete tool call of an assistant message (`tool_calls[]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolCall {
+    /// The call's id, which the tool's result names.
+    pub id: String,
+    /// The function called.
+    pub name: String,
+    /// Its arguments, a JSON text.
+    pub arguments: String,
+}
+
+impl ToolCall {
+    /// The call in OpenAI's wire shape.
+    pub fn to_value(&self) -> Value {
+        serde_json::json!({
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        })
+    }
 }
 
 /// One choice of a stream chunk.
@@ -546,6 +671,42 @@ mod tests {
         assert_eq!(resp.text(), "Hi");
         assert_eq!(resp.usage.as_ref().unwrap().total_tokens, 4);
         assert_eq!(serde_json::to_value(&resp).unwrap(), body);
+    }
+
+    #[test]
+    fn tool_call_fragments_read_back_as_written() {
+        let first = ToolCallDelta {
+            index: 1,
+            id: Some("call_1".into()),
+            name: Some("get_weather".into()),
+            arguments: Some(String::new()),
+        };
+        let next = ToolCallDelta {
+            index: 1,
+            arguments: Some("{\"city\":".into()),
+            ..ToolCallDelta::default()
+        };
+        let mut delta = Delta::default();
+        delta.set_tool_calls(&[first.clone(), next.clone()]);
+        assert!(delta.carries_extra());
+        assert_eq!(delta.tool_calls(), vec![first, next]);
+        assert_eq!(delta.extra["tool_calls"][0]["type"], "function");
+        assert!(delta.extra["tool_calls"][1].get("id").is_none());
+    }
+
+    #[test]
+    fn a_messages_tool_calls_read_back_as_written() {
+        let mut message = Message::text(Role::Assistant, "");
+        let call = ToolCall {
+            id: "call_1".into(),
+            name: "f".into(),
+            arguments: "{}".into(),
+        };
+        message.set_tool_calls(std::slice::from_ref(&call));
+        assert_eq!(message.tool_calls(), vec![call]);
+        message.set_tool_calls(&[]);
+        assert!(message.tool_calls().is_empty());
+        assert!(!message.extra.contains_key("tool_calls"));
     }
 
     #[test]

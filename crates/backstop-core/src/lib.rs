@@ -37,7 +37,7 @@ pub mod testing;
 pub use budget::{BudgetPolicy, BudgetSnapshot, OverBudget, Reservation};
 pub use chat::{
     ChatChunk, ChatRequest, ChatResponse, Choice, ChunkChoice, Content, Delta, Extra, Message,
-    Role, StreamOptions, Usage,
+    Role, StreamOptions, ToolCall, ToolCallDelta, Usage,
 };
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use error::{

@@ -78,7 +78,7 @@ impl ApiError {
             StatusCode::UNAUTHORIZED,
             "invalid_request_error",
             "invalid_api_key",
-            "Missing or incorrect API key. Send `Authorization: Bearer <key>` with a key this gateway knows.",
+            "Missing or incorrect API key. Send `Authorization: Bearer <key>` (or `x-api-key: <key>`) with a key this gateway knows.",
         )
     }
 

@@ -12,7 +12,8 @@ use backstop_core::{AttemptOutcome, RouteError, Router, SkipReason};
 
 use crate::api_error::ApiError;
 use crate::auth::ApiKeys;
-use crate::{completions, introspect};
+use crate::doors::{chat_completions, messages};
+use crate::introspect;
 
 /// Default request body limit: 10 MiB.
 pub const DEFAULT_BODY_LIMIT: usize = 10 * 1024 * 1024;
@@ -90,8 +91,15 @@ impl Gateway {
             post(crate::simulated::set),
         );
         routes
-            .route("/v1/chat/completions", post(completions::chat_completions))
-            .route("/chat/completions", post(completions::chat_completions))
+            .route(
+                "/v1/chat/completions",
+                post(chat_completions::chat_completions),
+            )
+            .route(
+                "/chat/completions",
+                post(chat_completions::chat_completions),
+            )
+            .route("/v1/messages", post(messages::messages))
             .route("/v1/models", get(introspect::models))
             .route("/healthz", get(introspect::healthz))
             .route("/readyz", get(introspect::readyz))

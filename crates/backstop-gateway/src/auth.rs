@@ -9,6 +9,9 @@ use subtle::ConstantTimeEq;
 
 use crate::api_error::ApiError;
 
+/// Anthropic's key header, `x-api-key`.
+pub const X_API_KEY: header::HeaderName = header::HeaderName::from_static("x-api-key");
+
 /// The keys callers must present; none means open access.
 pub struct ApiKeys {
     keys: Vec<(Box<[u8]>, Arc<str>)>,
@@ -60,19 +63,22 @@ impl ApiKeys {
         self.keys.is_empty()
     }
 
-    /// Checks the `Authorization: Bearer` header. Returns the caller's
-    /// label, or `None` when access is open.
+    /// Checks the `Authorization: Bearer` header, or Anthropic's
+    /// `x-api-key` when there is no bearer key (the same keys either way).
+    /// Returns the caller's label, or `None` when access is open.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Arc<str>>, ApiError> {
         if self.keys.is_empty() {
             return Ok(None);
         }
-        let presented = headers
+        let bearer = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| {
                 v.strip_prefix("Bearer ")
                     .or_else(|| v.strip_prefix("bearer "))
-            })
+            });
+        let presented = bearer
+            .or_else(|| headers.get(X_API_KEY).and_then(|v| v.to_str().ok()))
             .map(str::trim)
             .ok_or_else(ApiError::unauthorized)?;
         // Compare against every key so timing does not tell which matched.
@@ -110,6 +116,16 @@ mod tests {
         assert!(keys.authenticate(&with_auth("Bearer sk-three")).is_err());
         assert!(keys.authenticate(&with_auth("sk-one")).is_err());
         assert!(keys.authenticate(&HeaderMap::new()).is_err());
+    }
+
+    #[test]
+    fn an_anthropic_style_key_header_is_checked_like_a_bearer_key() {
+        let keys = ApiKeys::from_list("sk-one,sk-two");
+        let mut h = HeaderMap::new();
+        h.insert(X_API_KEY, HeaderValue::from_static("sk-two"));
+        assert_eq!(keys.authenticate(&h).unwrap().as_deref(), Some("key-2"));
+        h.insert(X_API_KEY, HeaderValue::from_static("sk-three"));
+        assert!(keys.authenticate(&h).is_err());
     }
 
     #[test]

@@ -17,6 +17,7 @@ use serde_json::json;
 
 use crate::api_error::ApiError;
 use crate::app::Gateway;
+use crate::doors;
 
 fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response {
     let body = match serde_json::to_string(value) {
@@ -85,13 +86,14 @@ pub async fn models(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> 
             .unwrap_or_default();
         data.push(json!({
             "id": name.as_ref(), "object": "model", "created": 0, "owned_by": "backstop",
-            "backstop": {"kind": "scenario", "chain": chain}
+            "backstop": {"kind": "scenario", "chain": chain, "doors": doors::ALL}
         }));
     }
     for model in router.models() {
         data.push(json!({
             "id": model.id, "object": "model", "created": 0, "owned_by": model.provider,
-            "backstop": {"kind": "model", "provider": model.provider, "upstream": model.upstream}
+            "backstop": {"kind": "model", "provider": model.provider, "upstream": model.upstream,
+                         "doors": doors::ALL}
         }));
     }
     json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
@@ -223,6 +225,8 @@ pub struct ScenarioStatus {
     pub budget: String,
     /// Its chain, by model id.
     pub chain: Vec<String>,
+    /// The doors (client protocols) that serve it, by name.
+    pub doors: Vec<&'static str>,
     /// Its health policy's name.
     pub health: String,
     /// Its hedging delay, if it hedges.
@@ -307,6 +311,7 @@ pub fn status_document(gateway: &Gateway) -> StatusDocument {
                 .map(|&i| router.models()[i].id.clone())
                 .collect(),
             health: s.health.name().to_owned(),
+            doors: doors::ALL.to_vec(),
             hedge_after_ms: route.policy.hedge_after.map(|d| d.as_millis() as u64),
             mid_stream: route.policy.mid_stream,
             name: name.to_string(),

@@ -3,9 +3,10 @@
 //! An OpenAI-compatible HTTP front for the Backstop fallback Router: point
 //! any OpenAI client at it and get failover by changing one base URL.
 //!
-//! - `POST /v1/chat/completions`, complete and streaming (SSE), with
-//!   `x-backstop-*` headers and a `backstop` object telling which model
-//!   answered, at which fallback level, and why.
+//! - Doors for the protocols clients speak, complete and streaming (SSE):
+//!   `POST /v1/chat/completions` (OpenAI) and `POST /v1/messages`
+//!   (Anthropic), each with `x-backstop-*` headers and a `backstop` object
+//!   telling which model answered, at which fallback level, and why.
 //! - `GET /v1/models`, `/healthz`, `/readyz`, `/metrics` (Prometheus) and
 //!   `/v1/backstop/status`.
 //! - `POST /v1/backstop/simulated/{model}`: break or restore a model of a
@@ -17,7 +18,7 @@ pub mod annotate;
 pub mod api_error;
 mod app;
 pub mod auth;
-mod completions;
+pub mod doors;
 pub mod introspect;
 pub mod observe;
 pub mod server;

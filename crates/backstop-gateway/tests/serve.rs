@@ -592,6 +592,10 @@ async fn introspection_endpoints_answer() {
         models["data"][0]["backstop"]["chain"],
         json!(["primary", "backup"])
     );
+    assert_eq!(
+        models["data"][0]["backstop"]["doors"],
+        json!(["chat_completions", "messages"])
+    );
     let r = client
         .get(format!("{}/readyz", gw.base))
         .send()
@@ -637,6 +641,10 @@ async fn introspection_endpoints_answer() {
     assert_eq!(
         status["scenarios"][0]["chain"],
         json!(["primary", "backup"])
+    );
+    assert_eq!(
+        status["scenarios"][0]["doors"],
+        json!(["chat_completions", "messages"])
     );
     let r = client
         .get(format!("{}/nope", gw.base))

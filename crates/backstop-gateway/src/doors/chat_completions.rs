@@ -12,8 +12,8 @@ use backstop_core::sse::write_data;
 use backstop_core::{ChatRequest, ChatResponse, FallbackStream, RequestContext, StreamItem, Usage};
 use futures::StreamExt;
 use serde::Serialize;
-use tracing::Instrument;
 
+use super::write_json_data;
 use crate::annotate::{self, BackstopInfo};
 use crate::api_error::ApiError;
 use crate::app::Gateway;
@@ -39,59 +39,38 @@ struct FinalChunk<'a> {
     backstop: BackstopInfo<'a>,
 }
 
+/// The door's name in `/v1/models` and the status page.
+pub const NAME: &str = "chat_completions";
+
 /// Handles one chat completion request.
 pub async fn chat_completions(
     State(gateway): State<Arc<Gateway>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let request_id = gateway.request_id(&headers);
-    let span = tracing::info_span!("request", id = %request_id);
-    let mut response = async {
-        let caller = match gateway.keys().authenticate(&headers) {
-            Ok(caller) => caller,
-            Err(e) => return e.into_response(),
-        };
-        let limit = gateway.body_limit();
-        let read_timeout = gateway.body_read_timeout();
-        let read = tokio::time::timeout(read_timeout, axum::body::to_bytes(body, limit)).await;
-        let bytes = match read {
-            Ok(Ok(bytes)) => bytes,
-            Err(_elapsed) => return ApiError::body_timeout(read_timeout).into_response(),
-            Ok(Err(e)) => {
-                let too_large = std::error::Error::source(&e)
-                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-                return if too_large {
-                    ApiError::too_large(limit).into_response()
-                } else {
-                    ApiError::invalid_body(format!("could not read the body: {e}")).into_response()
-                };
+    super::serve(
+        gateway,
+        headers,
+        body,
+        NAME,
+        IntoResponse::into_response,
+        |gateway, bytes, cx| async move {
+            let request = match parse(&bytes) {
+                Ok(request) => request,
+                Err(e) => return e.into_response(),
+            };
+            // The parsed request owns its data; a large body need not stay
+            // in memory for as long as the answer streams.
+            drop(bytes);
+            tracing::debug!(route = %request.model, stream = request.is_stream(), "chat completion");
+            if request.is_stream() {
+                stream(&gateway, request, cx).await
+            } else {
+                complete(&gateway, request, cx).await
             }
-        };
-        let request = match parse(&bytes) {
-            Ok(request) => request,
-            Err(e) => return e.into_response(),
-        };
-        // The parsed request owns its data; a large body need not stay in
-        // memory for as long as the answer streams.
-        drop(bytes);
-        let cx = RequestContext {
-            caller,
-            request_id: Some(request_id.as_str().into()),
-        };
-        tracing::debug!(route = %request.model, stream = request.is_stream(), "chat completion");
-        if request.is_stream() {
-            stream(&gateway, request, cx).await
-        } else {
-            complete(&gateway, request, cx).await
-        }
-    }
-    .instrument(span)
-    .await;
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert(annotate::REQUEST_ID, v);
-    }
-    response
+        },
+    )
+    .await
 }
 
 fn parse(bytes: &Bytes) -> Result<ChatRequest, ApiError> {
@@ -163,7 +142,7 @@ fn sse_body(
     stream.map(move |item| {
         let mut out = Vec::with_capacity(256);
         match item {
-            StreamItem::Chunk(chunk) => write_json(&mut out, &chunk),
+            StreamItem::Chunk(chunk) => write_json_data(&mut out, &chunk),
             StreamItem::Done(outcome) => {
                 let last = FinalChunk {
                     id: &id,
@@ -174,7 +153,7 @@ fn sse_body(
                     usage: outcome.usage.as_ref().filter(|_| include_usage),
                     backstop: BackstopInfo::from(&outcome),
                 };
-                write_json(&mut out, &last);
+                write_json_data(&mut out, &last);
                 write_data(&mut out, "[DONE]");
             }
             StreamItem::Failed(error) => {
@@ -189,19 +168,11 @@ fn sse_body(
     })
 }
 
-fn write_json<T: Serialize>(out: &mut Vec<u8>, value: &T) {
-    out.extend_from_slice(b"data: ");
-    if serde_json::to_writer(&mut *out, value).is_err() {
-        out.extend_from_slice(b"{}");
-    }
-    out.extend_from_slice(b"\n\n");
-}
-
 /// For tests: a chunk as the gateway writes it.
 #[cfg(test)]
 fn encode_chunk(chunk: &backstop_core::ChatChunk) -> String {
     let mut out = Vec::new();
-    write_json(&mut out, chunk);
+    write_json_data(&mut out, chunk);
     String::from_utf8(out).unwrap_or_default()
 }
 

@@ -1,0 +1,112 @@
+//! The doors: one codec per client protocol, each turning its wire request
+//! into the core [`ChatRequest`](backstop_core::ChatRequest) and the
+//! Router's answer or stream back into its wire format.
+//!
+//! | door | path | file |
+//! |---|---|---|
+//! | OpenAI chat completions | `POST /v1/chat/completions` | [`chat_completions`] |
+//! | Anthropic Messages | `POST /v1/messages` | [`messages`] |
+//!
+//! A door holds no routing logic: scenarios, circuits, budgets, retries,
+//! failover before the first output and the mid-stream policies all happen
+//! in the Router, the same for every door. What a door shares with the
+//! others lives here: authentication, reading the body under the limits,
+//! the request id and its span. The `x-backstop-*` headers and the
+//! `backstop` object come from [`crate::annotate`].
+
+pub mod chat_completions;
+pub mod messages;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::Response;
+use backstop_core::RequestContext;
+use tracing::Instrument;
+
+use crate::annotate;
+use crate::api_error::ApiError;
+use crate::app::Gateway;
+
+/// The doors, by the name `/v1/models` and the status page list them under.
+pub const ALL: [&str; 2] = [chat_completions::NAME, messages::NAME];
+
+/// Runs one request through a door: authenticates the caller, reads the
+/// body under the gateway's size and time limits, and hands the bytes and
+/// the request context to `answer`. Errors before that are rendered by
+/// `render` in the door's own error shape. Every response carries
+/// `x-request-id`.
+pub(crate) async fn serve<A, Fut>(
+    gateway: Arc<Gateway>,
+    headers: HeaderMap,
+    body: Body,
+    door: &'static str,
+    render: fn(ApiError) -> Response,
+    answer: A,
+) -> Response
+where
+    A: FnOnce(Arc<Gateway>, Bytes, RequestContext) -> Fut,
+    Fut: Future<Output = Response>,
+{
+    let request_id = gateway.request_id(&headers);
+    let span = tracing::info_span!("request", id = %request_id, door);
+    let mut response = async {
+        let caller = match gateway.keys().authenticate(&headers) {
+            Ok(caller) => caller,
+            Err(e) => return render(e),
+        };
+        let bytes = match read_body(&gateway, body).await {
+            Ok(bytes) => bytes,
+            Err(e) => return render(e),
+        };
+        let cx = RequestContext {
+            caller,
+            request_id: Some(request_id.as_str().into()),
+        };
+        answer(gateway, bytes, cx).await
+    }
+    .instrument(span)
+    .await;
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(annotate::REQUEST_ID, v);
+    }
+    response
+}
+
+/// The whole body, within the gateway's limit and read timeout.
+async fn read_body(gateway: &Gateway, body: Body) -> Result<Bytes, ApiError> {
+    let limit = gateway.body_limit();
+    let read_timeout = gateway.body_read_timeout();
+    match tokio::time::timeout(read_timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Err(_elapsed) => Err(ApiError::body_timeout(read_timeout)),
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            Err(if too_large {
+                ApiError::too_large(limit)
+            } else {
+                ApiError::invalid_body(format!("could not read the body: {e}"))
+            })
+        }
+    }
+}
+
+/// Appends one SSE `data:` event carrying `value` as JSON.
+pub(crate) fn write_json_data<T: serde::Serialize>(out: &mut Vec<u8>, value: &T) {
+    out.extend_from_slice(b"data: ");
+    if serde_json::to_writer(&mut *out, value).is_err() {
+        out.extend_from_slice(b"{}");
+    }
+    out.extend_from_slice(b"\n\n");
+}
+
+/// Appends one SSE event named `event` carrying `value` as JSON.
+pub(crate) fn write_json_event<T: serde::Serialize>(out: &mut Vec<u8>, event: &str, value: &T) {
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(event.as_bytes());
+    out.push(b'\n');
+    write_json_data(out, value);
+}
