@@ -4,9 +4,10 @@
 //! any OpenAI client at it and get failover by changing one base URL.
 //!
 //! - Doors for the protocols clients speak, complete and streaming (SSE):
-//!   `POST /v1/chat/completions` (OpenAI) and `POST /v1/messages`
-//!   (Anthropic), each with `x-backstop-*` headers and a `backstop` object
-//!   telling which model answered, at which fallback level, and why.
+//!   `POST /v1/chat/completions` (OpenAI), `POST /v1/messages`
+//!   (Anthropic) and `POST /v1/responses` (OpenAI, stateless), each with
+//!   `x-backstop-*` headers and a `backstop` object telling which model
+//!   answered, at which fallback level, and why.
 //! - `GET /v1/models`, `/healthz`, `/readyz`, `/metrics` (Prometheus) and
 //!   `/v1/backstop/status`.
 //! - `POST /v1/backstop/simulated/{model}`: break or restore a model of a

@@ -594,7 +594,7 @@ async fn introspection_endpoints_answer() {
     );
     assert_eq!(
         models["data"][0]["backstop"]["doors"],
-        json!(["chat_completions", "messages"])
+        json!(["chat_completions", "messages", "responses"])
     );
     let r = client
         .get(format!("{}/readyz", gw.base))
@@ -644,7 +644,7 @@ async fn introspection_endpoints_answer() {
     );
     assert_eq!(
         status["scenarios"][0]["doors"],
-        json!(["chat_completions", "messages"])
+        json!(["chat_completions", "messages", "responses"])
     );
     let r = client
         .get(format!("{}/nope", gw.base))

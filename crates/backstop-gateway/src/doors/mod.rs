@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | OpenAI chat completions | `POST /v1/chat/completions` | [`chat_completions`] |
 //! | Anthropic Messages | `POST /v1/messages` | [`messages`] |
+//! | OpenAI Responses (stateless) | `POST /v1/responses` | [`responses`] |
 //!
 //! A door holds no routing logic: scenarios, circuits, budgets, retries,
 //! failover before the first output and the mid-stream policies all happen
@@ -16,6 +17,7 @@
 
 pub mod chat_completions;
 pub mod messages;
+pub mod responses;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -31,7 +33,7 @@ use crate::api_error::ApiError;
 use crate::app::Gateway;
 
 /// The doors, by the name `/v1/models` and the status page list them under.
-pub const ALL: [&str; 2] = [chat_completions::NAME, messages::NAME];
+pub const ALL: [&str; 3] = [chat_completions::NAME, messages::NAME, responses::NAME];
 
 /// Runs one request through a door: authenticates the caller, reads the
 /// body under the gateway's size and time limits, and hands the bytes and
