@@ -10,7 +10,7 @@ use backstop_chaos::answer::{self, KNOWN_TEXT};
 use backstop_chaos::{
     Api, Backend, Behaviour, ErrorKind, FakeProvider, FakeSpec, Pacing, Prefill, Schedule, Timeline,
 };
-use backstop_core::sse::{SseDecoder, SseEvent};
+use backstop_http::sse::{SseDecoder, SseEvent};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

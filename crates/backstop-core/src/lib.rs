@@ -30,7 +30,6 @@ pub mod result;
 pub mod router;
 pub mod scenario;
 pub mod selector;
-pub mod sse;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::facts::RequestFacts;
+
 /// Dense index of a model in the Router's model table.
 ///
 /// Strategies keep per-model state in arrays indexed by it, so the hot path
@@ -89,6 +91,17 @@ impl ModelSpec {
             / 1000.0
     }
 
+    /// What the request `facts` describe would cost on this model at most,
+    /// in USD: its estimated prompt and its output bound (see
+    /// [`Self::effective_max_tokens`]). Budgets reserve it; the cost-aware
+    /// selector ranks by it.
+    pub fn estimated_request_cost(&self, facts: &RequestFacts<'_>) -> f64 {
+        self.estimated_cost(
+            facts.prompt_tokens,
+            self.effective_max_tokens(facts.max_tokens),
+        )
+    }
+
     /// The output-token bound of a call: the caller's, capped by the model's.
     pub fn effective_max_tokens(&self, requested: Option<u32>) -> u32 {
         requested.map_or(self.max_tokens, |r| r.min(self.max_tokens))
@@ -114,5 +127,23 @@ mod tests {
         assert_eq!(m.effective_max_tokens(None), 4096);
         assert_eq!(m.effective_max_tokens(Some(100)), 100);
         assert_eq!(m.effective_max_tokens(Some(100_000)), 4096);
+    }
+
+    #[test]
+    fn a_request_costs_its_prompt_and_its_output_bound() {
+        let mut m = ModelSpec::new("gpt-4o", "openai");
+        m.input_cost_per_1k = 0.002;
+        m.output_cost_per_1k = 0.01;
+        m.max_tokens = 500;
+        let facts = RequestFacts {
+            scenario: "chat",
+            caller: None,
+            prompt_tokens: 1000,
+            max_tokens: Some(10_000),
+            stream: false,
+            tools: false,
+        };
+        // 1000 prompt tokens, output capped at the model's 500.
+        assert!((m.estimated_request_cost(&facts) - 0.007).abs() < 1e-12);
     }
 }

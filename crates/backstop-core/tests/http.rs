@@ -9,13 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use backstop_core::sse::SseDecoder;
 use backstop_core::testing::simple_strategies;
 use backstop_core::{
     Call, ChatChunk, ChatRequest, ChatResponse, ChunkStream, FailureKind, MidStreamPolicy,
     ModelSpec, Provider, ProviderError, RequestContext, RoutePolicy, Router, Scenario,
     StrategyContext, StreamItem, SystemClock, Timeouts,
 };
+use backstop_http::sse::SseDecoder;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
@@ -97,7 +97,7 @@ impl Provider for TestHttpProvider {
                 }
                 loop {
                     if !events.is_empty() {
-                        let event: backstop_core::sse::SseEvent = events.remove(0);
+                        let event: backstop_http::sse::SseEvent = events.remove(0);
                         if event.data == "[DONE]" {
                             return None;
                         }
@@ -185,10 +185,10 @@ fn sse(chunks: &[&str], done: bool) -> ResponseTemplate {
         };
         let chunk = json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
             "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": finish}]});
-        backstop_core::sse::write_data(&mut body, &chunk.to_string());
+        backstop_http::sse::write_data(&mut body, &chunk.to_string());
     }
     if done {
-        backstop_core::sse::write_data(&mut body, "[DONE]");
+        backstop_http::sse::write_data(&mut body, "[DONE]");
     }
     ResponseTemplate::new(200)
         .insert_header("content-type", "text/event-stream")

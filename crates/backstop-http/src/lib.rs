@@ -13,6 +13,14 @@
 //! one per call; scenarios use only a few distinct values, so a handful of
 //! pooled clients, one per value, serves them all. Every other timeout is
 //! the Router's.
+//!
+//! It also holds the wire formats every HTTP side of Backstop shares:
+//! [`sse`], server-sent events framing (the providers read it, the gateway
+//! and the chaos fakes write it). [`body`] holds what the two HTTP providers
+//! do alike around a call.
+
+pub mod body;
+pub mod sse;
 
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use backstop_core::{
@@ -19,9 +19,8 @@ use crate::prefill::Join;
 use crate::request::translate;
 use crate::response::completion;
 use crate::stream::chunk_stream;
-use backstop_http::{
-    ApiKey, Clients, error_body, error_chain, is_env_var_name, redact_url, retry_after, send_error,
-};
+use backstop_http::body::{self, encode_body, is_json, key_from_env, read_body};
+use backstop_http::{ApiKey, Clients, error_chain, redact_url};
 
 /// A provider for Anthropic's Messages API.
 pub struct AnthropicProvider {
@@ -62,20 +61,8 @@ impl AnthropicProvider {
             .filter(|v| !v.is_empty())
             .ok_or_else(|| AnthropicBuildError::InvalidVersion(config.anthropic_version.clone()))?;
         let var = config.api_key_env.as_str();
-        if var.is_empty() {
-            return Err(AnthropicBuildError::EmptyKeyVar);
-        }
-        if !is_env_var_name(var) {
-            return Err(AnthropicBuildError::KeyVarNotAName);
-        }
-        let value = env(var).filter(|v| !v.trim().is_empty()).ok_or_else(|| {
-            AnthropicBuildError::MissingKey {
-                var: var.to_owned(),
-            }
-        })?;
-        let key = ApiKey::raw(value.trim()).ok_or_else(|| AnthropicBuildError::InvalidKey {
-            var: var.to_owned(),
-        })?;
+        let key = key_from_env(var, env, ApiKey::raw)
+            .map_err(|problem| AnthropicBuildError::key(problem, var))?;
         let clients = Clients::new(Timeouts::default().connect)
             .map_err(|e| AnthropicBuildError::Client(error_chain(&e)))?;
         Ok(Self {
@@ -102,37 +89,28 @@ impl AnthropicProvider {
         stream: bool,
     ) -> Result<(reqwest::Response, Join), ProviderError> {
         let translated = translate(call, stream)?;
-        let body = serde_json::to_vec(&translated.body).map_err(|e| {
-            ProviderError::new(
-                FailureKind::BadRequest,
-                format!("could not encode the request: {e}"),
-            )
-        })?;
+        let body = encode_body(&translated.body)?;
         let client = self.clients.get(call.connect_timeout)?;
         let accept = if stream {
             "text/event-stream"
         } else {
             "application/json"
         };
-        let response = client
+        let request = client
             .post(self.endpoint.clone())
             .header("x-api-key", self.key.header().clone())
             .header("anthropic-version", self.version.clone())
             .header(CONTENT_TYPE, "application/json")
             .header(ACCEPT, accept)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| send_error(e, call.connect_timeout))?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok((response, Join::new(translated.trimmed)));
-        }
-        let wait = retry_after(response.headers(), SystemTime::now());
-        let body = error_body(response).await;
-        let error = status_error(status.as_u16(), &body, wait, Some(&self.key));
-        tracing::debug!(model = %call.model.id, %error, "upstream error");
-        Err(error)
+            .body(body);
+        let response = body::send(
+            request,
+            call.connect_timeout,
+            &call.model.id,
+            |status, body, wait| status_error(status, body, wait, Some(&self.key)),
+        )
+        .await?;
+        Ok((response, Join::new(translated.trimmed)))
     }
 
     async fn read_completion(
@@ -140,17 +118,7 @@ impl AnthropicProvider {
         response: reqwest::Response,
         mut join: Join,
     ) -> Result<ChatResponse, ProviderError> {
-        let status = response.status().as_u16();
-        let body = response.bytes().await.map_err(|e| {
-            ProviderError::new(
-                FailureKind::StreamInterrupted,
-                format!(
-                    "the response body was cut: {}",
-                    error_chain(&e.without_url())
-                ),
-            )
-            .with_status(status)
-        })?;
+        let (status, body) = read_body(response).await?;
         completion(&body, &mut join, Some(&self.key)).map_err(|e| e.with_status(status))
     }
 }
@@ -158,23 +126,11 @@ impl AnthropicProvider {
 /// `{base_url}/v1/messages`; a root that already ends in `/v1` is not
 /// doubled.
 fn endpoint(base_url: &str) -> Result<Url, AnthropicBuildError> {
-    let invalid = |reason: String| AnthropicBuildError::InvalidBaseUrl {
-        url: redact_url(base_url),
-        reason,
-    };
-    let mut url = Url::parse(base_url).map_err(|e| invalid(e.to_string()))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(invalid(format!(
-            "scheme `{}` is not http or https",
-            url.scheme()
-        )));
-    }
-    if url.cannot_be_a_base() || url.host_str().is_none() {
-        return Err(invalid("it has no host".to_owned()));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(invalid("it must not have a query or fragment".to_owned()));
-    }
+    let mut url =
+        body::parse_base_url(base_url).map_err(|reason| AnthropicBuildError::InvalidBaseUrl {
+            url: redact_url(base_url),
+            reason,
+        })?;
     let root = url.path().trim_end_matches('/');
     let path = if root.ends_with("/v1") {
         format!("{root}/messages")
@@ -200,12 +156,7 @@ impl Provider for AnthropicProvider {
 
     async fn stream(&self, call: Call<'_>) -> Result<ChunkStream, ProviderError> {
         let (response, join) = self.send(&call, true).await?;
-        let json = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/json"));
-        if json {
+        if is_json(&response) {
             let error = match self.read_completion(response, join).await {
                 Ok(_) => ProviderError::new(
                     FailureKind::InvalidResponse,

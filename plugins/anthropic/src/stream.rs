@@ -18,24 +18,21 @@
 //! `StreamInterrupted`.
 
 use std::collections::VecDeque;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
-use backstop_core::sse::{SseDecoder, SseEvent};
 use backstop_core::{
-    ChatChunk, ChunkChoice, ChunkStream, Delta, Extra, FailureKind, ModelSpec, ProviderError, Role,
+    ChatChunk, ChunkChoice, ChunkStream, Delta, Extra, ModelSpec, ProviderError, Role,
 };
-use bytes::Bytes;
-use futures::{Stream, StreamExt};
+use backstop_http::sse::SseEvent;
+use futures::StreamExt;
 use serde_json::{Value, json};
 
 use crate::classify::inband_error;
 use crate::prefill::Join;
 use crate::response::{AnthropicUsage, finish_reason, now_unix};
-use backstop_http::{ApiKey, error_chain, log_preview};
-
-type Body = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
+use backstop_http::ApiKey;
+use backstop_http::body::{SkipLog, SseBody};
 
 /// Turns a streaming response into chunks.
 pub(crate) fn chunk_stream(
@@ -46,21 +43,10 @@ pub(crate) fn chunk_stream(
     malformed: Arc<AtomicU64>,
 ) -> ChunkStream {
     let reader = Reader {
-        body: Box::pin(
-            response
-                .bytes_stream()
-                .map(|r| r.map_err(reqwest::Error::without_url)),
-        ),
-        decoder: SseDecoder::new(),
-        scratch: Vec::new(),
-        events: VecDeque::new(),
+        body: SseBody::new(response),
         out: VecDeque::new(),
         translator: Translator::new(join),
-        model: model.id.clone(),
-        provider: model.provider.clone(),
-        key,
-        malformed,
-        skipped: 0,
+        log: SkipLog::new(model.id.clone(), model.provider.clone(), key, malformed),
         done: false,
     };
     futures::stream::unfold(reader, |mut reader| async move {
@@ -71,19 +57,10 @@ pub(crate) fn chunk_stream(
 }
 
 struct Reader {
-    body: Body,
-    decoder: SseDecoder,
-    scratch: Vec<SseEvent>,
-    events: VecDeque<SseEvent>,
+    body: SseBody,
     out: VecDeque<ChatChunk>,
     translator: Translator,
-    model: String,
-    /// The provider's id, for logs.
-    provider: String,
-    key: Option<ApiKey>,
-    malformed: Arc<AtomicU64>,
-    /// Unparseable events skipped in this stream.
-    skipped: u64,
+    log: SkipLog,
     /// No more events are read.
     done: bool,
 }
@@ -97,21 +74,24 @@ impl Reader {
             if self.done {
                 return None;
             }
-            if let Some(event) = self.events.pop_front() {
-                if let Err(error) = self.on_event(&event) {
+            match self.body.next_event().await {
+                Ok(event) => {
+                    if let Err(error) = self.on_event(&event) {
+                        self.done = true;
+                        self.out.clear();
+                        return Some(Err(error));
+                    }
+                }
+                Err(cut) => {
                     self.done = true;
-                    self.out.clear();
-                    return Some(Err(error));
+                    let ending = self.log.end(
+                        self.translator.finished,
+                        cut.as_ref(),
+                        "stop reason",
+                        "the stream ended without message_stop and without a stop reason",
+                    );
+                    return ending.map(Err);
                 }
-                continue;
-            }
-            match self.body.next().await {
-                Some(Ok(bytes)) => {
-                    self.decoder.feed(&bytes, &mut self.scratch);
-                    self.events.extend(self.scratch.drain(..));
-                }
-                Some(Err(error)) => return self.end(Some(&error)),
-                None => return self.end(None),
             }
         }
     }
@@ -123,7 +103,7 @@ impl Reader {
         let data: Value = match serde_json::from_str(&event.data) {
             Ok(data) => data,
             Err(error) => {
-                self.skip(&event.data, &error);
+                self.log.skip(&event.data, &error, "event");
                 return Ok(());
             }
         };
@@ -134,8 +114,8 @@ impl Reader {
             .unwrap_or_default();
         match kind {
             "error" => {
-                let error = inband_error(&data, self.key.as_ref());
-                tracing::debug!(model = %self.model, %error, "error event inside the stream");
+                let error = inband_error(&data, self.log.key());
+                tracing::debug!(model = %self.log.model(), %error, "error event inside the stream");
                 Err(error)
             }
             "message_stop" => {
@@ -147,44 +127,6 @@ impl Reader {
                 Ok(())
             }
         }
-    }
-
-    /// Counts and logs an unparseable event. The log names the model and
-    /// provider and shows the counts, where the JSON broke, and at most 100
-    /// characters of the data with secrets removed; never the parser's
-    /// message, which quotes the data's values at any length.
-    fn skip(&mut self, data: &str, error: &serde_json::Error) {
-        self.skipped += 1;
-        let total = self.malformed.fetch_add(1, Ordering::Relaxed) + 1;
-        tracing::warn!(
-            provider = %self.provider,
-            model = %self.model,
-            skipped = self.skipped,
-            total,
-            reason = ?error.classify(),
-            column = error.column(),
-            line = %log_preview(data, self.key.as_ref()),
-            "skipped an unparseable stream event"
-        );
-    }
-
-    /// The transport ended, cleanly (`None`) or not.
-    fn end(&mut self, error: Option<&reqwest::Error>) -> Option<Result<ChatChunk, ProviderError>> {
-        self.done = true;
-        if self.translator.finished {
-            if let Some(error) = error {
-                tracing::debug!(model = %self.model, error = %error_chain(error), "stream cut after its stop reason");
-            }
-            return None;
-        }
-        let message = match error {
-            Some(error) => format!("the stream was cut: {}", error_chain(error)),
-            None => "the stream ended without message_stop and without a stop reason".to_owned(),
-        };
-        Some(Err(ProviderError::new(
-            FailureKind::StreamInterrupted,
-            message,
-        )))
     }
 }
 

@@ -44,3 +44,20 @@ pub enum OpenAiBuildError {
     #[error("could not build the HTTP client: {0}")]
     Client(String),
 }
+
+impl OpenAiBuildError {
+    /// The build error for a key that could not be read from `var`.
+    pub(crate) fn key(problem: backstop_http::body::KeyProblem, var: &str) -> Self {
+        use backstop_http::body::KeyProblem;
+        match problem {
+            KeyProblem::EmptyVarName => Self::EmptyKeyVar,
+            KeyProblem::NotAVarName => Self::KeyVarNotAName,
+            KeyProblem::Missing => Self::MissingKey {
+                var: var.to_owned(),
+            },
+            KeyProblem::Invalid => Self::InvalidKey {
+                var: var.to_owned(),
+            },
+        }
+    }
+}

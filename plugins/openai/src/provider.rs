@@ -4,7 +4,7 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use backstop_core::{
@@ -18,9 +18,8 @@ use crate::config::{MaxTokensField, OPENAI_BASE_URL, OPENAI_KEY_VAR, OpenAiConfi
 use crate::error::OpenAiBuildError;
 use crate::stream::chunk_stream;
 use crate::wire::WireRequest;
-use backstop_http::{
-    ApiKey, Clients, error_body, error_chain, is_env_var_name, redact_url, retry_after, send_error,
-};
+use backstop_http::body::{self, encode_body, is_json, key_from_env, read_body};
+use backstop_http::{ApiKey, Clients, error_chain, redact_url};
 
 /// A provider for an OpenAI-compatible chat completions API.
 pub struct OpenAiProvider {
@@ -63,8 +62,6 @@ impl OpenAiProvider {
                     reason: e.to_string(),
                 })?;
         let key_var = match config.api_key_env.as_deref() {
-            Some("") => return Err(OpenAiBuildError::EmptyKeyVar),
-            Some(var) if !is_env_var_name(var) => return Err(OpenAiBuildError::KeyVarNotAName),
             Some(var) => Some(var),
             None if config.base_url.trim_end_matches('/') == OPENAI_BASE_URL => {
                 Some(OPENAI_KEY_VAR)
@@ -72,18 +69,10 @@ impl OpenAiProvider {
             None => None,
         };
         let key = match key_var {
-            Some(var) => {
-                let value = env(var).filter(|v| !v.trim().is_empty()).ok_or_else(|| {
-                    OpenAiBuildError::MissingKey {
-                        var: var.to_owned(),
-                    }
-                })?;
-                let key =
-                    ApiKey::bearer(value.trim()).ok_or_else(|| OpenAiBuildError::InvalidKey {
-                        var: var.to_owned(),
-                    })?;
-                Some(key)
-            }
+            Some(var) => Some(
+                key_from_env(var, env, ApiKey::bearer)
+                    .map_err(|problem| OpenAiBuildError::key(problem, var))?,
+            ),
             None => None,
         };
         let clients = Clients::new(Timeouts::default().connect)
@@ -109,13 +98,7 @@ impl OpenAiProvider {
         call: &Call<'_>,
         stream: bool,
     ) -> Result<reqwest::Response, ProviderError> {
-        let body = WireRequest::new(call, stream, self.max_tokens_field);
-        let body = serde_json::to_vec(&body).map_err(|e| {
-            ProviderError::new(
-                FailureKind::BadRequest,
-                format!("could not encode the request: {e}"),
-            )
-        })?;
+        let body = encode_body(&WireRequest::new(call, stream, self.max_tokens_field))?;
         let client = self.clients.get(call.connect_timeout)?;
         let accept = if stream {
             "text/event-stream"
@@ -136,19 +119,13 @@ impl OpenAiProvider {
         {
             request = request.header("x-client-request-id", id);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| send_error(e, call.connect_timeout))?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(response);
-        }
-        let wait = retry_after(response.headers(), SystemTime::now());
-        let body = error_body(response).await;
-        let error = status_error(status.as_u16(), &body, wait, self.key.as_ref());
-        tracing::debug!(model = %call.model.id, %error, "upstream error");
-        Err(error)
+        body::send(
+            request,
+            call.connect_timeout,
+            &call.model.id,
+            |status, body, wait| status_error(status, body, wait, self.key.as_ref()),
+        )
+        .await
     }
 
     /// Reads and checks a complete answer.
@@ -156,17 +133,7 @@ impl OpenAiProvider {
         &self,
         response: reqwest::Response,
     ) -> Result<ChatResponse, ProviderError> {
-        let status = response.status().as_u16();
-        let body = response.bytes().await.map_err(|e| {
-            ProviderError::new(
-                FailureKind::StreamInterrupted,
-                format!(
-                    "the response body was cut: {}",
-                    error_chain(&e.without_url())
-                ),
-            )
-            .with_status(status)
-        })?;
+        let (status, body) = read_body(response).await?;
         parse_completion(&body, self.key.as_ref()).map_err(|e| e.with_status(status))
     }
 }
@@ -193,25 +160,13 @@ fn parse_completion(body: &[u8], key: Option<&ApiKey>) -> Result<ChatResponse, P
 }
 
 fn parse_base_url(url: &str) -> Result<Url, OpenAiBuildError> {
-    let invalid = |reason: String| OpenAiBuildError::InvalidBaseUrl {
-        url: redact_url(url),
-        reason,
-    };
+    let mut parsed =
+        body::parse_base_url(url).map_err(|reason| OpenAiBuildError::InvalidBaseUrl {
+            url: redact_url(url),
+            reason,
+        })?;
     // A trailing slash makes `join` append rather than replace the last
     // path segment.
-    let mut parsed = Url::parse(url).map_err(|e| invalid(e.to_string()))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(invalid(format!(
-            "scheme `{}` is not http or https",
-            parsed.scheme()
-        )));
-    }
-    if parsed.cannot_be_a_base() || parsed.host_str().is_none() {
-        return Err(invalid("it has no host".to_owned()));
-    }
-    if parsed.query().is_some() || parsed.fragment().is_some() {
-        return Err(invalid("it must not have a query or fragment".to_owned()));
-    }
     if !parsed.path().ends_with('/') {
         let path = format!("{}/", parsed.path());
         parsed.set_path(&path);
@@ -234,12 +189,7 @@ impl Provider for OpenAiProvider {
 
     async fn stream(&self, call: Call<'_>) -> Result<ChunkStream, ProviderError> {
         let response = self.send(&call, true).await?;
-        let json = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/json"));
-        if json {
+        if is_json(&response) {
             // A server that ignores `stream` (or reports an error with a
             // 200) answers with JSON instead of events.
             let error = match self.read_completion(response).await {

@@ -14,21 +14,17 @@
 //!    it started has a finish reason; otherwise, or if the transport cut
 //!    it, it fails with `StreamInterrupted`.
 
-use std::collections::VecDeque;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
-use backstop_core::sse::{SseDecoder, SseEvent};
-use backstop_core::{ChatChunk, ChunkStream, FailureKind, ModelSpec, ProviderError};
-use bytes::Bytes;
-use futures::{Stream, StreamExt};
+use backstop_core::{ChatChunk, ChunkStream, ModelSpec, ProviderError};
+use backstop_http::sse::SseEvent;
+use futures::StreamExt;
 use serde_json::Value;
 
 use crate::classify::inband_error;
-use backstop_http::{ApiKey, error_chain, log_preview};
-
-type Body = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
+use backstop_http::ApiKey;
+use backstop_http::body::{SkipLog, SseBody};
 
 /// Turns a streaming response into chunks.
 pub(crate) fn chunk_stream(
@@ -38,20 +34,9 @@ pub(crate) fn chunk_stream(
     malformed: Arc<AtomicU64>,
 ) -> ChunkStream {
     let reader = Reader {
-        body: Box::pin(
-            response
-                .bytes_stream()
-                .map(|r| r.map_err(reqwest::Error::without_url)),
-        ),
-        decoder: SseDecoder::new(),
-        scratch: Vec::new(),
-        events: VecDeque::new(),
+        body: SseBody::new(response),
         choices: Choices::default(),
-        model: model.id.clone(),
-        provider: model.provider.clone(),
-        key,
-        malformed,
-        skipped: 0,
+        log: SkipLog::new(model.id.clone(), model.provider.clone(), key, malformed),
         done: false,
     };
     futures::stream::unfold(reader, |mut reader| async move {
@@ -62,42 +47,34 @@ pub(crate) fn chunk_stream(
 }
 
 struct Reader {
-    body: Body,
-    decoder: SseDecoder,
-    scratch: Vec<SseEvent>,
-    events: VecDeque<SseEvent>,
+    body: SseBody,
     choices: Choices,
-    model: String,
-    /// The provider's id, for logs.
-    provider: String,
-    key: Option<ApiKey>,
-    malformed: Arc<AtomicU64>,
-    /// Unparseable events skipped in this stream.
-    skipped: u64,
+    log: SkipLog,
     done: bool,
 }
 
 impl Reader {
     async fn next(&mut self) -> Option<Result<ChatChunk, ProviderError>> {
         loop {
-            while !self.done {
-                let Some(event) = self.events.pop_front() else {
-                    break;
-                };
-                if let Some(item) = self.on_event(&event) {
-                    return Some(item);
-                }
-            }
             if self.done {
                 return None;
             }
-            match self.body.next().await {
-                Some(Ok(bytes)) => {
-                    self.decoder.feed(&bytes, &mut self.scratch);
-                    self.events.extend(self.scratch.drain(..));
+            match self.body.next_event().await {
+                Ok(event) => {
+                    if let Some(item) = self.on_event(&event) {
+                        return Some(item);
+                    }
                 }
-                Some(Err(error)) => return self.end(Some(&error)),
-                None => return self.end(None),
+                Err(cut) => {
+                    self.done = true;
+                    let ending = self.log.end(
+                        self.choices.complete(),
+                        cut.as_ref(),
+                        "finish reason",
+                        "the stream ended without [DONE] and without a finish reason",
+                    );
+                    return ending.map(Err);
+                }
             }
         }
     }
@@ -133,7 +110,7 @@ impl Reader {
                 {
                     return Some(Err(self.fail(&value)));
                 }
-                self.skip(data, &error);
+                self.log.skip(data, &error, "chunk");
                 return None;
             }
         };
@@ -144,52 +121,14 @@ impl Reader {
         Some(Ok(chunk))
     }
 
-    /// Counts and logs an unparseable `data:` line. The log names the
-    /// model and provider and shows the counts, where the JSON broke, and
-    /// at most 100 characters of the line with secrets removed; never the
-    /// parser's message, which quotes the line's values at any length.
-    fn skip(&mut self, data: &str, error: &serde_json::Error) {
-        self.skipped += 1;
-        let total = self.malformed.fetch_add(1, Ordering::Relaxed) + 1;
-        tracing::warn!(
-            provider = %self.provider,
-            model = %self.model,
-            skipped = self.skipped,
-            total,
-            reason = ?error.classify(),
-            column = error.column(),
-            line = %log_preview(data, self.key.as_ref()),
-            "skipped an unparseable stream chunk"
-        );
-    }
-
     /// Ends the stream with the error an in-stream error object reports:
     /// OpenAI's `{"error": {...}}`, or vLLM's bare `{"object": "error",
     /// "message", "type", "code"}`.
     fn fail(&mut self, error: &Value) -> ProviderError {
         self.done = true;
-        let error = inband_error(error, self.key.as_ref());
-        tracing::debug!(model = %self.model, %error, "error inside the stream");
+        let error = inband_error(error, self.log.key());
+        tracing::debug!(model = %self.log.model(), %error, "error inside the stream");
         error
-    }
-
-    /// The transport ended, cleanly (`None`) or not.
-    fn end(&mut self, error: Option<&reqwest::Error>) -> Option<Result<ChatChunk, ProviderError>> {
-        self.done = true;
-        if self.choices.complete() {
-            if let Some(error) = error {
-                tracing::debug!(model = %self.model, error = %error_chain(error), "stream cut after its finish reason");
-            }
-            return None;
-        }
-        let message = match error {
-            Some(error) => format!("the stream was cut: {}", error_chain(error)),
-            None => "the stream ended without [DONE] and without a finish reason".to_owned(),
-        };
-        Some(Err(ProviderError::new(
-            FailureKind::StreamInterrupted,
-            message,
-        )))
     }
 }
 

@@ -3,7 +3,7 @@
 //! `content_block_delta`..., `content_block_stop`, `message_delta`,
 //! `message_stop`) and error bodies as api.anthropic.com sends them.
 
-use backstop_core::sse;
+use backstop_http::sse;
 use serde_json::json;
 
 use super::reply::{AnswerParts, ErrorBody, StreamParts};
@@ -152,7 +152,7 @@ pub(crate) fn stream(parts: &AnswerParts) -> StreamParts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use backstop_core::sse::SseDecoder;
+    use backstop_http::sse::SseDecoder;
     use serde_json::Value;
 
     #[test]

@@ -1,8 +1,8 @@
 //! OpenAI chat completions on the wire: response bodies, stream chunks and
 //! error bodies as api.openai.com sends them.
 
-use backstop_core::sse;
 use backstop_core::{ChatChunk, ChatResponse, Role, Usage};
+use backstop_http::sse;
 use serde_json::{Value, json};
 
 use super::reply::{AnswerParts, ErrorBody, StreamParts};
@@ -186,7 +186,7 @@ pub(crate) fn stream(parts: &AnswerParts) -> StreamParts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use backstop_core::sse::SseDecoder;
+    use backstop_http::sse::SseDecoder;
 
     fn parts(include_usage: bool) -> AnswerParts {
         AnswerParts {

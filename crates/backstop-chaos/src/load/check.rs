@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use backstop_core::sse::SseDecoder;
+use backstop_http::sse::SseDecoder;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -413,7 +413,7 @@ pub(crate) fn classify_completion(
 pub(crate) struct StreamReader<'a> {
     check: &'a AnswerCheck,
     decoder: SseDecoder,
-    events: Vec<backstop_core::sse::SseEvent>,
+    events: Vec<backstop_http::sse::SseEvent>,
     text: String,
     finish_reason: Option<String>,
     done: bool,
@@ -533,7 +533,7 @@ mod tests {
     fn chunk(text: Option<&str>, finish: Option<&str>) -> String {
         let mut out = Vec::new();
         let v = json!({"model": "secondary", "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": finish}]});
-        backstop_core::sse::write_data(&mut out, &v.to_string());
+        backstop_http::sse::write_data(&mut out, &v.to_string());
         String::from_utf8(out).unwrap()
     }
 
@@ -548,7 +548,7 @@ mod tests {
                                        "attempts": [{"model": "primary", "kind": "circuit_open", "status": null, "ms": 0.0},
                                                     {"model": "secondary", "kind": "ok", "status": 200, "ms": 20.0}]}});
         let mut out = Vec::new();
-        backstop_core::sse::write_data(&mut out, &last.to_string());
+        backstop_http::sse::write_data(&mut out, &last.to_string());
         s.push_str(std::str::from_utf8(&out).unwrap());
         if done {
             s.push_str("data: [DONE]\n\n");

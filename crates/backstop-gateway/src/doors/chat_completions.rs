@@ -8,8 +8,8 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use backstop_core::sse::write_data;
 use backstop_core::{ChatRequest, ChatResponse, FallbackStream, RequestContext, StreamItem, Usage};
+use backstop_http::sse::write_data;
 use futures::StreamExt;
 use serde::Serialize;
 

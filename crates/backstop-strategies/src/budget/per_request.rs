@@ -24,7 +24,6 @@ use serde::Deserialize;
 
 use super::{Tally, actual_nano, to_nano};
 use crate::error::{StrategyError, check_cost};
-use crate::selector::cost_aware::estimated_cost;
 
 /// The config `type` name.
 pub const NAME: &str = "per_request";
@@ -74,7 +73,7 @@ impl BudgetPolicy for PerRequest {
         model: &ModelSpec,
         facts: &RequestFacts<'_>,
     ) -> Result<Reservation, OverBudget> {
-        let amount = estimated_cost(model, facts);
+        let amount = model.estimated_request_cost(facts);
         if amount > self.max_cost {
             return Err(OverBudget {
                 needed: amount,

@@ -57,7 +57,6 @@ use smallvec::SmallVec;
 
 use super::{actual_nano, saturating_sub, to_nano, to_usd};
 use crate::error::{StrategyError, check_cost, check_non_zero};
-use crate::selector::cost_aware::estimated_cost;
 
 /// The config `type` name.
 pub const NAME: &str = "rolling";
@@ -405,7 +404,7 @@ impl BudgetPolicy for Rolling {
         model: &ModelSpec,
         facts: &RequestFacts<'_>,
     ) -> Result<Reservation, OverBudget> {
-        let amount = estimated_cost(model, facts);
+        let amount = model.estimated_request_cost(facts);
         let held = to_nano(amount);
         let window = self.window();
         let over = |remaining: u64| OverBudget {

@@ -18,7 +18,6 @@ use serde::Deserialize;
 
 use super::{Tally, actual_nano, to_nano};
 use crate::error::StrategyError;
-use crate::selector::cost_aware::estimated_cost;
 
 /// The config `type` name.
 pub const NAME: &str = "unlimited";
@@ -60,7 +59,7 @@ impl BudgetPolicy for Unlimited {
         model: &ModelSpec,
         facts: &RequestFacts<'_>,
     ) -> Result<Reservation, OverBudget> {
-        let amount = estimated_cost(model, facts);
+        let amount = model.estimated_request_cost(facts);
         let held = to_nano(amount);
         self.tally.hold(held);
         Ok(Reservation {

@@ -12,7 +12,7 @@
 //!
 //! Knobs: none.
 
-use backstop_core::{Candidate, ModelSpec, RequestFacts, Selector, StrategyContext};
+use backstop_core::{Candidate, RequestFacts, Selector, StrategyContext};
 use serde::Deserialize;
 
 use crate::error::StrategyError;
@@ -44,14 +44,6 @@ impl CostAware {
     }
 }
 
-/// What `facts`' request would cost on `model` at most, in USD.
-pub(crate) fn estimated_cost(model: &ModelSpec, facts: &RequestFacts<'_>) -> f64 {
-    model.estimated_cost(
-        facts.prompt_tokens,
-        model.effective_max_tokens(facts.max_tokens),
-    )
-}
-
 impl Selector for CostAware {
     fn name(&self) -> &str {
         NAME
@@ -59,8 +51,9 @@ impl Selector for CostAware {
 
     fn order(&self, facts: &RequestFacts<'_>, candidates: &mut [Candidate<'_>]) {
         candidates.sort_unstable_by(|a, b| {
-            estimated_cost(a.spec, facts)
-                .total_cmp(&estimated_cost(b.spec, facts))
+            a.spec
+                .estimated_request_cost(facts)
+                .total_cmp(&b.spec.estimated_request_cost(facts))
                 .then(a.spec.priority.cmp(&b.spec.priority))
                 .then(a.position.cmp(&b.position))
         });
@@ -71,6 +64,7 @@ impl Selector for CostAware {
 mod tests {
     use super::*;
     use crate::selector::test_chain::{candidates, ctx, facts, ids};
+    use backstop_core::ModelSpec;
 
     #[test]
     fn cheapest_first_with_input_and_output_priced_apart() {

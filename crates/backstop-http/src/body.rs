@@ -1,0 +1,262 @@
+//! What both HTTP providers do around a call the same way: the API key read
+//! from the environment, the base URL checked, the request sent and a
+//! non-success status classified, a complete body read, and a streamed body
+//! read as SSE events with its skipped events counted and logged.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use backstop_core::{FailureKind, ProviderError};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use reqwest::Url;
+
+use crate::sse::{SseDecoder, SseEvent};
+use crate::{
+    ApiKey, error_body, error_chain, is_env_var_name, log_preview, retry_after, send_error,
+};
+
+/// Why an API key could not be read from the environment. Each provider
+/// turns it into its own build error (whose messages name the provider).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyProblem {
+    /// The variable's name is the empty string.
+    EmptyVarName,
+    /// The name is not shaped like a variable name (most likely the key
+    /// itself was pasted in).
+    NotAVarName,
+    /// The variable is unset or blank.
+    Missing,
+    /// The value cannot be sent in a header.
+    Invalid,
+}
+
+/// Reads the API key held by the variable `var` through `env`, trimmed,
+/// and makes it a header with `make` ([`ApiKey::bearer`] or
+/// [`ApiKey::raw`]).
+pub fn key_from_env(
+    var: &str,
+    env: impl Fn(&str) -> Option<String>,
+    make: fn(&str) -> Option<ApiKey>,
+) -> Result<ApiKey, KeyProblem> {
+    if var.is_empty() {
+        return Err(KeyProblem::EmptyVarName);
+    }
+    if !is_env_var_name(var) {
+        return Err(KeyProblem::NotAVarName);
+    }
+    let value = env(var)
+        .filter(|v| !v.trim().is_empty())
+        .ok_or(KeyProblem::Missing)?;
+    make(value.trim()).ok_or(KeyProblem::Invalid)
+}
+
+/// Checks an API root: an absolute http(s) URL with a host and no query or
+/// fragment. The error is the reason, for the provider's build error.
+pub fn parse_base_url(url: &str) -> Result<Url, String> {
+    let parsed = Url::parse(url).map_err(|e| e.to_string())?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!("scheme `{}` is not http or https", parsed.scheme()));
+    }
+    if parsed.cannot_be_a_base() || parsed.host_str().is_none() {
+        return Err("it has no host".to_owned());
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err("it must not have a query or fragment".to_owned());
+    }
+    Ok(parsed)
+}
+
+/// Encodes a request body as JSON; a failure is the caller's bad request.
+pub fn encode_body<T: serde::Serialize>(body: &T) -> Result<Vec<u8>, ProviderError> {
+    serde_json::to_vec(body).map_err(|e| {
+        ProviderError::new(
+            FailureKind::BadRequest,
+            format!("could not encode the request: {e}"),
+        )
+    })
+}
+
+/// Sends a request. A success status returns the response; any other is
+/// read (a bounded part of its body) and classified by `classify` with the
+/// status, the body and the upstream's Retry-After.
+pub async fn send(
+    request: reqwest::RequestBuilder,
+    connect_timeout: Duration,
+    model: &str,
+    classify: impl FnOnce(u16, &[u8], Option<Duration>) -> ProviderError,
+) -> Result<reqwest::Response, ProviderError> {
+    let response = request
+        .send()
+        .await
+        .map_err(|e| send_error(e, connect_timeout))?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let wait = retry_after(response.headers(), SystemTime::now());
+    let body = error_body(response).await;
+    let error = classify(status.as_u16(), &body, wait);
+    tracing::debug!(model = %model, %error, "upstream error");
+    Err(error)
+}
+
+/// Reads a complete response body with its status; a body cut in transit
+/// is `StreamInterrupted`.
+pub async fn read_body(response: reqwest::Response) -> Result<(u16, Bytes), ProviderError> {
+    let status = response.status().as_u16();
+    let body = response.bytes().await.map_err(|e| {
+        ProviderError::new(
+            FailureKind::StreamInterrupted,
+            format!(
+                "the response body was cut: {}",
+                error_chain(&e.without_url())
+            ),
+        )
+        .with_status(status)
+    })?;
+    Ok((status, body))
+}
+
+type Body = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
+
+/// A streamed response body, read as SSE events.
+pub struct SseBody {
+    body: Body,
+    decoder: SseDecoder,
+    scratch: Vec<SseEvent>,
+    events: VecDeque<SseEvent>,
+}
+
+impl SseBody {
+    /// Reads `response`'s body (errors carry no URL, which may hold
+    /// secrets).
+    pub fn new(response: reqwest::Response) -> Self {
+        Self {
+            body: Box::pin(
+                response
+                    .bytes_stream()
+                    .map(|r| r.map_err(reqwest::Error::without_url)),
+            ),
+            decoder: SseDecoder::new(),
+            scratch: Vec::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The next event; `Err` when the body ended: `None` cleanly, or the
+    /// transport's error.
+    pub async fn next_event(&mut self) -> Result<SseEvent, Option<reqwest::Error>> {
+        loop {
+            if let Some(event) = self.events.pop_front() {
+                return Ok(event);
+            }
+            match self.body.next().await {
+                Some(Ok(bytes)) => {
+                    self.decoder.feed(&bytes, &mut self.scratch);
+                    self.events.extend(self.scratch.drain(..));
+                }
+                Some(Err(error)) => return Err(Some(error)),
+                None => return Err(None),
+            }
+        }
+    }
+}
+
+/// Counts and logs the unparseable events of one stream, and of every
+/// stream of its provider.
+#[derive(Debug)]
+pub struct SkipLog {
+    model: String,
+    provider: String,
+    key: Option<ApiKey>,
+    malformed: Arc<AtomicU64>,
+    /// Unparseable events skipped in this stream.
+    skipped: u64,
+}
+
+impl SkipLog {
+    /// A log for one stream of `model` (by id) served by `provider`;
+    /// `malformed` is the provider's running total.
+    pub fn new(
+        model: String,
+        provider: String,
+        key: Option<ApiKey>,
+        malformed: Arc<AtomicU64>,
+    ) -> Self {
+        Self {
+            model,
+            provider,
+            key,
+            malformed,
+            skipped: 0,
+        }
+    }
+
+    /// The model's id, for logs.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// The key to redact from messages.
+    pub fn key(&self) -> Option<&ApiKey> {
+        self.key.as_ref()
+    }
+
+    /// Counts and logs an unparseable event (`what`: "chunk", "event").
+    /// The log names the model and provider and shows the counts, where the
+    /// JSON broke, and at most 100 characters of the data with secrets
+    /// removed; never the parser's message, which quotes the data's values
+    /// at any length.
+    pub fn skip(&mut self, data: &str, error: &serde_json::Error, what: &str) {
+        self.skipped += 1;
+        let total = self.malformed.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::warn!(
+            provider = %self.provider,
+            model = %self.model,
+            skipped = self.skipped,
+            total,
+            reason = ?error.classify(),
+            column = error.column(),
+            line = %log_preview(data, self.key.as_ref()),
+            "skipped an unparseable stream {what}"
+        );
+    }
+
+    /// How a stream whose body ended (cleanly, or with `cut`) ends: nothing
+    /// when the answer was `complete` (a lost tail is only logged, naming
+    /// the `finish` it had), else `StreamInterrupted` with `unfinished` or
+    /// the transport's error.
+    pub fn end(
+        &self,
+        complete: bool,
+        cut: Option<&reqwest::Error>,
+        finish: &str,
+        unfinished: &str,
+    ) -> Option<ProviderError> {
+        if complete {
+            if let Some(error) = cut {
+                tracing::debug!(model = %self.model, error = %error_chain(error), "stream cut after its {finish}");
+            }
+            return None;
+        }
+        let message = match cut {
+            Some(error) => format!("the stream was cut: {}", error_chain(error)),
+            None => unfinished.to_owned(),
+        };
+        Some(ProviderError::new(FailureKind::StreamInterrupted, message))
+    }
+}
+
+/// Whether a response says its body is JSON (a server asked for a stream
+/// that answers with a complete body, or with an error, instead).
+pub fn is_json(response: &reqwest::Response) -> bool {
+    response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+}
