@@ -10,7 +10,7 @@
 
 mod support;
 
-use backstop_core::sse::{write_data, write_event};
+use backstop_http::sse::{write_data, write_event};
 use serde_json::{Value, json};
 use support::*;
 use wiremock::matchers::{method, path};
