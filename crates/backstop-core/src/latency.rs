@@ -1,13 +1,23 @@
 //! Per-model latency estimates: peak-sensitive EWMA, lock-free.
 //!
-//! Each model has two estimates: time to first token (streams) and total
-//! time (complete calls). A sample above the estimate replaces it at once
-//! (one slow spike counts), a sample below pulls it down exponentially with
-//! the time since the last sample (decay time constant `tau`, 10 s by
-//! default). Models never measured have no estimate, and selectors rank
-//! them by priority instead of comparing "nothing" with a number.
+//! Each model has three estimates: time to first token (streams) and total
+//! time (complete calls) of real traffic, and the round trip of background
+//! probes, kept apart because a probe asks for a few tokens only and is no
+//! measure of a real answer's total time. A sample above the estimate
+//! replaces it at once (one slow spike counts), a sample below pulls it
+//! down exponentially with the time since the last sample (decay time
+//! constant `tau`, 10 s by default). Models never measured have no
+//! estimate, and selectors rank them by priority instead of comparing
+//! "nothing" with a number. Each estimate knows its age (the time since
+//! its last sample), so a selector can re-measure what it has not seen for
+//! long instead of trusting it forever.
+//!
+//! Each model also has a *failing* flag: set when a call or probe fails in
+//! a way that says something about the model (not a request fault), cleared
+//! by its next answer. A selector that explores does not explore a model
+//! believed down.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::clock::{SharedClock, duration_to_nanos};
@@ -20,6 +30,19 @@ pub enum LatencyKind {
     FirstToken,
     /// Total time of a complete call.
     Total,
+    /// Round trip of a background probe (a request of a few tokens).
+    Probe,
+}
+
+impl LatencyKind {
+    /// The snake_case name used in status documents and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LatencyKind::FirstToken => "first_token",
+            LatencyKind::Total => "total",
+            LatencyKind::Probe => "probe",
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -61,12 +84,32 @@ impl PeakEwma {
         let v = f64::from_bits(self.estimate_bits.load(Ordering::Acquire));
         (v > 0.0).then(|| Duration::from_nanos(v as u64))
     }
+
+    /// Time since the last sample at clock time `now_nanos`; `None` when
+    /// never measured.
+    fn age(&self, now_nanos: u64) -> Option<Duration> {
+        self.estimate()?;
+        let stamp = self.stamp_nanos.load(Ordering::Acquire);
+        Some(Duration::from_nanos(now_nanos.saturating_sub(stamp)))
+    }
 }
 
 #[derive(Debug, Default)]
 struct ModelLatency {
     first_token: PeakEwma,
     total: PeakEwma,
+    probe: PeakEwma,
+    failing: AtomicBool,
+}
+
+impl ModelLatency {
+    fn of(&self, kind: LatencyKind) -> &PeakEwma {
+        match kind {
+            LatencyKind::FirstToken => &self.first_token,
+            LatencyKind::Total => &self.total,
+            LatencyKind::Probe => &self.probe,
+        }
+    }
 }
 
 /// Latency estimates of every model of a Router.
@@ -92,26 +135,48 @@ impl LatencyStats {
         }
     }
 
-    /// Feeds one sample.
+    /// Feeds one sample of an answer; the model is no longer failing.
     pub fn observe(&self, model: ModelIndex, kind: LatencyKind, sample: Duration) {
         let Some(m) = self.models.get(model) else {
             return;
         };
         let now = duration_to_nanos(self.clock.now());
         let sample = duration_to_nanos(sample) as f64;
-        match kind {
-            LatencyKind::FirstToken => m.first_token.observe(sample, now, self.tau_nanos),
-            LatencyKind::Total => m.total.observe(sample, now, self.tau_nanos),
+        m.of(kind).observe(sample, now, self.tau_nanos);
+        if m.failing.load(Ordering::Relaxed) {
+            m.failing.store(false, Ordering::Relaxed);
         }
     }
 
     /// The current estimate, `None` when the model was never measured.
     pub fn estimate(&self, model: ModelIndex, kind: LatencyKind) -> Option<Duration> {
+        self.models.get(model)?.of(kind).estimate()
+    }
+
+    /// Time since the estimate's last sample, `None` when never measured.
+    pub fn age(&self, model: ModelIndex, kind: LatencyKind) -> Option<Duration> {
         let m = self.models.get(model)?;
-        match kind {
-            LatencyKind::FirstToken => m.first_token.estimate(),
-            LatencyKind::Total => m.total.estimate(),
+        m.of(kind).age(duration_to_nanos(self.clock.now()))
+    }
+
+    /// Records that a call or probe of the model failed in a way that says
+    /// something about the model; its next answer clears it.
+    pub fn note_failure(&self, model: ModelIndex) {
+        if let Some(m) = self.models.get(model) {
+            m.failing.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// Whether the model's last call or probe failed.
+    pub fn is_failing(&self, model: ModelIndex) -> bool {
+        self.models
+            .get(model)
+            .is_some_and(|m| m.failing.load(Ordering::Relaxed))
+    }
+
+    /// The clock the estimates are stamped with.
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
     }
 
     /// Number of models tracked.
@@ -158,6 +223,26 @@ mod tests {
         // Without time passing a fast sample barely moves it.
         stats.observe(0, LatencyKind::Total, ms(1));
         assert!(stats.estimate(0, LatencyKind::Total).unwrap() > ms(390));
+    }
+
+    #[test]
+    fn an_estimate_knows_its_age_and_a_failure_lasts_until_the_next_answer() {
+        let clock = Arc::new(ManualClock::new());
+        let stats = LatencyStats::new(1, clock.clone());
+        assert_eq!(stats.age(0, LatencyKind::Total), None);
+        stats.observe(0, LatencyKind::Total, ms(100));
+        clock.advance(Duration::from_secs(7));
+        assert_eq!(
+            stats.age(0, LatencyKind::Total),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(stats.age(0, LatencyKind::Probe), None);
+        stats.note_failure(0);
+        assert!(stats.is_failing(0));
+        stats.observe(0, LatencyKind::Probe, ms(20));
+        assert!(!stats.is_failing(0));
+        assert_eq!(stats.age(0, LatencyKind::Probe), Some(Duration::ZERO));
+        assert_eq!(stats.estimate(0, LatencyKind::Total), Some(ms(100)));
     }
 
     #[test]

@@ -216,6 +216,8 @@ pub struct LatencyMs {
     pub first_token: Option<f64>,
     /// Total time of complete calls.
     pub total: Option<f64>,
+    /// Round trip of background probes (a few tokens; kept apart).
+    pub probe: Option<f64>,
 }
 
 /// One scenario in the status document.
@@ -288,6 +290,7 @@ pub fn status_document(gateway: &Gateway) -> StatusDocument {
                 latency_ms: LatencyMs {
                     first_token: ms(LatencyKind::FirstToken),
                     total: ms(LatencyKind::Total),
+                    probe: ms(LatencyKind::Probe),
                 },
                 priority: model.priority,
                 provider: model.provider.clone(),

@@ -10,10 +10,12 @@
 mod support;
 
 use std::process::Command;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::*;
-use wiremock::ResponseTemplate;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
 
 fn long_prompt(words: usize) -> Value {
     let text = "fox ".repeat(words);
@@ -215,4 +217,191 @@ fn check_warns_when_continue_has_no_prefill_model_to_continue_with() {
     // The default policy is not a choice the user made: no warning.
     let (_, out) = check(&config(&providers, &plain, "", ""));
     assert!(!out.contains("mid_stream"), "{out}");
+}
+
+/// An upstream answering every chat completion after `delay`.
+async fn timed_upstream(delay: Duration) -> MockServer {
+    let server = MockServer::start().await;
+    mount_timed(&server, delay).await;
+    server
+}
+
+async fn mount_timed(server: &MockServer, delay: Duration) {
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(completion(ANSWER).set_delay(delay))
+        .mount(server)
+        .await;
+}
+
+/// Sends `n` requests one after the other; the model that answered each.
+async fn answered_by(gw: &Backstop, n: usize) -> Vec<String> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let r = post(gw, &body(false)).await;
+        assert_eq!(r.status(), 200);
+        let answer: Value = r.json().await.unwrap();
+        out.push(answer["model"].as_str().unwrap().to_owned());
+    }
+    out
+}
+
+#[tokio::test]
+async fn latency_aware_finds_the_fast_backup_within_its_bound_and_moves_back_when_it_slows() {
+    let slow = timed_upstream(Duration::from_millis(150)).await;
+    let fast = timed_upstream(Duration::from_millis(5)).await;
+    let config = config(
+        &[
+            ("slowm", openai_provider(&slow.uri())),
+            ("fastm", openai_provider(&fast.uri())),
+        ],
+        &[model("slowm"), model("fastm")],
+        "selector = { type = \"latency_aware\" }",
+        "",
+    );
+    let gw = Backstop::start(&config, &[]);
+
+    // The documented bound with the defaults and two models: 10 requests.
+    // Until then the primary by priority answers; the 10th explores the
+    // backup, and from then on the fastest carries the traffic.
+    let first = answered_by(&gw, 30).await;
+    assert_eq!(first[..9], ["slowm"; 9], "{first:?}");
+    assert_eq!(first[9..], ["fastm"; 21], "{first:?}");
+    let status: Value = reqwest::get(gw.url("/v1/backstop/status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let fastm = status["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "fastm")
+        .unwrap();
+    assert!(
+        fastm["latency_ms"]["total"].as_f64().unwrap() < 100.0,
+        "{fastm}"
+    );
+
+    // The fast model slows down: its next answer shows it, and traffic
+    // moves back to the model that is now faster.
+    fast.reset().await;
+    mount_timed(&fast, Duration::from_millis(400)).await;
+    let after = answered_by(&gw, 6).await;
+    assert_eq!(after[0], "fastm", "{after:?}");
+    assert_eq!(after[1..], ["slowm"; 5], "{after:?}");
+}
+
+async fn status(gw: &Backstop) -> Value {
+    reqwest::get(gw.url("/v1/backstop/status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The circuit state of `model` under the default breaker.
+async fn circuit(gw: &Backstop, model: &str) -> String {
+    let status = status(gw).await;
+    let m = status["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == model)
+        .unwrap()
+        .clone();
+    m["health"]["circuit_breaker"]["state"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// A breaker that opens after two calls and only a probe closes within a
+/// test's time, and a prober every `interval_ms`.
+fn strategies(interval_ms: u64, backoff_max_ms: u64) -> String {
+    format!(
+        "\n[strategies]\nhealth = {{ type = \"circuit_breaker\", min_calls = 2, break_ms = 60000 }}\n\
+         probe = {{ interval_ms = {interval_ms}, backoff_max_ms = {backoff_max_ms} }}\n"
+    )
+}
+
+#[tokio::test]
+async fn a_probe_slower_than_the_routes_attempt_limit_fails_and_keeps_the_circuit_open() {
+    let primary = timed_upstream(Duration::from_millis(2_000)).await;
+    let backup = timed_upstream(Duration::from_millis(5)).await;
+    let config = two_openai(
+        &primary,
+        &backup,
+        "timeouts = { attempt_ms = 500, first_token_ms = 500 }",
+    ) + &strategies(200, 60_000);
+    let gw = Backstop::start(&config, &[]);
+
+    // Two requests wait out the 500 ms attempt limit and fall over: the
+    // circuit opens.
+    for _ in 0..2 {
+        let r = post(&gw, &body(false)).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-backstop-model"], "backup");
+    }
+    assert_eq!(circuit(&gw, "primary").await, "open");
+
+    // The primary answers probes, in 2 s: slower than any real call may
+    // take, so each probe is a timeout and the circuit stays open.
+    tokio::time::sleep(Duration::from_millis(2_800)).await;
+    assert!(
+        primary.received_requests().await.unwrap().len() > 2,
+        "probes were sent"
+    );
+    assert_eq!(circuit(&gw, "primary").await, "open");
+    let started = std::time::Instant::now();
+    let r = post(&gw, &body(false)).await;
+    assert_eq!(r.status(), 200);
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["model"], "backup");
+    assert_eq!(answer["backstop"]["attempts"][0]["kind"], "circuit_open");
+    assert!(
+        started.elapsed() < Duration::from_millis(450),
+        "no request waits for the slow primary"
+    );
+}
+
+#[tokio::test]
+async fn probes_of_a_failing_model_back_off_and_a_recovery_is_still_found() {
+    let primary = openai_upstream(vec![openai_error(
+        503,
+        "server_error",
+        "overloaded",
+        "try later",
+    )])
+    .await;
+    let backup = timed_upstream(Duration::from_millis(5)).await;
+    let config = two_openai(&primary, &backup, "") + &strategies(100, 1_600);
+    let gw = Backstop::start(&config, &[]);
+    for _ in 0..2 {
+        assert_eq!(post(&gw, &body(false)).await.status(), 200);
+    }
+    assert_eq!(circuit(&gw, "primary").await, "open");
+
+    // Three seconds of 503s: one probe per 100 ms round would be 30;
+    // backing off to 1.6 s it is about ten.
+    let before = primary.received_requests().await.unwrap().len();
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    let probes = primary.received_requests().await.unwrap().len() - before;
+    assert!((3..=14).contains(&probes), "{probes} probes in 3 s");
+
+    // It recovers: a probe within the cap finds it, and traffic returns.
+    primary.reset().await;
+    mount_timed(&primary, Duration::from_millis(1)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(4);
+    while circuit(&gw, "primary").await != "closed" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the recovery was not found"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let answer: Value = post(&gw, &body(false)).await.json().await.unwrap();
+    assert_eq!(answer["model"], "primary");
 }

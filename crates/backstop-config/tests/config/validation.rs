@@ -27,7 +27,7 @@ fn bad_example_reports_every_problem_in_one_run() {
             "examples/bad.toml: strategies.health.failure_ratio: circuit_breaker: must be within 0..=1 (got 1.5)",
             r#"examples/bad.toml: scenarios.realtime_chat.mid_stream: unknown value "contine" (did you mean "continue"?); expected one of "error", "continue", "restart""#,
             r#"examples/bad.toml: scenarios.realtime_chat.chain[1]: unknown model "qwen-7" (did you mean "qwen-7b"?); models: "gpt-4o", "gpt-4o-mini", "qwen-7b", "rules""#,
-            r#"examples/bad.toml: scenarios.realtime_chat.selector.max_latncy_ms: latency_aware: unknown key "max_latncy_ms" (did you mean "max_latency_ms"?); expected one of "max_latency_ms""#,
+            r#"examples/bad.toml: scenarios.realtime_chat.selector.max_latncy_ms: latency_aware: unknown key "max_latncy_ms" (did you mean "max_latency_ms"?); expected one of "max_latency_ms", "explore_every", "max_age_ms""#,
             "examples/bad.toml: scenarios.realtime_chat.timeouts.first_token_ms: 40000 ms exceeds attempt_ms (20000 ms): every streamed attempt would time out before its first token was due",
             "examples/bad.toml: scenarios.content_generation.chain: is empty: name at least one model, or remove the key to use every model by priority",
             r#"examples/bad.toml: scenarios.analysis.chain[1]: "openai" is a provider, not a model; a chain names models (models of "openai": "gpt-4o")"#,

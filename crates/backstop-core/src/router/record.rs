@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use super::run::{RunShared, RunState};
 use crate::budget::Reservation;
 use crate::chat::Usage;
-use crate::error::{AttemptOutcome, FailureKind, ProviderError};
+use crate::error::{AttemptOutcome, FailureKind, HealthEffect, ProviderError};
 use crate::events::{Event, FallbackEvent, RequestFinished};
 use crate::health::{CallOutcome, Permit};
 use crate::latency::LatencyKind;
@@ -146,6 +146,9 @@ impl Recorder<'_> {
         });
         self.attempt(index, AttemptOutcome::Failed(error.kind), elapsed);
         let shared = self.shared;
+        if error.kind.health_effect() != HealthEffect::None {
+            shared.inner.ctx.latency.note_failure(index);
+        }
         let previous_failed = shared.inner.last_failed[index].swap(true, Ordering::Relaxed);
         shared
             .route

@@ -643,14 +643,16 @@ pub fn render_router_state(router: &Router, out: &mut String) {
         out,
         "backstop_latency_estimate_seconds",
         "gauge",
-        "Peak-EWMA latency estimate of a model, by kind (first_token for streams, total otherwise).",
+        "Peak-EWMA latency estimate of a model, by kind (first_token for streams, total otherwise, probe for background probes).",
     );
     let latency = &router.context().latency;
     for (index, model) in models.iter().enumerate() {
-        for (kind, label) in [
-            (LatencyKind::FirstToken, "first_token"),
-            (LatencyKind::Total, "total"),
+        for kind in [
+            LatencyKind::FirstToken,
+            LatencyKind::Total,
+            LatencyKind::Probe,
         ] {
+            let label = kind.as_str();
             if let Some(estimate) = latency.estimate(index, kind) {
                 let _ = writeln!(
                     out,

@@ -25,6 +25,13 @@ pub(crate) mod test_chain {
 
     /// A context over models `(id, priority, input cost, output cost)`.
     pub fn ctx(models: &[(&str, u32, f64, f64)]) -> StrategyContext {
+        clocked(models).0
+    }
+
+    /// [`ctx`] with a handle on its clock.
+    pub fn clocked(
+        models: &[(&str, u32, f64, f64)],
+    ) -> (StrategyContext, std::sync::Arc<ManualClock>) {
         let specs = models
             .iter()
             .map(|&(id, priority, input, output)| {
@@ -35,7 +42,8 @@ pub(crate) mod test_chain {
                 m
             })
             .collect();
-        StrategyContext::new(specs, ManualClock::shared())
+        let clock = std::sync::Arc::new(ManualClock::new());
+        (StrategyContext::new(specs, clock.clone()), clock)
     }
 
     /// Every model of `ctx`, in table order, as candidates.

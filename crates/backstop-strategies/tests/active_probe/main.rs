@@ -113,6 +113,11 @@ fn setup(budget: Option<Arc<dyn BudgetPolicy>>) -> Setup {
     };
     let mut policy = RoutePolicy::default();
     policy.retries.same_model = 0;
+    // The route waits longer than any probe timeout here, so the prober's
+    // own `timeout_ms` is what each test sets (see
+    // `a_probe_slower_than_its_routes_allow_fails_as_a_timeout`).
+    policy.timeouts.first_token = ms(120_000);
+    policy.timeouts.attempt = ms(120_000);
     let (primary, backup, spare) = (
         Arc::new(Upstream::default()),
         Arc::new(Upstream::default()),
@@ -150,6 +155,9 @@ fn prober(s: &Setup, interval_ms: u64, timeout_ms: u64) -> ActiveProbe {
             interval_ms,
             idle_ms: 60_000,
             timeout_ms,
+            // These tests pin the per-round discipline; the backoff has
+            // tests of its own (`backoff`).
+            backoff_max_ms: interval_ms,
         },
         s.router.context(),
     )
@@ -471,4 +479,43 @@ async fn probe_results_reach_only_the_policies_whose_routes_list_the_model() {
     // primary. The shared backup's result reaches both.
     assert_eq!(a.told(), vec![0, 1]);
     assert_eq!(b.told(), vec![1, 2]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn probes_of_a_model_that_keeps_failing_back_off_to_the_cap_and_reset_on_an_answer() {
+    let s = setup(None);
+    break_primary(&s).await;
+    let config = ActiveProbeConfig {
+        interval_ms: 5_000,
+        idle_ms: 60_000,
+        timeout_ms: 1_000,
+        backoff_max_ms: 60_000,
+    };
+    let _prober = ActiveProbe::new(config, s.router.context())
+        .unwrap()
+        .spawn(s.router.clone());
+
+    // Ten minutes down: one probe per round would be 120. Backing off
+    // (5, 10, 20, 40 s, then 30..60 s with jitter) it is a few dozen at
+    // most, and at least one per minute (the cap).
+    tokio::time::sleep(ms(600_000)).await;
+    let probes = s.primary.probes();
+    assert!((10..=25).contains(&probes), "{probes} probes in 10 min");
+    assert_eq!(s.breaker.snapshot(0).state, CircuitState::Open);
+
+    // It recovers: the next probe, within the cap and a round, closes it.
+    s.primary.set_down(false);
+    tokio::time::sleep(ms(65_000)).await;
+    assert_eq!(s.breaker.snapshot(0).state, CircuitState::Closed);
+    assert_eq!(ask(&s.router).await, ("primary".into(), 0));
+
+    // The answer reset the backoff: a new outage is probed at the next
+    // rounds again, not a minute later.
+    break_primary(&s).await;
+    let before = s.primary.probes();
+    tokio::time::sleep(ms(11_000)).await;
+    assert!(
+        s.primary.probes() >= before + 2,
+        "probed at the next rounds"
+    );
 }
