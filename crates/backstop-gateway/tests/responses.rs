@@ -8,7 +8,7 @@
 
 mod support;
 
-use backstop_core::sse::write_event;
+use backstop_http::sse::write_event;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use support::*;
