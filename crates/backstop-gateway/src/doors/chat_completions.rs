@@ -182,9 +182,17 @@ mod tests {
 
     #[test]
     fn a_chunk_is_one_data_event() {
-        let s = encode_chunk(&backstop_core::ChatChunk::text("c", "m", 1, "hi"));
+        let chunk = backstop_core::ChatChunk::text("c", "m", 1, "hi");
+        let s = encode_chunk(&chunk);
         assert!(s.starts_with("data: {"));
         assert!(s.ends_with("}\n\n"));
         assert_eq!(s.matches('\n').count(), 2);
+        // The data is the chunk itself, as JSON.
+        let data = s
+            .strip_prefix("data: ")
+            .and_then(|rest| rest.strip_suffix("\n\n"))
+            .expect("one data line");
+        let parsed: backstop_core::ChatChunk = serde_json::from_str(data).expect("JSON chunk");
+        assert_eq!(parsed, chunk);
     }
 }

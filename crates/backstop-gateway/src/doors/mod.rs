@@ -96,19 +96,90 @@ async fn read_body(gateway: &Gateway, body: Body) -> Result<Bytes, ApiError> {
     }
 }
 
-/// Appends one SSE `data:` event carrying `value` as JSON.
+/// Appends one SSE `data:` event carrying `value` as JSON. A value that
+/// cannot be encoded is never sent as an empty object: the event carries
+/// the in-band error instead (`{"error": {...}}`, as a failed stream ends),
+/// so no client reads a hole in the answer as part of it.
 pub(crate) fn write_json_data<T: serde::Serialize>(out: &mut Vec<u8>, value: &T) {
+    let start = out.len();
     out.extend_from_slice(b"data: ");
-    if serde_json::to_writer(&mut *out, value).is_err() {
-        out.extend_from_slice(b"{}");
+    if let Err(e) = serde_json::to_writer(&mut *out, value) {
+        out.truncate(start);
+        write_encode_error(out, &e);
+        return;
     }
     out.extend_from_slice(b"\n\n");
 }
 
-/// Appends one SSE event named `event` carrying `value` as JSON.
+/// Appends one SSE event named `event` carrying `value` as JSON; a value
+/// that cannot be encoded becomes an `error` event carrying the in-band
+/// error (see [`write_json_data`]).
 pub(crate) fn write_json_event<T: serde::Serialize>(out: &mut Vec<u8>, event: &str, value: &T) {
+    let start = out.len();
     out.extend_from_slice(b"event: ");
     out.extend_from_slice(event.as_bytes());
     out.push(b'\n');
-    write_json_data(out, value);
+    out.extend_from_slice(b"data: ");
+    if let Err(e) = serde_json::to_writer(&mut *out, value) {
+        out.truncate(start);
+        out.extend_from_slice(b"event: error\n");
+        write_encode_error(out, &e);
+        return;
+    }
+    out.extend_from_slice(b"\n\n");
+}
+
+/// The in-band error event of a value that could not be encoded.
+fn write_encode_error(out: &mut Vec<u8>, error: &serde_json::Error) {
+    tracing::error!(%error, "could not encode a stream event; the stream ends with an error");
+    let error = ApiError::unavailable(format!("could not encode part of the answer: {error}"));
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(&error.to_json());
+    out.extend_from_slice(b"\n\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Serializes as an error, like a map with non-string keys would.
+    struct Unencodable;
+
+    impl serde::Serialize for Unencodable {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("no JSON for this"))
+        }
+    }
+
+    fn error_of(event: &str) -> serde_json::Value {
+        let data = event
+            .lines()
+            .find_map(|l| l.strip_prefix("data: "))
+            .expect("a data line");
+        serde_json::from_str(data).expect("the data is JSON")
+    }
+
+    #[test]
+    fn an_unencodable_value_is_an_in_band_error_not_an_empty_object() {
+        let mut out = b"data: before\n\n".to_vec();
+        write_json_data(&mut out, &Unencodable);
+        let text = String::from_utf8(out).expect("utf-8");
+        let event = text
+            .strip_prefix("data: before\n\n")
+            .expect("earlier events kept");
+        assert!(event.ends_with("\n\n") && event.matches("data: ").count() == 1);
+        let error = error_of(event);
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("no JSON for this")),
+            "{error}"
+        );
+
+        let mut out = Vec::new();
+        write_json_event(&mut out, "content_block_delta", &Unencodable);
+        let text = String::from_utf8(out).expect("utf-8");
+        assert!(text.starts_with("event: error\ndata: "), "{text}");
+        assert!(error_of(&text)["error"]["message"].is_string());
+    }
 }
