@@ -302,49 +302,60 @@ pub struct FfiCandidate {
 /// The functions of an exported provider type.
 ///
 /// `instance` is the pointer `new` returned; it stays valid until `drop`.
+/// Every function is `unsafe` to call: the caller (the host) promises that
+/// `instance` and `stream` are live pointers this vtable's `new` and
+/// `stream` returned and that `drop` / `drop_stream` are called once, last;
+/// the plugin side may then dereference them.
 #[repr(C)]
 pub struct ProviderVTable {
     /// Builds an instance from a JSON config.
-    pub new: extern "C" fn(config: FfiStr<'_>) -> FfiNew,
+    pub new: unsafe extern "C" fn(config: FfiStr<'_>) -> FfiNew,
     /// Drops an instance.
-    pub drop: extern "C" fn(instance: *mut c_void),
+    pub drop: unsafe extern "C" fn(instance: *mut c_void),
     /// Registers a model (a JSON `ModelSpec`) with an instance: calls then
     /// name it by the handle returned, so a spec crosses once, not per call.
-    pub register_model: extern "C" fn(instance: *const c_void, model: FfiStr<'_>) -> FfiRegistered,
+    pub register_model:
+        unsafe extern "C" fn(instance: *const c_void, model: FfiStr<'_>) -> FfiRegistered,
     /// `Provider::complete`; `call` is a JSON [`WireCall`](crate::wire::WireCall).
     /// The OK result is a JSON `ChatResponse` (see [`wire`](crate::wire));
     /// an error is a JSON [`WireError`](crate::wire::WireError).
-    pub complete: extern "C" fn(instance: *const c_void, call: FfiStr<'_>) -> FfiFuture<FfiOutcome>,
+    pub complete:
+        unsafe extern "C" fn(instance: *const c_void, call: FfiStr<'_>) -> FfiFuture<FfiOutcome>,
     /// `Provider::stream`; the OK result is a stream handle.
-    pub stream:
-        extern "C" fn(instance: *const c_void, call: FfiStr<'_>) -> FfiFuture<FfiStreamStart>,
+    pub stream: unsafe extern "C" fn(
+        instance: *const c_void,
+        call: FfiStr<'_>,
+    ) -> FfiFuture<FfiStreamStart>,
     /// `Provider::probe` of a registered model.
-    pub probe: extern "C" fn(
+    pub probe: unsafe extern "C" fn(
         instance: *const c_void,
         model: u64,
         connect_timeout_ms: u64,
     ) -> FfiFuture<FfiOutcome>,
     /// `Stream::poll_next` of a stream handle. It returns every chunk that
     /// is ready (up to a batch), so a fast stream crosses in few calls.
-    pub poll_next: extern "C" fn(stream: *mut c_void, cx: &mut FfiContext<'_>) -> FfiNext,
+    pub poll_next: unsafe extern "C" fn(stream: *mut c_void, cx: &mut FfiContext<'_>) -> FfiNext,
     /// Drops a stream handle, cancelling the plugin's work on it.
-    pub drop_stream: extern "C" fn(stream: *mut c_void),
+    pub drop_stream: unsafe extern "C" fn(stream: *mut c_void),
 }
 
-/// The functions of an exported selector type.
+/// The functions of an exported selector type. As with
+/// [`ProviderVTable`], every function is `unsafe` to call: `instance` must
+/// be the live pointer `new` returned, and `candidates` must point to `len`
+/// initialised candidates.
 #[repr(C)]
 pub struct SelectorVTable {
     /// Builds an instance from a JSON config and the JSON array of the
     /// `ModelSpec`s its candidates' indexes point into.
-    pub new: extern "C" fn(config: FfiStr<'_>, models: FfiStr<'_>) -> FfiNew,
+    pub new: unsafe extern "C" fn(config: FfiStr<'_>, models: FfiStr<'_>) -> FfiNew,
     /// Drops an instance.
-    pub drop: extern "C" fn(instance: *mut c_void),
+    pub drop: unsafe extern "C" fn(instance: *mut c_void),
     /// `Selector::name`, as JSON string bytes.
-    pub name: extern "C" fn(instance: *const c_void) -> FfiOutcome,
+    pub name: unsafe extern "C" fn(instance: *const c_void) -> FfiOutcome,
     /// `Selector::order`: reorders `candidates[..len]` in place. Returns a
     /// status; the bytes of an error or panic go to `error`, which is left
     /// alone on success.
-    pub order: extern "C" fn(
+    pub order: unsafe extern "C" fn(
         instance: *const c_void,
         facts: &FfiFacts<'_>,
         candidates: *mut FfiCandidate,

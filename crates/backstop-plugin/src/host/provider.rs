@@ -60,7 +60,9 @@ impl ProviderFactory {
             what: "config",
             source,
         })?;
-        let made = (self.vtable.new)(FfiStr::new(&config));
+        // SAFETY: `new` is the plugin's constructor, read from a declaration
+        // whose ABI version matched; `config` outlives the call.
+        let made = unsafe { (self.vtable.new)(FfiStr::new(&config)) };
         let instance = created(made, &self.plugin, PluginKind::Provider, &self.type_name)?;
         Ok(Arc::new(DynProvider {
             instance,
@@ -91,7 +93,9 @@ unsafe impl Sync for DynProvider {}
 
 impl Drop for DynProvider {
     fn drop(&mut self) {
-        (self.vtable.drop)(self.instance);
+        // SAFETY: `instance` came from this vtable's `new` and is dropped
+        // once, here; nothing uses it after.
+        unsafe { (self.vtable.drop)(self.instance) };
     }
 }
 
@@ -203,7 +207,8 @@ impl DynProvider {
                 self.plugin
             ))
         })?;
-        let registered = (self.vtable.register_model)(self.instance, FfiStr::new(&json));
+        // SAFETY: `instance` is live until `Drop`; `json` outlives the call.
+        let registered = unsafe { (self.vtable.register_model)(self.instance, FfiStr::new(&json)) };
         if registered.status != STATUS_OK {
             return Err(self.failure("register_model", registered.status, &registered.bytes));
         }
@@ -224,7 +229,9 @@ impl Provider for DynProvider {
     async fn complete(&self, call: Call<'_>) -> Result<ChatResponse, ProviderError> {
         let json = self.encode_call(&call)?;
         // The plugin decodes the call before it returns; `json` may go after.
-        let future = (self.vtable.complete)(self.instance, FfiStr::new(&json));
+        // SAFETY: `instance` is live until `Drop`, which cannot run while
+        // `&self` is borrowed by this call.
+        let future = unsafe { (self.vtable.complete)(self.instance, FfiStr::new(&json)) };
         drop(json);
         let outcome = self.settle("complete", future).await?;
         self.response(&outcome)
@@ -232,7 +239,8 @@ impl Provider for DynProvider {
 
     async fn stream(&self, call: Call<'_>) -> Result<ChunkStream, ProviderError> {
         let json = self.encode_call(&call)?;
-        let future = (self.vtable.stream)(self.instance, FfiStr::new(&json));
+        // SAFETY: as for `complete`: `instance` is live while `&self` is.
+        let future = unsafe { (self.vtable.stream)(self.instance, FfiStr::new(&json)) };
         drop(json);
         let start = self.settle("stream", future).await?;
         match start.status {
@@ -260,7 +268,9 @@ impl Provider for DynProvider {
     ) -> Result<(), ProviderError> {
         let model = self.model_handle(model)?;
         let timeout_ms = u64::try_from(connect_timeout.as_millis()).unwrap_or(u64::MAX);
-        let future = (self.vtable.probe)(self.instance, model, timeout_ms);
+        // SAFETY: `instance` is live while `&self` is; `model` is a handle
+        // this instance returned from `register_model`.
+        let future = unsafe { (self.vtable.probe)(self.instance, model, timeout_ms) };
         let outcome = self.settle("probe", future).await?;
         match outcome.status {
             STATUS_OK => Ok(()),
@@ -289,7 +299,9 @@ unsafe impl Send for DynChunkStream {}
 
 impl Drop for DynChunkStream {
     fn drop(&mut self) {
-        (self.vtable.drop_stream)(self.handle);
+        // SAFETY: `handle` came from this vtable's `stream` and is dropped
+        // once, here; nothing polls it after.
+        unsafe { (self.vtable.drop_stream)(self.handle) };
     }
 }
 
@@ -312,7 +324,9 @@ impl Stream for DynChunkStream {
             return Poll::Ready(None);
         }
         let (poll_next, handle) = (this.vtable.poll_next, this.handle);
-        let next = cx.with_ffi_context(|cx| poll_next(handle, cx));
+        // SAFETY: `handle` is live until `Drop` and polled only through
+        // `&mut self`, so never twice at once.
+        let next = cx.with_ffi_context(|cx| unsafe { poll_next(handle, cx) });
         let invalid = |message: String| ProviderError::new(FailureKind::InvalidResponse, message);
         match next.state {
             NEXT_PENDING => Poll::Pending,

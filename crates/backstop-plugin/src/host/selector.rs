@@ -64,7 +64,9 @@ impl SelectorFactory {
         };
         let config = serde_json::to_vec(config).map_err(|e| encode("config", e))?;
         let table = serde_json::to_vec(models).map_err(|e| encode("model table", e))?;
-        let made = (self.vtable.new)(FfiStr::new(&config), FfiStr::new(&table));
+        // SAFETY: `new` is the plugin's constructor, read from a declaration
+        // whose ABI version matched; both buffers outlive the call.
+        let made = unsafe { (self.vtable.new)(FfiStr::new(&config), FfiStr::new(&table)) };
         let instance = created(made, &self.plugin, PluginKind::Selector, &self.type_name)?;
         let mut selector = DynSelector {
             instance,
@@ -74,7 +76,9 @@ impl SelectorFactory {
             name: self.type_name.to_string(),
             failures: AtomicU64::new(0),
         };
-        let named = (self.vtable.name)(instance);
+        // SAFETY: `instance` was just made by this vtable's `new`; the
+        // selector that owns it drops it only later.
+        let named = unsafe { (self.vtable.name)(instance) };
         match named.status {
             STATUS_OK => {
                 if let Ok(name) = decode::<String>(&named.bytes) {
@@ -114,7 +118,9 @@ unsafe impl Sync for DynSelector {}
 
 impl Drop for DynSelector {
     fn drop(&mut self) {
-        (self.vtable.drop)(self.instance);
+        // SAFETY: `instance` came from this vtable's `new` and is dropped
+        // once, here; nothing uses it after.
+        unsafe { (self.vtable.drop)(self.instance) };
     }
 }
 
@@ -169,13 +175,17 @@ impl Selector for DynSelector {
             max_tokens: facts.max_tokens.unwrap_or(0),
         };
         let mut error = FfiBytes::empty();
-        let status = (self.vtable.order)(
-            self.instance,
-            &ffi_facts,
-            slots.as_mut_ptr(),
-            slots.len(),
-            &mut error,
-        );
+        // SAFETY: `instance` is live while `&self` is; `slots` holds
+        // `slots.len()` initialised candidates and outlives the call.
+        let status = unsafe {
+            (self.vtable.order)(
+                self.instance,
+                &ffi_facts,
+                slots.as_mut_ptr(),
+                slots.len(),
+                &mut error,
+            )
+        };
         if status != STATUS_OK {
             self.failed(facts.scenario, status, &failure_message(&error));
             return;
