@@ -22,6 +22,7 @@ pub mod clock;
 pub mod error;
 pub mod events;
 pub mod facts;
+pub mod fleet;
 pub mod health;
 pub mod latency;
 pub mod model;
@@ -45,6 +46,7 @@ pub use error::{
 };
 pub use events::{Event, EventSink, FallbackEvent, RequestFinished};
 pub use facts::RequestFacts;
+pub use fleet::{CircuitListener, FleetState, LocalState, SharedCircuit};
 pub use health::{
     Admission, CallOutcome, CircuitState, HealthPolicy, HealthSnapshot, HealthTransition, Permit,
     ProbeFailure,

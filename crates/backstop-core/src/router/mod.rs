@@ -31,6 +31,7 @@ use crate::clock::SharedClock;
 use crate::error::{ProviderError, RouteError};
 use crate::events::{Event, EventSink};
 use crate::facts::RequestFacts;
+use crate::fleet::{FleetState, LocalState};
 use crate::health::HealthPolicy;
 use crate::latency::LatencyStats;
 use crate::model::{ModelIndex, ModelSpec};
@@ -54,8 +55,8 @@ pub struct Strategies {
     pub result: Arc<dyn ResultHandler>,
 }
 
-/// What a strategy factory may know: the model table, the clock and the
-/// shared latency estimates.
+/// What a strategy factory may know: the model table, the clock, the
+/// shared latency estimates and the fleet state.
 #[derive(Debug, Clone)]
 pub struct StrategyContext {
     /// Every model, by [`ModelIndex`].
@@ -64,6 +65,8 @@ pub struct StrategyContext {
     pub clock: SharedClock,
     /// Latency estimates the Router feeds.
     pub latency: Arc<LatencyStats>,
+    /// What the replicas of a fleet share ([`LocalState`]: nothing).
+    pub fleet: Arc<dyn FleetState>,
 }
 
 impl StrategyContext {
@@ -74,7 +77,14 @@ impl StrategyContext {
             models: models.into(),
             clock,
             latency,
+            fleet: Arc::new(LocalState),
         }
+    }
+
+    /// The same context, sharing state through `fleet`.
+    pub fn with_fleet(mut self, fleet: Arc<dyn FleetState>) -> Self {
+        self.fleet = fleet;
+        self
     }
 
     /// The index of the model with this id.
