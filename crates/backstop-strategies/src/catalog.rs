@@ -82,7 +82,7 @@ pub const SELECTORS: &[(&str, SelectorFactory)] = &[
 
 /// Health policies by name.
 pub const HEALTH: &[(&str, HealthFactory)] = &[(crate::health::circuit_breaker::NAME, |v, ctx| {
-    Ok(Arc::new(CircuitBreaker::from_value(v, ctx)?))
+    Ok(CircuitBreaker::from_value(v, ctx)?.into_shared())
 })];
 
 /// Budgets by name.

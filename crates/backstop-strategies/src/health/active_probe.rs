@@ -44,6 +44,13 @@
 //!    sent to the event sinks given to [`ActiveProbe::event_sink`] (alerts,
 //!    metrics).
 //!
+//! In a fleet (`[state] backend = "redis"`), a replica probes a model only
+//! while it holds the model's probe lease
+//! ([`FleetState::probe_lease`](backstop_core::FleetState::probe_lease), for
+//! the longer of `interval_ms` and `backoff_max_ms`, plus `timeout_ms`): one
+//! prober per model per fleet. The transition its result causes is published
+//! by the health policy, so the other replicas adopt it.
+//!
 //! A probe the budget refused is not a health signal and is not reported.
 //! The task stops when its [`ProberHandle`] is dropped.
 //!
@@ -65,8 +72,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backstop_core::{
-    Event, EventSink, FailureKind, HealthEffect, HealthPolicy, LatencyKind, ModelIndex, ProbeError,
-    ProbeFailure, ProviderError, Router, StrategyContext,
+    Event, EventSink, FailureKind, FleetState, HealthEffect, HealthPolicy, LatencyKind, ModelIndex,
+    ProbeError, ProbeFailure, ProviderError, Router, StrategyContext,
 };
 use serde::Deserialize;
 use tokio::task::{JoinHandle, JoinSet};
@@ -131,6 +138,8 @@ pub struct ActiveProbe {
     backoff_max: Duration,
     models: usize,
     sinks: Vec<Arc<dyn EventSink>>,
+    /// Whose probe lease decides which replica probes.
+    fleet: Arc<dyn FleetState>,
 }
 
 impl ActiveProbe {
@@ -144,6 +153,7 @@ impl ActiveProbe {
             backoff_max: Duration::from_millis(config.backoff_max_ms),
             models: ctx.models.len(),
             sinks: Vec::new(),
+            fleet: ctx.fleet.clone(),
         })
     }
 
@@ -178,7 +188,11 @@ impl ActiveProbe {
     async fn run(self, router: Router, policies: Vec<PolicyRoutes>) {
         let mut ticks = tokio::time::interval(self.interval);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut probes: JoinSet<(ModelIndex, Result<Duration, ProbeError>)> = JoinSet::new();
+        // `None`: another replica of the fleet holds the model's probe lease.
+        let mut probes: JoinSet<(ModelIndex, Option<Result<Duration, ProbeError>>)> =
+            JoinSet::new();
+        // Long enough to keep across the holder's own backoff.
+        let lease = self.interval.max(self.backoff_max).saturating_add(self.timeout);
         let mut in_flight = vec![false; self.models];
         let timeouts = self.timeouts(&router);
         let mut backoff = vec![Backoff::default(); self.models];
@@ -203,8 +217,13 @@ impl ActiveProbe {
                             }
                             let router = router.clone();
                             let timeout = timeouts.get(model).copied().unwrap_or(self.timeout);
+                            let fleet = self.fleet.clone();
                             let handle = probes.spawn(async move {
-                                (model, router.probe(model, timeout).await)
+                                let id = model_id(&router, model).to_owned();
+                                if !fleet.probe_lease(&id, lease).await {
+                                    return (model, None);
+                                }
+                                (model, Some(router.probe(model, timeout).await))
                             });
                             by_task.insert(handle.id(), model);
                         }
@@ -217,10 +236,14 @@ impl ActiveProbe {
                             if let Some(busy) = in_flight.get_mut(model) {
                                 *busy = false;
                             }
-                            if let Some(backoff) = backoff.get_mut(model) {
-                                self.back_off(backoff, &router, model, &result);
+                            // A probe another replica holds the lease for
+                            // says nothing of the model: no backoff, no report.
+                            if let Some(result) = result {
+                                if let Some(backoff) = backoff.get_mut(model) {
+                                    self.back_off(backoff, &router, model, &result);
+                                }
+                                self.report(&router, &policies, model, result);
                             }
-                            self.report(&router, &policies, model, result);
                         }
                         Err(error) => {
                             // The provider panicked inside its probe: count it

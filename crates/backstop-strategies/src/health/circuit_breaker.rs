@@ -40,6 +40,15 @@
 //! without an explicit Retry-After, or closed and idle for the prober's
 //! `idle_ms`; a healthy, busy model is never listed.
 //!
+//! In a fleet (`[state] backend = "redis"`), every transition this breaker
+//! makes on its own (open, cooling down or a longer cooldown, disabled,
+//! closed) is published through the context's
+//! [`FleetState`](backstop_core::FleetState), and the transitions of other
+//! replicas are adopted ([`CircuitListener::adopt`]): an open break or a
+//! cooldown only ever lengthens the local one, a disable disables, a close
+//! closes with a fresh window. Half-open is each replica's own trial period
+//! and is not shared. Admission still reads only the local atomic word.
+//!
 //! When to pick it: always, unless a plugin replaces it. It is the default
 //! health policy.
 //!
@@ -66,11 +75,13 @@
 //! | `max_cooldown_ms` | `60000` | cap of the doubling cooldown |
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use backstop_core::{
-    Admission, CallOutcome, CircuitState, FailureKind, HealthEffect, HealthPolicy, HealthSnapshot,
-    HealthTransition, ModelIndex, Permit, ProbeFailure, SharedClock, StrategyContext,
+    Admission, CallOutcome, CircuitListener, CircuitState, FailureKind, FleetState, HealthEffect,
+    HealthPolicy, HealthSnapshot, HealthTransition, ModelIndex, ModelSpec, Permit, ProbeFailure,
+    SharedCircuit, SharedClock, StrategyContext,
 };
 use serde::Deserialize;
 
@@ -323,6 +334,10 @@ const SLOW: usize = 2;
 pub struct CircuitBreaker {
     clock: SharedClock,
     circuits: Box<[Circuit]>,
+    /// The models, for their ids in the fleet.
+    models: Arc<[ModelSpec]>,
+    /// Where transitions are published (nowhere, by default).
+    fleet: Arc<dyn FleetState>,
     failure_ratio: f64,
     min_calls: u64,
     slow_call: Option<Duration>,
@@ -342,6 +357,8 @@ impl CircuitBreaker {
         let window = Duration::from_millis(config.window_ms);
         Ok(Self {
             clock: ctx.clock.clone(),
+            models: ctx.models.clone(),
+            fleet: ctx.fleet.clone(),
             circuits: (0..ctx.models.len())
                 .map(|_| Circuit {
                     word: AtomicU64::new(Word::closed().0),
@@ -370,6 +387,56 @@ impl CircuitBreaker {
         ctx: &StrategyContext,
     ) -> Result<Self, StrategyError> {
         Self::new(crate::error::parse(value)?, ctx)
+    }
+
+    /// Shares the breaker and subscribes it to the fleet's transitions, so
+    /// it adopts what other replicas publish.
+    pub fn into_shared(self) -> Arc<Self> {
+        let shared = Arc::new(self);
+        let weak = Arc::downgrade(&shared);
+        let listener: Weak<dyn CircuitListener> = weak;
+        shared.fleet.subscribe_circuits(listener);
+        shared
+    }
+
+    /// Publishes the circuit's state to the fleet after a transition of
+    /// this replica's own making, and passes the transition on.
+    fn publish(&self, model: ModelIndex, t: Option<HealthTransition>) -> Option<HealthTransition> {
+        if let Some(t) = t {
+            self.publish_current(model, t.to);
+        }
+        t
+    }
+
+    /// Publishes the circuit's state if it is `state` (a concurrent change
+    /// since is published by whoever made it).
+    fn publish_current(&self, model: ModelIndex, state: CircuitState) {
+        let (Some(circuit), Some(spec)) = (self.circuits.get(model), self.models.get(model)) else {
+            return;
+        };
+        let current = Word(circuit.word.load(Ordering::Acquire));
+        if current.state() != state {
+            return;
+        }
+        let remaining = || {
+            Duration::from_millis(
+                current
+                    .until_ms()
+                    .saturating_sub(Self::now_ms(self.clock.now())),
+            )
+        };
+        let shared = match current.code() {
+            OPEN => SharedCircuit::open(remaining()),
+            COOLING_DOWN => SharedCircuit::cooling_down(
+                remaining(),
+                current.explicit(),
+                current.then_half_open(),
+            ),
+            DISABLED => SharedCircuit::disabled(),
+            CLOSED => SharedCircuit::closed(),
+            _ => return,
+        };
+        self.fleet.publish_circuit(&spec.id, shared);
     }
 
     fn now_ms(now: Duration) -> u64 {
@@ -671,6 +738,196 @@ impl CircuitBreaker {
     }
 }
 
+impl CircuitBreaker {
+    /// [`HealthPolicy::record`] without the publication.
+    fn record_local(
+        &self,
+        model: ModelIndex,
+        permit: Permit,
+        outcome: CallOutcome,
+    ) -> Option<HealthTransition> {
+        let circuit = self.circuits.get(model)?;
+        let trial = trial_of(permit);
+        let (kind, retry_after, latency) = match outcome {
+            CallOutcome::Cancelled => {
+                if let Some(period) = trial {
+                    Self::release_trial(circuit, period);
+                }
+                return None;
+            }
+            CallOutcome::Success { latency } => {
+                let now = self.clock.now();
+                Self::touch(circuit, Self::now_ms(now));
+                let slow = self.is_slow(latency);
+                circuit.window.add(now, [1, 0, u64::from(slow)]);
+                Self::reset_cooldowns(circuit);
+                if let Some(period) = trial
+                    && let Some(t) = self.trial_succeeded(circuit, period)
+                {
+                    return Some(t);
+                }
+                return if slow {
+                    self.evaluate(circuit, now, None)
+                } else {
+                    None
+                };
+            }
+            CallOutcome::Failure {
+                kind,
+                retry_after,
+                latency,
+            } => (kind, retry_after, latency),
+        };
+        let now = self.clock.now();
+        Self::touch(circuit, Self::now_ms(now));
+        match kind.health_effect() {
+            HealthEffect::None => {
+                if let Some(period) = trial {
+                    Self::release_trial(circuit, period);
+                }
+                None
+            }
+            HealthEffect::Failure => {
+                let slow = self.is_slow(latency);
+                circuit.window.add(now, [1, 1, u64::from(slow)]);
+                if let Some(period) = trial
+                    && let Some(t) = self.reopen(circuit, now, kind, |w| w.is_trial_period(period))
+                {
+                    return Some(t);
+                }
+                self.evaluate(circuit, now, Some(kind))
+            }
+            HealthEffect::Cooldown => self.cool_down(circuit, now, retry_after, trial, false),
+            HealthEffect::Disable => Self::disable(circuit, kind),
+        }
+    }
+
+    /// [`HealthPolicy::record_probe`] without the publication.
+    fn record_probe_local(
+        &self,
+        model: ModelIndex,
+        result: Result<Duration, ProbeFailure>,
+    ) -> Option<HealthTransition> {
+        let circuit = self.circuits.get(model)?;
+        let now = self.clock.now();
+        // A probe counts as activity: an idle model is probed again only
+        // after idling for the prober's idle_ms once more.
+        let before = circuit
+            .last_activity_ms
+            .swap(Self::now_ms(now), Ordering::Relaxed);
+        let still_idle = before & LISTED_IDLE != 0;
+        let ProbeFailure { kind, retry_after } = match result {
+            Ok(_) => {
+                Self::reset_cooldowns(circuit);
+                return self.close(circuit, None);
+            }
+            Err(failure) => failure,
+        };
+        match kind.health_effect() {
+            HealthEffect::None => None,
+            HealthEffect::Disable => Self::disable(circuit, kind),
+            // A probe answered with 429 and Retry-After says when to come
+            // back: cool down for that long, not for the default.
+            HealthEffect::Cooldown => self.cool_down(circuit, now, retry_after, None, true),
+            HealthEffect::Failure => {
+                let current = Word(circuit.word.load(Ordering::Acquire));
+                if current.code() == CLOSED {
+                    if !still_idle {
+                        // Calls reached the model while the probe was out
+                        // (or it was never listed as idle): they, through
+                        // the window, say whether it is down.
+                        return None;
+                    }
+                    // An idle model found dead: open with the first break,
+                    // so traffic does not discover it the hard way.
+                    let until = Self::now_ms(now).saturating_add(self.break_for(0));
+                    return circuit
+                        .word
+                        .compare_exchange(
+                            current.0,
+                            Word::open(until).0,
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        )
+                        .ok()
+                        .map(|_| Self::transition(current, CircuitState::Open, Some(kind)));
+                }
+                self.reopen(circuit, now, kind, |w| matches!(w.code(), OPEN | HALF_OPEN))
+            }
+        }
+    }
+}
+
+impl CircuitListener for CircuitBreaker {
+    fn adopt(&self, model: &str, shared: SharedCircuit) {
+        let Some(index) = self.models.iter().position(|m| m.id == model) else {
+            return;
+        };
+        let circuit = &self.circuits[index];
+        if shared.state == CircuitState::Closed {
+            if let Some(t) = self.close(circuit, None) {
+                tracing::info!(model, from = t.from.as_str(), "circuit closed by the fleet");
+            }
+            return;
+        }
+        let now_ms = Self::now_ms(self.clock.now());
+        let until = now_ms.saturating_add(
+            shared
+                .remaining
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        );
+        let mut current = Word(circuit.word.load(Ordering::Acquire));
+        loop {
+            let next = match (shared.state, current.code()) {
+                (CircuitState::Disabled, DISABLED) => return,
+                (CircuitState::Disabled, _) => Word::disabled(),
+                // A disabled model waits for a probe, whatever the fleet
+                // says of breaks and cooldowns.
+                (_, DISABLED) => return,
+                (CircuitState::Open, OPEN) if current.until_ms() >= until => return,
+                (CircuitState::Open, _) => Word::open(until),
+                // An open break outranks a cooldown; a cooldown only grows.
+                (CircuitState::CoolingDown, OPEN) => return,
+                (CircuitState::CoolingDown, COOLING_DOWN) => {
+                    if current.until_ms() >= until {
+                        return;
+                    }
+                    Word::cooling_down(
+                        until,
+                        shared.explicit || current.explicit(),
+                        shared.then_half_open || current.then_half_open(),
+                    )
+                }
+                (CircuitState::CoolingDown, code) => Word::cooling_down(
+                    until,
+                    shared.explicit,
+                    shared.then_half_open || code == HALF_OPEN,
+                ),
+                _ => return,
+            };
+            match circuit.word.compare_exchange_weak(
+                current.0,
+                next.0,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    if current.code() != next.code() {
+                        tracing::info!(
+                            model,
+                            from = current.state().as_str(),
+                            to = next.state().as_str(),
+                            "circuit adopted from the fleet"
+                        );
+                    }
+                    return;
+                }
+                Err(actual) => current = Word(actual),
+            }
+        }
+    }
+}
+
 impl HealthPolicy for CircuitBreaker {
     fn name(&self) -> &str {
         NAME
@@ -741,60 +998,17 @@ impl HealthPolicy for CircuitBreaker {
         permit: Permit,
         outcome: CallOutcome,
     ) -> Option<HealthTransition> {
-        let circuit = self.circuits.get(model)?;
-        let trial = trial_of(permit);
-        let (kind, retry_after, latency) = match outcome {
-            CallOutcome::Cancelled => {
-                if let Some(period) = trial {
-                    Self::release_trial(circuit, period);
-                }
-                return None;
-            }
-            CallOutcome::Success { latency } => {
-                let now = self.clock.now();
-                Self::touch(circuit, Self::now_ms(now));
-                let slow = self.is_slow(latency);
-                circuit.window.add(now, [1, 0, u64::from(slow)]);
-                Self::reset_cooldowns(circuit);
-                if let Some(period) = trial
-                    && let Some(t) = self.trial_succeeded(circuit, period)
-                {
-                    return Some(t);
-                }
-                return if slow {
-                    self.evaluate(circuit, now, None)
-                } else {
-                    None
-                };
-            }
-            CallOutcome::Failure {
-                kind,
-                retry_after,
-                latency,
-            } => (kind, retry_after, latency),
-        };
-        let now = self.clock.now();
-        Self::touch(circuit, Self::now_ms(now));
-        match kind.health_effect() {
-            HealthEffect::None => {
-                if let Some(period) = trial {
-                    Self::release_trial(circuit, period);
-                }
-                None
-            }
-            HealthEffect::Failure => {
-                let slow = self.is_slow(latency);
-                circuit.window.add(now, [1, 1, u64::from(slow)]);
-                if let Some(period) = trial
-                    && let Some(t) = self.reopen(circuit, now, kind, |w| w.is_trial_period(period))
-                {
-                    return Some(t);
-                }
-                self.evaluate(circuit, now, Some(kind))
-            }
-            HealthEffect::Cooldown => self.cool_down(circuit, now, retry_after, trial, false),
-            HealthEffect::Disable => Self::disable(circuit, kind),
+        let cooldown = matches!(
+            outcome,
+            CallOutcome::Failure { kind, .. } if kind.health_effect() == HealthEffect::Cooldown
+        );
+        let t = self.record_local(model, permit, outcome);
+        if t.is_none() && cooldown {
+            // A longer cooldown than the fleet's is published too: the
+            // store keeps the longer of the two.
+            self.publish_current(model, CircuitState::CoolingDown);
         }
+        self.publish(model, t)
     }
 
     fn record_probe(
@@ -802,53 +1016,15 @@ impl HealthPolicy for CircuitBreaker {
         model: ModelIndex,
         result: Result<Duration, ProbeFailure>,
     ) -> Option<HealthTransition> {
-        let circuit = self.circuits.get(model)?;
-        let now = self.clock.now();
-        // A probe counts as activity: an idle model is probed again only
-        // after idling for the prober's idle_ms once more.
-        let before = circuit
-            .last_activity_ms
-            .swap(Self::now_ms(now), Ordering::Relaxed);
-        let still_idle = before & LISTED_IDLE != 0;
-        let ProbeFailure { kind, retry_after } = match result {
-            Ok(_) => {
-                Self::reset_cooldowns(circuit);
-                return self.close(circuit, None);
-            }
-            Err(failure) => failure,
-        };
-        match kind.health_effect() {
-            HealthEffect::None => None,
-            HealthEffect::Disable => Self::disable(circuit, kind),
-            // A probe answered with 429 and Retry-After says when to come
-            // back: cool down for that long, not for the default.
-            HealthEffect::Cooldown => self.cool_down(circuit, now, retry_after, None, true),
-            HealthEffect::Failure => {
-                let current = Word(circuit.word.load(Ordering::Acquire));
-                if current.code() == CLOSED {
-                    if !still_idle {
-                        // Calls reached the model while the probe was out
-                        // (or it was never listed as idle): they, through
-                        // the window, say whether it is down.
-                        return None;
-                    }
-                    // An idle model found dead: open with the first break,
-                    // so traffic does not discover it the hard way.
-                    let until = Self::now_ms(now).saturating_add(self.break_for(0));
-                    return circuit
-                        .word
-                        .compare_exchange(
-                            current.0,
-                            Word::open(until).0,
-                            Ordering::AcqRel,
-                            Ordering::Acquire,
-                        )
-                        .ok()
-                        .map(|_| Self::transition(current, CircuitState::Open, Some(kind)));
-                }
-                self.reopen(circuit, now, kind, |w| matches!(w.code(), OPEN | HALF_OPEN))
-            }
+        let cooldown = matches!(
+            result,
+            Err(ProbeFailure { kind, .. }) if kind.health_effect() == HealthEffect::Cooldown
+        );
+        let t = self.record_probe_local(model, result);
+        if t.is_none() && cooldown {
+            self.publish_current(model, CircuitState::CoolingDown);
         }
+        self.publish(model, t)
     }
 
     fn probe_targets(&self, idle: Duration, out: &mut Vec<ModelIndex>) {

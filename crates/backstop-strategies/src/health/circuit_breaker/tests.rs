@@ -856,3 +856,168 @@ fn a_ratio_of_zero_is_refused_naming_its_key() {
         }
     }
 }
+
+/// A fleet that remembers what was published and who subscribed.
+#[derive(Debug, Default)]
+struct RecordingFleet {
+    published: std::sync::Mutex<Vec<(String, SharedCircuit)>>,
+    subscribed: AtomicUsize,
+}
+
+impl FleetState for RecordingFleet {
+    fn backend(&self) -> &str {
+        "recording"
+    }
+
+    fn publish_circuit(&self, model: &str, circuit: SharedCircuit) {
+        self.published
+            .lock()
+            .unwrap()
+            .push((model.to_owned(), circuit));
+    }
+
+    fn subscribe_circuits(&self, _listener: Weak<dyn CircuitListener>) {
+        self.subscribed
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn probe_lease(
+        &self,
+        _model: &str,
+        _ttl: Duration,
+    ) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+        Box::pin(std::future::ready(true))
+    }
+
+    fn store_up(&self) -> bool {
+        true
+    }
+}
+
+fn fleet_breaker(
+    config: CircuitBreakerConfig,
+) -> (Arc<CircuitBreaker>, Arc<ManualClock>, Arc<RecordingFleet>) {
+    let (ctx, clock) = ctx(2);
+    let fleet = Arc::new(RecordingFleet::default());
+    let ctx = ctx.with_fleet(fleet.clone());
+    let b = CircuitBreaker::new(config, &ctx).unwrap().into_shared();
+    (b, clock, fleet)
+}
+
+fn published(fleet: &RecordingFleet) -> Vec<(String, SharedCircuit)> {
+    std::mem::take(&mut *fleet.published.lock().unwrap())
+}
+
+#[test]
+fn own_transitions_are_published_with_their_remaining_time() {
+    let (b, clock, fleet) = fleet_breaker(CircuitBreakerConfig {
+        min_calls: 2,
+        ..CircuitBreakerConfig::default()
+    });
+    assert_eq!(
+        fleet.subscribed.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    call(&b, fail(FailureKind::Server));
+    assert!(
+        published(&fleet).is_empty(),
+        "no transition, nothing published"
+    );
+    call(&b, fail(FailureKind::Server));
+    assert_eq!(
+        published(&fleet),
+        vec![("m0".to_owned(), SharedCircuit::open(ms(5_000)))]
+    );
+    // The break ends: half-open is this replica's own and is not shared;
+    // the trial's success closes, and that is.
+    clock.advance(ms(5_000));
+    call(&b, ok());
+    assert_eq!(
+        published(&fleet),
+        vec![("m0".to_owned(), SharedCircuit::closed())]
+    );
+    // A 429 cools down; a longer one while cooling is published too.
+    call(&b, limited(Some(ms(1_000))));
+    let Admission::Admit(p) = b.admit(1) else {
+        panic!("m1 admitted")
+    };
+    b.record(1, p, limited(Some(ms(700))));
+    assert_eq!(
+        published(&fleet),
+        vec![
+            (
+                "m0".to_owned(),
+                SharedCircuit::cooling_down(ms(1_000), true, false)
+            ),
+            (
+                "m1".to_owned(),
+                SharedCircuit::cooling_down(ms(700), true, false)
+            ),
+        ]
+    );
+    // An auth failure disables.
+    clock.advance(ms(1_000));
+    call(&b, fail(FailureKind::Auth));
+    assert_eq!(
+        published(&fleet),
+        vec![("m0".to_owned(), SharedCircuit::disabled())]
+    );
+}
+
+#[test]
+fn adopted_breaks_and_cooldowns_only_lengthen() {
+    let (b, clock, fleet) = fleet_breaker(CircuitBreakerConfig::default());
+    b.adopt("m0", SharedCircuit::open(ms(8_000)));
+    assert_eq!(state(&b), CircuitState::Open);
+    assert_eq!(rejected(&b, 0), ms(8_000));
+    b.adopt("m0", SharedCircuit::open(ms(3_000)));
+    assert_eq!(rejected(&b, 0), ms(8_000), "a shorter break is ignored");
+    b.adopt("m0", SharedCircuit::cooling_down(ms(20_000), true, false));
+    assert_eq!(state(&b), CircuitState::Open, "a break outranks a cooldown");
+    // Adoption publishes nothing back.
+    assert!(published(&fleet).is_empty());
+    // The adopted break ends like an own one: half-open, then a trial.
+    clock.advance(ms(8_000));
+    let p = permit(&b, 0);
+    assert_eq!(state(&b), CircuitState::HalfOpen);
+    b.record(0, p, CallOutcome::Cancelled);
+
+    b.adopt("m1", SharedCircuit::cooling_down(ms(2_000), true, false));
+    assert_eq!(rejected(&b, 1), ms(2_000));
+    b.adopt("m1", SharedCircuit::cooling_down(ms(1_000), false, false));
+    assert_eq!(rejected(&b, 1), ms(2_000), "a shorter cooldown is ignored");
+    b.adopt("m1", SharedCircuit::cooling_down(ms(6_000), false, false));
+    assert_eq!(rejected(&b, 1), ms(6_000), "a longer one extends");
+    // Unknown models are ignored.
+    b.adopt("nope", SharedCircuit::disabled());
+}
+
+#[test]
+fn an_adopted_disable_holds_until_a_close() {
+    let (b, _clock, _fleet) = fleet_breaker(CircuitBreakerConfig::default());
+    b.adopt("m0", SharedCircuit::disabled());
+    assert_eq!(state(&b), CircuitState::Disabled);
+    b.adopt("m0", SharedCircuit::open(ms(60_000)));
+    b.adopt("m0", SharedCircuit::cooling_down(ms(60_000), true, false));
+    assert_eq!(state(&b), CircuitState::Disabled);
+    b.adopt("m0", SharedCircuit::closed());
+    assert_eq!(state(&b), CircuitState::Closed);
+    assert!(matches!(b.admit(0), Admission::Admit(_)));
+}
+
+#[test]
+fn an_adopted_close_ends_an_own_open_circuit_with_a_fresh_window() {
+    let (b, _clock, _fleet) = fleet_breaker(CircuitBreakerConfig {
+        min_calls: 2,
+        ..CircuitBreakerConfig::default()
+    });
+    call(&b, fail(FailureKind::Server));
+    call(&b, fail(FailureKind::Server));
+    assert_eq!(state(&b), CircuitState::Open);
+    b.adopt("m0", SharedCircuit::closed());
+    assert_eq!(state(&b), CircuitState::Closed);
+    assert_eq!(b.snapshot(0).window_calls, 0);
+    // One failure after the close does not re-open: the window is fresh.
+    call(&b, fail(FailureKind::Server));
+    assert_eq!(state(&b), CircuitState::Closed);
+}
