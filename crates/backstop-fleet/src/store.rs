@@ -1,0 +1,493 @@
+//! [`RedisState`]: the [`FleetState`] of a fleet sharing one Redis.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use backstop_core::{CircuitListener, FleetState, SharedCircuit};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{RedisError, Script};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::keys::{self, Keys};
+use crate::settings::{RedisSettings, SettingsError};
+
+/// Publications waiting for the writer; past this many (a store that has
+/// been slow for a while) new ones are dropped, never waited for.
+const QUEUE: usize = 1024;
+/// Longest wait to open a connection (a connect is slower than a command).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Time between two heartbeats that tell whether the store answers.
+const HEARTBEAT: Duration = Duration::from_millis(500);
+/// Longest pause before the subscription tries to reconnect.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Stores a circuit state and announces it, in one atomic step. Timed
+/// states (open, cooling down) only lengthen: a shorter one than the key's
+/// is dropped, an open break outranks a cooldown, and a disabled model
+/// stays disabled until a close. Returns 1 when it stored and published.
+///
+/// KEYS[1] the circuit key; ARGV: channel, state, ttl ms, value, message.
+const PUBLISH_CIRCUIT: &str = r"
+local key, state, ttl = KEYS[1], ARGV[2], tonumber(ARGV[3])
+if state == 'closed' then
+  redis.call('DEL', key)
+elseif state == 'disabled' then
+  redis.call('SET', key, ARGV[4])
+else
+  local current = redis.call('GET', key)
+  if current then
+    local kind = string.match(current, '^[a-z_]+')
+    if kind == 'disabled' then return 0 end
+    if kind == 'open' and state == 'cooling_down' then return 0 end
+    if kind == state and redis.call('PTTL', key) >= ttl then return 0 end
+  end
+  redis.call('SET', key, ARGV[4], 'PX', ttl)
+end
+redis.call('PUBLISH', ARGV[1], ARGV[5])
+return 1
+";
+
+/// Takes or renews a model's probe lease. Returns 1 when this replica holds it.
+///
+/// KEYS[1] the lease key; ARGV: replica id, ttl ms.
+const PROBE_LEASE: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if (not holder) or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+";
+
+/// The store could not be used. Never holds the URL.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// A setting is wrong.
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    /// The store refused the credentials.
+    #[error("the Redis at ${env} refused the credentials of the URL (authentication failed)")]
+    Auth {
+        /// The variable holding the URL.
+        env: String,
+    },
+    /// The store did not answer.
+    #[error("the Redis at ${env} did not answer: {cause}")]
+    Unreachable {
+        /// The variable holding the URL.
+        env: String,
+        /// What happened, without the URL.
+        cause: String,
+    },
+}
+
+/// What went wrong with a store call, in words that hold no URL.
+fn describe(e: &RedisError) -> String {
+    if e.is_connection_refusal() {
+        "connection refused".into()
+    } else if e.is_timeout() {
+        "timed out".into()
+    } else if e.is_connection_dropped() {
+        "connection dropped".into()
+    } else if let Some(code) = e.code() {
+        format!("server error {code}")
+    } else {
+        format!("{:?} error", e.kind())
+    }
+}
+
+fn is_auth(e: &RedisError) -> bool {
+    matches!(e.kind(), redis::ErrorKind::AuthenticationFailed)
+        || matches!(e.code(), Some("NOAUTH" | "WRONGPASS"))
+}
+
+/// Runs `fut` under `limit`; a timeout is a failure described as one.
+async fn bounded<T>(
+    limit: Duration,
+    fut: impl Future<Output = Result<T, RedisError>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(describe(&e)),
+        Err(_) => Err(format!("no answer within {} ms", limit.as_millis())),
+    }
+}
+
+/// Pings the store once: what `backstop check --connect` does. Returns
+/// how long the answer took.
+pub async fn ping(settings: &RedisSettings) -> Result<Duration, FleetError> {
+    let client = settings.client()?;
+    let started = Instant::now();
+    let unreachable = |cause: String| FleetError::Unreachable {
+        env: settings.url_env.clone(),
+        cause,
+    };
+    let mut conn = match tokio::time::timeout(
+        CONNECT_TIMEOUT.max(settings.timeout),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) if is_auth(&e) => {
+            return Err(FleetError::Auth {
+                env: settings.url_env.clone(),
+            });
+        }
+        Ok(Err(e)) => return Err(unreachable(describe(&e))),
+        Err(_) => return Err(unreachable("no connection within 1 s".into())),
+    };
+    match bounded(
+        CONNECT_TIMEOUT.max(settings.timeout),
+        redis::cmd("PING").query_async::<String>(&mut conn),
+    )
+    .await
+    {
+        Ok(_) => Ok(started.elapsed()),
+        Err(cause) => Err(unreachable(cause)),
+    }
+}
+
+/// The fleet state of one replica, on Redis. Build it with
+/// [`RedisState::new`] when the config is loaded (strategies subscribe to
+/// it as they are built), then [`RedisState::start`] it on the runtime.
+pub struct RedisState {
+    settings: RedisSettings,
+    client: redis::Client,
+    keys: Keys,
+    /// Tells this replica's messages from the others'.
+    replica: u64,
+    /// Every model id, read back when reconciling.
+    models: Vec<String>,
+    /// The last command answered; the subscription is live.
+    commands_up: AtomicBool,
+    subscribed: AtomicBool,
+    /// The state last logged and exported.
+    reported_up: AtomicBool,
+    conn: OnceLock<ConnectionManager>,
+    queue: mpsc::Sender<(String, SharedCircuit)>,
+    queued: Mutex<Option<mpsc::Receiver<(String, SharedCircuit)>>>,
+    listeners: Mutex<Vec<Weak<dyn CircuitListener>>>,
+    publish_script: Script,
+    lease_script: Script,
+}
+
+impl std::fmt::Debug for RedisState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisState")
+            .field("settings", &self.settings)
+            .field("replica", &format_args!("{:016x}", self.replica))
+            .field("store_up", &self.store_up())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The running tasks of a started [`RedisState`]; dropping it stops them.
+#[derive(Debug)]
+pub struct FleetHandle {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for FleetHandle {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl RedisState {
+    /// The state of a replica routing to `models` (their config ids). Does
+    /// no I/O; the URL is checked.
+    pub fn new(settings: RedisSettings, models: Vec<String>) -> Result<Arc<Self>, FleetError> {
+        let client = settings.client()?;
+        let (queue, queued) = mpsc::channel(QUEUE);
+        Ok(Arc::new(Self {
+            keys: Keys::new(&settings.key_prefix),
+            settings,
+            client,
+            replica: rand::random::<u64>(),
+            models,
+            commands_up: AtomicBool::new(false),
+            subscribed: AtomicBool::new(false),
+            reported_up: AtomicBool::new(false),
+            conn: OnceLock::new(),
+            queue,
+            queued: Mutex::new(Some(queued)),
+            listeners: Mutex::new(Vec::new()),
+            publish_script: Script::new(PUBLISH_CIRCUIT),
+            lease_script: Script::new(PROBE_LEASE),
+        }))
+    }
+
+    /// Connects and starts the background tasks (writer, subscription,
+    /// heartbeat). Credentials the store refuses are an error; a store that
+    /// does not answer is not: the replica starts on its own state, and the
+    /// tasks keep trying.
+    pub async fn start(self: &Arc<Self>) -> Result<FleetHandle, FleetError> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(self.settings.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn =
+            ConnectionManager::new_lazy_with_config(self.client.clone(), config).map_err(|e| {
+                FleetError::Unreachable {
+                    env: self.settings.url_env.clone(),
+                    cause: describe(&e),
+                }
+            })?;
+        let mut first = conn.clone();
+        match tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            redis::cmd("PING").query_async::<String>(&mut first),
+        )
+        .await
+        {
+            Ok(Ok(_)) => self.commands_up.store(true, Ordering::Release),
+            Ok(Err(e)) if is_auth(&e) => {
+                return Err(FleetError::Auth {
+                    env: self.settings.url_env.clone(),
+                });
+            }
+            Ok(Err(e)) => tracing::warn!(
+                url_env = %self.settings.url_env,
+                cause = %describe(&e),
+                "state store unreachable at start; this replica carries on with its own state"
+            ),
+            Err(_) => tracing::warn!(
+                url_env = %self.settings.url_env,
+                "state store did not answer at start; this replica carries on with its own state"
+            ),
+        }
+        // A second start would find the queue taken; the connection is set once.
+        let _ = self.conn.set(conn);
+        let queued = self
+            .queued
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let mut tasks = Vec::new();
+        if let Some(queued) = queued {
+            tasks.push(tokio::spawn(Arc::clone(self).write(queued)));
+        }
+        tasks.push(tokio::spawn(Arc::clone(self).subscribe()));
+        tasks.push(tokio::spawn(Arc::clone(self).heartbeat()));
+        Ok(FleetHandle { tasks })
+    }
+
+    /// The settings (the URL stays inside).
+    pub fn settings(&self) -> &RedisSettings {
+        &self.settings
+    }
+
+    fn conn(&self) -> Option<ConnectionManager> {
+        self.conn.get().cloned()
+    }
+
+    /// Notes whether commands answer, logging a change of the store's state once.
+    fn commands(&self, up: bool, cause: Option<&str>) {
+        self.commands_up.store(up, Ordering::Release);
+        self.report(cause);
+    }
+
+    fn subscription(&self, up: bool, cause: Option<&str>) {
+        self.subscribed.store(up, Ordering::Release);
+        self.report(cause);
+    }
+
+    fn report(&self, cause: Option<&str>) {
+        let up = self.store_up();
+        if self.reported_up.swap(up, Ordering::AcqRel) != up {
+            if up {
+                tracing::info!(url_env = %self.settings.url_env, "state store answers; fleet state is shared");
+            } else {
+                tracing::warn!(
+                    url_env = %self.settings.url_env,
+                    cause = cause.unwrap_or("unknown"),
+                    "state store failed; this replica carries on with its own state"
+                );
+            }
+        }
+    }
+
+    /// Writes queued publications, one script run each.
+    async fn write(self: Arc<Self>, mut queued: mpsc::Receiver<(String, SharedCircuit)>) {
+        let channel = self.keys.channel();
+        while let Some((model, circuit)) = queued.recv().await {
+            let Some(mut conn) = self.conn() else {
+                continue;
+            };
+            let mut invocation = self.publish_script.key(self.keys.circuit(&model));
+            invocation
+                .arg(&channel)
+                .arg(circuit.state.as_str())
+                .arg(keys::ttl_ms(&circuit))
+                .arg(keys::circuit_value(&circuit))
+                .arg(keys::message(self.replica, &model, &circuit));
+            match bounded(
+                self.settings.timeout,
+                invocation.invoke_async::<i64>(&mut conn),
+            )
+            .await
+            {
+                Ok(_) => self.commands(true, None),
+                Err(cause) => {
+                    tracing::debug!(model, %cause, "circuit publication lost");
+                    self.commands(false, Some(&cause));
+                }
+            }
+        }
+    }
+
+    /// Listens for other replicas' transitions; on every (re)connect it
+    /// resubscribes and reconciles first.
+    async fn subscribe(self: Arc<Self>) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let cause = match self.listen(&mut backoff).await {
+                Ok(()) => "subscription ended".to_owned(),
+                Err(cause) => cause,
+            };
+            self.subscription(false, Some(&cause));
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    async fn listen(&self, backoff: &mut Duration) -> Result<(), String> {
+        let mut pubsub = bounded(CONNECT_TIMEOUT, self.client.get_async_pubsub()).await?;
+        bounded(CONNECT_TIMEOUT, pubsub.subscribe(self.keys.channel())).await?;
+        // Subscribed first, then read: a transition published in between is
+        // heard, not missed.
+        self.reconcile().await?;
+        self.subscription(true, None);
+        *backoff = Duration::from_millis(50);
+        let mut messages = pubsub.on_message();
+        while let Some(message) = messages.next().await {
+            let Ok(text) = message.get_payload::<String>() else {
+                continue;
+            };
+            match keys::parse_message(&text) {
+                Some((replica, _, _)) if replica == self.replica => {}
+                Some((_, model, circuit)) => self.adopt(model, circuit),
+                None => tracing::debug!(%text, "unreadable circuit message ignored"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads every model's circuit key and adopts what is there.
+    async fn reconcile(&self) -> Result<(), String> {
+        let Some(mut conn) = self.conn() else {
+            return Ok(());
+        };
+        for model in &self.models {
+            let key = self.keys.circuit(model);
+            let (value, pttl): (Option<String>, i64) = bounded(
+                self.settings.timeout.max(CONNECT_TIMEOUT),
+                redis::pipe().get(&key).pttl(&key).query_async(&mut conn),
+            )
+            .await?;
+            if let Some(circuit) = value.and_then(|v| keys::parse_value(&v, pttl)) {
+                self.adopt(model, circuit);
+            }
+        }
+        self.commands(true, None);
+        Ok(())
+    }
+
+    /// Hands a transition to every listener still alive.
+    fn adopt(&self, model: &str, circuit: SharedCircuit) {
+        let listeners: Vec<Arc<dyn CircuitListener>> = {
+            let mut held = self
+                .listeners
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            held.retain(|w| w.strong_count() > 0);
+            held.iter().filter_map(Weak::upgrade).collect()
+        };
+        for listener in listeners {
+            listener.adopt(model, circuit);
+        }
+    }
+
+    /// Pings the store now and then, so the exported state follows a store
+    /// that stops answering (or answers again) while nothing is published.
+    async fn heartbeat(self: Arc<Self>) {
+        let mut ticks = tokio::time::interval(HEARTBEAT);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Some(mut conn) = self.conn() else {
+                continue;
+            };
+            match bounded(
+                self.settings.timeout.max(Duration::from_millis(100)),
+                redis::cmd("PING").query_async::<String>(&mut conn),
+            )
+            .await
+            {
+                Ok(_) => self.commands(true, None),
+                Err(cause) => self.commands(false, Some(&cause)),
+            }
+        }
+    }
+}
+
+impl FleetState for RedisState {
+    fn backend(&self) -> &str {
+        "redis"
+    }
+
+    fn publish_circuit(&self, model: &str, circuit: SharedCircuit) {
+        if self.queue.try_send((model.to_owned(), circuit)).is_err() {
+            tracing::debug!(model, "circuit publication dropped: the store is behind");
+        }
+    }
+
+    fn subscribe_circuits(&self, listener: Weak<dyn CircuitListener>) {
+        self.listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(listener);
+    }
+
+    fn probe_lease(&self, model: &str, ttl: Duration) -> BoxFuture<'_, bool> {
+        let key = self.keys.probe(model);
+        let model = model.to_owned();
+        Box::pin(async move {
+            let Some(mut conn) = self.conn() else {
+                return true;
+            };
+            let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+            let mut invocation = self.lease_script.key(key);
+            invocation.arg(format!("{:016x}", self.replica)).arg(ttl_ms);
+            match bounded(
+                self.settings.timeout,
+                invocation.invoke_async::<i64>(&mut conn),
+            )
+            .await
+            {
+                Ok(held) => {
+                    self.commands(true, None);
+                    held == 1
+                }
+                Err(cause) => {
+                    // Probing twice beats never probing.
+                    tracing::debug!(model, %cause, "probe lease unknown; probing anyway");
+                    self.commands(false, Some(&cause));
+                    true
+                }
+            }
+        })
+    }
+
+    fn store_up(&self) -> bool {
+        self.commands_up.load(Ordering::Acquire) && self.subscribed.load(Ordering::Acquire)
+    }
+}
