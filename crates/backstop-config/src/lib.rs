@@ -66,9 +66,10 @@ pub use registry::{
     ProviderFactory, Registry, ResultFactory, SeamKind, SelectorFactory, StrategyFactory,
 };
 pub use report::{
-    ModelEntry, PluginEntry, ProviderEntry, Report, RouteEntry, ScenarioEntry, StrategyChoice,
+    ModelEntry, PluginEntry, ProviderEntry, Report, RouteEntry, ScenarioEntry, StateEntry,
+    StrategyChoice,
 };
-pub use resolved::{ApiKeys, ProbeSettings, Resolved, ServerSettings};
+pub use resolved::{ApiKeys, FleetBackend, ProbeSettings, Resolved, ServerSettings};
 pub use source::{ENV_PREFIX, Format};
 
 /// How to load a configuration.

@@ -31,12 +31,27 @@ pub struct Report {
     pub single_model_routes: Vec<String>,
     /// The prober.
     pub probe: ProbeSettings,
+    /// `[state]`.
+    pub state: StateEntry,
     /// Event sinks wired into the Router.
     pub sinks: Vec<StrategyChoice>,
     /// Dynamic plugins and the types they declared.
     pub plugins: Vec<PluginEntry>,
     /// Things that work but deserve attention.
     pub warnings: Vec<Problem>,
+}
+
+/// `[state]`, as printed: the variable the URL comes from, never the URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateEntry {
+    /// `local` or `redis`.
+    pub backend: String,
+    /// The variable holding the store's URL (redis only).
+    pub url_env: Option<String>,
+    /// Prefix of every key (redis only).
+    pub key_prefix: Option<String>,
+    /// Bound of a store call (redis only).
+    pub timeout_ms: Option<u64>,
 }
 
 /// A provider.
@@ -262,6 +277,25 @@ impl Report {
             ms(self.probe.idle.as_millis()),
             ms(self.probe.timeout.as_millis())
         )?;
+
+        writeln!(f, "\nstate")?;
+        match (
+            &self.state.url_env,
+            &self.state.key_prefix,
+            self.state.timeout_ms,
+        ) {
+            (Some(url_env), Some(prefix), Some(timeout)) => writeln!(
+                f,
+                "  {}: url from ${url_env}, key prefix {prefix:?}, timeout {}",
+                self.state.backend,
+                ms(u128::from(timeout))
+            )?,
+            _ => writeln!(
+                f,
+                "  {}: nothing shared with other replicas",
+                self.state.backend
+            )?,
+        }
 
         writeln!(f, "\nevent sinks")?;
         if self.sinks.is_empty() {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backstop_core::{HealthPolicy, Router};
+use backstop_fleet::{FleetError, FleetHandle, RedisState};
 use backstop_strategies::health::{ActiveProbe, ProberHandle};
 use backstop_strategies::monitor::{AlertSink, Metrics};
 
@@ -75,6 +76,54 @@ impl fmt::Debug for ApiKeys {
     }
 }
 
+/// `[state]`, resolved: where the fleet's shared state lives.
+#[derive(Debug, Clone)]
+pub enum FleetBackend {
+    /// Nothing shared: this gateway is a fleet of one.
+    Local,
+    /// Shared through Redis; start it with [`FleetBackend::start`].
+    Redis(Arc<RedisState>),
+}
+
+impl FleetBackend {
+    /// The config name of the backend.
+    pub fn name(&self) -> &'static str {
+        match self {
+            FleetBackend::Local => "local",
+            FleetBackend::Redis(_) => "redis",
+        }
+    }
+
+    /// Connects to the store and starts sharing (nothing to do for
+    /// `local`). Keep the handle for the life of the server. Refused
+    /// credentials are an error; a store that does not answer is not (the
+    /// replica starts on its own state and keeps trying).
+    pub async fn start(&self) -> Result<Option<FleetHandle>, FleetError> {
+        match self {
+            FleetBackend::Local => Ok(None),
+            FleetBackend::Redis(state) => state.start().await.map(Some),
+        }
+    }
+
+    /// Pings the store once (`backstop check --connect`): how long it took
+    /// to answer, `None` for `local`.
+    pub async fn ping(&self) -> Result<Option<Duration>, FleetError> {
+        match self {
+            FleetBackend::Local => Ok(None),
+            FleetBackend::Redis(state) => backstop_fleet::ping(state.settings()).await.map(Some),
+        }
+    }
+
+    /// Whether the store answers (`true` for `local`): the
+    /// `backstop_state_store_up` gauge.
+    pub fn store_up(&self) -> bool {
+        match self {
+            FleetBackend::Local => true,
+            FleetBackend::Redis(state) => backstop_core::FleetState::store_up(state.as_ref()),
+        }
+    }
+}
+
 /// `[strategies] probe`, resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProbeSettings {
@@ -100,6 +149,8 @@ pub struct Resolved {
     pub alerts: Arc<AlertSink>,
     /// When and how often the prober probes.
     pub probe: ProbeSettings,
+    /// `[state]`: the fleet's shared state, to start with the server.
+    pub fleet: FleetBackend,
     /// Every distinct health policy (one per distinct `health` table).
     pub health_policies: Vec<Arc<dyn HealthPolicy>>,
     /// The background prober, ready to run: see [`Resolved::spawn_prober`].

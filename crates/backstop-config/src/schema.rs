@@ -10,7 +10,7 @@ use figment::value::Value;
 use serde::Deserialize;
 
 /// The top-level tables.
-pub(crate) const SECTIONS: [&str; 7] = [
+pub(crate) const SECTIONS: [&str; 8] = [
     "server",
     "providers",
     "models",
@@ -18,6 +18,7 @@ pub(crate) const SECTIONS: [&str; 7] = [
     "strategies",
     "alerts",
     "plugins",
+    "state",
 ];
 
 /// `[server]`: what the gateway listens on and how it guards itself.
@@ -87,6 +88,53 @@ impl Default for ServerSection {
             body_read_timeout_ms: DEFAULT_BODY_READ_TIMEOUT_MS,
             shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// `[state]`: what the replicas of a fleet share, and where.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StateSection {
+    /// `local` (nothing shared) or `redis`.
+    #[serde(default = "default_backend")]
+    pub backend: String,
+    /// Environment variable holding the store's URL (a secret).
+    #[serde(default = "default_url_env")]
+    pub url_env: String,
+    /// Prefix of every key and channel.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    /// A store call slower than this is a store failure.
+    #[serde(default = "default_state_timeout")]
+    pub timeout_ms: u64,
+}
+
+pub(crate) const STATE_BACKENDS: [&str; 2] = ["local", "redis"];
+pub(crate) const DEFAULT_URL_ENV: &str = "BACKSTOP_REDIS_URL";
+pub(crate) const DEFAULT_KEY_PREFIX: &str = "backstop";
+pub(crate) const DEFAULT_STATE_TIMEOUT_MS: u64 = 20;
+
+fn default_backend() -> String {
+    "local".to_owned()
+}
+fn default_url_env() -> String {
+    DEFAULT_URL_ENV.to_owned()
+}
+fn default_key_prefix() -> String {
+    DEFAULT_KEY_PREFIX.to_owned()
+}
+fn default_state_timeout() -> u64 {
+    DEFAULT_STATE_TIMEOUT_MS
+}
+
+impl Default for StateSection {
+    fn default() -> Self {
+        Self {
+            backend: default_backend(),
+            url_env: default_url_env(),
+            key_prefix: default_key_prefix(),
+            timeout_ms: DEFAULT_STATE_TIMEOUT_MS,
         }
     }
 }

@@ -186,6 +186,18 @@ pub struct StatusDocument {
     pub recent_fallbacks: Option<Vec<FallbackEvent>>,
     /// Every scenario, in configured order.
     pub scenarios: Vec<ScenarioStatus>,
+    /// The fleet's state store (with the state observer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<StateStatus>,
+}
+
+/// `[state]` in the status document.
+#[derive(Debug, Serialize)]
+pub struct StateStatus {
+    /// `local` or `redis`.
+    pub backend: &'static str,
+    /// Whether the store answers (`true` for `local`).
+    pub store_up: bool,
 }
 
 /// One model in the status document.
@@ -338,6 +350,7 @@ pub fn status_document(gateway: &Gateway) -> StatusDocument {
         models,
         recent_fallbacks: None,
         scenarios,
+        state: None,
     };
     for observer in gateway.observers() {
         observer.status(&mut doc);

@@ -1,9 +1,10 @@
 //! `backstop`: the gateway binary.
 //!
 //! - `backstop serve --config FILE`: serve the OpenAI-compatible API.
-//! - `backstop check --config FILE`: load, validate and build everything
-//!   `serve` would, print the resolved scenarios, exit 0; or print every
-//!   problem with its file and key path and exit 1.
+//! - `backstop check --config FILE [--connect]`: load, validate and build
+//!   everything `serve` would, print the resolved scenarios, exit 0; or
+//!   print every problem with its file and key path and exit 1. With
+//!   `--connect`, also ping the `[state]` store.
 //! - `backstop plugin inspect PATH`: what a plugin library declares, or why
 //!   it cannot be loaded.
 
@@ -15,7 +16,7 @@ use std::sync::Arc;
 
 use backstop_config::{Registry, Resolved};
 use backstop_gateway::auth::ApiKeys;
-use backstop_gateway::observe::{AlertObserver, MetricsObserver};
+use backstop_gateway::observe::{AlertObserver, MetricsObserver, StateObserver};
 use backstop_gateway::server::{ServeOptions, serve, shutdown_signal};
 use backstop_gateway::{Gateway, GatewayOptions};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -47,6 +48,10 @@ enum Command {
         /// The configuration file (TOML, YAML or JSON).
         #[arg(long, short, env = "BACKSTOP_CONFIG")]
         config: PathBuf,
+        /// Also ping the `[state]` store (Redis), failing when it does not
+        /// answer or refuses the credentials.
+        #[arg(long)]
+        connect: bool,
     },
     /// Dynamic plugins.
     Plugin {
@@ -81,9 +86,9 @@ fn main() -> ExitCode {
             init_logs(log_format);
             serve_command(config, listen)
         }
-        Command::Check { config } => {
+        Command::Check { config, connect } => {
             init_logs(LogFormat::Text);
-            check_command(config)
+            check_command(config, connect)
         }
         Command::Plugin {
             command: PluginCommand::Inspect { path },
@@ -109,14 +114,42 @@ fn say(text: &str) {
     let _ = writeln!(out, "{text}");
 }
 
-fn check_command(config: PathBuf) -> ExitCode {
-    match backstop_config::check(&config, Registry::builtin()) {
-        Ok(report) => {
-            say(&report.to_string());
-            ExitCode::SUCCESS
-        }
+fn check_command(config: PathBuf, connect: bool) -> ExitCode {
+    let resolved = match backstop_config::load(&config, Registry::builtin()) {
+        Ok(resolved) => resolved,
         Err(problems) => {
             eprintln!("{problems}");
+            return ExitCode::FAILURE;
+        }
+    };
+    say(&resolved.report.to_string());
+    if !connect {
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(resolved.fleet.ping()) {
+        Ok(None) => {
+            say("state store: none to connect to (backend = \"local\")");
+            ExitCode::SUCCESS
+        }
+        Ok(Some(took)) => {
+            say(&format!(
+                "state store: answered PING in {:.1} ms",
+                took.as_secs_f64() * 1000.0
+            ));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: state.url_env: {e}", config.display());
             ExitCode::FAILURE
         }
     }
@@ -166,12 +199,20 @@ fn serve_command(config: PathBuf, listen: Option<SocketAddr>) -> ExitCode {
             }
         };
         let bound = listener.local_addr().unwrap_or(address);
-        run(resolved, listener, bound).await;
-        ExitCode::SUCCESS
+        run(resolved, listener, bound).await
     })
 }
 
-async fn run(resolved: Resolved, listener: tokio::net::TcpListener, bound: SocketAddr) {
+async fn run(resolved: Resolved, listener: tokio::net::TcpListener, bound: SocketAddr) -> ExitCode {
+    // The fleet's store first: the prober's leases and the circuits'
+    // publications go through it.
+    let _fleet = match resolved.fleet.start().await {
+        Ok(handle) => handle,
+        Err(e) => {
+            eprintln!("state.url_env: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     // Without keys the loader's warnings (logged by the caller) already
     // said so, naming the variable: one warning, not two.
     let keys = match &resolved.server.api_keys {
@@ -195,6 +236,7 @@ async fn run(resolved: Resolved, listener: tokio::net::TcpListener, bound: Socke
             observers: vec![
                 Arc::new(MetricsObserver(resolved.metrics)),
                 Arc::new(AlertObserver(resolved.alerts)),
+                Arc::new(StateObserver(resolved.fleet.clone())),
             ],
             simulated_models,
         },
@@ -209,6 +251,7 @@ async fn run(resolved: Resolved, listener: tokio::net::TcpListener, bound: Socke
         draining.start_draining();
     })
     .await;
+    ExitCode::SUCCESS
 }
 
 /// The models whose provider is of type `simulated`.

@@ -1,11 +1,13 @@
-//! The strategies' metrics and alert sinks as contributors to `/metrics`
-//! and `/v1/backstop/status`.
+//! The strategies' metrics and alert sinks, and the fleet's state store, as
+//! contributors to `/metrics` and `/v1/backstop/status`.
 
 use std::sync::Arc;
 
-use crate::app::Observability;
-use crate::introspect::{AlertWindow, StatusDocument};
+use backstop_config::FleetBackend;
 use backstop_strategies::monitor::{AlertSink, Metrics};
+
+use crate::app::Observability;
+use crate::introspect::{AlertWindow, StateStatus, StatusDocument};
 
 /// Request, attempt, fallback and latency counters, and each model's last
 /// failures.
@@ -55,5 +57,27 @@ impl Observability for AlertObserver {
             window_ms: status.window_ms,
         });
         doc.recent_fallbacks = Some(status.recent);
+    }
+}
+
+/// Whether the fleet's state store answers: `backstop_state_store_up`
+/// (1 for `local`, which has nothing to lose) and `state` in the status.
+pub struct StateObserver(pub FleetBackend);
+
+impl Observability for StateObserver {
+    fn render_prometheus(&self, out: &mut String) {
+        out.push_str("# HELP backstop_state_store_up Whether the fleet's shared state store answers (1) or this replica runs on its own state (0).\n# TYPE backstop_state_store_up gauge\n");
+        out.push_str(&format!(
+            "backstop_state_store_up{{backend=\"{}\"}} {}\n",
+            self.0.name(),
+            u8::from(self.0.store_up())
+        ));
+    }
+
+    fn status(&self, doc: &mut StatusDocument) {
+        doc.state = Some(StateStatus {
+            backend: self.0.name(),
+            store_up: self.0.store_up(),
+        });
     }
 }

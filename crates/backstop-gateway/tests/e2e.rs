@@ -858,3 +858,138 @@ fn plugin_inspect_gives_the_loaders_reason_for_a_file_that_is_not_a_library() {
     #[cfg(target_os = "linux")]
     assert!(said.contains("invalid ELF header"), "{said}");
 }
+
+// ------------------------------------------------------------------ fleet
+
+/// The state of `model`'s circuit on `gw`'s status page.
+async fn circuit_state(gw: &Backstop, model: &str) -> String {
+    let status: Value = reqwest::get(gw.url("/v1/backstop/status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    status["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == model)
+        .map(|m| {
+            m["health"]["circuit_breaker"]["state"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .unwrap_or_default()
+}
+
+/// Two `backstop serve` replicas sharing one real redis-server: the
+/// primary dies, replica A opens its circuit after `min_calls`, and replica
+/// B skips the primary without calling it once.
+#[tokio::test]
+async fn a_fleet_of_two_gateways_stops_calling_a_dead_primary_together() {
+    let redis = backstop_fleet::testing::RedisServer::start();
+    let primary = openai_upstream(vec![openai_error(
+        500,
+        "server_error",
+        "server_error",
+        "down",
+    )])
+    .await;
+    let backup = healthy_upstream().await;
+    let mut toml = two_openai(&primary, &backup, "retries = { same_model = 0 }");
+    toml.push_str(
+        "\n[strategies]\nhealth = { type = \"circuit_breaker\", min_calls = 2, break_ms = 60000 }\n\n[state]\nbackend = \"redis\"\nurl_env = \"FLEET_REDIS_URL\"\nkey_prefix = \"e2e\"\ntimeout_ms = 50\n",
+    );
+    let url = redis.url();
+    let env = [("FLEET_REDIS_URL", url.as_str())];
+    let a = Backstop::start(&toml, &env);
+    let b = Backstop::start(&toml, &env);
+
+    for _ in 0..2 {
+        let r = post(&a, &body(false)).await;
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(seen(&primary).await.len(), 2, "A called the primary twice");
+    assert_eq!(circuit_state(&a, "primary").await, "open");
+
+    // B adopts A's open circuit through the store.
+    let started = Instant::now();
+    while circuit_state(&b, "primary").await != "open" {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "B never adopted the open circuit"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for _ in 0..3 {
+        let r = post(&b, &body(false)).await;
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["model"], "backup");
+    }
+    assert_eq!(
+        seen(&primary).await.len(),
+        2,
+        "B never called the dead primary"
+    );
+
+    let metrics = reqwest::get(b.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("backstop_state_store_up{backend=\"redis\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn check_connect_pings_the_state_store_and_never_prints_its_url() {
+    let redis = backstop_fleet::testing::RedisServer::start_with(&["--requirepass", "s3cret-pass"]);
+    let dir = std::env::temp_dir().join(format!("backstop-check-connect-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("backstop.toml");
+    std::fs::write(
+        &file,
+        "[providers.rules]\ntype = \"template\"\n\n[state]\nbackend = \"redis\"\nurl_env = \"FLEET_REDIS_URL\"\n",
+    )
+    .unwrap();
+    let check = |url: &str| {
+        Command::new(env!("CARGO_BIN_EXE_backstop"))
+            .args(["check", "--connect", "--config"])
+            .arg(&file)
+            .env("FLEET_REDIS_URL", url)
+            .output()
+            .unwrap()
+    };
+    let good = check(&format!(
+        "redis://:s3cret-pass@127.0.0.1:{}/0",
+        redis.port()
+    ));
+    let stdout = String::from_utf8_lossy(&good.stdout);
+    assert!(
+        good.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+    assert!(
+        stdout.contains("redis: url from $FLEET_REDIS_URL"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("state store: answered PING in"), "{stdout}");
+    assert!(!stdout.contains("s3cret-pass"), "{stdout}");
+
+    let bad = check(&format!("redis://:wrong-pass@127.0.0.1:{}/0", redis.port()));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success());
+    assert!(
+        stderr.contains("state.url_env: the Redis at $FLEET_REDIS_URL refused the credentials"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("wrong-pass"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&bad.stdout).contains("wrong-pass"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

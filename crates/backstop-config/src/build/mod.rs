@@ -14,6 +14,7 @@ mod providers;
 mod scenarios;
 mod server;
 mod sinks;
+mod state;
 mod strategies;
 
 use std::sync::Arc;
@@ -26,7 +27,8 @@ use crate::decode::{Decoded, decode};
 use crate::problem::{KeyPath, Problem, Problems, did_you_mean, list};
 use crate::registry::Registry;
 use crate::report::Report;
-use crate::resolved::Resolved;
+use crate::report::StateEntry;
+use crate::resolved::{FleetBackend, Resolved};
 use crate::schema::SECTIONS;
 use crate::source::Sources;
 
@@ -123,7 +125,13 @@ pub(crate) fn build(
     let section = b.strategies_section();
     let default_policy = b.default_policy(&section);
 
-    let ctx = StrategyContext::new(models.specs.clone(), clock);
+    let model_ids: Vec<String> = models.specs.iter().map(|m| m.id.clone()).collect();
+    let fleet = b.state(&model_ids);
+    let ctx = StrategyContext::new(models.specs.clone(), clock).with_fleet(
+        fleet
+            .as_ref()
+            .map_or_else(|| FleetBackend::Local.state(), FleetBackend::state),
+    );
     let mut pools = strategies::Pools::new();
     let defaults = b.default_strategies(&section, registry, &ctx, &mut pools);
     let scenarios = b.scenarios(
@@ -141,7 +149,9 @@ pub(crate) fn build(
         return Err(Problems(b.problems));
     }
     // Everything below only assembles what was checked above.
-    let (Some(defaults), Some(scenarios), Some(sinks)) = (defaults, scenarios, sinks) else {
+    let (Some(defaults), Some(scenarios), Some(sinks), Some(fleet)) =
+        (defaults, scenarios, sinks, fleet)
+    else {
         // Unreachable in practice: each of them is `None` only after a
         // problem was reported.
         b.problem(&KeyPath::root(), "the configuration could not be resolved");
@@ -184,6 +194,7 @@ pub(crate) fn build(
         defaults: defaults.entry(default_policy),
         single_model_routes,
         probe: sinks.probe,
+        state: state_entry(&fleet),
         sinks: sinks.choices.clone(),
         plugins,
         warnings: b.warnings.clone(),
@@ -194,9 +205,31 @@ pub(crate) fn build(
         metrics: sinks.metrics,
         alerts: sinks.alerts,
         probe: sinks.probe,
+        fleet,
         health_policies: pools.health.instances(),
         prober: sinks.prober,
         report,
         warnings: b.warnings,
     })
+}
+
+/// What `backstop check` prints of `[state]`: never the URL.
+fn state_entry(fleet: &FleetBackend) -> StateEntry {
+    match fleet {
+        FleetBackend::Local => StateEntry {
+            backend: "local".into(),
+            url_env: None,
+            key_prefix: None,
+            timeout_ms: None,
+        },
+        FleetBackend::Redis(state) => {
+            let settings = state.settings();
+            StateEntry {
+                backend: "redis".into(),
+                url_env: Some(settings.url_env.clone()),
+                key_prefix: Some(settings.key_prefix.clone()),
+                timeout_ms: Some(u64::try_from(settings.timeout.as_millis()).unwrap_or(u64::MAX)),
+            }
+        }
+    }
 }

@@ -8,6 +8,7 @@
 mod example;
 mod layering;
 mod plugins;
+mod state;
 mod validation;
 
 use backstop_config::{Problems, Registry, Resolved};
