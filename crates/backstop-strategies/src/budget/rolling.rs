@@ -565,6 +565,15 @@ mod tests {
             max_cost_per_caller: Some(1.0),
             ..total(1.0)
         });
+        // Each caller's account exists before the race: on a busy machine
+        // one thread can fill the total before the clock thread runs, and a
+        // caller whose every reserve the total refused would have no
+        // account to look at below.
+        for caller in ["c0", "c1", "c2"] {
+            let f = facts("chat", Some(caller));
+            let r = b.reserve(0, &ctx.models[0], &f).unwrap();
+            b.settle(r, &ctx.models[0], &f, None);
+        }
         let done = AtomicUsize::new(0);
         std::thread::scope(|s| {
             for t in 0..3 {
