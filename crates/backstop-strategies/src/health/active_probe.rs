@@ -192,7 +192,10 @@ impl ActiveProbe {
         let mut probes: JoinSet<(ModelIndex, Option<Result<Duration, ProbeError>>)> =
             JoinSet::new();
         // Long enough to keep across the holder's own backoff.
-        let lease = self.interval.max(self.backoff_max).saturating_add(self.timeout);
+        let lease = self
+            .interval
+            .max(self.backoff_max)
+            .saturating_add(self.timeout);
         let mut in_flight = vec![false; self.models];
         let timeouts = self.timeouts(&router);
         let mut backoff = vec![Backoff::default(); self.models];
