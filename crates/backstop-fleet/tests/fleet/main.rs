@@ -129,8 +129,10 @@ async fn an_open_circuit_reaches_every_other_replica() {
         eprintln!("adopted in {took:?}");
         let snap = r.breaker.snapshot(0);
         assert_eq!(snap.state, CircuitState::Open);
+        // The opener's 60 s break, plus break_ms (60 s) in which the
+        // opener's trials decide for the fleet.
         let left = snap.retry_after_ms.expect("an open circuit says when");
-        assert!((50_000..=60_000).contains(&left), "break left {left} ms");
+        assert!((110_000..=120_000).contains(&left), "break left {left} ms");
         // The other model is untouched.
         assert!(!rejects(&r.breaker, 1));
     }

@@ -46,8 +46,16 @@
 //! [`FleetState`](backstop_core::FleetState), and the transitions of other
 //! replicas are adopted ([`CircuitListener::adopt`]): an open break or a
 //! cooldown only ever lengthens the local one, a disable disables, a close
-//! closes with a fresh window. Half-open is each replica's own trial period
-//! and is not shared. Admission still reads only the local atomic word.
+//! closes with a fresh window. Admission still reads only the local atomic
+//! word.
+//!
+//! Half-open trials are fleet-wide: the replica that opened the circuit
+//! admits the `half_open_calls` trials when its break ends, and their
+//! outcome (closed, or re-opened with a longer break) is published for all.
+//! A replica that adopted the break waits `break_ms` longer for that
+//! verdict (or for a probe's) before it tries trials of its own, so the
+//! fleet tries at most `half_open_calls` trial calls while the opener is
+//! alive, and never stays open for good when it is not.
 //!
 //! When to pick it: always, unless a plugin replaces it. It is the default
 //! health policy.
@@ -876,6 +884,9 @@ impl CircuitListener for CircuitBreaker {
                 .remaining
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         );
+        // An adopted break ends `break_ms` later here than on the replica
+        // that opened it: that one's trials decide for the fleet first.
+        let verdict_until = until.saturating_add(self.break_ms);
         let mut current = Word(circuit.word.load(Ordering::Acquire));
         loop {
             let next = match (shared.state, current.code()) {
@@ -884,8 +895,8 @@ impl CircuitListener for CircuitBreaker {
                 // A disabled model waits for a probe, whatever the fleet
                 // says of breaks and cooldowns.
                 (_, DISABLED) => return,
-                (CircuitState::Open, OPEN) if current.until_ms() >= until => return,
-                (CircuitState::Open, _) => Word::open(until),
+                (CircuitState::Open, OPEN) if current.until_ms() >= verdict_until => return,
+                (CircuitState::Open, _) => Word::open(verdict_until),
                 // An open break outranks a cooldown; a cooldown only grows.
                 (CircuitState::CoolingDown, OPEN) => return,
                 (CircuitState::CoolingDown, COOLING_DOWN) => {

@@ -967,17 +967,22 @@ fn own_transitions_are_published_with_their_remaining_time() {
 #[test]
 fn adopted_breaks_and_cooldowns_only_lengthen() {
     let (b, clock, fleet) = fleet_breaker(CircuitBreakerConfig::default());
+    // An adopted break lasts break_ms (5000) longer here: the opener's
+    // trials decide first.
     b.adopt("m0", SharedCircuit::open(ms(8_000)));
     assert_eq!(state(&b), CircuitState::Open);
-    assert_eq!(rejected(&b, 0), ms(8_000));
+    assert_eq!(rejected(&b, 0), ms(13_000));
     b.adopt("m0", SharedCircuit::open(ms(3_000)));
-    assert_eq!(rejected(&b, 0), ms(8_000), "a shorter break is ignored");
+    assert_eq!(rejected(&b, 0), ms(13_000), "a shorter break is ignored");
     b.adopt("m0", SharedCircuit::cooling_down(ms(20_000), true, false));
     assert_eq!(state(&b), CircuitState::Open, "a break outranks a cooldown");
     // Adoption publishes nothing back.
     assert!(published(&fleet).is_empty());
-    // The adopted break ends like an own one: half-open, then a trial.
-    clock.advance(ms(8_000));
+    // Without a verdict from the fleet, the adopted break ends like an own
+    // one: half-open, then a trial.
+    clock.advance(ms(12_999));
+    assert_eq!(rejected(&b, 0), ms(1));
+    clock.advance(ms(1));
     let p = permit(&b, 0);
     assert_eq!(state(&b), CircuitState::HalfOpen);
     b.record(0, p, CallOutcome::Cancelled);
@@ -1020,4 +1025,29 @@ fn an_adopted_close_ends_an_own_open_circuit_with_a_fresh_window() {
     // One failure after the close does not re-open: the window is fresh.
     call(&b, fail(FailureKind::Server));
     assert_eq!(state(&b), CircuitState::Closed);
+}
+
+#[test]
+fn a_replica_that_adopted_a_break_leaves_the_trials_to_the_opener() {
+    let config = CircuitBreakerConfig {
+        min_calls: 2,
+        ..CircuitBreakerConfig::default()
+    };
+    let (opener, opener_clock, _) = fleet_breaker(config.clone());
+    let (other, other_clock, fleet) = fleet_breaker(config);
+    call(&opener, fail(FailureKind::Server));
+    call(&opener, fail(FailureKind::Server));
+    other.adopt("m0", SharedCircuit::open(ms(5_000)));
+    // The break ends: the opener admits its one trial, the other does not.
+    opener_clock.advance(ms(5_000));
+    other_clock.advance(ms(5_000));
+    let trial = permit(&opener, 0);
+    assert!(matches!(opener.admit(0), Admission::Reject { .. }));
+    assert_eq!(rejected(&other, 0), ms(5_000));
+    // The trial succeeds: the opener closes and the fleet hears it.
+    let closed = opener.record(0, trial, ok());
+    assert_eq!(closed.map(|t| t.to), Some(CircuitState::Closed));
+    other.adopt("m0", SharedCircuit::closed());
+    assert!(matches!(other.admit(0), Admission::Admit(_)));
+    assert!(published(&fleet).is_empty(), "adopting publishes nothing");
 }
