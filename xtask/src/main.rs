@@ -1,5 +1,6 @@
 //! Project tasks, run as `cargo xtask ...` (an alias in `.cargo/config.toml`
-//! for `cargo run --quiet --release --package xtask --`).
+//! for `cargo run --release --package xtask --`; not `--quiet`, so a cold
+//! build shows cargo's progress instead of minutes of silence).
 //!
 //! - `cargo xtask chaos [--quick] [--scenario NAME]... [--out DIR] [--no-progress]`:
 //!   the outage chaos benchmark (see `chaos.rs`).
@@ -15,6 +16,9 @@
 
 // A task runner reports on stdout.
 #![allow(clippy::print_stdout)]
+
+// Linked only so the gateway's dependencies are built once (Cargo.toml).
+use backstop_gateway as _;
 
 mod bench;
 mod build;
