@@ -442,9 +442,23 @@ fn files_are_written() {
     let svg = std::fs::read_to_string(&paths.timeline).unwrap();
     assert!(svg.starts_with("<svg"));
     assert!(svg.trim_end().ends_with("</svg>"));
-    // One dot per answered request, plus the legend's dots.
-    let dots = svg.matches("<circle").count();
-    let legend = runs.iter().map(|r| r.spec.chain.len() + 2).sum::<usize>();
-    assert_eq!(dots, 200 + legend);
+    // One mark per answered request (each a zero-length stroke in a
+    // path per role and shape), plus the legend.
+    let marks: usize = svg
+        .split(r#"class="answers" data-count=""#)
+        .skip(1)
+        .map(|rest| rest.split('"').next().unwrap().parse::<usize>().unwrap())
+        .sum();
+    assert_eq!(marks, 200);
+    assert_eq!(svg.matches("h0").count(), 200);
+    assert!(
+        svg.contains("primary&apos;s scripted outage") || svg.contains("primary's scripted outage")
+    );
+    assert!(svg.contains("latency, ms (log)") && svg.contains("time since the load started, s"));
+    // Each target with its measured value.
+    assert!(
+        md.contains("| `primary_down` | `lost` | 0 | = 0 | ✅ |"),
+        "{md}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -66,6 +66,37 @@ pub fn render_markdown(report: &Report) -> String {
             let _ = writeln!(out, "- ❌ {m}");
         }
     }
+    out.push_str("\nEach target with what was measured:\n\n");
+    out.push_str("| scenario | figure | measured | target | |\n|---|---|--:|---|---|\n");
+    for s in &report.scenarios {
+        for t in &s.targets {
+            let measured = t.measured.map_or_else(
+                || {
+                    format!(
+                        "not measured{}",
+                        t.note
+                            .as_ref()
+                            .map(|n| format!(": {n}"))
+                            .unwrap_or_default()
+                    )
+                },
+                |v| {
+                    format!("{v:.3}")
+                        .trim_end_matches('0')
+                        .trim_end_matches('.')
+                        .to_owned()
+                },
+            );
+            let _ = writeln!(
+                out,
+                "| `{}` | `{}` | {measured} | {} | {} |",
+                s.name,
+                t.figure,
+                t.target,
+                if t.met { "✅" } else { "❌" }
+            );
+        }
+    }
 
     out.push_str("\n## Scenarios\n\n");
     for s in &report.scenarios {
