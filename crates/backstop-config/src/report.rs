@@ -176,6 +176,10 @@ impl Report {
             ms(s.shutdown_grace.as_millis())
         )?;
         writeln!(f, "  max connections      {}", s.max_connections)?;
+        match s.log_summary {
+            Some(every) => writeln!(f, "  log summary          every {} ms", every.as_millis())?,
+            None => writeln!(f, "  log summary          off")?,
+        }
 
         writeln!(f, "\nproviders")?;
         let width = self.providers.iter().map(|p| p.id.len()).max().unwrap_or(0);

@@ -35,6 +35,8 @@ pub struct ServerSettings {
     pub shutdown_grace: Duration,
     /// Most client connections open at once.
     pub max_connections: usize,
+    /// Time between two log summaries of the traffic; `None`: off.
+    pub log_summary: Option<Duration>,
 }
 
 /// Bearer keys. Never printed: `Debug` shows only how many there are.

@@ -46,6 +46,9 @@ pub(crate) struct ServerSection {
     /// Most client connections open at once.
     #[serde(default = "default_max_connections")]
     pub max_connections: u64,
+    /// Time between two log summaries of the traffic; 0 turns them off.
+    #[serde(default = "default_log_summary")]
+    pub log_summary_ms: u64,
 }
 
 pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -55,6 +58,7 @@ pub(crate) const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 pub(crate) const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 30_000;
 pub(crate) const DEFAULT_BODY_READ_TIMEOUT_MS: u64 = 30_000;
 pub(crate) const DEFAULT_MAX_CONNECTIONS: u64 = 10_000;
+pub(crate) const DEFAULT_LOG_SUMMARY_MS: u64 = 60_000;
 
 fn default_listen() -> String {
     DEFAULT_LISTEN.to_owned()
@@ -77,6 +81,9 @@ fn default_body_read_timeout() -> u64 {
 fn default_max_connections() -> u64 {
     DEFAULT_MAX_CONNECTIONS
 }
+fn default_log_summary() -> u64 {
+    DEFAULT_LOG_SUMMARY_MS
+}
 
 impl Default for ServerSection {
     fn default() -> Self {
@@ -88,6 +95,7 @@ impl Default for ServerSection {
             body_read_timeout_ms: DEFAULT_BODY_READ_TIMEOUT_MS,
             shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            log_summary_ms: DEFAULT_LOG_SUMMARY_MS,
         }
     }
 }

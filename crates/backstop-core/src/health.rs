@@ -100,6 +100,21 @@ pub struct HealthTransition {
     pub cause: Option<FailureKind>,
 }
 
+impl HealthTransition {
+    /// Logs the transition: at warn when the model stops taking calls (open,
+    /// disabled), at info otherwise. Transitions are rare; they are what an
+    /// operator reads, where a line per failed request would flood the log.
+    pub fn log(&self, model: &str, message: &'static str) {
+        let (from, to) = (self.from.as_str(), self.to.as_str());
+        let cause = self.cause.map(FailureKind::as_str);
+        if matches!(self.to, CircuitState::Open | CircuitState::Disabled) {
+            tracing::warn!(model, from, to, cause, "{message}");
+        } else {
+            tracing::info!(model, from, to, cause, "{message}");
+        }
+    }
+}
+
 /// A model's health, for status pages.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct HealthSnapshot {

@@ -21,6 +21,7 @@ mod app;
 pub mod auth;
 pub mod doors;
 pub mod introspect;
+pub mod log_summary;
 pub mod observe;
 pub mod server;
 #[cfg(feature = "simulated")]

@@ -8,7 +8,7 @@
 //! - `backstop plugin inspect PATH`: what a plugin library declares, or why
 //!   it cannot be loaded.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -101,11 +101,21 @@ fn init_logs(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR"),
+        ))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// Whether log lines carry ANSI colour: only on a terminal, and not when
+/// `NO_COLOR` is set to anything but the empty string (no-color.org).
+fn colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// Writes to stdout, ignoring a closed pipe (`backstop check | head`).
@@ -227,6 +237,10 @@ async fn run(resolved: Resolved, listener: tokio::net::TcpListener, bound: Socke
     let summary = summary(&resolved);
     let simulated_models = simulated_models(&resolved);
     let _prober = resolved.spawn_prober();
+    let _summary = resolved
+        .server
+        .log_summary
+        .map(|every| backstop_gateway::log_summary::spawn(resolved.metrics.clone(), every));
     let gateway = Gateway::new(
         resolved.router,
         GatewayOptions {
@@ -297,4 +311,19 @@ fn summary(resolved: &Resolved) -> String {
 /// `1 scenario`, `3 scenarios`.
 fn counted(n: usize, noun: &str) -> String {
     format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::colour;
+
+    #[test]
+    fn colour_only_on_a_terminal_and_never_under_no_color() {
+        assert!(colour(true, None));
+        assert!(!colour(false, None));
+        assert!(!colour(true, Some("1".into())));
+        // NO_COLOR set to the empty string does not count (no-color.org).
+        assert!(colour(true, Some("".into())));
+        assert!(!colour(false, Some("".into())));
+    }
 }

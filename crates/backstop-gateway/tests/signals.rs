@@ -405,3 +405,58 @@ async fn probes_of_a_failing_model_back_off_and_a_recovery_is_still_found() {
     let answer: Value = post(&gw, &body(false)).await.json().await.unwrap();
     assert_eq!(answer["model"], "primary");
 }
+
+#[tokio::test]
+async fn a_failing_primary_logs_its_transitions_and_a_summary_not_a_line_per_request() {
+    let primary =
+        openai_upstream(vec![openai_error(500, "server_error", "internal", "boom")]).await;
+    let backup = timed_upstream(Duration::from_millis(1)).await;
+    let config =
+        two_openai(&primary, &backup, "").replace("[server]\n", "[server]\nlog_summary_ms = 300\n");
+    let dir = std::env::temp_dir().join(format!("backstop-signals-log-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log_path = dir.join("stderr.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let gw = Backstop::start_with(&config, &[("RUST_LOG", "info")], log.into());
+    let requests = 60;
+    for _ in 0..requests {
+        let r = post(&gw, &body(false)).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-backstop-model"], "backup");
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    drop(gw);
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // Written to a file, not a terminal: no colour codes.
+    assert!(!text.contains('\u{1b}'), "ANSI escapes in a file:\n{text}");
+    let warns: Vec<&str> = text.lines().filter(|l| l.contains(" WARN ")).collect();
+    // The circuit opening and the summaries, not one line per fallback.
+    assert!(
+        warns.len() < 10,
+        "{} WARN lines for {requests} fallbacks:\n{text}",
+        warns.len()
+    );
+    assert!(
+        warns
+            .iter()
+            .any(|l| l.contains("circuit changed") && l.contains("to=\"open\"")),
+        "{text}"
+    );
+    assert!(
+        warns.iter().any(|l| l.contains("traffic summary")),
+        "{text}"
+    );
+    assert!(!text.contains("fallback scenario"), "{text}");
+    let summed: u64 = warns
+        .iter()
+        .filter(|l| l.contains("traffic summary"))
+        .filter_map(|l| l.split("requests=").nth(1))
+        .filter_map(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(
+        summed, requests,
+        "the summaries count every request once:\n{text}"
+    );
+}

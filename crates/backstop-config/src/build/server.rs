@@ -140,6 +140,8 @@ impl Builder<'_> {
             body_read_timeout: Duration::from_millis(section.body_read_timeout_ms),
             shutdown_grace: Duration::from_millis(section.shutdown_grace_ms),
             max_connections,
+            log_summary: (section.log_summary_ms > 0)
+                .then(|| Duration::from_millis(section.log_summary_ms)),
         }
     }
 }

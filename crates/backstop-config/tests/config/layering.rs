@@ -148,7 +148,7 @@ fn a_bad_environment_value_names_its_variable() {
         assert_eq!(
             problems("backstop.toml"),
             [
-                r#"backstop.toml: server.listn: unknown key "listn" (did you mean "listen"?); expected one of "listen", "api_keys_env", "body_limit_bytes", "header_read_timeout_ms", "body_read_timeout_ms", "shutdown_grace_ms", "max_connections" (set by BACKSTOP__SERVER__LISTN)"#,
+                r#"backstop.toml: server.listn: unknown key "listn" (did you mean "listen"?); expected one of "listen", "api_keys_env", "body_limit_bytes", "header_read_timeout_ms", "body_read_timeout_ms", "shutdown_grace_ms", "max_connections", "log_summary_ms" (set by BACKSTOP__SERVER__LISTN)"#,
                 "backstop.toml: models.second.priority: expected a whole number from 0 to 4294967295, found signed int `-3` (set by BACKSTOP__MODELS__SECOND__PRIORITY)",
             ]
         );

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use super::run::{RunShared, RunState};
 use crate::budget::Reservation;
 use crate::chat::Usage;
-use crate::error::{AttemptOutcome, FailureKind, HealthEffect, ProviderError};
+use crate::error::{AttemptOutcome, HealthEffect, ProviderError};
 use crate::events::{Event, FallbackEvent, RequestFinished};
 use crate::health::{CallOutcome, Permit};
 use crate::latency::LatencyKind;
@@ -49,13 +49,7 @@ impl Recorder<'_> {
             .health
             .record(index, permit, outcome)
         {
-            tracing::info!(
-                model = %shared.model_id(index),
-                from = transition.from.as_str(),
-                to = transition.to.as_str(),
-                cause = transition.cause.map(FailureKind::as_str),
-                "circuit changed"
-            );
+            transition.log(shared.model_id(index), "circuit changed");
             shared.inner.emit(&Event::Health {
                 model: shared.model_id(index),
                 transition,
@@ -197,7 +191,10 @@ impl Recorder<'_> {
                 level,
                 latency,
             };
-            tracing::warn!(
+            // One line per request would flood the log in an outage: the
+            // transitions that cause fallbacks and the gateway's periodic
+            // summary are logged at info/warn instead.
+            tracing::debug!(
                 scenario = %event.scenario,
                 primary = %event.primary,
                 model_used = %event.model_used,

@@ -485,7 +485,7 @@ impl Machine {
         let now = Instant::now();
         self.state.now = now;
         let elapsed = current.call.elapsed_at(now);
-        tracing::warn!(model = %self.shared.model_id(current.index), %error, "stream failed mid-answer");
+        tracing::debug!(model = %self.shared.model_id(current.index), %error, "stream failed mid-answer");
         // Whether the model was already failing does not matter here: a
         // stream cut mid-answer is never retried on the same model.
         let _outage =

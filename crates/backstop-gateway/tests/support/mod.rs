@@ -27,6 +27,12 @@ pub struct Backstop {
 
 impl Backstop {
     pub fn start(config: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_with(config, env, Stdio::inherit())
+    }
+
+    /// Like [`Backstop::start`], with the process's stderr (its log) sent
+    /// to `stderr`.
+    pub fn start_with(config: &str, env: &[(&str, &str)], stderr: Stdio) -> Self {
         static N: AtomicUsize = AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "backstop-e2e-{}-{}",
@@ -44,7 +50,7 @@ impl Backstop {
             .env("RUST_LOG", "error")
             .env_remove("BACKSTOP_API_KEYS")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         for (k, v) in env {
             command.env(k, v);
         }

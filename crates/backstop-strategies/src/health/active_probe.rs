@@ -359,13 +359,7 @@ impl ActiveProbe {
                 continue;
             }
             if let Some(transition) = policy.health.record_probe(model, result) {
-                tracing::info!(
-                    model = id,
-                    from = transition.from.as_str(),
-                    to = transition.to.as_str(),
-                    cause = transition.cause.map(FailureKind::as_str),
-                    "circuit changed after a probe"
-                );
+                transition.log(id, "circuit changed after a probe");
                 let event = Event::Health {
                     model: id,
                     transition,

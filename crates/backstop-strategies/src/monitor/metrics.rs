@@ -236,6 +236,34 @@ impl RecentFailures {
     }
 }
 
+/// Counts since start; see [`Metrics::totals`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Requests finished.
+    pub requests: u64,
+    /// Requests that ended in an error.
+    pub errors: u64,
+    /// Requests a backup answered.
+    pub fallbacks: u64,
+    /// Upstream calls that failed.
+    pub failed_calls: u64,
+    /// Circuits that opened.
+    pub circuits_opened: u64,
+}
+
+impl Totals {
+    /// What happened between `earlier` and `self`.
+    pub fn since(&self, earlier: &Totals) -> Totals {
+        Totals {
+            requests: self.requests.saturating_sub(earlier.requests),
+            errors: self.errors.saturating_sub(earlier.errors),
+            fallbacks: self.fallbacks.saturating_sub(earlier.fallbacks),
+            failed_calls: self.failed_calls.saturating_sub(earlier.failed_calls),
+            circuits_opened: self.circuits_opened.saturating_sub(earlier.circuits_opened),
+        }
+    }
+}
+
 /// One recent failure of a model.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RecentFailure {
@@ -359,6 +387,45 @@ impl Metrics {
     }
     fn model(&self, id: &str) -> Option<&ModelMetrics> {
         self.by_id.get(id).and_then(|&i| self.models.get(i))
+    }
+
+    /// Counts since start, summed over every label: what a periodic log
+    /// summary reports (as the difference of two readings).
+    pub fn totals(&self) -> Totals {
+        let mut t = Totals::default();
+        let mut add_scenario = |m: &ScenarioMetrics| {
+            for (outcome, count) in REQUEST_OUTCOMES.iter().zip(&m.outcomes) {
+                let count = count.load(Ordering::Relaxed);
+                t.requests += count;
+                if *outcome != "ok" {
+                    t.errors += count;
+                }
+            }
+        };
+        for shard in &self.scenarios {
+            for m in shard
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .values()
+            {
+                add_scenario(m);
+            }
+        }
+        add_scenario(&self.other);
+        t.fallbacks = self
+            .fallbacks
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum();
+        for m in self.models.iter() {
+            for kind in FailureKind::ALL {
+                t.failed_calls += m.attempts[attempt_outcome(AttemptOutcome::Failed(kind))]
+                    .load(Ordering::Relaxed);
+            }
+            t.circuits_opened +=
+                m.transitions[state_index(CircuitState::Open)].load(Ordering::Relaxed);
+        }
+        t
     }
 
     /// The model's last failures (up to 8), newest first.

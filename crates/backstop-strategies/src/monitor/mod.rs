@@ -10,4 +10,4 @@ pub mod alert;
 pub mod metrics;
 
 pub use alert::{AlertConfig, AlertSink, AlertStatus};
-pub use metrics::{Metrics, MetricsConfig, render_router_state};
+pub use metrics::{Metrics, MetricsConfig, Totals, render_router_state};
