@@ -17,10 +17,11 @@
 //! It also holds the wire formats every HTTP side of Backstop shares:
 //! [`sse`], server-sent events framing (the providers read it, the gateway
 //! and the chaos fakes write it). [`body`] holds what the two HTTP providers
-//! do alike around a call.
+//! do alike around a call; [`webhook`] sends the alert rule's webhooks.
 
 pub mod body;
 pub mod sse;
+pub mod webhook;
 
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};

@@ -105,7 +105,8 @@ pub const RESULTS: &[(&str, ResultFactory)] = &[(crate::result::annotate::NAME, 
 
 /// Event sinks by name. A gateway that serves `/metrics` or an alert status
 /// page builds [`Metrics`] and [`AlertSink`] directly, to keep the concrete
-/// type.
+/// type. An alert sink built here has no webhook sender (strategies send no
+/// HTTP); config attaches one with [`AlertSink::with_delivery`].
 pub const MONITORS: &[(&str, MonitorFactory)] = &[
     (crate::monitor::alert::NAME, |v, ctx| {
         Ok(Arc::new(AlertSink::from_value(v, ctx)?))

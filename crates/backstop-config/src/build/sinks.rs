@@ -5,8 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backstop_core::{EventSink, StrategyContext};
+use backstop_http::webhook::Webhook;
+use backstop_strategies::StrategyError;
 use backstop_strategies::health::{ActiveProbe, ActiveProbeConfig};
-use backstop_strategies::monitor::{AlertConfig, AlertSink, Metrics, MetricsConfig};
+use backstop_strategies::monitor::{AlertConfig, AlertDelivery, AlertSink, Metrics, MetricsConfig};
 
 use super::Builder;
 use crate::builtin::strategy_error;
@@ -59,8 +61,19 @@ impl Builder<'_> {
             }),
         };
         let alerts = alerts_table.as_ref().and_then(|table| {
-            let built = parse_config::<AlertConfig>(table)
-                .and_then(|config| AlertSink::new(config, ctx).map_err(strategy_error));
+            let built = parse_config::<AlertConfig>(table).and_then(|config| {
+                let url = config.webhook_url.clone();
+                let timeout = Duration::from_millis(config.webhook_timeout_ms);
+                // The rule checks every key (the URL's shape included) first.
+                let sink = AlertSink::new(config, ctx).map_err(strategy_error)?;
+                let Some(url) = url else {
+                    return Ok(sink);
+                };
+                let webhook = Webhook::new(&url, timeout).map_err(|reason| {
+                    strategy_error(StrategyError::invalid("webhook_url", reason))
+                })?;
+                Ok(sink.with_delivery(Arc::new(WebhookDelivery(webhook))))
+            });
             match built {
                 Ok(sink) => Some(Arc::new(sink)),
                 Err(e) => {
@@ -115,5 +128,16 @@ impl Builder<'_> {
                 },
             ],
         })
+    }
+}
+
+/// The alert rule's webhook: `backstop-http`'s sender behind the
+/// strategies' delivery seam.
+#[derive(Debug)]
+struct WebhookDelivery(Webhook);
+
+impl AlertDelivery for WebhookDelivery {
+    fn deliver(&self, body: serde_json::Value) {
+        self.0.send(body);
     }
 }

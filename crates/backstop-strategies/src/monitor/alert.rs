@@ -14,7 +14,8 @@
 //! 3. When a model's circuit moves to disabled (an auth failure or an
 //!    exhausted quota), it fires at once.
 //! 4. Firing writes a `tracing` event at warn level and, when `webhook_url`
-//!    is set, POSTs a JSON body there from a background task, with a
+//!    is set, POSTs a JSON body there from a background task (the sender,
+//!    in `backstop-http`, is attached by config), with a
 //!    `webhook_timeout_ms` timeout: the request path never waits for it.
 //! 5. Keeps the last `recent` fallback events for a status page
 //!    ([`AlertSink::status`]).
@@ -37,7 +38,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use backstop_core::{
@@ -125,51 +126,28 @@ const FALLBACKS: usize = 1;
 
 const NEVER: u64 = u64::MAX;
 
-#[derive(Debug)]
-struct Webhook {
-    client: reqwest::Client,
-    url: reqwest::Url,
+/// Where a fired alert's JSON body goes. Strategies send no HTTP: the
+/// webhook sender lives in `backstop-http` and config attaches it with
+/// [`AlertSink::with_delivery`] when `webhook_url` is set. Called on the
+/// request path, so it hands the body to a background task and returns.
+pub trait AlertDelivery: Send + Sync + std::fmt::Debug {
+    /// Sends one alert body.
+    fn deliver(&self, body: serde_json::Value);
 }
 
-impl Webhook {
-    fn new(url: &str, timeout: Duration) -> Result<Self, StrategyError> {
-        let url = reqwest::Url::parse(url)
-            .map_err(|e| StrategyError::invalid("webhook_url", format!("is not a URL: {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(StrategyError::invalid(
-                "webhook_url",
-                format!("must be http or https (got {})", url.scheme()),
-            ));
-        }
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .map_err(|e| {
-                StrategyError::invalid("webhook_url", format!("cannot build a client: {e}"))
-            })?;
-        Ok(Self { client, url })
-    }
+fn _alert_delivery_is_object_safe(_: &dyn AlertDelivery) {}
 
-    /// Sends `body` from a background task.
-    fn send(&self, body: serde_json::Value) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!(url = %self.url, "no tokio runtime here; alert webhook not sent");
-            return;
-        };
-        let request = self.client.post(self.url.clone()).json(&body);
-        let url = self.url.clone();
-        runtime.spawn(async move {
-            match request.send().await {
-                Ok(response) if response.status().is_success() => {
-                    tracing::debug!(%url, status = response.status().as_u16(), "alert webhook delivered");
-                }
-                Ok(response) => {
-                    tracing::warn!(%url, status = response.status().as_u16(), "alert webhook refused");
-                }
-                Err(error) => tracing::warn!(%url, %error, "alert webhook failed"),
-            }
-        });
+/// Checks `webhook_url`: an http(s) URL.
+fn check_webhook_url(url: &str) -> Result<(), StrategyError> {
+    let parsed = url::Url::parse(url)
+        .map_err(|e| StrategyError::invalid("webhook_url", format!("is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(StrategyError::invalid(
+            "webhook_url",
+            format!("must be http or https (got {})", parsed.scheme()),
+        ));
     }
+    Ok(())
 }
 
 /// The alert rule, as an event sink.
@@ -193,18 +171,16 @@ pub struct AlertSink {
     fired: AtomicU64,
     recent: Mutex<VecDeque<FallbackEvent>>,
     recent_cap: usize,
-    webhook: Option<Webhook>,
+    webhook: Option<Arc<dyn AlertDelivery>>,
 }
 
 impl AlertSink {
     /// The rule, reading `ctx`'s clock.
     pub fn new(config: AlertConfig, ctx: &StrategyContext) -> Result<Self, StrategyError> {
         config.validate()?;
-        let webhook = config
-            .webhook_url
-            .as_deref()
-            .map(|url| Webhook::new(url, Duration::from_millis(config.webhook_timeout_ms)))
-            .transpose()?;
+        if let Some(url) = &config.webhook_url {
+            check_webhook_url(url)?;
+        }
         Ok(Self {
             clock: ctx.clock.clone(),
             max_fallbacks: config.max_fallbacks,
@@ -215,8 +191,16 @@ impl AlertSink {
             fired: AtomicU64::new(0),
             recent: Mutex::new(VecDeque::with_capacity(config.recent.min(1024))),
             recent_cap: config.recent,
-            webhook,
+            webhook: None,
         })
+    }
+
+    /// Sends every alert's JSON body to `delivery` (the `webhook_url`
+    /// sender, which config builds where HTTP lives).
+    #[must_use]
+    pub fn with_delivery(mut self, delivery: Arc<dyn AlertDelivery>) -> Self {
+        self.webhook = Some(delivery);
+        self
     }
 
     /// Builds one from its config table.
@@ -302,7 +286,7 @@ impl AlertSink {
                 let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
                 recent.iter().rev().take(10).rev().cloned().collect()
             };
-            webhook.send(serde_json::json!({
+            webhook.deliver(serde_json::json!({
                 "alert": "fallbacks",
                 "fallbacks": sums[FALLBACKS],
                 "requests": sums[REQUESTS],
@@ -319,7 +303,7 @@ impl AlertSink {
         let cause = cause.map(FailureKind::as_str);
         tracing::warn!(model, cause, "alert: model disabled until a probe succeeds");
         if let Some(webhook) = &self.webhook {
-            webhook.send(serde_json::json!({
+            webhook.deliver(serde_json::json!({
                 "alert": "model_disabled",
                 "model": model,
                 "cause": cause,

@@ -9,5 +9,5 @@
 pub mod alert;
 pub mod metrics;
 
-pub use alert::{AlertConfig, AlertSink, AlertStatus};
+pub use alert::{AlertConfig, AlertDelivery, AlertSink, AlertStatus};
 pub use metrics::{Metrics, MetricsConfig, Totals, render_router_state};

@@ -20,7 +20,27 @@ fn ctx() -> (StrategyContext, Arc<ManualClock>) {
 
 fn sink(config: AlertConfig) -> (AlertSink, Arc<ManualClock>) {
     let (ctx, clock) = ctx();
-    (AlertSink::new(config, &ctx).unwrap(), clock)
+    let webhook = config.webhook_url.clone().map(|url| {
+        let timeout = Duration::from_millis(config.webhook_timeout_ms);
+        backstop_http::webhook::Webhook::new(&url, timeout).unwrap()
+    });
+    let sink = AlertSink::new(config, &ctx).unwrap();
+    let sink = match webhook {
+        // What config attaches when `webhook_url` is set.
+        Some(webhook) => sink.with_delivery(Arc::new(HttpWebhook(webhook))),
+        None => sink,
+    };
+    (sink, clock)
+}
+
+/// The webhook sender of `backstop-http` behind the delivery seam.
+#[derive(Debug)]
+struct HttpWebhook(backstop_http::webhook::Webhook);
+
+impl AlertDelivery for HttpWebhook {
+    fn deliver(&self, body: serde_json::Value) {
+        self.0.send(body);
+    }
 }
 
 fn rule(max_fallbacks: u32, window_ms: u64) -> AlertConfig {
