@@ -184,6 +184,10 @@ pub(crate) struct ModelSection {
     /// Tried only after every other model of a chain (as a template is).
     #[serde(default)]
     pub last_resort: bool,
+    /// For an embedding model: the length of its vectors. Unset: a chat
+    /// model. A chain's models must all have the same value.
+    #[serde(default)]
+    pub dimensions: Option<u32>,
 }
 
 pub(crate) const DEFAULT_PRIORITY: u32 = 1;

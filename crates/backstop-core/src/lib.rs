@@ -19,6 +19,7 @@
 pub mod budget;
 pub mod chat;
 pub mod clock;
+pub mod embeddings;
 pub mod error;
 pub mod events;
 pub mod facts;
@@ -40,6 +41,9 @@ pub use chat::{
     Role, StreamOptions, ToolCall, ToolCallDelta, Usage,
 };
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
+pub use embeddings::{
+    Embedding, EmbeddingInput, EmbeddingsRequest, EmbeddingsResponse, EmbeddingsUsage,
+};
 pub use error::{
     AllModelsFailed, Attempt, AttemptOutcome, FailureKind, HealthEffect, ProviderError, RouteError,
     SkipReason,
@@ -53,11 +57,11 @@ pub use health::{
 };
 pub use latency::{LatencyKind, LatencyStats};
 pub use model::{Capabilities, ModelIndex, ModelSpec};
-pub use provider::{Call, ChunkStream, PROBE_MAX_TOKENS, Provider};
+pub use provider::{Call, ChunkStream, EmbedCall, PROBE_MAX_TOKENS, Provider};
 pub use result::{Annotation, FallbackResult, Outcome, ResultHandler, RouteSummary};
 pub use router::{
-    BuildError, FallbackStream, ProbeError, RequestContext, Route, Router, RouterBuilder,
-    Strategies, StrategyContext, StreamItem, StreamMeta,
+    BuildError, EmbeddingsResult, FallbackStream, ProbeError, RequestContext, Route, Router,
+    RouterBuilder, Strategies, StrategyContext, StreamItem, StreamMeta,
 };
 pub use scenario::{
     ContentPolicyAction, MidStreamPolicy, RetryPolicy, RoutePolicy, Scenario, Timeouts,

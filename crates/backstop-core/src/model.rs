@@ -62,6 +62,10 @@ pub struct ModelSpec {
     /// instant, free template first and answer every request with it.
     #[serde(default)]
     pub last_resort: bool,
+    /// The length of the model's vectors, for an embedding model (`None`:
+    /// a chat model). Only models of equal `dimensions` may share a chain.
+    #[serde(default)]
+    pub dimensions: Option<u32>,
 }
 
 impl ModelSpec {
@@ -80,6 +84,7 @@ impl ModelSpec {
             context_window: 128_000,
             capabilities: Capabilities::default(),
             last_resort: false,
+            dimensions: None,
         }
     }
 

@@ -7,7 +7,8 @@ use async_trait::async_trait;
 use futures::Stream;
 
 use crate::chat::{ChatChunk, ChatRequest, ChatResponse};
-use crate::error::ProviderError;
+use crate::embeddings::{EmbeddingInput, EmbeddingsRequest, EmbeddingsResponse};
+use crate::error::{FailureKind, ProviderError};
 use crate::model::ModelSpec;
 
 /// A stream of chunks from an upstream.
@@ -37,6 +38,21 @@ pub struct Call<'a> {
     pub request_id: Option<&'a str>,
 }
 
+/// One embeddings call to a provider.
+#[derive(Debug, Clone, Copy)]
+pub struct EmbedCall<'a> {
+    /// The scenario (or single-model route) being served.
+    pub scenario: &'a str,
+    /// The model to call (its `upstream` name goes on the wire).
+    pub model: &'a ModelSpec,
+    /// The caller's request.
+    pub request: &'a EmbeddingsRequest,
+    /// How long establishing the connection may take.
+    pub connect_timeout: Duration,
+    /// The gateway's request id, for the upstream's logs.
+    pub request_id: Option<&'a str>,
+}
+
 /// Something that answers chat requests: an HTTP API, a local model, a
 /// template. The Router applies every timeout except `connect_timeout`,
 /// which only the transport can see.
@@ -58,13 +74,44 @@ pub trait Provider: Send + Sync + 'static {
     /// stream starts (an HTTP error status) come back as `Err`.
     async fn stream(&self, call: Call<'_>) -> Result<ChunkStream, ProviderError>;
 
+    /// Embeds texts (float vectors, one per input, in input order). The
+    /// default answers `unsupported`, so the Router falls over to a model
+    /// whose provider can.
+    async fn embed(&self, call: EmbedCall<'_>) -> Result<EmbeddingsResponse, ProviderError> {
+        Err(ProviderError::new(
+            FailureKind::Unsupported,
+            format!(
+                "the provider of `{}` does not serve embeddings",
+                call.model.id
+            ),
+        ))
+    }
+
     /// A tiny health probe (a few output tokens). The default sends a
-    /// one-word prompt through [`Provider::complete`].
+    /// one-word prompt through [`Provider::complete`], or, for an
+    /// embedding model (one that declares `dimensions`), embeds one word.
     async fn probe(
         &self,
         model: &ModelSpec,
         connect_timeout: Duration,
     ) -> Result<(), ProviderError> {
+        if model.dimensions.is_some() {
+            let request = EmbeddingsRequest {
+                model: model.upstream.clone(),
+                input: EmbeddingInput::Text("ping".to_owned()),
+                dimensions: None,
+                user: None,
+                extra: crate::chat::Extra::new(),
+            };
+            let call = EmbedCall {
+                scenario: "probe",
+                model,
+                request: &request,
+                connect_timeout,
+                request_id: None,
+            };
+            return self.embed(call).await.map(|_| ());
+        }
         let request = ChatRequest::user(model.upstream.clone(), "ping");
         let call = Call {
             scenario: "probe",

@@ -12,7 +12,7 @@ use backstop_core::{AttemptOutcome, RouteError, Router, SkipReason};
 
 use crate::api_error::ApiError;
 use crate::auth::ApiKeys;
-use crate::doors::{chat_completions, messages, responses};
+use crate::doors::{chat_completions, embeddings, messages, responses};
 use crate::introspect;
 
 /// Default request body limit: 10 MiB.
@@ -101,6 +101,7 @@ impl Gateway {
             )
             .route("/v1/messages", post(messages::messages))
             .route("/v1/responses", post(responses::responses))
+            .route("/v1/embeddings", post(embeddings::embeddings))
             .route("/v1/models", get(introspect::models))
             .route("/healthz", get(introspect::healthz))
             .route("/readyz", get(introspect::readyz))

@@ -86,14 +86,15 @@ pub async fn models(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> 
             .unwrap_or_default();
         data.push(json!({
             "id": name.as_ref(), "object": "model", "created": 0, "owned_by": "backstop",
-            "backstop": {"kind": "scenario", "chain": chain, "doors": doors::ALL}
+            "backstop": {"kind": "scenario", "chain": chain,
+                         "doors": doors::serving(router, name)}
         }));
     }
     for model in router.models() {
         data.push(json!({
             "id": model.id, "object": "model", "created": 0, "owned_by": model.provider,
             "backstop": {"kind": "model", "provider": model.provider, "upstream": model.upstream,
-                         "doors": doors::ALL}
+                         "doors": doors::serving(router, &model.id)}
         }));
     }
     json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
@@ -326,7 +327,7 @@ pub fn status_document(gateway: &Gateway) -> StatusDocument {
                 .map(|&i| router.models()[i].id.clone())
                 .collect(),
             health: s.health.name().to_owned(),
-            doors: doors::ALL.to_vec(),
+            doors: doors::serving(router, name).to_vec(),
             hedge_after_ms: route.policy.hedge_after.map(|d| d.as_millis() as u64),
             mid_stream: route.policy.mid_stream,
             name: name.to_string(),

@@ -5,7 +5,8 @@
 //!
 //! - Doors for the protocols clients speak, complete and streaming (SSE):
 //!   `POST /v1/chat/completions` (OpenAI), `POST /v1/messages`
-//!   (Anthropic) and `POST /v1/responses` (OpenAI, stateless), each with
+//!   (Anthropic), `POST /v1/responses` (OpenAI, stateless) and
+//!   `POST /v1/embeddings` (OpenAI), each with
 //!   `x-backstop-*` headers and a `backstop` object telling which model
 //!   answered, at which fallback level, and why.
 //! - `GET /v1/models`, `/healthz`, `/readyz`, `/metrics` (Prometheus) and

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use backstop_core::{
-    Call, ChatResponse, ChunkStream, FailureKind, Provider, ProviderError, Timeouts,
+    Call, ChatResponse, ChunkStream, EmbedCall, EmbeddingsResponse, FailureKind, Provider,
+    ProviderError, Timeouts,
 };
 use reqwest::Url;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
@@ -21,9 +22,12 @@ use crate::wire::WireRequest;
 use backstop_http::body::{self, encode_body, is_json, key_from_env, read_body};
 use backstop_http::{ApiKey, Clients, error_chain, redact_url};
 
-/// A provider for an OpenAI-compatible chat completions API.
+/// A provider for an OpenAI-compatible chat completions API (and its
+/// embeddings endpoint, for models that declare `dimensions`).
 pub struct OpenAiProvider {
     endpoint: Url,
+    /// `{base_url}/embeddings`.
+    embeddings: Url,
     key: Option<ApiKey>,
     max_tokens_field: Option<MaxTokensField>,
     clients: Clients,
@@ -61,6 +65,12 @@ impl OpenAiProvider {
                     url: redact_url(&config.base_url),
                     reason: e.to_string(),
                 })?;
+        let embeddings = base
+            .join("embeddings")
+            .map_err(|e| OpenAiBuildError::InvalidBaseUrl {
+                url: redact_url(&config.base_url),
+                reason: e.to_string(),
+            })?;
         let key_var = match config.api_key_env.as_deref() {
             Some(var) => Some(var),
             None if config.base_url.trim_end_matches('/') == OPENAI_BASE_URL => {
@@ -79,6 +89,7 @@ impl OpenAiProvider {
             .map_err(|e| OpenAiBuildError::Client(error_chain(&e)))?;
         Ok(Self {
             endpoint,
+            embeddings,
             key,
             max_tokens_field: config.max_tokens_field,
             clients,
@@ -98,33 +109,50 @@ impl OpenAiProvider {
         call: &Call<'_>,
         stream: bool,
     ) -> Result<reqwest::Response, ProviderError> {
-        let body = encode_body(&WireRequest::new(call, stream, self.max_tokens_field))?;
-        let client = self.clients.get(call.connect_timeout)?;
+        let body = WireRequest::new(call, stream, self.max_tokens_field);
         let accept = if stream {
             "text/event-stream"
         } else {
             "application/json"
         };
+        self.post(
+            &self.endpoint,
+            &body,
+            accept,
+            call.connect_timeout,
+            call.request_id,
+            &call.model.id,
+        )
+        .await
+    }
+
+    /// Posts `body` as JSON to `endpoint`; any non-success status comes back
+    /// classified.
+    async fn post<B: serde::Serialize>(
+        &self,
+        endpoint: &Url,
+        body: &B,
+        accept: &'static str,
+        connect_timeout: Duration,
+        request_id: Option<&str>,
+        model: &str,
+    ) -> Result<reqwest::Response, ProviderError> {
+        let body = encode_body(body)?;
+        let client = self.clients.get(connect_timeout)?;
         let mut request = client
-            .post(self.endpoint.clone())
+            .post(endpoint.clone())
             .header(CONTENT_TYPE, "application/json")
             .header(ACCEPT, accept)
             .body(body);
         if let Some(key) = &self.key {
             request = request.header(AUTHORIZATION, key.header().clone());
         }
-        if let Some(id) = call
-            .request_id
-            .and_then(|id| HeaderValue::from_str(id).ok())
-        {
+        if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(id).ok()) {
             request = request.header("x-client-request-id", id);
         }
-        body::send(
-            request,
-            call.connect_timeout,
-            &call.model.id,
-            |status, body, wait| status_error(status, body, wait, self.key.as_ref()),
-        )
+        body::send(request, connect_timeout, model, |status, body, wait| {
+            status_error(status, body, wait, self.key.as_ref())
+        })
         .await
     }
 
@@ -185,6 +213,38 @@ impl Provider for OpenAiProvider {
     async fn complete(&self, call: Call<'_>) -> Result<ChatResponse, ProviderError> {
         let response = self.send(&call, false).await?;
         self.read_completion(response).await
+    }
+
+    async fn embed(&self, call: EmbedCall<'_>) -> Result<EmbeddingsResponse, ProviderError> {
+        let mut request = call.request.clone();
+        request.model.clone_from(&call.model.upstream);
+        // Vectors travel as floats inside Backstop; the door encodes.
+        request
+            .extra
+            .insert("encoding_format".into(), serde_json::Value::from("float"));
+        let response = self
+            .post(
+                &self.embeddings,
+                &request,
+                "application/json",
+                call.connect_timeout,
+                call.request_id,
+                &call.model.id,
+            )
+            .await?;
+        let (status, body) = read_body(response).await?;
+        serde_json::from_slice::<EmbeddingsResponse>(&body).map_err(|parse| {
+            match serde_json::from_slice::<serde_json::Value>(&body) {
+                Ok(value) if value.get("error").is_some_and(|e| !e.is_null()) => {
+                    inband_error(&value, self.key.as_ref())
+                }
+                _ => ProviderError::new(
+                    FailureKind::InvalidResponse,
+                    format!("unparseable embeddings body: {parse}"),
+                ),
+            }
+            .with_status(status)
+        })
     }
 
     async fn stream(&self, call: Call<'_>) -> Result<ChunkStream, ProviderError> {

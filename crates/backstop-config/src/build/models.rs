@@ -65,6 +65,7 @@ pub(crate) fn stand_in_model(provider_id: &str) -> ModelSpec {
             assistant_prefill: false,
         },
         last_resort: true,
+        dimensions: None,
     }
 }
 
@@ -185,6 +186,9 @@ impl Builder<'_> {
         if m.context_window == 0 {
             self.problem(&at.key("context_window"), "must be greater than 0");
         }
+        if m.dimensions == Some(0) {
+            self.problem(&at.key("dimensions"), "must be greater than 0");
+        }
         if m.max_tokens == 0 {
             self.problem(&at.key("max_tokens"), "must be greater than 0");
         } else if m.context_window > 0 && m.max_tokens > m.context_window {
@@ -212,6 +216,7 @@ impl Builder<'_> {
                 assistant_prefill: prefill,
             },
             last_resort: m.last_resort,
+            dimensions: m.dimensions,
         }
     }
 }

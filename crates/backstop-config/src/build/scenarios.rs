@@ -181,7 +181,47 @@ impl Builder<'_> {
             };
             self.problem(&path.index(i), message);
         }
+        if ok {
+            ok = self.same_dimensions(&path, chain, models);
+        }
         ok.then(|| (chain.clone(), false))
+    }
+
+    /// Whether every model of the chain has the `dimensions` of its first:
+    /// vectors of different lengths (or a chat model among embedding
+    /// models) must not answer the same scenario.
+    fn same_dimensions(&mut self, path: &KeyPath, chain: &[String], models: &Models) -> bool {
+        let dimensions = |id: &String| {
+            models
+                .specs
+                .iter()
+                .find(|m| m.id == *id)
+                .and_then(|m| m.dimensions)
+        };
+        let Some(first) = chain.first() else {
+            return true;
+        };
+        let expected = dimensions(first);
+        let describe = |d: Option<u32>| match d {
+            Some(d) => format!("`dimensions = {d}`"),
+            None => "no `dimensions` (a chat model)".to_owned(),
+        };
+        let mut ok = true;
+        for (i, id) in chain.iter().enumerate().skip(1) {
+            let found = dimensions(id);
+            if found != expected {
+                self.problem(
+                    &path.index(i),
+                    format!(
+                        "model {id:?} has {} but chain[0] {first:?} has {}: a chain's models must all embed alike (the same dimensions) or all chat",
+                        describe(found),
+                        describe(expected)
+                    ),
+                );
+                ok = false;
+            }
+        }
+        ok
     }
 
     fn scenario_strategies(

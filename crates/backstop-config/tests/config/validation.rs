@@ -21,7 +21,7 @@ fn bad_example_reports_every_problem_in_one_run() {
             r#"examples/bad.toml: providers.local.type: unknown provider type "openia" (did you mean "openai"?); known provider types: "anthropic", "openai", "simulated", "template""#,
             "examples/bad.toml: models.gpt-4o.cost_per_1k: must be a non-negative number of USD (got -0.005)",
             "examples/bad.toml: models.gpt-4o.context_window: must be greater than 0",
-            r#"examples/bad.toml: models.gpt-4o-mini.prioritty: unknown key "prioritty" (did you mean "priority"?); expected one of "provider", "model", "priority", "max_tokens", "cost_per_1k", "input_cost_per_1k", "output_cost_per_1k", "context_window", "supports_prefill", "streaming", "tools", "last_resort""#,
+            r#"examples/bad.toml: models.gpt-4o-mini.prioritty: unknown key "prioritty" (did you mean "priority"?); expected one of "provider", "model", "priority", "max_tokens", "cost_per_1k", "input_cost_per_1k", "output_cost_per_1k", "context_window", "supports_prefill", "streaming", "tools", "last_resort", "dimensions""#,
             r#"examples/bad.toml: models.gpt-4o-mini.provider: unknown provider "opena" (did you mean "openai"?); providers: "openai", "local", "rules""#,
             r#"examples/bad.toml: strategies.selector.type: unknown selector type "fastest"; known selector types: "cost_aware", "latency_aware", "priority", "weighted""#,
             "examples/bad.toml: strategies.health.failure_ratio: circuit_breaker: must be within 0..=1 (got 1.5)",
@@ -210,6 +210,20 @@ fn chains_must_name_existing_models_once_and_not_be_empty() {
             r#"c.toml: scenarios.a.chain[1]: "local" is a provider, not a model; a chain names models (models of "local": "qwen-7b")"#,
             r#"c.toml: scenarios.a.chain[3]: model "rules" is already in the chain at chain[2]"#,
             "c.toml: scenarios.b.chain: is empty: name at least one model, or remove the key to use every model by priority",
+        ],
+    );
+}
+
+#[test]
+fn an_embeddings_chain_must_not_mix_dimensions_or_chat_models() {
+    assert_problems(
+        &format!(
+            "{BASE}\n[models.embed-a]\nprovider = \"local\"\ndimensions = 1536\n\n[models.embed-b]\nprovider = \"local\"\ndimensions = 1536\n\n[models.embed-small]\nprovider = \"local\"\ndimensions = 512\n\n[models.embed-zero]\nprovider = \"local\"\ndimensions = 0\n\n[scenarios.vectors]\nchain = [\"embed-a\", \"embed-b\", \"embed-small\", \"qwen-7b\"]\n\n[scenarios.same]\nchain = [\"embed-a\", \"embed-b\"]\n"
+        ),
+        &[
+            "c.toml: models.embed-zero.dimensions: must be greater than 0",
+            r#"c.toml: scenarios.vectors.chain[2]: model "embed-small" has `dimensions = 512` but chain[0] "embed-a" has `dimensions = 1536`: a chain's models must all embed alike (the same dimensions) or all chat"#,
+            r#"c.toml: scenarios.vectors.chain[3]: model "qwen-7b" has no `dimensions` (a chat model) but chain[0] "embed-a" has `dimensions = 1536`: a chain's models must all embed alike (the same dimensions) or all chat"#,
         ],
     );
 }

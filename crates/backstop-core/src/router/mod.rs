@@ -14,6 +14,7 @@ mod attempt;
 mod candidates;
 mod complete;
 mod decide;
+mod embed;
 mod guard;
 mod hedge;
 mod record;
@@ -40,6 +41,7 @@ use crate::result::{FallbackResult, ResultHandler};
 use crate::scenario::{RoutePolicy, Scenario, Timeouts};
 use crate::selector::Selector;
 
+pub use embed::EmbeddingsResult;
 pub use stream::{FallbackStream, StreamItem, StreamMeta};
 
 /// The four strategies a route runs with.
@@ -437,6 +439,17 @@ impl Router {
     ) -> Result<FallbackResult, RouteError> {
         let route = self.resolve(&request.model)?;
         complete::complete(self.inner.clone(), route, request, cx).await
+    }
+
+    /// Answers an embeddings request, falling over across the route's
+    /// models (deployments of one embedding model) as needed.
+    pub async fn embed(
+        &self,
+        request: crate::embeddings::EmbeddingsRequest,
+        cx: RequestContext,
+    ) -> Result<EmbeddingsResult, RouteError> {
+        let route = self.resolve(&request.model)?;
+        embed::embed(self.inner.clone(), route, request, cx).await
     }
 
     /// Answers a request with a stream. Returns once the first output chunk

@@ -28,6 +28,9 @@ pub(crate) struct RunShared {
     pub(crate) inner: Arc<RouterInner>,
     pub(crate) route: Arc<Route>,
     pub(crate) request: ChatRequest,
+    /// The embeddings request, for an embeddings run (`request` then only
+    /// measures it).
+    pub(crate) embeddings: Option<crate::embeddings::EmbeddingsRequest>,
     pub(crate) cx: RequestContext,
     pub(crate) prompt_tokens: u32,
     pub(crate) max_tokens: Option<u32>,
@@ -62,6 +65,36 @@ impl RunShared {
             inner,
             route,
             request,
+            embeddings: None,
+            cx,
+            started,
+            deadline,
+            dropping_hedge_losers: AtomicBool::new(false),
+        })
+    }
+
+    /// The shared part of an embeddings run: `measure` stands for the
+    /// request in the candidate filters (its prompt is `prompt_tokens`, its
+    /// output none).
+    pub(crate) fn for_embeddings(
+        inner: Arc<RouterInner>,
+        route: Arc<Route>,
+        measure: ChatRequest,
+        request: crate::embeddings::EmbeddingsRequest,
+        prompt_tokens: u32,
+        cx: RequestContext,
+    ) -> Arc<Self> {
+        let started = Instant::now();
+        let deadline = started + route.policy.timeouts.total;
+        Arc::new(Self {
+            prompt_tokens,
+            max_tokens: Some(0),
+            tools: false,
+            stream: false,
+            inner,
+            route,
+            request: measure,
+            embeddings: Some(request),
             cx,
             started,
             deadline,

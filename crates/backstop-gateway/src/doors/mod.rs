@@ -7,6 +7,7 @@
 //! | OpenAI chat completions | `POST /v1/chat/completions` | [`chat_completions`] |
 //! | Anthropic Messages | `POST /v1/messages` | [`messages`] |
 //! | OpenAI Responses (stateless) | `POST /v1/responses` | [`responses`] |
+//! | OpenAI embeddings | `POST /v1/embeddings` | [`embeddings`] |
 //!
 //! A door holds no routing logic: scenarios, circuits, budgets, retries,
 //! failover before the first output and the mid-stream policies all happen
@@ -16,6 +17,7 @@
 //! `backstop` object come from [`crate::annotate`].
 
 pub mod chat_completions;
+pub mod embeddings;
 pub mod messages;
 pub mod responses;
 
@@ -32,8 +34,19 @@ use crate::annotate;
 use crate::api_error::ApiError;
 use crate::app::Gateway;
 
-/// The doors, by the name `/v1/models` and the status page list them under.
-pub const ALL: [&str; 3] = [chat_completions::NAME, messages::NAME, responses::NAME];
+/// The chat doors, by the name `/v1/models` and the status page list them
+/// under.
+pub const CHAT: [&str; 3] = [chat_completions::NAME, messages::NAME, responses::NAME];
+
+/// The doors that serve a route: the embeddings door for a chain of
+/// embedding models, the chat doors otherwise.
+pub fn serving(router: &backstop_core::Router, route: &str) -> &'static [&'static str] {
+    if embeddings::route_dimensions(router, route).is_some() {
+        &[embeddings::NAME]
+    } else {
+        &CHAT
+    }
+}
 
 /// Runs one request through a door: authenticates the caller, reads the
 /// body under the gateway's size and time limits, and hands the bytes and
