@@ -10,7 +10,7 @@
 
 mod support;
 
-use backstop_http::sse::{write_data, write_event};
+use backstop_http::sse::write_event;
 use serde_json::{Value, json};
 use support::*;
 use wiremock::matchers::{method, path};
@@ -97,46 +97,6 @@ async fn anthropic_upstream(response: ResponseTemplate) -> MockServer {
         .mount(&server)
         .await;
     server
-}
-
-/// An OpenAI SSE body that calls `get_weather` for Paris in three pieces;
-/// `finished` ends it properly, else it is cut inside the arguments.
-fn openai_tool_sse(finished: bool) -> ResponseTemplate {
-    let chunk = |delta: Value, finish: Value| {
-        json!({"id": "chatcmpl-t", "object": "chat.completion.chunk", "created": 1_700_000_000,
-               "model": "gpt-4o-mini", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
-        .to_string()
-    };
-    let mut body = Vec::new();
-    write_data(
-        &mut body,
-        &chunk(
-            json!({"role": "assistant", "content": null, "tool_calls": [
-            {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}]}),
-            Value::Null,
-        ),
-    );
-    write_data(
-        &mut body,
-        &chunk(
-            json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\":"}}]}),
-            Value::Null,
-        ),
-    );
-    if finished {
-        write_data(
-            &mut body,
-            &chunk(
-                json!({"tool_calls": [{"index": 0, "function": {"arguments": "\"Paris\"}"}}]}),
-                Value::Null,
-            ),
-        );
-        write_data(&mut body, &chunk(json!({}), json!("tool_calls")));
-        write_data(&mut body, "[DONE]");
-    }
-    ResponseTemplate::new(200)
-        .insert_header("content-type", "text/event-stream")
-        .set_body_bytes(body)
 }
 
 fn weather_tool_request(stream: bool) -> Value {

@@ -501,3 +501,59 @@ async fn function_calls_stream_from_an_anthropic_model_and_their_outputs_go_back
     assert_eq!(turns[2]["content"][0]["type"], "tool_result");
     assert_eq!(turns[2]["content"][0]["tool_use_id"], "toolu_0");
 }
+
+#[tokio::test]
+async fn a_function_call_cut_mid_stream_ends_in_response_failed_without_prose() {
+    // The primary is cut inside the call's arguments; under `continue`
+    // (with a prefill-capable backup) and `restart` alike, the call already
+    // reached the caller, so no other model may finish it.
+    for policy in ["continue", "restart"] {
+        let primary = openai_upstream(vec![openai_tool_sse(false)]).await;
+        let claude = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/v1/messages"))
+            .respond_with(anthropic_sse(&["Paris is sunny."]))
+            .mount(&claude)
+            .await;
+        let toml = config(
+            &[
+                ("primary", openai_provider(&primary.uri())),
+                ("claude", anthropic_provider(&claude.uri())),
+            ],
+            &[
+                model("primary"),
+                Model {
+                    id: "claude",
+                    provider: "claude",
+                    window: 200_000,
+                    prefill: true,
+                },
+            ],
+            &format!("mid_stream = \"{policy}\""),
+            "",
+        );
+        let gw = Backstop::start(&toml, &[("E2E_ANTHROPIC_KEY", "sk-ant-test")]);
+        let request = json!({"model": "chat", "stream": true,
+            "tools": [{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}],
+            "input": "Weather in Paris?"});
+        let events = sse(send(&gw, &request).await).await;
+        assert_eq!(
+            names(&events),
+            [
+                "response.created",
+                "response.in_progress",
+                "response.output_item.added",
+                "response.function_call_arguments.delta",
+                "response.failed"
+            ],
+            "{policy}"
+        );
+        assert_eq!(text_of(&events), "", "no prose after the call");
+        let failed = &events.last().unwrap().1["response"];
+        assert_eq!(failed["backstop"]["code"], "stream_aborted");
+        assert!(
+            claude.received_requests().await.unwrap().is_empty(),
+            "{policy}: the backup is never asked to finish a function call"
+        );
+    }
+}

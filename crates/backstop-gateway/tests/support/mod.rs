@@ -142,6 +142,46 @@ pub fn openai_sse(pieces: &[&str], finished: bool) -> ResponseTemplate {
         .set_body_bytes(body)
 }
 
+/// An OpenAI SSE body that calls `get_weather` for Paris in three pieces;
+/// `finished` ends it properly, else it is cut inside the arguments.
+pub fn openai_tool_sse(finished: bool) -> ResponseTemplate {
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id": "chatcmpl-t", "object": "chat.completion.chunk", "created": 1_700_000_000,
+               "model": "gpt-4o-mini", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        .to_string()
+    };
+    let mut body = Vec::new();
+    write_data(
+        &mut body,
+        &chunk(
+            json!({"role": "assistant", "content": null, "tool_calls": [
+            {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}]}),
+            Value::Null,
+        ),
+    );
+    write_data(
+        &mut body,
+        &chunk(
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\":"}}]}),
+            Value::Null,
+        ),
+    );
+    if finished {
+        write_data(
+            &mut body,
+            &chunk(
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": "\"Paris\"}"}}]}),
+                Value::Null,
+            ),
+        );
+        write_data(&mut body, &chunk(json!({}), json!("tool_calls")));
+        write_data(&mut body, "[DONE]");
+    }
+    ResponseTemplate::new(200)
+        .insert_header("content-type", "text/event-stream")
+        .set_body_bytes(body)
+}
+
 /// An Anthropic Messages SSE body streaming `pieces`.
 pub fn anthropic_sse(pieces: &[&str]) -> ResponseTemplate {
     let mut body = Vec::new();
