@@ -72,6 +72,20 @@ pub use report::{
 pub use resolved::{ApiKeys, FleetBackend, ProbeSettings, Resolved, ServerSettings};
 pub use source::{ENV_PREFIX, Format};
 
+/// The concrete monitors config builds (the metrics and alert sinks), for
+/// whoever serves them (`/metrics`, the status page): the gateway reaches
+/// the strategies through config, not around it.
+pub mod monitor {
+    pub use backstop_strategies::monitor::metrics::RecentFailure;
+    pub use backstop_strategies::monitor::{
+        AlertSink, AlertStatus, Metrics, Totals, render_router_state,
+    };
+}
+
+/// Reads a plugin library's declaration without registering anything
+/// (`backstop plugin inspect`).
+pub use backstop_plugin::host::inspect as inspect_plugin;
+
 /// How to load a configuration.
 #[derive(Debug, Clone)]
 pub struct Options {

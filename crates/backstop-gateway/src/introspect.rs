@@ -7,11 +7,11 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use backstop_config::monitor::RecentFailure;
 use backstop_core::{
     BudgetPolicy, BudgetSnapshot, CircuitState, FallbackEvent, HealthPolicy, HealthSnapshot,
     LatencyKind, MidStreamPolicy, ModelIndex, Route, Router,
 };
-use backstop_strategies::monitor::metrics::RecentFailure;
 use serde::Serialize;
 use serde_json::json;
 
@@ -147,7 +147,7 @@ pub async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
     let mut out = String::with_capacity(8192);
     // Circuits by route and model, their windows, budgets and latency
     // estimates.
-    backstop_strategies::monitor::render_router_state(router, &mut out);
+    backstop_config::monitor::render_router_state(router, &mut out);
     for observer in gateway.observers() {
         observer.render_prometheus(&mut out);
     }

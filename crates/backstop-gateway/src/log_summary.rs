@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use backstop_strategies::monitor::{Metrics, Totals};
+use backstop_config::monitor::{Metrics, Totals};
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 

@@ -166,7 +166,7 @@ fn check_command(config: PathBuf, connect: bool) -> ExitCode {
 }
 
 fn inspect_command(path: PathBuf) -> ExitCode {
-    match backstop_plugin::host::inspect(&path) {
+    match backstop_config::inspect_plugin(&path) {
         Ok(info) => {
             say(&info.to_string());
             ExitCode::SUCCESS

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use backstop_config::FleetBackend;
-use backstop_strategies::monitor::{AlertSink, Metrics};
+use backstop_config::monitor::{AlertSink, Metrics};
 
 use crate::app::Observability;
 use crate::introspect::{AlertWindow, StateStatus, StatusDocument};
