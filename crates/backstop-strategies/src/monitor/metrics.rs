@@ -41,8 +41,8 @@ use std::time::Duration;
 
 use backstop_core::clock::duration_to_nanos;
 use backstop_core::{
-    AttemptOutcome, CircuitState, Event, EventSink, FailureKind, LatencyKind, Router, SharedClock,
-    SkipReason, StrategyContext,
+    AttemptOutcome, CircuitState, Event, EventSink, FailureKind, LatencyKind, ModelIndex, Route,
+    Router, SharedClock, SkipReason, StrategyContext,
 };
 use serde::Deserialize;
 
@@ -603,32 +603,100 @@ impl EventSink for Metrics {
     }
 }
 
-/// Writes the Router's current state: per route and model, the circuit's
-/// state (one series per state, 1 for the current one), the calls and
-/// failure ratio in its window; per route, its budget's spend; per model,
-/// its latency estimates.
+/// A strategy instance of the Router, where it is used, and the models its
+/// routes reach. One instance shared by several routes (the `[strategies]`
+/// defaults serve every scenario without an override and every model's
+/// single-model route) is one instance: exported once, so a sum over the
+/// series counts each spend, each circuit, once.
+struct Instance<T: ?Sized> {
+    strategy: Arc<T>,
+    /// `default` for the instance of the single-model routes (the
+    /// `[strategies]` defaults), else the scenarios using it, sorted and
+    /// joined by `,`.
+    scope: String,
+    models: Vec<ModelIndex>,
+}
+
+fn instances<T: ?Sized>(router: &Router, pick: impl Fn(&Route) -> &Arc<T>) -> Vec<Instance<T>> {
+    struct Seen<'r, T: ?Sized> {
+        strategy: Arc<T>,
+        default: bool,
+        scenarios: Vec<&'r str>,
+        models: Vec<ModelIndex>,
+    }
+    let mut seen: Vec<Seen<'_, T>> = Vec::new();
+    for route in router.routes() {
+        let strategy = pick(route);
+        let i = match seen
+            .iter()
+            .position(|s| std::ptr::addr_eq(Arc::as_ptr(&s.strategy), Arc::as_ptr(strategy)))
+        {
+            Some(i) => i,
+            None => {
+                seen.push(Seen {
+                    strategy: strategy.clone(),
+                    default: false,
+                    scenarios: Vec::new(),
+                    models: Vec::new(),
+                });
+                seen.len() - 1
+            }
+        };
+        let entry = &mut seen[i];
+        if route.single_model {
+            entry.default = true;
+        } else {
+            entry.scenarios.push(&route.name);
+        }
+        entry.models.extend(route.chain.iter().copied());
+    }
+    let mut out: Vec<Instance<T>> = seen
+        .into_iter()
+        .map(|mut s| {
+            s.scenarios.sort_unstable();
+            s.models.sort_unstable();
+            s.models.dedup();
+            Instance {
+                strategy: s.strategy,
+                scope: if s.default {
+                    "default".to_owned()
+                } else {
+                    s.scenarios.join(",")
+                },
+                models: s.models,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.scope.cmp(&b.scope));
+    out
+}
+
+/// Writes the Router's current state, once per strategy instance (see
+/// [`Instance`]): per health policy and model, the circuit's state (one
+/// series per state, 1 for the current one), the calls and failure ratio
+/// in its window; per budget, its spend; per model, its latency estimates.
+/// The `scope` label is `default` for the `[strategies]` instance, else the
+/// scenarios that use the instance.
 pub fn render_router_state(router: &Router, out: &mut String) {
-    let mut routes: Vec<_> = router.routes().collect();
-    routes.sort_by(|a, b| a.name.cmp(&b.name));
     let models = router.models();
 
     header(
         out,
         "backstop_circuit_state",
         "gauge",
-        "1 for the circuit's current state, by route and model.",
+        "1 for the circuit's current state, by health policy scope and model.",
     );
     let mut window_calls = String::new();
     let mut failure_ratio = String::new();
-    for route in &routes {
-        for &index in route.chain.iter() {
+    for instance in instances(router, |r| &r.strategies.health) {
+        for &index in &instance.models {
             let Some(model) = models.get(index) else {
                 continue;
             };
-            let snap = route.strategies.health.snapshot(index);
+            let snap = instance.strategy.snapshot(index);
             let labels = format!(
-                "route=\"{}\",model=\"{}\"",
-                escape(&route.name),
+                "scope=\"{}\",model=\"{}\"",
+                escape(&instance.scope),
                 escape(&model.id)
             );
             for state in STATES {
@@ -672,13 +740,13 @@ pub fn render_router_state(router: &Router, out: &mut String) {
         out,
         "backstop_budget_spent_usd",
         "gauge",
-        "USD settled in the budget's current window (or in total), by route.",
+        "USD settled in the budget's current window (or in total), once per budget instance.",
     );
-    for route in &routes {
-        let snap = route.strategies.budget.snapshot();
+    for instance in instances(router, |r| &r.strategies.budget) {
+        let snap = instance.strategy.snapshot();
         let labels = format!(
-            "route=\"{}\",policy=\"{}\"",
-            escape(&route.name),
+            "scope=\"{}\",policy=\"{}\"",
+            escape(&instance.scope),
             escape(&snap.policy)
         );
         let _ = writeln!(out, "backstop_budget_spent_usd{{{labels}}} {}", snap.spent);
@@ -695,14 +763,14 @@ pub fn render_router_state(router: &Router, out: &mut String) {
         out,
         "backstop_budget_reserved_usd",
         "gauge",
-        "USD held by calls in flight, by route.",
+        "USD held by calls in flight, once per budget instance.",
     );
     out.push_str(&reserved);
     header(
         out,
         "backstop_budget_limit_usd",
         "gauge",
-        "The budget's cap per window, by route.",
+        "The budget's cap per window, once per budget instance.",
     );
     out.push_str(&limit);
 

@@ -235,21 +235,21 @@ async fn renders_circuit_states_and_budgets_from_the_router() {
     let mut out = String::new();
     render_router_state(&router, &mut out);
     assert!(
-        out.contains("backstop_circuit_state{route=\"chat\",model=\"gpt-4o\",state=\"open\"} 1\n"),
+        out.contains("backstop_circuit_state{scope=\"chat\",model=\"gpt-4o\",state=\"open\"} 1\n"),
         "{out}"
     );
     assert!(
         out.contains(
-            "backstop_circuit_state{route=\"chat\",model=\"gpt-4o\",state=\"closed\"} 0\n"
+            "backstop_circuit_state{scope=\"chat\",model=\"gpt-4o\",state=\"closed\"} 0\n"
         )
     );
     assert!(
         out.contains(
-            "backstop_circuit_state{route=\"chat\",model=\"qwen-7b\",state=\"closed\"} 1\n"
+            "backstop_circuit_state{scope=\"chat\",model=\"qwen-7b\",state=\"closed\"} 1\n"
         )
     );
-    assert!(out.contains("backstop_circuit_failure_ratio{route=\"chat\",model=\"gpt-4o\"} 1\n"));
-    assert!(out.contains("backstop_budget_spent_usd{route=\"chat\",policy=\"unlimited\"} 0\n"));
+    assert!(out.contains("backstop_circuit_failure_ratio{scope=\"chat\",model=\"gpt-4o\"} 1\n"));
+    assert!(out.contains("backstop_budget_spent_usd{scope=\"chat\",policy=\"unlimited\"} 0\n"));
 }
 
 #[test]
