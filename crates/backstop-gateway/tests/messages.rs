@@ -570,47 +570,12 @@ async fn an_anthropic_request_with_tools_is_answered_by_an_openai_model() {
 #[tokio::test]
 async fn an_openai_request_with_tools_is_answered_by_an_anthropic_model() {
     let claude = MockServer::start().await;
-    let mut body = Vec::new();
-    for (name, data) in [
-        (
-            "message_start",
-            json!({"type": "message_start", "message": {"id": "msg_t", "type": "message",
-            "role": "assistant", "model": "claude", "content": [], "stop_reason": null, "stop_sequence": null,
-            "usage": {"input_tokens": 30, "output_tokens": 1}}}),
-        ),
-        (
-            "content_block_start",
-            json!({"type": "content_block_start", "index": 0,
-            "content_block": {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}}),
-        ),
-        (
-            "content_block_delta",
-            json!({"type": "content_block_delta", "index": 0,
-            "delta": {"type": "input_json_delta", "partial_json": "{\"city\": \"Paris\"}"}}),
-        ),
-        (
-            "content_block_stop",
-            json!({"type": "content_block_stop", "index": 0}),
-        ),
-        (
-            "message_delta",
-            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null},
-            "usage": {"output_tokens": 12}}),
-        ),
-        ("message_stop", json!({"type": "message_stop"})),
-    ] {
-        write_event(&mut body, name, &data.to_string());
-    }
     Mock::given(method("POST"))
         .and(path("/v1/messages"))
         .and(wiremock::matchers::body_partial_json(
             json!({"stream": true}),
         ))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .insert_header("content-type", "text/event-stream")
-                .set_body_bytes(body),
-        )
+        .respond_with(anthropic_tool_sse(&["{\"city\": \"Paris\"}"]))
         .with_priority(1)
         .mount(&claude)
         .await;

@@ -8,12 +8,11 @@
 
 mod support;
 
-use backstop_http::sse::write_event;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use support::*;
 use wiremock::matchers::{method, path};
-use wiremock::{Mock, MockServer, ResponseTemplate};
+use wiremock::{Mock, MockServer};
 
 // ---------------------------------------------------------------- helpers
 
@@ -408,49 +407,9 @@ async fn keys_are_checked() {
 #[tokio::test]
 async fn function_calls_stream_from_an_anthropic_model_and_their_outputs_go_back() {
     let claude = MockServer::start().await;
-    let mut body = Vec::new();
-    for (name, data) in [
-        (
-            "message_start",
-            json!({"type": "message_start", "message": {"id": "msg_t", "type": "message",
-            "role": "assistant", "model": "claude", "content": [], "stop_reason": null, "stop_sequence": null,
-            "usage": {"input_tokens": 30, "output_tokens": 1}}}),
-        ),
-        (
-            "content_block_start",
-            json!({"type": "content_block_start", "index": 0,
-            "content_block": {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}}),
-        ),
-        (
-            "content_block_delta",
-            json!({"type": "content_block_delta", "index": 0,
-            "delta": {"type": "input_json_delta", "partial_json": "{\"city\": "}}),
-        ),
-        (
-            "content_block_delta",
-            json!({"type": "content_block_delta", "index": 0,
-            "delta": {"type": "input_json_delta", "partial_json": "\"Paris\"}"}}),
-        ),
-        (
-            "content_block_stop",
-            json!({"type": "content_block_stop", "index": 0}),
-        ),
-        (
-            "message_delta",
-            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null},
-            "usage": {"output_tokens": 12}}),
-        ),
-        ("message_stop", json!({"type": "message_stop"})),
-    ] {
-        write_event(&mut body, name, &data.to_string());
-    }
     Mock::given(method("POST"))
         .and(path("/v1/messages"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .insert_header("content-type", "text/event-stream")
-                .set_body_bytes(body),
-        )
+        .respond_with(anthropic_tool_sse(&["{\"city\": ", "\"Paris\"}"]))
         .mount(&claude)
         .await;
     let toml = config(

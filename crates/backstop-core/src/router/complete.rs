@@ -81,6 +81,35 @@ impl RunShared {
             attempts: &state.trail,
         })
     }
+
+    /// Ends a request that the model at `index` answered at `level`
+    /// (complete or embeddings): annotates it, records its end, and gives
+    /// the `Outcome` it is served with (the trail moves out of `state`).
+    pub(crate) fn conclude(
+        &self,
+        state: &mut RunState,
+        index: ModelIndex,
+        level: usize,
+        usage: Option<Usage>,
+    ) -> Outcome {
+        let annotation = self.annotate(state, index, level);
+        self.recorder()
+            .finished(state, Some((index, level)), None, state.now);
+        let attempts = std::mem::take(&mut state.trail);
+        let upstream_attempts = attempts
+            .iter()
+            .filter(|a| a.outcome.called_upstream())
+            .count() as u32;
+        Outcome {
+            model_used: self.model_id(index).clone(),
+            fallback_level: level,
+            attempts,
+            upstream_attempts,
+            warning: annotation.warning,
+            limitation: annotation.limitation,
+            usage,
+        }
+    }
 }
 
 /// Serves a complete request.
@@ -97,31 +126,16 @@ pub(crate) async fn complete(
         .await
     {
         Ok(winner) => {
-            let model_used = shared.model_id(winner.index).clone();
             let mut response = winner.won;
+            let outcome = shared.conclude(
+                &mut state,
+                winner.index,
+                winner.level,
+                response.usage.clone(),
+            );
             response.model.clear();
-            response.model.push_str(&model_used);
-            let annotation = shared.annotate(&state, winner.index, winner.level);
-            shared
-                .recorder()
-                .finished(&state, Some((winner.index, winner.level)), None, state.now);
-            let attempts = std::mem::take(&mut state.trail);
-            let upstream_attempts = attempts
-                .iter()
-                .filter(|a| a.outcome.called_upstream())
-                .count() as u32;
-            Ok(FallbackResult {
-                outcome: Outcome {
-                    model_used,
-                    fallback_level: winner.level,
-                    attempts,
-                    upstream_attempts,
-                    warning: annotation.warning,
-                    limitation: annotation.limitation,
-                    usage: response.usage.clone(),
-                },
-                response,
-            })
+            response.model.push_str(&outcome.model_used);
+            Ok(FallbackResult { outcome, response })
         }
         Err(error) => {
             shared

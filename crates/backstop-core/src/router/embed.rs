@@ -143,35 +143,20 @@ pub(crate) async fn embed(
         .await
     {
         Ok(winner) => {
-            let model_used = shared.model_id(winner.index).clone();
             let mut response = winner.won;
-            response.model = model_used.to_string();
             let usage = response.usage.unwrap_or(EmbeddingsUsage {
                 prompt_tokens,
                 total_tokens: prompt_tokens,
             });
             response.usage = Some(usage);
-            let annotation = shared.annotate(&state, winner.index, winner.level);
-            shared
-                .recorder()
-                .finished(&state, Some((winner.index, winner.level)), None, state.now);
-            let attempts = std::mem::take(&mut state.trail);
-            let upstream_attempts = attempts
-                .iter()
-                .filter(|a| a.outcome.called_upstream())
-                .count() as u32;
-            Ok(EmbeddingsResult {
-                outcome: Outcome {
-                    model_used,
-                    fallback_level: winner.level,
-                    attempts,
-                    upstream_attempts,
-                    warning: annotation.warning,
-                    limitation: annotation.limitation,
-                    usage: Some(Usage::new(usage.prompt_tokens, 0)),
-                },
-                response,
-            })
+            let outcome = shared.conclude(
+                &mut state,
+                winner.index,
+                winner.level,
+                Some(Usage::new(usage.prompt_tokens, 0)),
+            );
+            response.model = outcome.model_used.to_string();
+            Ok(EmbeddingsResult { outcome, response })
         }
         Err(error) => {
             shared

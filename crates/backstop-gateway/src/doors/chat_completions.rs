@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use backstop_core::{ChatRequest, ChatResponse, FallbackStream, RequestContext, StreamItem, Usage};
 use backstop_http::sse::write_data;
@@ -14,7 +14,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use super::write_json_data;
-use crate::annotate::{self, BackstopInfo};
+use crate::annotate::BackstopInfo;
 use crate::api_error::ApiError;
 use crate::app::Gateway;
 
@@ -99,14 +99,7 @@ async fn complete(gateway: &Gateway, request: ChatRequest, cx: RequestContext) -
                 .into_response();
         }
     };
-    let mut response = (StatusCode::OK, json).into_response();
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    annotate::set_headers(h, &result.outcome);
-    response
+    super::json_answer(json, &result.outcome)
 }
 
 async fn stream(gateway: &Gateway, request: ChatRequest, cx: RequestContext) -> Response {
@@ -115,18 +108,8 @@ async fn stream(gateway: &Gateway, request: ChatRequest, cx: RequestContext) -> 
         Ok(stream) => stream,
         Err(e) => return gateway.route_error(e).into_response(),
     };
-    let mut headers = HeaderMap::new();
-    annotate::set_headers(&mut headers, &stream.meta().outcome);
-    let body = Body::from_stream(sse_body(stream, include_usage));
-    let mut response = (StatusCode::OK, body).into_response();
-    let h = response.headers_mut();
-    h.extend(headers);
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    response
+    let outcome = stream.meta().outcome.clone();
+    super::sse_answer(sse_body(stream, include_usage), &outcome)
 }
 
 /// The SSE body: a `data:` event per chunk, then a final chunk with the

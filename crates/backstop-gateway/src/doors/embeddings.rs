@@ -15,14 +15,14 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use backstop_core::{EmbeddingsRequest, ModelSpec, RequestContext, Router};
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::annotate::{self, BackstopInfo};
+use crate::annotate::BackstopInfo;
 use crate::api_error::ApiError;
 use crate::app::Gateway;
 
@@ -151,14 +151,7 @@ async fn answer(
         "usage": {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.total_tokens},
         "backstop": BackstopInfo::from(&result.outcome),
     });
-    let mut response = (StatusCode::OK, body.to_string()).into_response();
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    annotate::set_headers(h, &result.outcome);
-    Ok(response)
+    Ok(super::json_answer(body.to_string(), &result.outcome))
 }
 
 #[cfg(test)]

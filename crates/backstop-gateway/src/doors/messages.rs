@@ -40,7 +40,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use super::write_json_event;
-use crate::annotate::{self, BackstopInfo};
+use crate::annotate::BackstopInfo;
 use crate::api_error::ApiError;
 use crate::app::Gateway;
 
@@ -605,14 +605,7 @@ async fn complete(gateway: &Gateway, request: ChatRequest, cx: RequestContext) -
         Ok(body) => body,
         Err(e) => return render_error(e),
     };
-    let mut response = (StatusCode::OK, body.to_string()).into_response();
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    annotate::set_headers(h, &result.outcome);
-    response
+    super::json_answer(body.to_string(), &result.outcome)
 }
 
 async fn stream(gateway: &Gateway, request: ChatRequest, cx: RequestContext) -> Response {
@@ -620,18 +613,8 @@ async fn stream(gateway: &Gateway, request: ChatRequest, cx: RequestContext) -> 
         Ok(stream) => stream,
         Err(e) => return render_error(gateway.route_error(e)),
     };
-    let mut headers = HeaderMap::new();
-    annotate::set_headers(&mut headers, &stream.meta().outcome);
-    let body = Body::from_stream(sse_body(stream));
-    let mut response = (StatusCode::OK, body).into_response();
-    let h = response.headers_mut();
-    h.extend(headers);
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    response
+    let outcome = stream.meta().outcome.clone();
+    super::sse_answer(sse_body(stream), &outcome)
 }
 
 /// The content block being streamed.

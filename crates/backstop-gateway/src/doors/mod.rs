@@ -21,13 +21,14 @@ pub mod embeddings;
 pub mod messages;
 pub mod responses;
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, HeaderValue};
-use axum::response::Response;
-use backstop_core::RequestContext;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use backstop_core::{Outcome, RequestContext};
 use tracing::Instrument;
 
 use crate::annotate;
@@ -107,6 +108,36 @@ async fn read_body(gateway: &Gateway, body: Body) -> Result<Bytes, ApiError> {
             })
         }
     }
+}
+
+/// A 200 JSON answer served as `outcome` says, with the `x-backstop-*`
+/// headers.
+pub(crate) fn json_answer(body: impl Into<Body>, outcome: &Outcome) -> Response {
+    let mut response = (StatusCode::OK, body.into()).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    annotate::set_headers(h, outcome);
+    response
+}
+
+/// A 200 stream of server-sent events that started as `outcome` says,
+/// with the `x-backstop-*` headers.
+pub(crate) fn sse_answer<S>(body: S, outcome: &Outcome) -> Response
+where
+    S: futures::Stream<Item = Result<Bytes, Infallible>> + Send + 'static,
+{
+    let mut response = (StatusCode::OK, Body::from_stream(body)).into_response();
+    let h = response.headers_mut();
+    annotate::set_headers(h, outcome);
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
 }
 
 /// Appends one SSE `data:` event carrying `value` as JSON. A value that

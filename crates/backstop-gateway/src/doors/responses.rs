@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use backstop_core::{
     ChatChunk, ChatRequest, ChatResponse, Content, Extra, FallbackStream, Message, Outcome,
@@ -34,7 +34,7 @@ use futures::StreamExt;
 use serde_json::{Map, Value, json};
 
 use super::write_json_event;
-use crate::annotate::{self, BackstopInfo};
+use crate::annotate::BackstopInfo;
 use crate::api_error::ApiError;
 use crate::app::Gateway;
 
@@ -530,14 +530,7 @@ async fn complete(
         Err(e) => return gateway.route_error(e).into_response(),
     };
     let body = complete_json(&result.response, &result.outcome, &echo);
-    let mut response = (StatusCode::OK, body.to_string()).into_response();
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    annotate::set_headers(h, &result.outcome);
-    response
+    super::json_answer(body.to_string(), &result.outcome)
 }
 
 fn complete_json(response: &ChatResponse, outcome: &Outcome, echo: &Echo) -> Value {
@@ -582,18 +575,8 @@ async fn stream(
         Ok(stream) => stream,
         Err(e) => return gateway.route_error(e).into_response(),
     };
-    let mut headers = HeaderMap::new();
-    annotate::set_headers(&mut headers, &stream.meta().outcome);
-    let body = Body::from_stream(sse_body(stream, echo));
-    let mut response = (StatusCode::OK, body).into_response();
-    let h = response.headers_mut();
-    h.extend(headers);
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    response
+    let outcome = stream.meta().outcome.clone();
+    super::sse_answer(sse_body(stream, echo), &outcome)
 }
 
 /// An output item being streamed or streamed.
@@ -940,7 +923,7 @@ mod tests {
             let mut body = json!({"model": "chat", "input": "hi"});
             body[key] = value;
             let e = parsed(body).unwrap_err();
-            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST);
             assert!(e.message.contains(key), "{}", e.message);
         }
         assert!(parsed(json!({"model": "chat", "input": "hi", "store": false})).is_ok());

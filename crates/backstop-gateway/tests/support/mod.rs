@@ -182,6 +182,36 @@ pub fn openai_tool_sse(finished: bool) -> ResponseTemplate {
         .set_body_bytes(body)
 }
 
+/// An Anthropic Messages SSE body calling `get_weather` (`toolu_1`), its
+/// input JSON streamed in `pieces`.
+pub fn anthropic_tool_sse(pieces: &[&str]) -> ResponseTemplate {
+    let mut body = Vec::new();
+    let mut events = vec![
+        json!({"type": "message_start", "message": {"id": "msg_t", "type": "message",
+            "role": "assistant", "model": "claude", "content": [], "stop_reason": null,
+            "stop_sequence": null, "usage": {"input_tokens": 30, "output_tokens": 1}}}),
+        json!({"type": "content_block_start", "index": 0,
+            "content_block": {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}}),
+    ];
+    for piece in pieces {
+        events.push(json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "input_json_delta", "partial_json": piece}}));
+    }
+    events.extend([
+        json!({"type": "content_block_stop", "index": 0}),
+        json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null},
+            "usage": {"output_tokens": 12}}),
+        json!({"type": "message_stop"}),
+    ]);
+    for event in events {
+        let name = event["type"].as_str().unwrap_or_default().to_owned();
+        write_event(&mut body, &name, &event.to_string());
+    }
+    ResponseTemplate::new(200)
+        .insert_header("content-type", "text/event-stream")
+        .set_body_bytes(body)
+}
+
 /// An Anthropic Messages SSE body streaming `pieces`.
 pub fn anthropic_sse(pieces: &[&str]) -> ResponseTemplate {
     let mut body = Vec::new();
