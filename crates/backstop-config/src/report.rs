@@ -52,6 +52,8 @@ pub struct StateEntry {
     pub key_prefix: Option<String>,
     /// Bound of a store call (redis only).
     pub timeout_ms: Option<u64>,
+    /// What shared budgets do while the store fails (redis only).
+    pub on_store_failure: Option<&'static str>,
 }
 
 /// A provider.
@@ -290,9 +292,10 @@ impl Report {
         ) {
             (Some(url_env), Some(prefix), Some(timeout)) => writeln!(
                 f,
-                "  {}: url from ${url_env}, key prefix {prefix:?}, timeout {}",
+                "  {}: url from ${url_env}, key prefix {prefix:?}, timeout {}, budgets {} while the store fails",
                 self.state.backend,
-                ms(u128::from(timeout))
+                ms(u128::from(timeout)),
+                self.state.on_store_failure.unwrap_or("local")
             )?,
             _ => writeln!(
                 f,

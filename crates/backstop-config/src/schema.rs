@@ -116,9 +116,13 @@ pub(crate) struct StateSection {
     /// A store call slower than this is a store failure.
     #[serde(default = "default_state_timeout")]
     pub timeout_ms: u64,
+    /// What shared budgets do while the store fails: `local` or `closed`.
+    #[serde(default = "default_on_store_failure")]
+    pub on_store_failure: String,
 }
 
 pub(crate) const STATE_BACKENDS: [&str; 2] = ["local", "redis"];
+pub(crate) const ON_STORE_FAILURE: [&str; 2] = ["local", "closed"];
 pub(crate) const DEFAULT_URL_ENV: &str = "BACKSTOP_REDIS_URL";
 pub(crate) const DEFAULT_KEY_PREFIX: &str = "backstop";
 pub(crate) const DEFAULT_STATE_TIMEOUT_MS: u64 = 20;
@@ -135,6 +139,9 @@ fn default_key_prefix() -> String {
 fn default_state_timeout() -> u64 {
     DEFAULT_STATE_TIMEOUT_MS
 }
+fn default_on_store_failure() -> String {
+    "local".to_owned()
+}
 
 impl Default for StateSection {
     fn default() -> Self {
@@ -143,6 +150,7 @@ impl Default for StateSection {
             url_env: default_url_env(),
             key_prefix: default_key_prefix(),
             timeout_ms: DEFAULT_STATE_TIMEOUT_MS,
+            on_store_failure: default_on_store_failure(),
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use futures::future::BoxFuture;
 use serde::Serialize;
 
 use crate::chat::Usage;
@@ -69,6 +70,24 @@ pub trait BudgetPolicy: Send + Sync + fmt::Debug {
 
     /// Spend so far.
     fn snapshot(&self) -> BudgetSnapshot;
+
+    /// Whether this policy's reservations go through a store shared by a
+    /// fleet: then the Router calls [`BudgetPolicy::reserve_shared`]
+    /// instead of `reserve`. `false` by default (no allocation, no wait).
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// `reserve` for a policy whose caps a fleet shares: at most one store
+    /// round trip, bounded by the store's timeout. By default, `reserve`.
+    fn reserve_shared<'a>(
+        &'a self,
+        index: ModelIndex,
+        model: &'a ModelSpec,
+        facts: &'a RequestFacts<'a>,
+    ) -> BoxFuture<'a, Result<Reservation, OverBudget>> {
+        Box::pin(std::future::ready(self.reserve(index, model, facts)))
+    }
 }
 
 fn _budget_is_object_safe(_: &dyn BudgetPolicy) {}

@@ -4,7 +4,9 @@
 //! [`FleetState`] what a fleet must agree on. Today that is circuit
 //! transitions: a replica that opens, cools down, disables or closes a
 //! model publishes it, and every other replica adopts it through the
-//! [`CircuitListener`] it registered. The default, [`LocalState`], shares
+//! [`CircuitListener`] it registered. Budgets that a fleet shares reserve
+//! and settle through it too ([`FleetState::reserve_budget`]). The default,
+//! [`LocalState`], shares
 //! nothing (one gateway is its own fleet); the Redis implementation lives in
 //! the `backstop-fleet` crate. Core knows nothing of any store.
 //!
@@ -80,6 +82,43 @@ impl SharedCircuit {
     }
 }
 
+/// One capped account of a budget the fleet shares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedAccount<'a> {
+    /// The account's name, the same on every replica (`total`,
+    /// `caller:<key>`, `scenario:<name>`).
+    pub name: &'a str,
+    /// Its cap per window, in the budget's unit (nano-USD).
+    pub cap: u64,
+}
+
+/// Where budgets are held, and which window they count in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetWindow<'a> {
+    /// The budget policy, the same on every replica with the same config.
+    pub scope: &'a str,
+    /// The window's number (Unix time / `length_ms`).
+    pub number: u64,
+    /// The window's length.
+    pub length_ms: u64,
+}
+
+/// The store could not answer (down, too slow, refused).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the fleet's state store failed: {0}")]
+pub struct StoreFailure(pub String);
+
+/// What a budget does while the fleet's store fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnStoreFailure {
+    /// Carry on with this replica's own accounting (each replica then
+    /// enforces the cap on its own).
+    #[default]
+    Local,
+    /// Refuse: nothing is spent that the fleet cannot count.
+    Closed,
+}
+
 /// A strategy that adopts the circuit transitions of other replicas.
 pub trait CircuitListener: Send + Sync {
     /// Model `model` (its config id) is in `circuit` across the fleet: a
@@ -111,6 +150,35 @@ pub trait FleetState: Send + Sync + fmt::Debug {
 
     /// Whether the shared store answers (always `true` for `local`).
     fn store_up(&self) -> bool;
+
+    /// Whether budgets should reserve through [`FleetState::reserve_budget`].
+    fn shares_budgets(&self) -> bool {
+        false
+    }
+
+    /// Holds `amount` on every account in `window`, all or none, in one
+    /// atomic step: `Ok(None)` held, `Ok(Some(i))` refused by `accounts[i]`,
+    /// `Err` when the store failed (nothing held).
+    fn reserve_budget<'a>(
+        &'a self,
+        window: BudgetWindow<'a>,
+        accounts: &'a [SharedAccount<'a>],
+        amount: u64,
+    ) -> BoxFuture<'a, Result<Option<usize>, StoreFailure>> {
+        let _ = (window, accounts, amount);
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    /// Replaces `held` by `actual` on the accounts named (in the current
+    /// window). Never waits: queued for the store.
+    fn settle_budget(&self, window: BudgetWindow<'_>, accounts: &[&str], held: u64, actual: u64) {
+        let _ = (window, accounts, held, actual);
+    }
+
+    /// What budgets do while the store fails.
+    fn on_store_failure(&self) -> OnStoreFailure {
+        OnStoreFailure::Local
+    }
 }
 
 fn _fleet_is_object_safe(_: &dyn FleetState) {}

@@ -50,7 +50,10 @@ pub use error::{
 };
 pub use events::{Event, EventSink, FallbackEvent, RequestFinished};
 pub use facts::RequestFacts;
-pub use fleet::{CircuitListener, FleetState, LocalState, SharedCircuit};
+pub use fleet::{
+    BudgetWindow, CircuitListener, FleetState, LocalState, OnStoreFailure, SharedAccount,
+    SharedCircuit, StoreFailure,
+};
 pub use health::{
     Admission, CallOutcome, CircuitState, HealthPolicy, HealthSnapshot, HealthTransition, Permit,
     ProbeFailure,

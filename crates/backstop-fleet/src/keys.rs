@@ -35,6 +35,12 @@ impl Keys {
     pub fn channel(&self) -> String {
         format!("{}:circuits", self.prefix)
     }
+
+    /// A budget account's key in one window; every account of one budget
+    /// shares the hash tag, so a reservation is one single-slot script.
+    pub fn budget(&self, scope: &str, account: &str, window: u64) -> String {
+        format!("{}:{{b:{scope}}}:{account}:{window}", self.prefix)
+    }
 }
 
 fn state_name(state: CircuitState) -> &'static str {
@@ -142,6 +148,10 @@ mod tests {
         assert_eq!(k.circuit("gpt-4o"), "backstop:{gpt-4o}:circuit");
         assert_eq!(k.probe("gpt-4o"), "backstop:{gpt-4o}:probe");
         assert_eq!(k.channel(), "backstop:circuits");
+        assert_eq!(
+            k.budget("rolling", "caller:alice", 7),
+            "backstop:{b:rolling}:caller:alice:7"
+        );
     }
 
     #[test]

@@ -18,10 +18,14 @@
 //!    reconnects reads every model's key (reconcile) before it listens.
 //! 2. **One prober per model per fleet**: a lease key per model
 //!    (`SET NX PX`, renewed by its holder), so only one replica probes it.
+//! 3. **Budgets**: a reservation holds its estimate on all of a request's
+//!    accounts in one Lua script (all or none, against each cap); a settle
+//!    replaces it by the actual cost in another, queued like publications.
 //!
-//! The hot path never waits on the store: publications are queued and
-//! written by a background task, and adoption happens on the subscription's
-//! task. Every store call is bounded by `timeout_ms`; a call that fails or
+//! The hot path never waits on the store except for a budget reservation
+//! (one round trip, bounded by `timeout_ms`): publications and settlements
+//! are queued and written by a background task, and adoption happens on the
+//! subscription's task. Every store call is bounded by `timeout_ms`; a call that fails or
 //! times out marks the store down (`backstop_state_store_up 0`, logged once),
 //! and each replica carries on with its own state. A heartbeat notices when
 //! the store answers again, and the subscription reconnects, resubscribes and

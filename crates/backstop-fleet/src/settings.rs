@@ -4,6 +4,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use backstop_core::OnStoreFailure;
+
 /// Where the store is and how long a call to it may take.
 #[derive(Clone)]
 pub struct RedisSettings {
@@ -14,6 +16,8 @@ pub struct RedisSettings {
     pub key_prefix: String,
     /// A store call slower than this counts as a store failure.
     pub timeout: Duration,
+    /// What shared budgets do while the store fails.
+    pub on_store_failure: OnStoreFailure,
 }
 
 /// A `[state]` setting the store cannot work with. The messages never hold
@@ -63,7 +67,16 @@ impl RedisSettings {
             url_env,
             key_prefix: key_prefix.into(),
             timeout,
+            on_store_failure: OnStoreFailure::Local,
         })
+    }
+
+    /// The same settings, with budgets doing `on_store_failure` while the
+    /// store fails.
+    #[must_use]
+    pub fn with_on_store_failure(mut self, on_store_failure: OnStoreFailure) -> Self {
+        self.on_store_failure = on_store_failure;
+        self
     }
 
     pub(crate) fn client(&self) -> Result<redis::Client, SettingsError> {
@@ -79,6 +92,7 @@ impl fmt::Debug for RedisSettings {
             .field("url", &format_args!("${} (redacted)", self.url_env))
             .field("key_prefix", &self.key_prefix)
             .field("timeout", &self.timeout)
+            .field("on_store_failure", &self.on_store_failure)
             .finish()
     }
 }

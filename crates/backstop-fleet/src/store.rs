@@ -4,7 +4,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-use backstop_core::{CircuitListener, FleetState, SharedCircuit};
+use backstop_core::{
+    BudgetWindow, CircuitListener, FleetState, OnStoreFailure, SharedAccount, SharedCircuit,
+    StoreFailure,
+};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -62,6 +65,45 @@ if (not holder) or holder == ARGV[1] then
 end
 return 0
 ";
+
+/// Holds an amount on every account of a budget, all or none. Returns 0
+/// when held, or the 1-based index of the first account whose cap refused.
+///
+/// KEYS: the accounts' keys in the window; ARGV: amount, ttl ms, then each
+/// account's cap.
+const RESERVE_BUDGET: &str = r"
+local amount = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  local used = tonumber(redis.call('GET', key) or '0')
+  if used + amount > tonumber(ARGV[i + 2]) then return i end
+end
+for _, key in ipairs(KEYS) do
+  redis.call('INCRBY', key, amount)
+  redis.call('PEXPIRE', key, ARGV[2])
+end
+return 0
+";
+
+/// Replaces what a reservation held by what the call cost, never below 0.
+///
+/// KEYS: the accounts' keys in the current window; ARGV: actual - held, ttl ms.
+const SETTLE_BUDGET: &str = r"
+for _, key in ipairs(KEYS) do
+  if redis.call('INCRBY', key, ARGV[1]) < 0 then redis.call('SET', key, 0) end
+  redis.call('PEXPIRE', key, ARGV[2])
+end
+return 0
+";
+
+/// What the writer writes, in order.
+enum Write {
+    Circuit(String, SharedCircuit),
+    Settle {
+        keys: Vec<String>,
+        delta: i64,
+        ttl_ms: u64,
+    },
+}
 
 /// The store could not be used. Never holds the URL.
 #[derive(Debug, thiserror::Error)]
@@ -169,11 +211,13 @@ pub struct RedisState {
     /// The state last logged and exported.
     reported_up: AtomicBool,
     conn: OnceLock<ConnectionManager>,
-    queue: mpsc::Sender<(String, SharedCircuit)>,
-    queued: Mutex<Option<mpsc::Receiver<(String, SharedCircuit)>>>,
+    queue: mpsc::Sender<Write>,
+    queued: Mutex<Option<mpsc::Receiver<Write>>>,
     listeners: Mutex<Vec<Weak<dyn CircuitListener>>>,
     publish_script: Script,
     lease_script: Script,
+    reserve_script: Script,
+    settle_script: Script,
 }
 
 impl std::fmt::Debug for RedisState {
@@ -221,6 +265,8 @@ impl RedisState {
             listeners: Mutex::new(Vec::new()),
             publish_script: Script::new(PUBLISH_CIRCUIT),
             lease_script: Script::new(PROBE_LEASE),
+            reserve_script: Script::new(RESERVE_BUDGET),
+            settle_script: Script::new(SETTLE_BUDGET),
         }))
     }
 
@@ -315,20 +361,37 @@ impl RedisState {
         }
     }
 
-    /// Writes queued publications, one script run each.
-    async fn write(self: Arc<Self>, mut queued: mpsc::Receiver<(String, SharedCircuit)>) {
+    /// Writes queued publications and settlements, one script run each.
+    async fn write(self: Arc<Self>, mut queued: mpsc::Receiver<Write>) {
         let channel = self.keys.channel();
-        while let Some((model, circuit)) = queued.recv().await {
+        while let Some(write) = queued.recv().await {
             let Some(mut conn) = self.conn() else {
                 continue;
             };
-            let mut invocation = self.publish_script.key(self.keys.circuit(&model));
-            invocation
-                .arg(&channel)
-                .arg(circuit.state.as_str())
-                .arg(keys::ttl_ms(&circuit))
-                .arg(keys::circuit_value(&circuit))
-                .arg(keys::message(self.replica, &model, &circuit));
+            let invocation = match &write {
+                Write::Circuit(model, circuit) => {
+                    let mut invocation = self.publish_script.key(self.keys.circuit(model));
+                    invocation
+                        .arg(&channel)
+                        .arg(circuit.state.as_str())
+                        .arg(keys::ttl_ms(circuit))
+                        .arg(keys::circuit_value(circuit))
+                        .arg(keys::message(self.replica, model, circuit));
+                    invocation
+                }
+                Write::Settle {
+                    keys,
+                    delta,
+                    ttl_ms,
+                } => {
+                    let mut invocation = self.settle_script.prepare_invoke();
+                    for key in keys {
+                        invocation.key(key);
+                    }
+                    invocation.arg(*delta).arg(*ttl_ms);
+                    invocation
+                }
+            };
             match bounded(
                 self.settings.timeout,
                 invocation.invoke_async::<i64>(&mut conn),
@@ -337,7 +400,7 @@ impl RedisState {
             {
                 Ok(_) => self.commands(true, None),
                 Err(cause) => {
-                    tracing::debug!(model, %cause, "circuit publication lost");
+                    tracing::debug!(%cause, "fleet write lost");
                     self.commands(false, Some(&cause));
                 }
             }
@@ -445,7 +508,11 @@ impl FleetState for RedisState {
     }
 
     fn publish_circuit(&self, model: &str, circuit: SharedCircuit) {
-        if self.queue.try_send((model.to_owned(), circuit)).is_err() {
+        if self
+            .queue
+            .try_send(Write::Circuit(model.to_owned(), circuit))
+            .is_err()
+        {
             tracing::debug!(model, "circuit publication dropped: the store is behind");
         }
     }
@@ -489,5 +556,71 @@ impl FleetState for RedisState {
 
     fn store_up(&self) -> bool {
         self.commands_up.load(Ordering::Acquire) && self.subscribed.load(Ordering::Acquire)
+    }
+
+    fn shares_budgets(&self) -> bool {
+        true
+    }
+
+    fn reserve_budget<'a>(
+        &'a self,
+        window: BudgetWindow<'a>,
+        accounts: &'a [SharedAccount<'a>],
+        amount: u64,
+    ) -> BoxFuture<'a, Result<Option<usize>, StoreFailure>> {
+        Box::pin(async move {
+            let Some(mut conn) = self.conn() else {
+                return Err(StoreFailure("not started".into()));
+            };
+            let mut invocation = self.reserve_script.prepare_invoke();
+            for account in accounts {
+                invocation.key(self.keys.budget(window.scope, account.name, window.number));
+            }
+            invocation
+                .arg(amount)
+                .arg(window.length_ms.saturating_mul(2).max(1));
+            for account in accounts {
+                invocation.arg(account.cap);
+            }
+            match bounded(
+                self.settings.timeout,
+                invocation.invoke_async::<i64>(&mut conn),
+            )
+            .await
+            {
+                Ok(refused) => {
+                    self.commands(true, None);
+                    Ok(usize::try_from(refused).ok().and_then(|i| i.checked_sub(1)))
+                }
+                Err(cause) => {
+                    self.commands(false, Some(&cause));
+                    Err(StoreFailure(cause))
+                }
+            }
+        })
+    }
+
+    fn settle_budget(&self, window: BudgetWindow<'_>, accounts: &[&str], held: u64, actual: u64) {
+        let delta = i64::try_from(actual)
+            .unwrap_or(i64::MAX)
+            .saturating_sub(i64::try_from(held).unwrap_or(i64::MAX));
+        if delta == 0 {
+            return;
+        }
+        let write = Write::Settle {
+            keys: accounts
+                .iter()
+                .map(|a| self.keys.budget(window.scope, a, window.number))
+                .collect(),
+            delta,
+            ttl_ms: window.length_ms.saturating_mul(2).max(1),
+        };
+        if self.queue.try_send(write).is_err() {
+            tracing::debug!("budget settlement dropped: the store is behind");
+        }
+    }
+
+    fn on_store_failure(&self) -> OnStoreFailure {
+        self.settings.on_store_failure
     }
 }

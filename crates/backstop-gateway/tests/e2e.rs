@@ -993,3 +993,43 @@ fn check_connect_pings_the_state_store_and_never_prints_its_url() {
     assert!(!String::from_utf8_lossy(&bad.stdout).contains("wrong-pass"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Two replicas share one rolling cap through the store: requests
+/// alternate between them, and the upstream sees only what the fleet's
+/// cap allows (each replica alone would have allowed twice as many).
+#[tokio::test]
+async fn a_fleet_of_two_gateways_shares_one_rolling_budget() {
+    let redis = backstop_fleet::testing::RedisServer::start();
+    let primary = healthy_upstream().await;
+    let backup = healthy_upstream().await;
+    // 1 USD per 1k tokens and at most 10 output tokens: a reservation is
+    // about 0.02 USD, a call settles at 0.019 (19 tokens of usage).
+    let toml = two_openai(&primary, &backup, "chain = [\"primary\"]")
+        .replace("chain = [\"primary\", \"backup\"]\n", "")
+        .replace("cost_per_1k = 0\n", "cost_per_1k = 1\nmax_tokens = 10\n")
+        + "\n[strategies]\nbudget = { type = \"rolling\", max_cost = 0.05 }\n\n[state]\nbackend = \"redis\"\nurl_env = \"FLEET_REDIS_URL\"\nkey_prefix = \"e2e-budget\"\n";
+    let url = redis.url();
+    let env = [("FLEET_REDIS_URL", url.as_str())];
+    let a = Backstop::start(&toml, &env);
+    let b = Backstop::start(&toml, &env);
+    let mut statuses = Vec::new();
+    for gw in [&a, &b, &a, &b] {
+        let r = post(gw, &body(false)).await;
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        if status != 200 {
+            assert!(text.contains("over_budget"), "{text}");
+        }
+        statuses.push(status);
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 503, 503],
+        "the third call would pass the fleet's cap"
+    );
+    assert_eq!(
+        seen(&primary).await.len(),
+        2,
+        "the upstream saw what the cap allows"
+    );
+}

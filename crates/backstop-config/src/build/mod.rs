@@ -221,6 +221,7 @@ fn state_entry(fleet: &FleetBackend) -> StateEntry {
             url_env: None,
             key_prefix: None,
             timeout_ms: None,
+            on_store_failure: None,
         },
         FleetBackend::Redis(state) => {
             let settings = state.settings();
@@ -229,6 +230,10 @@ fn state_entry(fleet: &FleetBackend) -> StateEntry {
                 url_env: Some(settings.url_env.clone()),
                 key_prefix: Some(settings.key_prefix.clone()),
                 timeout_ms: Some(u64::try_from(settings.timeout.as_millis()).unwrap_or(u64::MAX)),
+                on_store_failure: Some(match settings.on_store_failure {
+                    backstop_core::OnStoreFailure::Local => "local",
+                    backstop_core::OnStoreFailure::Closed => "closed",
+                }),
             }
         }
     }

@@ -3,13 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use backstop_core::OnStoreFailure;
 use backstop_fleet::{RedisSettings, RedisState};
 use backstop_http::{ENV_VAR_NAME_RULE, is_env_var_name};
 
 use super::Builder;
 use crate::problem::{KeyPath, did_you_mean, list};
 use crate::resolved::FleetBackend;
-use crate::schema::{STATE_BACKENDS, StateSection};
+use crate::schema::{ON_STORE_FAILURE, STATE_BACKENDS, StateSection};
 
 impl Builder<'_> {
     /// `[state]`, checked; `models` are the ids a Redis backend reconciles.
@@ -39,9 +40,24 @@ impl Builder<'_> {
                 ),
             );
         }
+        let on_store_failure = match section.on_store_failure.as_str() {
+            "local" => OnStoreFailure::Local,
+            "closed" => OnStoreFailure::Closed,
+            other => {
+                self.problem(
+                    &path.key("on_store_failure"),
+                    format!(
+                        "unknown value {other:?}{}; expected one of {}",
+                        did_you_mean(other, ON_STORE_FAILURE),
+                        list(ON_STORE_FAILURE)
+                    ),
+                );
+                OnStoreFailure::Local
+            }
+        };
         match section.backend.as_str() {
             "local" => Some(FleetBackend::Local),
-            "redis" => self.redis(&path, &section, models),
+            "redis" => self.redis(&path, &section, models, on_store_failure),
             other => {
                 self.problem(
                     &path.key("backend"),
@@ -61,6 +77,7 @@ impl Builder<'_> {
         path: &KeyPath,
         section: &StateSection,
         models: &[String],
+        on_store_failure: OnStoreFailure,
     ) -> Option<FleetBackend> {
         let key = path.key("url_env");
         let var = section.url_env.trim();
@@ -98,7 +115,7 @@ impl Builder<'_> {
             section.key_prefix.clone(),
             Duration::from_millis(section.timeout_ms.max(1)),
         ) {
-            Ok(settings) => settings,
+            Ok(settings) => settings.with_on_store_failure(on_store_failure),
             Err(e) => {
                 self.problem(&key, e.to_string());
                 return None;

@@ -37,14 +37,14 @@ fn a_redis_backend_reads_its_url_from_the_environment_and_never_prints_it() {
         jail.create_file(
             "c.toml",
             &format!(
-                "{BASE}\n[state]\nbackend = \"redis\"\nurl_env = \"FLEET_URL\"\nkey_prefix = \"team-a\"\ntimeout_ms = 35\n"
+                "{BASE}\n[state]\nbackend = \"redis\"\nurl_env = \"FLEET_URL\"\nkey_prefix = \"team-a\"\ntimeout_ms = 35\non_store_failure = \"closed\"\n"
             ),
         )?;
         let resolved = load("c.toml").expect("loads");
         assert_eq!(resolved.fleet.name(), "redis");
         let report = resolved.report.to_string();
         assert!(
-            report.contains("redis: url from $FLEET_URL, key prefix \"team-a\", timeout 35 ms"),
+            report.contains("redis: url from $FLEET_URL, key prefix \"team-a\", timeout 35 ms, budgets closed while the store fails"),
             "{report}"
         );
         assert!(!report.contains("hunter2"), "{report}");
@@ -58,9 +58,10 @@ fn every_bad_state_key_is_named_without_the_secret() {
     Jail::expect_with(|jail| {
         jail.clear_env();
         assert_eq!(
-            problems_with(jail, "backend = \"rediss\"")?,
+            problems_with(jail, "backend = \"rediss\"\non_store_failure = \"close\"")?,
             [
-                r#"c.toml: state.backend: unknown state backend "rediss" (did you mean "redis"?); expected one of "local", "redis""#
+                r#"c.toml: state.on_store_failure: unknown value "close" (did you mean "closed"?); expected one of "local", "closed""#,
+                r#"c.toml: state.backend: unknown state backend "rediss" (did you mean "redis"?); expected one of "local", "redis""#,
             ]
         );
         assert_eq!(
@@ -92,7 +93,7 @@ fn every_bad_state_key_is_named_without_the_secret() {
                 "backend = \"redis\"\nkey_prefix = \"{a}\"\ntimeout_ms = 0\ntimeout = 5"
             )?,
             [
-                r#"c.toml: state.timeout: unknown key "timeout" (did you mean "timeout_ms"?); expected one of "backend", "url_env", "key_prefix", "timeout_ms""#,
+                r#"c.toml: state.timeout: unknown key "timeout" (did you mean "timeout_ms"?); expected one of "backend", "url_env", "key_prefix", "timeout_ms", "on_store_failure""#,
                 "c.toml: state.timeout_ms: must be greater than 0: it bounds every call to the store",
                 r#"c.toml: state.key_prefix: "{a}" is not a usable key prefix: it must be non-empty, without spaces and without braces (braces are the model's hash tag)"#,
             ]

@@ -60,8 +60,10 @@ impl RunState {
     }
 
     /// The next model that may serve the request, admitted and with its
-    /// budget held; skipped ones go to the trail with their reason.
-    pub(crate) fn next_candidate(&mut self, shared: &Arc<RunShared>) -> Option<Admitted> {
+    /// budget held; skipped ones go to the trail with their reason. It
+    /// waits only for a budget a fleet shares (one store round trip,
+    /// bounded by the store's timeout).
+    pub(crate) async fn next_candidate(&mut self, shared: &Arc<RunShared>) -> Option<Admitted> {
         let strategies = &shared.route.strategies;
         let facts = shared.facts();
         while let Some(&index) = self.order.get(self.cursor) {
@@ -95,7 +97,12 @@ impl RunState {
                     continue;
                 }
             };
-            match strategies.budget.reserve(index, spec, &facts) {
+            let reserved = if strategies.budget.is_shared() {
+                strategies.budget.reserve_shared(index, spec, &facts).await
+            } else {
+                strategies.budget.reserve(index, spec, &facts)
+            };
+            match reserved {
                 Ok(reservation) => {
                     return Some(Admitted {
                         index,

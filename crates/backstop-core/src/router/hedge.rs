@@ -32,7 +32,7 @@ impl RunState {
         let mut hedge_at: Option<Instant> = None;
         loop {
             if in_flight.is_empty() {
-                let Some(admitted) = self.next_candidate(shared) else {
+                let Some(admitted) = self.next_candidate(shared).await else {
                     return Err(self.exhausted(shared));
                 };
                 let prefill = requests.for_model(shared.spec(admitted.index));
@@ -85,7 +85,7 @@ impl RunState {
                 () = hedge_timer => {
                     hedge_at = None;
                     self.now = Instant::now();
-                    if let Some(admitted) = self.next_candidate(shared) {
+                    if let Some(admitted) = self.next_candidate(shared).await {
                         tracing::debug!(model = %shared.model_id(admitted.index), "hedging");
                         let prefill = requests.for_model(shared.spec(admitted.index));
                         started.push((admitted.index, self.now));

@@ -259,7 +259,7 @@ impl RunState {
                 .await;
         }
         loop {
-            let Some(admitted) = self.next_candidate(shared) else {
+            let Some(admitted) = self.next_candidate(shared).await else {
                 return Err(self.exhausted(shared));
             };
             let prefill = requests.for_model(shared.spec(admitted.index));

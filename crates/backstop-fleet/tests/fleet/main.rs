@@ -400,3 +400,203 @@ async fn refused_credentials_at_start_name_the_variable_not_the_password() {
         .await
         .expect("ping answers");
 }
+
+// ---------------------------------------------------------------- budgets
+
+/// One replica's rolling budget on the store at `url`; each call is
+/// estimated at 0.001 USD (100 output tokens at 0.01 per 1k).
+async fn budget(
+    url: String,
+    config: serde_json::Value,
+    on_failure: backstop_core::OnStoreFailure,
+) -> (
+    Arc<RedisState>,
+    backstop_strategies::budget::Rolling,
+    FleetHandle,
+    StrategyContext,
+) {
+    let state =
+        RedisState::new(settings(url).with_on_store_failure(on_failure), vec![]).expect("state");
+    let mut m = ModelSpec::new("primary", "p");
+    m.input_cost_per_1k = 0.0;
+    m.output_cost_per_1k = 0.01;
+    m.max_tokens = 100;
+    let ctx = StrategyContext::new(vec![m], Arc::new(SystemClock::new()))
+        .with_fleet(state.clone() as Arc<dyn FleetState>);
+    let rolling = backstop_strategies::budget::Rolling::from_value(&config, &ctx).expect("rolling");
+    let tasks = state.start().await.expect("start");
+    (state, rolling, tasks, ctx)
+}
+
+fn facts(caller: &str) -> backstop_core::RequestFacts<'_> {
+    backstop_core::RequestFacts {
+        scenario: "chat",
+        caller: Some(caller),
+        prompt_tokens: 500,
+        max_tokens: None,
+        stream: false,
+        tools: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_cap_binds_the_whole_fleet() {
+    use backstop_core::BudgetPolicy;
+    let redis = RedisServer::start();
+    let config = serde_json::json!({"max_cost": 0.005, "max_cost_per_caller": 0.003});
+    let local = backstop_core::OnStoreFailure::Local;
+    let (a_state, a, _ta, a_ctx) = budget(redis.url(), config.clone(), local).await;
+    let (_b_state, b, _tb, b_ctx) = budget(redis.url(), config, local).await;
+    wait_up(&a_state).await;
+    assert!(a.is_shared() && b.is_shared());
+    // Alternating replicas, two callers: each replica alone would take 5
+    // (and 3 per caller); the fleet takes 5 in all, 3 at most from alice.
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for i in 0..10 {
+        let (policy, ctx) = if i % 2 == 0 {
+            (&a, &a_ctx)
+        } else {
+            (&b, &b_ctx)
+        };
+        let caller = if i < 6 { "alice" } else { "bob" };
+        let f = facts(caller);
+        match policy.reserve_shared(0, &ctx.models[0], &f).await {
+            Ok(r) => held.push((i, caller, r)),
+            Err(_) => refused += 1,
+        }
+    }
+    let alice = held.iter().filter(|(_, c, _)| *c == "alice").count();
+    assert_eq!(alice, 3, "alice's fleet-wide cap");
+    assert_eq!(held.len(), 5, "the fleet's total cap; refused {refused}");
+    // Releasing one (a failed call) gives its room back to the fleet, on
+    // the other replica too.
+    let (i, caller, r) = held.pop().expect("one held");
+    let (policy, ctx) = if i % 2 == 0 {
+        (&a, &a_ctx)
+    } else {
+        (&b, &b_ctx)
+    };
+    policy.settle(r, &ctx.models[0], &facts(caller), None);
+    let started = Instant::now();
+    loop {
+        if let Ok(r) = b.reserve_shared(0, &b_ctx.models[0], &facts("carol")).await {
+            b.settle(r, &b_ctx.models[0], &facts("carol"), None);
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the release never reached the store"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_store_leaves_budgets_to_each_replica_or_refuses_when_closed() {
+    use backstop_core::BudgetPolicy;
+    let mut redis = RedisServer::start();
+    let config = serde_json::json!({"max_cost": 0.002});
+    let (local_state, local, _tl, local_ctx) = budget(
+        redis.url(),
+        config.clone(),
+        backstop_core::OnStoreFailure::Local,
+    )
+    .await;
+    let (_closed_state, closed, _tc, closed_ctx) =
+        budget(redis.url(), config, backstop_core::OnStoreFailure::Closed).await;
+    wait_up(&local_state).await;
+    redis.stop();
+    let f = facts("alice");
+    let started = Instant::now();
+    local
+        .reserve_shared(0, &local_ctx.models[0], &f)
+        .await
+        .expect("local: this replica's own cap decides");
+    local
+        .reserve_shared(0, &local_ctx.models[0], &f)
+        .await
+        .expect("still under this replica's cap");
+    assert!(
+        local
+            .reserve_shared(0, &local_ctx.models[0], &f)
+            .await
+            .is_err(),
+        "this replica's own cap still holds"
+    );
+    assert!(
+        closed
+            .reserve_shared(0, &closed_ctx.models[0], &f)
+            .await
+            .is_err(),
+        "closed: nothing the fleet cannot count"
+    );
+    assert_eq!(
+        closed.snapshot().reserved,
+        0.0,
+        "the refusal released its local hold"
+    );
+    // Four decisions against a dead store, each bounded by the timeout.
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// What a shared reservation adds to a request on loopback: printed (run
+/// with `--no-capture`), not asserted; docs/fleet.md quotes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_reservation_is_one_round_trip_and_is_measured() {
+    use backstop_core::BudgetPolicy;
+    let redis = RedisServer::start();
+    let config = serde_json::json!({"max_cost": 1000.0});
+    let (state, policy, _tasks, ctx) =
+        budget(redis.url(), config, backstop_core::OnStoreFailure::Closed).await;
+    wait_up(&state).await;
+    let f = facts("alice");
+    let mut took = Vec::new();
+    for _ in 0..500 {
+        let started = Instant::now();
+        let r = policy
+            .reserve_shared(0, &ctx.models[0], &f)
+            .await
+            .expect("under the cap, with the store up: held");
+        took.push(started.elapsed());
+        policy.settle(r, &ctx.models[0], &f, None);
+    }
+    took.sort();
+    eprintln!(
+        "shared reservation on loopback: p50 {:?}, p99 {:?}",
+        took[took.len() / 2],
+        took[took.len() * 99 / 100]
+    );
+    // Nothing is left held once every reservation settled (the settles are
+    // queued: wait for the store to catch up).
+    let started = Instant::now();
+    loop {
+        let mut conn = store(&redis).await;
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("test:{b:*")
+            .query_async(&mut conn)
+            .await
+            .expect("KEYS");
+        let mut total = 0i64;
+        for key in keys {
+            let v: i64 = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .expect("GET");
+            total += v;
+        }
+        if total == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "still held: {total}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

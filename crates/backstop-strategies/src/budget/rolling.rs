@@ -30,6 +30,16 @@
 //! other, never lost between them. Probes are counted under the scenario
 //! `probe`.
 //!
+//! In a fleet (`[state] backend = "redis"`), every reservation is also held
+//! in the store, on the same accounts, by one Lua script per reservation
+//! (all accounts or none) and settled by one per call, so the caps bind the
+//! whole fleet: it never spends past a cap by more than the estimation
+//! error of the calls in flight. Each replica still counts its own spend
+//! (its status page shows it) and refuses past a cap on its own too. While
+//! the store fails, `[state] on_store_failure` decides: `local` (each
+//! replica enforces the caps on its own) or `closed` (refuse). Windows are
+//! numbered from each replica's wall clock.
+//!
 //! When to pick it: to cap spend per hour or per day, for everyone, per API
 //! key, or per product scenario.
 //!
@@ -49,8 +59,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use backstop_core::{
-    BudgetPolicy, BudgetSnapshot, ModelIndex, ModelSpec, OverBudget, RequestFacts, Reservation,
-    SharedClock, StrategyContext, Usage,
+    BudgetPolicy, BudgetSnapshot, BudgetWindow, FleetState, ModelIndex, ModelSpec, OnStoreFailure,
+    OverBudget, RequestFacts, Reservation, SharedAccount, SharedClock, StrategyContext, Usage,
 };
 use serde::Deserialize;
 use smallvec::SmallVec;
@@ -322,6 +332,9 @@ impl Accounts {
 /// The account of requests without a caller.
 const ANONYMOUS: &str = "";
 
+/// Marks a reservation's ticket as also held in the fleet's store.
+const FLEET_HELD: u64 = 1 << 63;
+
 /// Spend caps per window; see the module docs.
 #[derive(Debug)]
 pub struct Rolling {
@@ -331,6 +344,11 @@ pub struct Rolling {
     total: Account,
     per_caller: Option<Accounts>,
     per_scenario: Option<Accounts>,
+    /// The fleet's store, when it shares budgets.
+    fleet: Arc<dyn FleetState>,
+    /// This budget's name in the store: the same on every replica with
+    /// the same table.
+    scope: String,
 }
 
 impl Rolling {
@@ -349,7 +367,41 @@ impl Rolling {
             per_scenario: config
                 .max_cost_per_scenario
                 .map(|c| Accounts::new(to_nano(c))),
+            fleet: ctx.fleet.clone(),
+            scope: format!(
+                "rolling:{}:{}:{}:{}",
+                config.window_ms,
+                config.max_cost.map_or(0, to_nano),
+                config.max_cost_per_caller.map_or(0, to_nano),
+                config.max_cost_per_scenario.map_or(0, to_nano)
+            ),
         })
+    }
+
+    /// The request's accounts as the fleet names them, with their caps.
+    fn shared_accounts(&self, facts: &RequestFacts<'_>) -> SmallVec<[(String, u64); 3]> {
+        let mut out = SmallVec::new();
+        if let Some(cap) = self.max_cost {
+            out.push(("total".to_owned(), to_nano(cap)));
+        }
+        if let Some(callers) = &self.per_caller {
+            out.push((
+                format!("caller:{}", facts.caller.unwrap_or(ANONYMOUS)),
+                callers.cap,
+            ));
+        }
+        if let Some(scenarios) = &self.per_scenario {
+            out.push((format!("scenario:{}", facts.scenario), scenarios.cap));
+        }
+        out
+    }
+
+    fn shared_window(&self) -> BudgetWindow<'_> {
+        BudgetWindow {
+            scope: &self.scope,
+            number: self.window(),
+            length_ms: self.window_ms,
+        }
     }
 
     /// Builds one from its config table.
@@ -438,10 +490,74 @@ impl BudgetPolicy for Rolling {
     ) {
         let actual = actual_nano(model, usage);
         let window = self.window();
-        self.total.settle(window, reservation.ticket, actual);
+        let held = reservation.ticket & !FLEET_HELD;
+        self.total.settle(window, held, actual);
         for account in self.keyed(facts, window) {
-            account.settle(window, reservation.ticket, actual);
+            account.settle(window, held, actual);
         }
+        if reservation.ticket & FLEET_HELD != 0 {
+            let accounts = self.shared_accounts(facts);
+            let names: SmallVec<[&str; 3]> = accounts.iter().map(|(n, _)| n.as_str()).collect();
+            self.fleet
+                .settle_budget(self.shared_window(), &names, held, actual);
+        }
+    }
+
+    fn is_shared(&self) -> bool {
+        self.fleet.shares_budgets()
+    }
+
+    fn reserve_shared<'a>(
+        &'a self,
+        index: ModelIndex,
+        model: &'a ModelSpec,
+        facts: &'a RequestFacts<'a>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Reservation, OverBudget>> + Send + 'a>> {
+        Box::pin(async move {
+            // This replica's own accounts first: they refuse without a round
+            // trip, and they are what it falls back on.
+            let mut reservation = self.reserve(index, model, facts)?;
+            let owned = self.shared_accounts(facts);
+            let accounts: SmallVec<[SharedAccount<'_>; 3]> = owned
+                .iter()
+                .map(|(name, cap)| SharedAccount { name, cap: *cap })
+                .collect();
+            let refused = |reservation: Reservation| {
+                let needed = reservation.amount;
+                self.settle(reservation, model, facts, None);
+                OverBudget {
+                    needed,
+                    remaining: 0.0,
+                }
+            };
+            match self
+                .fleet
+                .reserve_budget(self.shared_window(), &accounts, reservation.ticket)
+                .await
+            {
+                Ok(None) => {
+                    reservation.ticket |= FLEET_HELD;
+                    Ok(reservation)
+                }
+                Ok(Some(i)) => {
+                    tracing::debug!(
+                        account = accounts.get(i).map_or("?", |a| a.name),
+                        "the fleet's budget refused"
+                    );
+                    Err(refused(reservation))
+                }
+                Err(failure) => match self.fleet.on_store_failure() {
+                    OnStoreFailure::Local => {
+                        tracing::debug!(%failure, "budget held on this replica only");
+                        Ok(reservation)
+                    }
+                    OnStoreFailure::Closed => {
+                        tracing::debug!(%failure, "budget refused: the store failed and on_store_failure is closed");
+                        Err(refused(reservation))
+                    }
+                },
+            }
+        })
     }
 
     fn snapshot(&self) -> BudgetSnapshot {
