@@ -10,6 +10,8 @@
 //! - `circuit_breaker/admit_record_1_thread` and `admit_open`: one thread,
 //!   and the rejection of an open circuit.
 //! - `selector/<name>`: ordering a 4-model chain. Target: <= 200 ns each.
+//!   `latency_aware` explores one ordering in ten (the default), the mean
+//!   of both paths; `latency_aware_no_explore` is the plain ordering.
 //! - `budget/rolling_reserve_settle`: one reservation and its settlement
 //!   on a rolling budget with total, caller and scenario caps.
 
@@ -195,6 +197,19 @@ fn selectors(c: &mut Criterion) {
                 max_latency_ms: Some(5_000),
                 // One ordering in ten explores, as by default: the figure
                 // is the mean over both paths.
+                ..LatencyAwareConfig::default()
+            },
+            &ctx,
+        )),
+    );
+    bench_selector(
+        c,
+        "latency_aware_no_explore",
+        &ctx,
+        &built(LatencyAware::new(
+            LatencyAwareConfig {
+                max_latency_ms: Some(5_000),
+                explore_every: 0,
                 ..LatencyAwareConfig::default()
             },
             &ctx,

@@ -155,8 +155,13 @@ impl LatencyStats {
 
     /// Time since the estimate's last sample, `None` when never measured.
     pub fn age(&self, model: ModelIndex, kind: LatencyKind) -> Option<Duration> {
+        self.age_at(model, kind, self.clock.now())
+    }
+
+    /// [`Self::age`] at clock time `now` (read once for many models).
+    pub fn age_at(&self, model: ModelIndex, kind: LatencyKind, now: Duration) -> Option<Duration> {
         let m = self.models.get(model)?;
-        m.of(kind).age(duration_to_nanos(self.clock.now()))
+        m.of(kind).age(duration_to_nanos(now))
     }
 
     /// Records that a call or probe of the model failed in a way that says

@@ -155,11 +155,12 @@ impl LatencyAware {
     fn explore_target(&self, kind: LatencyKind, candidates: &[Candidate<'_>]) -> Option<usize> {
         // (needs: 0 unmeasured / 1 stale, rank within, position)
         let mut best: Option<(u8, u64, usize)> = None;
+        let now = self.latency.clock().now();
         for (position, c) in candidates.iter().enumerate().skip(1) {
             if self.latency.is_failing(c.index) {
                 continue;
             }
-            let rank = match self.latency.age(c.index, kind) {
+            let rank = match self.latency.age_at(c.index, kind, now) {
                 None => {
                     let probe = self.latency.estimate(c.index, LatencyKind::Probe);
                     (0, probe.map_or(u64::MAX, nanos))
