@@ -349,6 +349,10 @@ pub struct Rolling {
     /// This budget's name in the store: the same on every replica with
     /// the same table.
     scope: String,
+    /// The last window (plus one; 0 = none) in which a refusal was logged:
+    /// the first refusal of a window is a transition worth a warn line,
+    /// the rest are per-request detail.
+    exhausted_logged: AtomicU64,
 }
 
 impl Rolling {
@@ -368,6 +372,7 @@ impl Rolling {
                 .max_cost_per_scenario
                 .map(|c| Accounts::new(to_nano(c))),
             fleet: ctx.fleet.clone(),
+            exhausted_logged: AtomicU64::new(0),
             scope: format!(
                 "rolling:{}:{}:{}:{}",
                 config.window_ms,
@@ -414,6 +419,28 @@ impl Rolling {
 
     fn window(&self) -> u64 {
         self.clock.unix_ms() / self.window_ms
+    }
+
+    /// Whether this is the first refusal of `window` (and marks it so).
+    fn first_refusal(&self, window: u64) -> bool {
+        let mark = window.saturating_add(1);
+        self.exhausted_logged.swap(mark, Ordering::Relaxed) != mark
+    }
+
+    /// A refusal: logged at warn once per window (the budget ran out),
+    /// at debug after that.
+    fn refused(&self, window: u64, cap: &'static str, over: &OverBudget) {
+        if self.first_refusal(window) {
+            tracing::warn!(
+                cap,
+                needed_usd = over.needed,
+                remaining_usd = over.remaining,
+                window_ms = self.window_ms,
+                "budget exhausted for this window: requests are refused on models they cannot afford"
+            );
+        } else {
+            tracing::debug!(cap, needed_usd = over.needed, "over budget");
+        }
     }
 
     /// The keyed accounts a request draws on (the total is separate).
@@ -463,7 +490,11 @@ impl BudgetPolicy for Rolling {
             needed: amount,
             remaining: to_usd(remaining),
         };
-        self.total.reserve(window, held).map_err(over)?;
+        if let Err(remaining) = self.total.reserve(window, held) {
+            let refused = over(remaining);
+            self.refused(window, "max_cost", &refused);
+            return Err(refused);
+        }
         let keyed = self.keyed(facts, window);
         for (i, account) in keyed.iter().enumerate() {
             if let Err(remaining) = account.reserve(window, held) {
@@ -471,7 +502,14 @@ impl BudgetPolicy for Rolling {
                 for taken in &keyed[..i] {
                     taken.release(held);
                 }
-                return Err(over(remaining));
+                let refused = over(remaining);
+                let cap = if i == 0 && self.per_caller.is_some() {
+                    "max_cost_per_caller"
+                } else {
+                    "max_cost_per_scenario"
+                };
+                self.refused(window, cap, &refused);
+                return Err(refused);
             }
         }
         Ok(Reservation {
@@ -724,6 +762,21 @@ mod tests {
         clock.advance(std::time::Duration::from_millis(1));
         let s = b.snapshot();
         assert!(close(s.spent, 0.0) && close(s.reserved, 0.0), "{s:?}");
+    }
+
+    #[test]
+    fn the_first_refusal_of_each_window_is_the_one_logged_as_a_transition() {
+        let (b, _, _) = rolling(RollingConfig {
+            max_cost: Some(1.0),
+            ..RollingConfig::default()
+        });
+        assert!(b.first_refusal(7));
+        assert!(!b.first_refusal(7));
+        assert!(!b.first_refusal(7));
+        assert!(b.first_refusal(8));
+        assert!(!b.first_refusal(8));
+        // Window 0 is a window like any other.
+        assert!(b.first_refusal(0));
     }
 
     #[test]
