@@ -17,10 +17,12 @@
 //! It also holds the wire formats every HTTP side of Backstop shares:
 //! [`sse`], server-sent events framing (the providers read it, the gateway
 //! and the chaos fakes write it). [`body`] holds what the two HTTP providers
-//! do alike around a call; [`webhook`] sends the alert rule's webhooks.
+//! do alike around a call; [`upstream_error`] reads what an upstream's error
+//! body says; [`webhook`] sends the alert rule's webhooks.
 
 pub mod body;
 pub mod sse;
+pub mod upstream_error;
 pub mod webhook;
 
 use std::fmt;

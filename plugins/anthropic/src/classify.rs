@@ -17,45 +17,23 @@ use std::time::Duration;
 use backstop_core::{FailureKind, ProviderError};
 use serde_json::Value;
 
-use backstop_http::{ApiKey, fallback_message, redact};
+use backstop_http::ApiKey;
+use backstop_http::upstream_error::{self, ErrorDialect, ErrorInfo};
 
-/// What an error body says.
-#[derive(Debug, Default, PartialEq)]
-pub(crate) struct ErrorInfo {
-    pub(crate) message: String,
-    /// `error.type`.
-    pub(crate) kind: Option<String>,
-    /// `error.details.error_code`, when present.
-    pub(crate) detail: Option<String>,
-}
+/// Anthropic's error objects: the message under `message`, every field a
+/// string.
+const DIALECT: ErrorDialect = ErrorDialect {
+    message_keys: &["message"],
+    code_path: &["details", "error_code"],
+    numbers_as_text: false,
+    in_band_status: false,
+    missing_message: "the stream reported an error without a message",
+    classify,
+};
 
-impl ErrorInfo {
-    /// Reads `{"error": {"type", "message"}}` (or the inner object).
-    pub(crate) fn from_value(value: &Value) -> Option<Self> {
-        let error = value.get("error").unwrap_or(value);
-        if let Some(text) = error.as_str() {
-            return Some(Self {
-                message: text.to_owned(),
-                ..Self::default()
-            });
-        }
-        let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
-        let message = text(error.get("message"))?;
-        Some(Self {
-            message,
-            kind: text(error.get("type")),
-            detail: text(error.get("details").and_then(|d| d.get("error_code"))),
-        })
-    }
-
-    fn is(&self, kind: &str) -> bool {
-        self.kind.as_deref() == Some(kind)
-    }
-
-    fn says(&self, words: &[&str]) -> bool {
-        let message = self.message.to_ascii_lowercase();
-        words.iter().any(|w| message.contains(w))
-    }
+/// Whether the error's `type` is `kind`.
+fn is(info: &ErrorInfo, kind: &str) -> bool {
+    info.kind.as_deref() == Some(kind)
 }
 
 /// The kind of an error. `status` is `None` for an `error` event in a
@@ -63,23 +41,23 @@ impl ErrorInfo {
 pub(crate) fn classify(status: Option<u16>, info: &ErrorInfo) -> FailureKind {
     let client_side = status.is_none_or(|s| (400..500).contains(&s));
     if matches!(status, Some(401 | 403))
-        || info.is("authentication_error")
-        || info.is("permission_error")
+        || is(info, "authentication_error")
+        || is(info, "permission_error")
     {
         return FailureKind::Auth;
     }
     if status == Some(402)
-        || info.is("billing_error")
-        || info.detail.as_deref() == Some("enforced_spend_limit_reached")
+        || is(info, "billing_error")
+        || info.code.as_deref() == Some("enforced_spend_limit_reached")
         || (client_side && info.says(&["credit balance", "usage limits", "spend limit"]))
     {
         return FailureKind::QuotaExhausted;
     }
-    if status == Some(429) || info.is("rate_limit_error") {
+    if status == Some(429) || is(info, "rate_limit_error") {
         return FailureKind::RateLimited;
     }
     if status == Some(529)
-        || info.is("overloaded_error")
+        || is(info, "overloaded_error")
         || (status == Some(503) && info.says(&["overload"]))
     {
         return FailureKind::Overloaded;
@@ -95,7 +73,7 @@ pub(crate) fn classify(status: Option<u16>, info: &ErrorInfo) -> FailureKind {
         return FailureKind::ContextLength;
     }
     if status == Some(404)
-        || (client_side && (info.is("not_found_error") || info.is("model_not_found")))
+        || (client_side && (is(info, "not_found_error") || is(info, "model_not_found")))
     {
         return FailureKind::ModelNotFound;
     }
@@ -103,7 +81,7 @@ pub(crate) fn classify(status: Option<u16>, info: &ErrorInfo) -> FailureKind {
         Some(408 | 500..=599) => FailureKind::Server,
         Some(400..=499) => FailureKind::BadRequest,
         Some(_) => FailureKind::InvalidResponse,
-        None if info.is("invalid_request_error") || info.is("request_too_large") => {
+        None if is(info, "invalid_request_error") || is(info, "request_too_large") => {
             FailureKind::BadRequest
         }
         None => FailureKind::Server,
@@ -117,31 +95,12 @@ pub(crate) fn status_error(
     retry_after: Option<Duration>,
     key: Option<&ApiKey>,
 ) -> ProviderError {
-    let info = serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| ErrorInfo::from_value(&v))
-        .unwrap_or_else(|| ErrorInfo {
-            message: fallback_message(status, body),
-            ..ErrorInfo::default()
-        });
-    let mut error = build(classify(Some(status), &info), info, key).with_status(status);
-    error.retry_after = retry_after;
-    error
+    upstream_error::status_error(status, body, retry_after, key, &DIALECT)
 }
 
 /// The error for an `error` event inside a stream.
 pub(crate) fn inband_error(value: &Value, key: Option<&ApiKey>) -> ProviderError {
-    let info = ErrorInfo::from_value(value).unwrap_or_else(|| ErrorInfo {
-        message: "the stream reported an error without a message".to_owned(),
-        ..ErrorInfo::default()
-    });
-    build(classify(None, &info), info, key)
-}
-
-fn build(kind: FailureKind, info: ErrorInfo, key: Option<&ApiKey>) -> ProviderError {
-    let mut error = ProviderError::new(kind, redact(&info.message, key));
-    error.code = info.detail.or(info.kind);
-    error
+    upstream_error::in_band_error(value, key, &DIALECT)
 }
 
 #[cfg(test)]
@@ -154,7 +113,7 @@ mod tests {
     }
 
     fn kind(status: Option<u16>, body: Value) -> FailureKind {
-        classify(status, &ErrorInfo::from_value(&body).unwrap())
+        classify(status, &ErrorInfo::from_value(&body, &DIALECT).unwrap())
     }
 
     #[test]

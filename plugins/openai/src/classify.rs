@@ -22,66 +22,28 @@ use std::time::Duration;
 use backstop_core::{FailureKind, ProviderError};
 use serde_json::Value;
 
-use backstop_http::{ApiKey, fallback_message, redact};
+use backstop_http::ApiKey;
+use backstop_http::upstream_error::{self, ErrorDialect, ErrorInfo};
 
-/// What an error body says.
-#[derive(Debug, Default, PartialEq)]
-pub(crate) struct ErrorInfo {
-    pub(crate) message: String,
-    pub(crate) code: Option<String>,
-    pub(crate) kind: Option<String>,
+/// OpenAI-compatible error objects: the message under `message` (or
+/// `detail`, as FastAPI-based servers write it), and numbers read as text
+/// (vLLM's `"code": 400`).
+const DIALECT: ErrorDialect = ErrorDialect {
+    message_keys: &["message", "detail"],
+    code_path: &["code"],
+    numbers_as_text: true,
+    in_band_status: true,
+    missing_message: "the upstream reported an error without a message",
+    classify,
+};
+
+/// Whether the error's `code` or `type` is `name`.
+fn is(info: &ErrorInfo, name: &str) -> bool {
+    info.code.as_deref() == Some(name) || info.kind.as_deref() == Some(name)
 }
 
-impl ErrorInfo {
-    /// Reads an error object (`{"message", "type", "code"}`), an error
-    /// string, or a body with a top-level `message` / `detail`.
-    pub(crate) fn from_value(value: &Value) -> Option<Self> {
-        let error = value.get("error").unwrap_or(value);
-        if let Some(text) = error.as_str() {
-            return Some(Self {
-                message: text.to_owned(),
-                ..Self::default()
-            });
-        }
-        let object = error.as_object()?;
-        let text = |key: &str| match object.get(key)? {
-            Value::String(s) => Some(s.clone()),
-            Value::Number(n) => Some(n.to_string()),
-            _ => None,
-        };
-        let message = text("message").or_else(|| text("detail"))?;
-        Some(Self {
-            message,
-            code: text("code"),
-            kind: text("type"),
-        })
-    }
-
-    /// Reads an error body; `None` when it is not JSON of a known shape.
-    pub(crate) fn from_body(body: &[u8]) -> Option<Self> {
-        Self::from_value(&serde_json::from_slice(body).ok()?)
-    }
-
-    /// The HTTP status an in-band error names in its `code`: vLLM's bare
-    /// error objects (and Google's compatible API) carry the status they
-    /// would have answered with, `400`, `404`, `429`, `500`, ...
-    fn status_code(&self) -> Option<u16> {
-        let code: u16 = self.code.as_deref()?.parse().ok()?;
-        (400..=599).contains(&code).then_some(code)
-    }
-
-    fn is(&self, name: &str) -> bool {
-        self.code.as_deref() == Some(name) || self.kind.as_deref() == Some(name)
-    }
-
-    fn says(&self, words: &[&str]) -> bool {
-        let message = self.message.to_ascii_lowercase();
-        words.iter().any(|w| message.contains(w))
-    }
-
-    fn overloaded(&self) -> bool {
-        self.is("overloaded_error") || self.says(&["overload", "capacity"])
-    }
+fn overloaded(info: &ErrorInfo) -> bool {
+    is(info, "overloaded_error") || info.says(&["overload", "capacity"])
 }
 
 /// The kind of an upstream error. `status` is `None` for an error object
@@ -89,41 +51,41 @@ impl ErrorInfo {
 pub(crate) fn classify(status: Option<u16>, info: &ErrorInfo) -> FailureKind {
     let client_side = status.is_none_or(|s| (400..500).contains(&s));
     if matches!(status, Some(401 | 403))
-        || info.is("invalid_api_key")
-        || info.is("authentication_error")
+        || is(info, "invalid_api_key")
+        || is(info, "authentication_error")
     {
         return FailureKind::Auth;
     }
     if status == Some(402)
-        || info.is("insufficient_quota")
-        || info.is("billing_hard_limit_reached")
-        || info.is("billing_not_active")
+        || is(info, "insufficient_quota")
+        || is(info, "billing_hard_limit_reached")
+        || is(info, "billing_not_active")
     {
         return FailureKind::QuotaExhausted;
     }
     if client_side
-        && (info.is("context_length_exceeded")
+        && (is(info, "context_length_exceeded")
             || info.says(&["maximum context length", "context window"]))
     {
         return FailureKind::ContextLength;
     }
-    if client_side && (info.is("content_policy_violation") || info.is("content_filter")) {
+    if client_side && (is(info, "content_policy_violation") || is(info, "content_filter")) {
         return FailureKind::ContentPolicy;
     }
-    if status == Some(429) || info.is("rate_limit_exceeded") || info.is("rate_limit_error") {
+    if status == Some(429) || is(info, "rate_limit_exceeded") || is(info, "rate_limit_error") {
         return FailureKind::RateLimited;
     }
-    if status == Some(404) || (client_side && info.is("model_not_found")) {
+    if status == Some(404) || (client_side && is(info, "model_not_found")) {
         return FailureKind::ModelNotFound;
     }
     match status {
         Some(529) => FailureKind::Overloaded,
-        Some(503) if info.overloaded() => FailureKind::Overloaded,
+        Some(503) if overloaded(info) => FailureKind::Overloaded,
         Some(408 | 500..=599) => FailureKind::Server,
         Some(400..=499) => FailureKind::BadRequest,
         Some(_) => FailureKind::InvalidResponse,
-        None if info.is("invalid_request_error") => FailureKind::BadRequest,
-        None if info.overloaded() => FailureKind::Overloaded,
+        None if is(info, "invalid_request_error") => FailureKind::BadRequest,
+        None if overloaded(info) => FailureKind::Overloaded,
         None => FailureKind::Server,
     }
 }
@@ -135,30 +97,14 @@ pub(crate) fn status_error(
     retry_after: Option<Duration>,
     key: Option<&ApiKey>,
 ) -> ProviderError {
-    let info = ErrorInfo::from_body(body).unwrap_or_else(|| ErrorInfo {
-        message: fallback_message(status, body),
-        ..ErrorInfo::default()
-    });
-    let mut error = build(classify(Some(status), &info), info, key).with_status(status);
-    error.retry_after = retry_after;
-    error
+    upstream_error::status_error(status, body, retry_after, key, &DIALECT)
 }
 
 /// The error for an `error` object inside a stream or a 200 body. A
 /// numeric `code` that is an HTTP error status is classified as that
 /// status.
 pub(crate) fn inband_error(value: &Value, key: Option<&ApiKey>) -> ProviderError {
-    let info = ErrorInfo::from_value(value).unwrap_or_else(|| ErrorInfo {
-        message: "the upstream reported an error without a message".to_owned(),
-        ..ErrorInfo::default()
-    });
-    build(classify(info.status_code(), &info), info, key)
-}
-
-fn build(kind: FailureKind, info: ErrorInfo, key: Option<&ApiKey>) -> ProviderError {
-    let mut error = ProviderError::new(kind, redact(&info.message, key));
-    error.code = info.code.or(info.kind);
-    error
+    upstream_error::in_band_error(value, key, &DIALECT)
 }
 
 #[cfg(test)]
@@ -167,7 +113,7 @@ mod tests {
     use serde_json::json;
 
     fn kind(status: Option<u16>, body: Value) -> FailureKind {
-        classify(status, &ErrorInfo::from_value(&body).unwrap())
+        classify(status, &ErrorInfo::from_value(&body, &DIALECT).unwrap())
     }
 
     fn openai(message: &str, kind: &str, code: Value) -> Value {
