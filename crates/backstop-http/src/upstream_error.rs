@@ -3,8 +3,8 @@
 //! OpenAI, Anthropic and the servers compatible with them answer errors
 //! with an error object under `error` (`{"error": {"message", "type",
 //! ...}}`), a bare error object, or an error string (`{"error": "text"}`).
-//! [`ErrorInfo`] reads the fields they share, and [`status_error`] and
-//! [`in_band_error`] turn them into a `ProviderError` (message redacted,
+//! [`ErrorInfo`] reads the fields they share, and [`ErrorDialect::status_error`] and
+//! [`ErrorDialect::in_band_error`] turn them into a `ProviderError` (message redacted,
 //! code kept). Each provider says through an [`ErrorDialect`] which keys
 //! hold the message and the code, whether numbers count as text, and how
 //! an error is classified into a `FailureKind`: those rules stay the
@@ -113,35 +113,37 @@ impl ErrorInfo {
     }
 }
 
-/// The error for a non-success response: kind, status, code,
-/// `Retry-After`, and the message redacted of `key`.
-pub fn status_error(
-    status: u16,
-    body: &[u8],
-    retry_after: Option<Duration>,
-    key: Option<&ApiKey>,
-    dialect: &ErrorDialect,
-) -> ProviderError {
-    let info = ErrorInfo::of_response(status, body, dialect);
-    let kind = (dialect.classify)(Some(status), &info);
-    let mut error = build(kind, info, key).with_status(status);
-    error.retry_after = retry_after;
-    error
-}
+impl ErrorDialect {
+    /// The error for a non-success response: kind, status, code,
+    /// `Retry-After`, and the message redacted of `key`.
+    pub fn status_error(
+        &self,
+        status: u16,
+        body: &[u8],
+        retry_after: Option<Duration>,
+        key: Option<&ApiKey>,
+    ) -> ProviderError {
+        let info = ErrorInfo::of_response(status, body, self);
+        let kind = (self.classify)(Some(status), &info);
+        let mut error = build(kind, info, key).with_status(status);
+        error.retry_after = retry_after;
+        error
+    }
 
-/// The error for an error object inside a stream or a 200 body (it has no
-/// status of its own; see [`ErrorDialect::in_band_status`]).
-pub fn in_band_error(value: &Value, key: Option<&ApiKey>, dialect: &ErrorDialect) -> ProviderError {
-    let info = ErrorInfo::from_value(value, dialect).unwrap_or_else(|| ErrorInfo {
-        message: dialect.missing_message.to_owned(),
-        ..ErrorInfo::default()
-    });
-    let status = if dialect.in_band_status {
-        info.status_code()
-    } else {
-        None
-    };
-    build((dialect.classify)(status, &info), info, key)
+    /// The error for an error object inside a stream or a 200 body (it has
+    /// no status of its own; see [`ErrorDialect::in_band_status`]).
+    pub fn in_band_error(&self, value: &Value, key: Option<&ApiKey>) -> ProviderError {
+        let info = ErrorInfo::from_value(value, self).unwrap_or_else(|| ErrorInfo {
+            message: self.missing_message.to_owned(),
+            ..ErrorInfo::default()
+        });
+        let status = if self.in_band_status {
+            info.status_code()
+        } else {
+            None
+        };
+        build((self.classify)(status, &info), info, key)
+    }
 }
 
 /// The error: the message redacted of `key`, the code (else the type) kept.
@@ -222,14 +224,13 @@ mod tests {
             "HTTP 502 with no error message"
         );
         let key = ApiKey::raw("s3cret-key").unwrap();
-        let e = in_band_error(&json!({"error": {}}), Some(&key), &STRICT);
+        let e = STRICT.in_band_error(&json!({"error": {}}), Some(&key));
         assert_eq!((e.message.as_str(), e.code), ("no message", None));
-        let e = status_error(
+        let e = LENIENT.status_error(
             429,
             br#"{"error": {"message": "bad s3cret-key", "type": "t", "code": 7}}"#,
             Some(Duration::from_secs(3)),
             Some(&key),
-            &LENIENT,
         );
         assert_eq!(e.message, "bad <redacted>");
         assert_eq!(e.code.as_deref(), Some("7"), "the code wins over the type");
@@ -237,12 +238,11 @@ mod tests {
             (e.status, e.retry_after),
             (Some(429), Some(Duration::from_secs(3)))
         );
-        let e = status_error(
+        let e = STRICT.status_error(
             400,
             br#"{"error": {"message": "m", "type": "t"}}"#,
             None,
             None,
-            &STRICT,
         );
         assert_eq!(e.code.as_deref(), Some("t"), "else the type");
         assert!(

@@ -12,17 +12,12 @@
 //! So is an in-stream `error` event of that type, or of the type
 //! `model_not_found` that some Anthropic-compatible proxies send.
 
-use std::time::Duration;
-
-use backstop_core::{FailureKind, ProviderError};
-use serde_json::Value;
-
-use backstop_http::ApiKey;
-use backstop_http::upstream_error::{self, ErrorDialect, ErrorInfo};
+use backstop_core::FailureKind;
+use backstop_http::upstream_error::{ErrorDialect, ErrorInfo};
 
 /// Anthropic's error objects: the message under `message`, every field a
 /// string.
-const DIALECT: ErrorDialect = ErrorDialect {
+pub(crate) const DIALECT: ErrorDialect = ErrorDialect {
     message_keys: &["message"],
     code_path: &["details", "error_code"],
     numbers_as_text: false,
@@ -88,25 +83,12 @@ pub(crate) fn classify(status: Option<u16>, info: &ErrorInfo) -> FailureKind {
     }
 }
 
-/// The error for a non-success response.
-pub(crate) fn status_error(
-    status: u16,
-    body: &[u8],
-    retry_after: Option<Duration>,
-    key: Option<&ApiKey>,
-) -> ProviderError {
-    upstream_error::status_error(status, body, retry_after, key, &DIALECT)
-}
-
-/// The error for an `error` event inside a stream.
-pub(crate) fn inband_error(value: &Value, key: Option<&ApiKey>) -> ProviderError {
-    upstream_error::in_band_error(value, key, &DIALECT)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use std::time::Duration;
+
+    use serde_json::{Value, json};
 
     fn error(kind: &str, message: &str) -> Value {
         json!({"type": "error", "error": {"type": kind, "message": message}, "request_id": "req_011CSHoEeqs5C35K2UUqR7Fy"})
@@ -256,12 +238,12 @@ mod tests {
     #[test]
     fn status_error_keeps_type_status_and_retry_after() {
         let body = serde_json::to_vec(&error("rate_limit_error", "slow down")).unwrap();
-        let e = status_error(429, &body, Some(Duration::from_secs(4)), None);
+        let e = DIALECT.status_error(429, &body, Some(Duration::from_secs(4)), None);
         assert_eq!(e.kind, FailureKind::RateLimited);
         assert_eq!(e.code.as_deref(), Some("rate_limit_error"));
         assert_eq!(e.retry_after, Some(Duration::from_secs(4)));
         assert_eq!(e.to_string(), "rate_limited (HTTP 429): slow down");
-        let e = status_error(502, b"<html>bad gateway</html>", None, None);
+        let e = DIALECT.status_error(502, b"<html>bad gateway</html>", None, None);
         assert_eq!(
             (e.kind, e.message.as_str()),
             (FailureKind::Server, "HTTP 502 with no error message")

@@ -12,7 +12,7 @@ use backstop_core::{
 use reqwest::Url;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
 
-use crate::classify::status_error;
+use crate::classify::DIALECT;
 use crate::config::AnthropicConfig;
 use crate::error::AnthropicBuildError;
 use crate::prefill::Join;
@@ -107,7 +107,7 @@ impl AnthropicProvider {
             request,
             call.connect_timeout,
             &call.model.id,
-            |status, body, wait| status_error(status, body, wait, Some(&self.key)),
+            |status, body, wait| DIALECT.status_error(status, body, wait, Some(&self.key)),
         )
         .await?;
         Ok((response, Join::new(translated.trimmed)))

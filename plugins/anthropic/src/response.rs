@@ -8,7 +8,7 @@ use backstop_core::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::classify::inband_error;
+use crate::classify::DIALECT;
 use crate::prefill::Join;
 use backstop_http::ApiKey;
 
@@ -115,7 +115,7 @@ pub(crate) fn completion(
         Err(parse) => {
             return Err(match serde_json::from_slice::<Value>(body) {
                 Ok(value) if value.get("type").and_then(Value::as_str) == Some("error") => {
-                    inband_error(&value, key)
+                    DIALECT.in_band_error(&value, key)
                 }
                 _ => ProviderError::new(
                     FailureKind::InvalidResponse,

@@ -28,7 +28,7 @@ use backstop_http::sse::SseEvent;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use crate::classify::inband_error;
+use crate::classify::DIALECT;
 use crate::prefill::Join;
 use crate::response::{AnthropicUsage, finish_reason, now_unix};
 use backstop_http::ApiKey;
@@ -114,7 +114,7 @@ impl Reader {
             .unwrap_or_default();
         match kind {
             "error" => {
-                let error = inband_error(&data, self.log.key());
+                let error = DIALECT.in_band_error(&data, self.log.key());
                 tracing::debug!(model = %self.log.model(), %error, "error event inside the stream");
                 Err(error)
             }

@@ -17,18 +17,13 @@
 //! a numeric `code` in the 4xx/5xx range (vLLM's `"code": 404`) stands in
 //! for it.
 
-use std::time::Duration;
-
-use backstop_core::{FailureKind, ProviderError};
-use serde_json::Value;
-
-use backstop_http::ApiKey;
-use backstop_http::upstream_error::{self, ErrorDialect, ErrorInfo};
+use backstop_core::FailureKind;
+use backstop_http::upstream_error::{ErrorDialect, ErrorInfo};
 
 /// OpenAI-compatible error objects: the message under `message` (or
 /// `detail`, as FastAPI-based servers write it), and numbers read as text
 /// (vLLM's `"code": 400`).
-const DIALECT: ErrorDialect = ErrorDialect {
+pub(crate) const DIALECT: ErrorDialect = ErrorDialect {
     message_keys: &["message", "detail"],
     code_path: &["code"],
     numbers_as_text: true,
@@ -90,27 +85,13 @@ pub(crate) fn classify(status: Option<u16>, info: &ErrorInfo) -> FailureKind {
     }
 }
 
-/// The error for a non-success response.
-pub(crate) fn status_error(
-    status: u16,
-    body: &[u8],
-    retry_after: Option<Duration>,
-    key: Option<&ApiKey>,
-) -> ProviderError {
-    upstream_error::status_error(status, body, retry_after, key, &DIALECT)
-}
-
-/// The error for an `error` object inside a stream or a 200 body. A
-/// numeric `code` that is an HTTP error status is classified as that
-/// status.
-pub(crate) fn inband_error(value: &Value, key: Option<&ApiKey>) -> ProviderError {
-    upstream_error::in_band_error(value, key, &DIALECT)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use std::time::Duration;
+
+    use backstop_http::ApiKey;
+    use serde_json::{Value, json};
 
     fn kind(status: Option<u16>, body: Value) -> FailureKind {
         classify(status, &ErrorInfo::from_value(&body, &DIALECT).unwrap())
@@ -348,7 +329,7 @@ mod tests {
                 Server,
             ),
         ] {
-            let e = inband_error(&body, None);
+            let e = DIALECT.in_band_error(&body, None);
             assert_eq!(e.kind, expected, "{body}");
             assert_eq!(e.status, None, "the response itself was a 200");
         }
@@ -363,7 +344,7 @@ mod tests {
             json!("invalid_api_key"),
         ))
         .unwrap();
-        let e = status_error(401, &body, Some(Duration::from_secs(2)), Some(&key));
+        let e = DIALECT.status_error(401, &body, Some(Duration::from_secs(2)), Some(&key));
         assert_eq!(e.kind, FailureKind::Auth);
         assert_eq!(e.status, Some(401));
         assert_eq!(e.code.as_deref(), Some("invalid_api_key"));
@@ -373,15 +354,15 @@ mod tests {
 
     #[test]
     fn unknown_bodies_fall_back_to_text_or_status() {
-        let e = status_error(502, b"<html>Bad Gateway</html>", None, None);
+        let e = DIALECT.status_error(502, b"<html>Bad Gateway</html>", None, None);
         assert_eq!(e.kind, FailureKind::Server);
         assert_eq!(e.message, "HTTP 502 with no error message");
-        let e = status_error(400, b"upstream said no", None, None);
+        let e = DIALECT.status_error(400, b"upstream said no", None, None);
         assert_eq!(
             (e.kind, e.message.as_str()),
             (FailureKind::BadRequest, "upstream said no")
         );
-        let e = status_error(302, b"", None, None);
+        let e = DIALECT.status_error(302, b"", None, None);
         assert_eq!(e.kind, FailureKind::InvalidResponse);
     }
 }

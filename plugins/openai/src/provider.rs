@@ -14,7 +14,7 @@ use backstop_core::{
 use reqwest::Url;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 
-use crate::classify::{inband_error, status_error};
+use crate::classify::DIALECT;
 use crate::config::{MaxTokensField, OPENAI_BASE_URL, OPENAI_KEY_VAR, OpenAiConfig};
 use crate::error::OpenAiBuildError;
 use crate::stream::chunk_stream;
@@ -151,7 +151,7 @@ impl OpenAiProvider {
             request = request.header("x-client-request-id", id);
         }
         body::send(request, connect_timeout, model, |status, body, wait| {
-            status_error(status, body, wait, self.key.as_ref())
+            DIALECT.status_error(status, body, wait, self.key.as_ref())
         })
         .await
     }
@@ -177,7 +177,7 @@ fn parse_completion(body: &[u8], key: Option<&ApiKey>) -> Result<ChatResponse, P
         Ok(response) => Ok(response),
         Err(parse) => match serde_json::from_slice::<serde_json::Value>(body) {
             Ok(value) if value.get("error").is_some_and(|e| !e.is_null()) => {
-                Err(inband_error(&value, key))
+                Err(DIALECT.in_band_error(&value, key))
             }
             _ => Err(ProviderError::new(
                 FailureKind::InvalidResponse,
@@ -236,7 +236,7 @@ impl Provider for OpenAiProvider {
         serde_json::from_slice::<EmbeddingsResponse>(&body).map_err(|parse| {
             match serde_json::from_slice::<serde_json::Value>(&body) {
                 Ok(value) if value.get("error").is_some_and(|e| !e.is_null()) => {
-                    inband_error(&value, self.key.as_ref())
+                    DIALECT.in_band_error(&value, self.key.as_ref())
                 }
                 _ => ProviderError::new(
                     FailureKind::InvalidResponse,

@@ -22,7 +22,7 @@ use backstop_http::sse::SseEvent;
 use futures::StreamExt;
 use serde_json::Value;
 
-use crate::classify::inband_error;
+use crate::classify::DIALECT;
 use backstop_http::ApiKey;
 use backstop_http::body::{SkipLog, SseBody};
 
@@ -126,7 +126,7 @@ impl Reader {
     /// "message", "type", "code"}`.
     fn fail(&mut self, error: &Value) -> ProviderError {
         self.done = true;
-        let error = inband_error(error, self.log.key());
+        let error = DIALECT.in_band_error(error, self.log.key());
         tracing::debug!(model = %self.log.model(), %error, "error inside the stream");
         error
     }
