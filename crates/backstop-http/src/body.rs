@@ -1,7 +1,8 @@
 //! What both HTTP providers do around a call the same way: the API key read
 //! from the environment, the base URL checked, the request sent and a
 //! non-success status classified, a complete body read, and a streamed body
-//! read as SSE events with its skipped events counted and logged.
+//! read as SSE events with its skipped events counted and logged, and
+//! each provider's reader of those events made the Router's chunk stream.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use backstop_core::{FailureKind, ProviderError};
+use backstop_core::{ChatChunk, ChunkStream, FailureKind, ProviderError};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use reqwest::Url;
@@ -119,6 +120,26 @@ pub async fn read_body(response: reqwest::Response) -> Result<(u16, Bytes), Prov
         .with_status(status)
     })?;
     Ok((status, body))
+}
+
+/// What reads a streamed answer one chunk at a time (each provider's
+/// translation of its events); [`stream_chunks`] makes it the stream the
+/// Router consumes.
+pub trait ChunkReader: Send + 'static {
+    /// The next chunk, the error that ends the stream, or `None` once it
+    /// has ended.
+    fn next_chunk(
+        &mut self,
+    ) -> impl Future<Output = Option<Result<ChatChunk, ProviderError>>> + Send;
+}
+
+/// The chunks `reader` reads, as a [`ChunkStream`].
+pub fn stream_chunks(reader: impl ChunkReader) -> ChunkStream {
+    futures::stream::unfold(reader, |mut reader| async move {
+        let item = reader.next_chunk().await?;
+        Some((item, reader))
+    })
+    .boxed()
 }
 
 type Body = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;

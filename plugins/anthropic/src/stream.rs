@@ -25,14 +25,13 @@ use backstop_core::{
     ChatChunk, ChunkChoice, ChunkStream, Delta, Extra, ModelSpec, ProviderError, Role,
 };
 use backstop_http::sse::SseEvent;
-use futures::StreamExt;
 use serde_json::{Value, json};
 
 use crate::classify::DIALECT;
 use crate::prefill::Join;
 use crate::response::{AnthropicUsage, finish_reason, now_unix};
 use backstop_http::ApiKey;
-use backstop_http::body::{SkipLog, SseBody};
+use backstop_http::body::{ChunkReader, SkipLog, SseBody, stream_chunks};
 
 /// Turns a streaming response into chunks.
 pub(crate) fn chunk_stream(
@@ -49,11 +48,7 @@ pub(crate) fn chunk_stream(
         log: SkipLog::new(model.id.clone(), model.provider.clone(), key, malformed),
         done: false,
     };
-    futures::stream::unfold(reader, |mut reader| async move {
-        let item = reader.next().await?;
-        Some((item, reader))
-    })
-    .boxed()
+    stream_chunks(reader)
 }
 
 struct Reader {
@@ -65,8 +60,8 @@ struct Reader {
     done: bool,
 }
 
-impl Reader {
-    async fn next(&mut self) -> Option<Result<ChatChunk, ProviderError>> {
+impl ChunkReader for Reader {
+    async fn next_chunk(&mut self) -> Option<Result<ChatChunk, ProviderError>> {
         loop {
             if let Some(chunk) = self.out.pop_front() {
                 return Some(Ok(chunk));
@@ -95,7 +90,9 @@ impl Reader {
             }
         }
     }
+}
 
+impl Reader {
     fn on_event(&mut self, event: &SseEvent) -> Result<(), ProviderError> {
         if event.data.trim().is_empty() {
             return Ok(());

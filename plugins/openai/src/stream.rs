@@ -19,12 +19,11 @@ use std::sync::atomic::AtomicU64;
 
 use backstop_core::{ChatChunk, ChunkStream, ModelSpec, ProviderError};
 use backstop_http::sse::SseEvent;
-use futures::StreamExt;
 use serde_json::Value;
 
 use crate::classify::DIALECT;
 use backstop_http::ApiKey;
-use backstop_http::body::{SkipLog, SseBody};
+use backstop_http::body::{ChunkReader, SkipLog, SseBody, stream_chunks};
 
 /// Turns a streaming response into chunks.
 pub(crate) fn chunk_stream(
@@ -39,11 +38,7 @@ pub(crate) fn chunk_stream(
         log: SkipLog::new(model.id.clone(), model.provider.clone(), key, malformed),
         done: false,
     };
-    futures::stream::unfold(reader, |mut reader| async move {
-        let item = reader.next().await?;
-        Some((item, reader))
-    })
-    .boxed()
+    stream_chunks(reader)
 }
 
 struct Reader {
@@ -53,8 +48,8 @@ struct Reader {
     done: bool,
 }
 
-impl Reader {
-    async fn next(&mut self) -> Option<Result<ChatChunk, ProviderError>> {
+impl ChunkReader for Reader {
+    async fn next_chunk(&mut self) -> Option<Result<ChatChunk, ProviderError>> {
         loop {
             if self.done {
                 return None;
@@ -78,7 +73,9 @@ impl Reader {
             }
         }
     }
+}
 
+impl Reader {
     /// Handles one event; `None` when it yields nothing.
     fn on_event(&mut self, event: &SseEvent) -> Option<Result<ChatChunk, ProviderError>> {
         let data = event.data.trim();
