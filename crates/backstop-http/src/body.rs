@@ -281,3 +281,31 @@ pub fn is_json(response: &reqwest::Response) -> bool {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"))
 }
+
+/// The error for a complete JSON answer (see [`is_json`]) to a request for
+/// a stream, given what reading it as a complete answer gave: the error it
+/// reports, else that a complete answer came instead of a stream.
+pub fn not_a_stream<T>(answer: Result<T, ProviderError>) -> ProviderError {
+    match answer {
+        Ok(_) => ProviderError::new(
+            FailureKind::InvalidResponse,
+            "asked for a stream, got a complete JSON answer",
+        ),
+        Err(error) => error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_json_answer_to_a_stream_request_fails_with_its_own_error_else_invalid_response() {
+        let e = not_a_stream(Ok(()));
+        assert_eq!(e.kind, FailureKind::InvalidResponse);
+        assert_eq!(e.message, "asked for a stream, got a complete JSON answer");
+        let reported = ProviderError::new(FailureKind::RateLimited, "slow down");
+        let e = not_a_stream::<()>(Err(reported.clone()));
+        assert_eq!((e.kind, e.message), (reported.kind, reported.message));
+    }
+}

@@ -6,9 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use backstop_core::{
-    Call, ChatResponse, ChunkStream, FailureKind, Provider, ProviderError, Timeouts,
-};
+use backstop_core::{Call, ChatResponse, ChunkStream, Provider, ProviderError, Timeouts};
 use reqwest::Url;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
 
@@ -19,7 +17,7 @@ use crate::prefill::Join;
 use crate::request::translate;
 use crate::response::completion;
 use crate::stream::chunk_stream;
-use backstop_http::body::{self, encode_body, is_json, key_from_env, read_body};
+use backstop_http::body::{self, encode_body, is_json, key_from_env, not_a_stream, read_body};
 use backstop_http::{ApiKey, Clients, error_chain, redact_url};
 
 /// A provider for Anthropic's Messages API.
@@ -157,14 +155,7 @@ impl Provider for AnthropicProvider {
     async fn stream(&self, call: Call<'_>) -> Result<ChunkStream, ProviderError> {
         let (response, join) = self.send(&call, true).await?;
         if is_json(&response) {
-            let error = match self.read_completion(response, join).await {
-                Ok(_) => ProviderError::new(
-                    FailureKind::InvalidResponse,
-                    "asked for a stream, got a complete JSON answer",
-                ),
-                Err(error) => error,
-            };
-            return Err(error);
+            return Err(not_a_stream(self.read_completion(response, join).await));
         }
         Ok(chunk_stream(
             response,

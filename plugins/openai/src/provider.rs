@@ -19,7 +19,7 @@ use crate::config::{MaxTokensField, OPENAI_BASE_URL, OPENAI_KEY_VAR, OpenAiConfi
 use crate::error::OpenAiBuildError;
 use crate::stream::chunk_stream;
 use crate::wire::WireRequest;
-use backstop_http::body::{self, encode_body, is_json, key_from_env, read_body};
+use backstop_http::body::{self, encode_body, is_json, key_from_env, not_a_stream, read_body};
 use backstop_http::{ApiKey, Clients, error_chain, redact_url};
 
 /// A provider for an OpenAI-compatible chat completions API (and its
@@ -252,14 +252,7 @@ impl Provider for OpenAiProvider {
         if is_json(&response) {
             // A server that ignores `stream` (or reports an error with a
             // 200) answers with JSON instead of events.
-            let error = match self.read_completion(response).await {
-                Ok(_) => ProviderError::new(
-                    FailureKind::InvalidResponse,
-                    "asked for a stream, got a complete JSON answer",
-                ),
-                Err(error) => error,
-            };
-            return Err(error);
+            return Err(not_a_stream(self.read_completion(response).await));
         }
         Ok(chunk_stream(
             response,
