@@ -154,16 +154,23 @@ async fn a_503_because_every_circuit_is_open_carries_retry_after() {
 }
 
 fn check(config: &str) -> (bool, String) {
-    let dir = std::env::temp_dir().join(format!("backstop-signals-check-{}", std::process::id()));
+    // One folder per call, removed after: tests of one process may run
+    // `check` at the same time, and nothing is left behind in /tmp.
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!(
+        "backstop-signals-check-{}-{call}",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join(format!("{:x}.toml", config.len()));
+    let file = dir.join("backstop.toml");
     std::fs::write(&file, config).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_backstop"))
         .args(["check", "--config"])
         .arg(&file)
         .output()
         .unwrap();
-    let _ = std::fs::remove_file(&file);
+    let _ = std::fs::remove_dir_all(&dir);
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
