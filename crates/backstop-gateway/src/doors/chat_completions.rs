@@ -140,7 +140,7 @@ fn sse_body(
                 write_data(&mut out, "[DONE]");
             }
             StreamItem::Failed(error) => {
-                tracing::warn!(%error, "stream failed after it started");
+                tracing::debug!(%error, "stream failed after it started");
                 let error = ApiError::from_route(error, String::new);
                 out.extend_from_slice(b"data: ");
                 out.extend_from_slice(&error.to_json());

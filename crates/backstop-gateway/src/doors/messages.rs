@@ -761,7 +761,7 @@ fn sse_body(
             StreamItem::Chunk(chunk) => encoder.chunk(&chunk, &mut out),
             StreamItem::Done(outcome) => encoder.done(&outcome, &mut out),
             StreamItem::Failed(error) => {
-                tracing::warn!(%error, "stream failed after it started");
+                tracing::debug!(%error, "stream failed after it started");
                 let error = ApiError::from_route(error, String::new);
                 write_json_event(&mut out, "error", &error_json(&error));
             }

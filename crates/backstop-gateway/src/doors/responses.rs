@@ -861,7 +861,7 @@ fn sse_body(
                 encoder.done(&outcome, &mut out);
             }
             StreamItem::Failed(error) => {
-                tracing::warn!(%error, "stream failed after it started");
+                tracing::debug!(%error, "stream failed after it started");
                 encoder.failed(&ApiError::from_route(error, String::new), &mut out);
             }
         }
