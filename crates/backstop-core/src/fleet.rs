@@ -5,7 +5,9 @@
 //! transitions: a replica that opens, cools down, disables or closes a
 //! model publishes it, and every other replica adopts it through the
 //! [`CircuitListener`] it registered. Budgets that a fleet shares reserve
-//! and settle through it too ([`FleetState::reserve_budget`]). The default,
+//! and settle through it too ([`FleetState::reserve_budget`]), the alert
+//! rule's window is summed across the fleet ([`SharedCounts`]), and an
+//! alert is sent by one replica only ([`FleetState::claim`]). The default,
 //! [`LocalState`], shares
 //! nothing (one gateway is its own fleet); the Redis implementation lives in
 //! the `backstop-fleet` crate. Core knows nothing of any store.
@@ -15,8 +17,10 @@
 //! adopting is a call into the strategy from the store's own task, so
 //! `HealthPolicy::admit` only ever reads local atomics.
 
+use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Weak;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -128,6 +132,179 @@ pub trait CircuitListener: Send + Sync {
     fn adopt(&self, model: &str, circuit: SharedCircuit);
 }
 
+/// Who sends a fleet-wide alert: the answer to [`FleetState::claim`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// This replica holds the claim: it acts (sends the alert).
+    Won,
+    /// Another replica holds it for `remaining` more: this one stays quiet.
+    Lost {
+        /// How long the other replica's claim lasts from now.
+        remaining: Duration,
+    },
+    /// The store could not answer: this replica acts on its own (an alert
+    /// sent twice beats an alert never sent).
+    Unknown,
+}
+
+/// Told when the fleet's sums of a [`SharedCounts`] were read anew.
+pub trait CountsListener: Send + Sync {
+    /// The sums changed (or became unknown); read them with
+    /// [`SharedCounts::fleet_sums`].
+    fn refreshed(&self);
+}
+
+/// Two counters over a sliding window of wall-clock time that the fleet
+/// sums: the alert rule's requests and fallbacks.
+///
+/// A replica adds its counts here ([`SharedCounts::add`]: a short lock, no
+/// I/O); the fleet's store takes them in the background
+/// ([`SharedCounts::take_pending`]), adds them to the fleet's buckets and
+/// hands back the fleet's sums over the window ([`SharedCounts::set_fleet`]),
+/// every ~100 ms. Buckets are numbered from the wall clock (Unix ms /
+/// bucket length), so replicas' clocks should agree (NTP), as for budgets.
+pub struct SharedCounts {
+    name: String,
+    bucket_ms: u64,
+    buckets: u64,
+    /// Counts not yet written, by bucket.
+    pending: Mutex<BTreeMap<u64, [u64; 2]>>,
+    /// The fleet's sums as last read: the bucket they were read in, and
+    /// the sums (`None` when the store failed).
+    fleet: Mutex<Option<(u64, [u64; 2])>>,
+    /// Whether the last refresh failed (logged once per change).
+    degraded: AtomicBool,
+    listener: OnceLock<Weak<dyn CountsListener>>,
+}
+
+impl fmt::Debug for SharedCounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedCounts")
+            .field("name", &self.name)
+            .field("bucket_ms", &self.bucket_ms)
+            .field("buckets", &self.buckets)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SharedCounts {
+    /// A window of `window_ms` in `buckets` buckets, named `name` (the
+    /// same on every replica).
+    pub fn new(name: &str, window_ms: u64, buckets: u32) -> Self {
+        let buckets = u64::from(buckets.max(1));
+        Self {
+            name: name.to_owned(),
+            bucket_ms: (window_ms / buckets).max(1),
+            buckets,
+            pending: Mutex::new(BTreeMap::new()),
+            fleet: Mutex::new(None),
+            degraded: AtomicBool::new(false),
+            listener: OnceLock::new(),
+        }
+    }
+
+    /// The window's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// One bucket's length, in milliseconds.
+    pub fn bucket_ms(&self) -> u64 {
+        self.bucket_ms
+    }
+
+    /// The window's length, in buckets.
+    pub fn buckets(&self) -> u64 {
+        self.buckets
+    }
+
+    /// The bucket of wall-clock time `unix_ms`.
+    pub fn bucket_of(&self, unix_ms: u64) -> u64 {
+        unix_ms / self.bucket_ms
+    }
+
+    /// The oldest bucket still in the window that ends in bucket `newest`.
+    pub fn oldest(&self, newest: u64) -> u64 {
+        newest.saturating_sub(self.buckets - 1)
+    }
+
+    /// Registers who hears of refreshes (once; later calls are ignored).
+    pub fn listen(&self, listener: Weak<dyn CountsListener>) {
+        let _ = self.listener.set(listener);
+    }
+
+    /// Adds `counts` at wall-clock time `unix_ms`, for the store to take.
+    pub fn add(&self, unix_ms: u64, counts: [u64; 2]) {
+        let bucket = self.bucket_of(unix_ms);
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let slot = pending.entry(bucket).or_insert([0, 0]);
+        slot[0] += counts[0];
+        slot[1] += counts[1];
+    }
+
+    /// Takes every count not yet written, oldest bucket first.
+    pub fn take_pending(&self) -> Vec<(u64, [u64; 2])> {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner))
+            .into_iter()
+            .collect()
+    }
+
+    /// Puts back counts the store could not take, keeping only those still
+    /// in the window ending at `now_bucket`: they are written once it
+    /// answers again.
+    pub fn restore_pending(&self, counts: Vec<(u64, [u64; 2])>, now_bucket: u64) {
+        let oldest = self.oldest(now_bucket);
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        pending.retain(|bucket, _| *bucket >= oldest);
+        for (bucket, counts) in counts.into_iter().filter(|(b, _)| *b >= oldest) {
+            let slot = pending.entry(bucket).or_insert([0, 0]);
+            slot[0] += counts[0];
+            slot[1] += counts[1];
+        }
+    }
+
+    /// The store's answer: the fleet's sums over the window ending in
+    /// `bucket` (this replica's written counts included), or `None` when it
+    /// could not answer. Tells the listener.
+    pub fn set_fleet(&self, bucket: u64, sums: Option<[u64; 2]>) {
+        *self.fleet.lock().unwrap_or_else(PoisonError::into_inner) = sums.map(|s| (bucket, s));
+        let degraded = sums.is_none();
+        if self.degraded.swap(degraded, Ordering::AcqRel) != degraded {
+            if degraded {
+                tracing::warn!(
+                    window = %self.name,
+                    "the fleet's counts cannot be read; this replica counts its own until the store answers"
+                );
+            } else {
+                tracing::info!(window = %self.name, "the fleet's counts are read again");
+            }
+        }
+        if let Some(listener) = self.listener.get().and_then(Weak::upgrade) {
+            listener.refreshed();
+        }
+    }
+
+    /// The fleet's sums over the window ending at `unix_ms`: the last sums
+    /// read plus this replica's counts not yet written. `None` when the
+    /// store failed, or has not answered for `2 × bucket` plus a second:
+    /// the caller then counts on its own.
+    pub fn fleet_sums(&self, unix_ms: u64) -> Option<[u64; 2]> {
+        let now = self.bucket_of(unix_ms);
+        let (read_in, mut sums) = (*self.fleet.lock().unwrap_or_else(PoisonError::into_inner))?;
+        let stale_after = 2 + 1_000 / self.bucket_ms;
+        if now.saturating_sub(read_in) > stale_after {
+            return None;
+        }
+        let oldest = self.oldest(now);
+        let pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        for (_, counts) in pending.range(oldest..) {
+            sums[0] += counts[0];
+            sums[1] += counts[1];
+        }
+        Some(sums)
+    }
+}
+
 /// What a fleet of replicas shares. See the module docs.
 pub trait FleetState: Send + Sync + fmt::Debug {
     /// The backend's config name (`local`, `redis`).
@@ -179,6 +356,28 @@ pub trait FleetState: Send + Sync + fmt::Debug {
     fn on_store_failure(&self) -> OnStoreFailure {
         OnStoreFailure::Local
     }
+
+    /// Whether windows of counts are summed across the fleet
+    /// ([`FleetState::share_counts`]).
+    fn shares_counts(&self) -> bool {
+        false
+    }
+
+    /// Sums `counts` across the fleet from now on: the store writes its
+    /// pending counts and reads the fleet's sums back in the background.
+    fn share_counts(&self, counts: Arc<SharedCounts>) {
+        let _ = counts;
+    }
+
+    /// Claims `name` (an alert's firing) for `ttl`, so that one replica of
+    /// the fleet acts: `then` hears [`Claim::Won`] on the replica that got
+    /// it, [`Claim::Lost`] on the others. Never waits: `then` runs later,
+    /// on the store's task (at once for a backend that shares nothing,
+    /// which always wins).
+    fn claim(&self, name: &str, ttl: Duration, then: Box<dyn FnOnce(Claim) + Send>) {
+        let _ = (name, ttl);
+        then(Claim::Won);
+    }
 }
 
 fn _fleet_is_object_safe(_: &dyn FleetState) {}
@@ -202,5 +401,52 @@ impl FleetState for LocalState {
 
     fn store_up(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_counts_add_pending_to_the_fleets_last_sums_within_the_window() {
+        // 10 s in 1 s buckets.
+        let counts = SharedCounts::new("alerts", 10_000, 10);
+        assert_eq!(counts.fleet_sums(5_000), None, "nothing read yet");
+        counts.add(5_000, [1, 0]);
+        counts.add(5_500, [1, 1]);
+        counts.set_fleet(5, Some([10, 4]));
+        assert_eq!(counts.fleet_sums(5_600), Some([12, 5]));
+        let taken = counts.take_pending();
+        assert_eq!(taken, vec![(5, [2, 1])]);
+        assert_eq!(counts.fleet_sums(5_600), Some([10, 4]));
+        // Unread for longer than two buckets and a second: unknown.
+        assert_eq!(counts.fleet_sums(9_000), None);
+        counts.set_fleet(9, None);
+        assert_eq!(counts.fleet_sums(9_000), None);
+    }
+
+    #[test]
+    fn restored_counts_keep_only_what_is_still_in_the_window() {
+        let counts = SharedCounts::new("alerts", 10_000, 10);
+        counts.add(20_000, [1, 1]);
+        counts.restore_pending(vec![(3, [5, 5]), (15, [1, 0])], 20);
+        assert_eq!(counts.take_pending(), vec![(15, [1, 0]), (20, [1, 1])]);
+    }
+
+    #[test]
+    fn local_state_wins_every_claim_at_once() {
+        let won = Arc::new(Mutex::new(None));
+        let seen = Arc::clone(&won);
+        LocalState.claim(
+            "alert:fallbacks",
+            Duration::from_secs(1),
+            Box::new(move |c| *seen.lock().unwrap_or_else(PoisonError::into_inner) = Some(c)),
+        );
+        assert_eq!(
+            *won.lock().unwrap_or_else(PoisonError::into_inner),
+            Some(Claim::Won)
+        );
+        assert!(!LocalState.shares_counts());
     }
 }

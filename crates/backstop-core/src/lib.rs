@@ -51,8 +51,8 @@ pub use error::{
 pub use events::{Event, EventSink, FallbackEvent, RequestFinished};
 pub use facts::RequestFacts;
 pub use fleet::{
-    BudgetWindow, CircuitListener, FleetState, LocalState, OnStoreFailure, SharedAccount,
-    SharedCircuit, StoreFailure,
+    BudgetWindow, CircuitListener, Claim, CountsListener, FleetState, LocalState, OnStoreFailure,
+    SharedAccount, SharedCircuit, SharedCounts, StoreFailure,
 };
 pub use health::{
     Admission, CallOutcome, CircuitState, HealthPolicy, HealthSnapshot, HealthTransition, Permit,

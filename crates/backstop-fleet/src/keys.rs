@@ -36,6 +36,17 @@ impl Keys {
         format!("{}:circuits", self.prefix)
     }
 
+    /// A window of counts the fleet sums: one hash, a field per bucket
+    /// and counter (`<bucket>:0`, `<bucket>:1`).
+    pub fn counts(&self, name: &str) -> String {
+        format!("{}:{{c:{name}}}:counts", self.prefix)
+    }
+
+    /// A claim (an alert's firing): held by one replica for a while.
+    pub fn claim(&self, name: &str) -> String {
+        format!("{}:{{claim:{name}}}", self.prefix)
+    }
+
     /// A budget account's key in one window; every account of one budget
     /// shares the hash tag, so a reservation is one single-slot script.
     pub fn budget(&self, scope: &str, account: &str, window: u64) -> String {
@@ -148,6 +159,11 @@ mod tests {
         assert_eq!(k.circuit("gpt-4o"), "backstop:{gpt-4o}:circuit");
         assert_eq!(k.probe("gpt-4o"), "backstop:{gpt-4o}:probe");
         assert_eq!(k.channel(), "backstop:circuits");
+        assert_eq!(k.counts("alerts"), "backstop:{c:alerts}:counts");
+        assert_eq!(
+            k.claim("alert:fallbacks"),
+            "backstop:{claim:alert:fallbacks}"
+        );
         assert_eq!(
             k.budget("rolling", "caller:alice", 7),
             "backstop:{b:rolling}:caller:alice:7"

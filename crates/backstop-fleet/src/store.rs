@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use backstop_core::{
-    BudgetWindow, CircuitListener, FleetState, OnStoreFailure, SharedAccount, SharedCircuit,
-    StoreFailure,
+    BudgetWindow, CircuitListener, Claim, FleetState, OnStoreFailure, SharedAccount, SharedCircuit,
+    SharedCounts, StoreFailure,
 };
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -25,6 +25,8 @@ const QUEUE: usize = 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Time between two heartbeats that tell whether the store answers.
 const HEARTBEAT: Duration = Duration::from_millis(500);
+/// Time between two refreshes of the windows of counts the fleet sums.
+const REFRESH: Duration = Duration::from_millis(100);
 /// Longest pause before the subscription tries to reconnect.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -95,9 +97,55 @@ end
 return 0
 ";
 
+/// Adds a replica's pending counts to the fleet's window and reads back
+/// the fleet's sums over it, dropping buckets that left it. Returns
+/// `{sum of counter 0, sum of counter 1}`.
+///
+/// KEYS[1] the window's hash; ARGV: oldest bucket in the window, ttl ms,
+/// then `bucket, count0, count1` per pending bucket.
+const ADD_COUNTS: &str = r"
+local key, oldest = KEYS[1], tonumber(ARGV[1])
+local i = 3
+while ARGV[i] do
+  if tonumber(ARGV[i]) >= oldest then
+    redis.call('HINCRBY', key, ARGV[i] .. ':0', ARGV[i + 1])
+    redis.call('HINCRBY', key, ARGV[i] .. ':1', ARGV[i + 2])
+  end
+  i = i + 3
+end
+local all = redis.call('HGETALL', key)
+local sums, stale = {0, 0}, {}
+for j = 1, #all, 2 do
+  local bucket, counter = string.match(all[j], '^(%d+):(%d)$')
+  if (not bucket) or tonumber(bucket) < oldest then
+    table.insert(stale, all[j])
+  else
+    local c = tonumber(counter) + 1
+    sums[c] = sums[c] + tonumber(all[j + 1])
+  end
+end
+if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
+if #all > #stale * 2 then redis.call('PEXPIRE', key, ARGV[2]) end
+return sums
+";
+
+/// Takes a claim unless another replica holds it. Returns -1 when this
+/// replica got it, else the holder's remaining milliseconds.
+///
+/// KEYS[1] the claim key; ARGV: replica id, ttl ms.
+const CLAIM: &str = r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return -1 end
+return math.max(redis.call('PTTL', KEYS[1]), 0)
+";
+
 /// What the writer writes, in order.
 enum Write {
     Circuit(String, SharedCircuit),
+    Claim {
+        name: String,
+        ttl_ms: u64,
+        then: Box<dyn FnOnce(Claim) + Send>,
+    },
     Settle {
         keys: Vec<String>,
         delta: i64,
@@ -214,10 +262,14 @@ pub struct RedisState {
     queue: mpsc::Sender<Write>,
     queued: Mutex<Option<mpsc::Receiver<Write>>>,
     listeners: Mutex<Vec<Weak<dyn CircuitListener>>>,
+    /// Windows of counts the fleet sums.
+    counts: Mutex<Vec<Arc<SharedCounts>>>,
     publish_script: Script,
     lease_script: Script,
     reserve_script: Script,
     settle_script: Script,
+    counts_script: Script,
+    claim_script: Script,
 }
 
 impl std::fmt::Debug for RedisState {
@@ -263,10 +315,13 @@ impl RedisState {
             queue,
             queued: Mutex::new(Some(queued)),
             listeners: Mutex::new(Vec::new()),
+            counts: Mutex::new(Vec::new()),
             publish_script: Script::new(PUBLISH_CIRCUIT),
             lease_script: Script::new(PROBE_LEASE),
             reserve_script: Script::new(RESERVE_BUDGET),
             settle_script: Script::new(SETTLE_BUDGET),
+            counts_script: Script::new(ADD_COUNTS),
+            claim_script: Script::new(CLAIM),
         }))
     }
 
@@ -323,6 +378,7 @@ impl RedisState {
         }
         tasks.push(tokio::spawn(Arc::clone(self).subscribe()));
         tasks.push(tokio::spawn(Arc::clone(self).heartbeat()));
+        tasks.push(tokio::spawn(Arc::clone(self).refresh_counts()));
         Ok(FleetHandle { tasks })
     }
 
@@ -366,7 +422,18 @@ impl RedisState {
         let channel = self.keys.channel();
         while let Some(write) = queued.recv().await {
             let Some(mut conn) = self.conn() else {
+                if let Write::Claim { then, .. } = write {
+                    then(Claim::Unknown);
+                }
                 continue;
+            };
+            let write = match write {
+                Write::Claim { name, ttl_ms, then } => {
+                    let claim = self.run_claim(&mut conn, &name, ttl_ms).await;
+                    then(claim);
+                    continue;
+                }
+                other => other,
             };
             let invocation = match &write {
                 Write::Circuit(model, circuit) => {
@@ -391,6 +458,7 @@ impl RedisState {
                     invocation.arg(*delta).arg(*ttl_ms);
                     invocation
                 }
+                Write::Claim { .. } => continue,
             };
             match bounded(
                 self.settings.timeout,
@@ -403,6 +471,94 @@ impl RedisState {
                     tracing::debug!(%cause, "fleet write lost");
                     self.commands(false, Some(&cause));
                 }
+            }
+        }
+    }
+
+    /// Runs one claim: who of the fleet acts.
+    async fn run_claim(&self, conn: &mut ConnectionManager, name: &str, ttl_ms: u64) -> Claim {
+        let mut invocation = self.claim_script.key(self.keys.claim(name));
+        invocation
+            .arg(format!("{:016x}", self.replica))
+            .arg(ttl_ms.max(1));
+        match bounded(self.settings.timeout, invocation.invoke_async::<i64>(conn)).await {
+            Ok(-1) => {
+                self.commands(true, None);
+                Claim::Won
+            }
+            Ok(remaining) => {
+                self.commands(true, None);
+                Claim::Lost {
+                    remaining: Duration::from_millis(remaining.unsigned_abs()),
+                }
+            }
+            Err(cause) => {
+                tracing::debug!(name, %cause, "claim unknown; acting alone");
+                self.commands(false, Some(&cause));
+                Claim::Unknown
+            }
+        }
+    }
+
+    /// Every [`REFRESH`], writes each shared window's pending counts and
+    /// reads back the fleet's sums; a store that fails leaves the counts
+    /// pending (within the window) and the sums unknown.
+    async fn refresh_counts(self: Arc<Self>) {
+        let mut ticks = tokio::time::interval(REFRESH);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let windows: Vec<Arc<SharedCounts>> = self
+                .counts
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            for window in windows {
+                self.refresh(&window).await;
+            }
+        }
+    }
+
+    async fn refresh(&self, window: &SharedCounts) {
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let now = window.bucket_of(unix_ms);
+        let pending = window.take_pending();
+        let conn = self
+            .conn()
+            .filter(|_| self.commands_up.load(Ordering::Acquire));
+        let Some(mut conn) = conn else {
+            // Known down: keep the counts for when it answers again.
+            window.restore_pending(pending, now);
+            window.set_fleet(now, None);
+            return;
+        };
+        let mut invocation = self.counts_script.key(self.keys.counts(window.name()));
+        invocation
+            .arg(window.oldest(now))
+            .arg(window.bucket_ms().saturating_mul(window.buckets() + 1));
+        for (bucket, counts) in &pending {
+            invocation.arg(*bucket).arg(counts[0]).arg(counts[1]);
+        }
+        match bounded(
+            self.settings.timeout,
+            invocation.invoke_async::<(u64, u64)>(&mut conn),
+        )
+        .await
+        {
+            Ok((first, second)) => {
+                self.commands(true, None);
+                window.set_fleet(now, Some([first, second]));
+            }
+            Err(cause) => {
+                // The script may have run before the answer was lost:
+                // sending these counts again could count them twice, so
+                // the fleet goes without them (this replica's own window
+                // still has them).
+                tracing::debug!(window = window.name(), %cause, "fleet counts not refreshed");
+                self.commands(false, Some(&cause));
+                window.set_fleet(now, None);
             }
         }
     }
@@ -622,5 +778,30 @@ impl FleetState for RedisState {
 
     fn on_store_failure(&self) -> OnStoreFailure {
         self.settings.on_store_failure
+    }
+
+    fn shares_counts(&self) -> bool {
+        true
+    }
+
+    fn share_counts(&self, counts: Arc<SharedCounts>) {
+        self.counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(counts);
+    }
+
+    fn claim(&self, name: &str, ttl: Duration, then: Box<dyn FnOnce(Claim) + Send>) {
+        let write = Write::Claim {
+            name: name.to_owned(),
+            ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+            then,
+        };
+        if let Err(refused) = self.queue.try_send(write) {
+            tracing::debug!(name, "claim not queued: the store is behind; acting alone");
+            if let Write::Claim { then, .. } = refused.into_inner() {
+                then(Claim::Unknown);
+            }
+        }
     }
 }

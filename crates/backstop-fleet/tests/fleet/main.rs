@@ -4,6 +4,9 @@
 //! only lengthen, one prober holds a model's lease, and a store that is
 //! down, frozen or restarted never blocks a replica and is found again.
 //!
+//! The alert rule's window is summed across replicas and a fleet sends one
+//! alert (`alerts.rs`).
+//!
 //! Waits are bounded polls (a few seconds at most), never fixed sleeps that
 //! a slow machine could outrun.
 
@@ -20,6 +23,8 @@ use backstop_fleet::testing::RedisServer;
 use backstop_fleet::{FleetError, FleetHandle, RedisSettings, RedisState};
 use backstop_strategies::health::CircuitBreaker;
 use backstop_strategies::health::CircuitBreakerConfig;
+
+mod alerts;
 
 const MODELS: [&str; 2] = ["primary", "backup"];
 

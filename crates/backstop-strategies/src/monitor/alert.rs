@@ -19,6 +19,13 @@
 //!    `webhook_timeout_ms` timeout: the request path never waits for it.
 //! 5. Keeps the last `recent` fallback events for a status page
 //!    ([`AlertSink::status`]).
+//! 6. In a fleet whose state is shared (`[state] backend = "redis"`), the
+//!    window is the fleet's: this replica's counts are added to the
+//!    fleet's off the request path (every ~100 ms, by the store's task,
+//!    through core's `SharedCounts`), the threshold and the rate read the
+//!    fleet's sums, and a firing is claimed (`FleetState::claim`) so one
+//!    replica sends it. While the store fails, the rule counts and alerts
+//!    on this replica's own window, as without a fleet.
 //!
 //! When to pick it: in every deployment with someone to tell. The gateway
 //! builds it from the config's `[alerts]` table.
@@ -38,11 +45,12 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use backstop_core::{
-    CircuitState, Event, EventSink, FailureKind, FallbackEvent, SharedClock, StrategyContext,
+    CircuitState, Claim, CountsListener, Event, EventSink, FailureKind, FallbackEvent, FleetState,
+    SharedClock, SharedCounts, StrategyContext,
 };
 use serde::{Deserialize, Serialize};
 
@@ -110,9 +118,14 @@ pub struct AlertStatus {
     pub fallbacks: u64,
     /// fallbacks / requests in the window (0 without requests).
     pub fallback_rate: f64,
+    /// `fleet` when the counts are the fleet's (`[state] backend =
+    /// "redis"` and its store answers), `replica` when they are this
+    /// replica's own.
+    pub counted_by: &'static str,
     /// The threshold.
     pub max_fallbacks: u32,
-    /// Fallback alerts fired since start.
+    /// Fallback alerts this replica sent since start (in a fleet, the
+    /// replica that claims a firing sends it for all).
     pub alerts_fired: u64,
     /// Wall clock (Unix ms) of the last fallback alert.
     pub last_alert_unix_ms: Option<u64>,
@@ -125,6 +138,19 @@ const REQUESTS: usize = 0;
 const FALLBACKS: usize = 1;
 
 const NEVER: u64 = u64::MAX;
+
+/// The name of the window the fleet sums.
+const WINDOW_NAME: &str = "alerts";
+/// The claim of a fallback alert (held for `window_ms`).
+const FALLBACKS_CLAIM: &str = "alert:fallbacks";
+/// How long a disabled model's alert is claimed: replicas that see the
+/// same model disabled within this time send one alert.
+const DISABLED_CLAIM: Duration = Duration::from_secs(60);
+
+/// `counted_by` of a window summed across the fleet.
+const COUNTED_BY_FLEET: &str = "fleet";
+/// `counted_by` of a window counted by this replica alone.
+const COUNTED_BY_REPLICA: &str = "replica";
 
 /// Where a fired alert's JSON body goes. Strategies send no HTTP: the
 /// webhook sender lives in `backstop-http` and config attaches it with
@@ -156,50 +182,83 @@ fn check_webhook_url(url: &str) -> Result<(), StrategyError> {
 ///
 /// - fallbacks: `{"alert": "fallbacks", "fallbacks": 12, "requests": 80,
 ///   "fallback_rate": 0.15, "max_fallbacks": 10, "window_ms": 3600000,
-///   "timestamp_ms": ..., "recent": [FallbackEvent...]}` (the last ten)
+///   "counted_by": "fleet", "timestamp_ms": ..., "recent": [FallbackEvent...]}`
+///   (the last ten this replica saw)
 /// - a disabled model: `{"alert": "model_disabled", "model": "gpt-4o",
 ///   "cause": "auth", "timestamp_ms": ...}`
 #[derive(Debug)]
 pub struct AlertSink {
+    rule: Arc<Rule>,
+}
+
+/// The rule's state, shared with the fleet's store (which tells it when
+/// the fleet's counts were read anew).
+#[derive(Debug)]
+struct Rule {
+    /// Itself, for the claims' callbacks.
+    me: Weak<Rule>,
     clock: SharedClock,
     max_fallbacks: u32,
     window_ms: u64,
+    /// This replica's own counts: the whole truth without a fleet, the
+    /// fallback when the fleet's store fails.
     window: SlidingWindow<2>,
+    /// The fleet's counts, when the fleet sums them.
+    shared: Option<Arc<SharedCounts>>,
+    fleet: Arc<dyn FleetState>,
     /// Clock milliseconds of the last fallback alert, or `NEVER`.
     last_fired_ms: AtomicU64,
     last_fired_unix_ms: AtomicU64,
     fired: AtomicU64,
     recent: Mutex<VecDeque<FallbackEvent>>,
     recent_cap: usize,
-    webhook: Option<Arc<dyn AlertDelivery>>,
+    webhook: OnceLock<Arc<dyn AlertDelivery>>,
 }
 
 impl AlertSink {
-    /// The rule, reading `ctx`'s clock.
+    /// The rule, reading `ctx`'s clock. When `ctx`'s fleet sums counts
+    /// (`[state] backend = "redis"`), the window counts across the fleet.
     pub fn new(config: AlertConfig, ctx: &StrategyContext) -> Result<Self, StrategyError> {
         config.validate()?;
         if let Some(url) = &config.webhook_url {
             check_webhook_url(url)?;
         }
-        Ok(Self {
+        let shared = ctx.fleet.shares_counts().then(|| {
+            Arc::new(SharedCounts::new(
+                WINDOW_NAME,
+                config.window_ms,
+                config.buckets,
+            ))
+        });
+        let rule = Arc::new_cyclic(|me| Rule {
+            me: me.clone(),
             clock: ctx.clock.clone(),
             max_fallbacks: config.max_fallbacks,
             window_ms: config.window_ms,
             window: SlidingWindow::new(Duration::from_millis(config.window_ms), config.buckets),
+            shared: shared.clone(),
+            fleet: ctx.fleet.clone(),
             last_fired_ms: AtomicU64::new(NEVER),
             last_fired_unix_ms: AtomicU64::new(NEVER),
             fired: AtomicU64::new(0),
             recent: Mutex::new(VecDeque::with_capacity(config.recent.min(1024))),
             recent_cap: config.recent,
-            webhook: None,
-        })
+            webhook: OnceLock::new(),
+        });
+        if let Some(shared) = shared {
+            let listener: Weak<dyn CountsListener> = Arc::downgrade(&rule) as Weak<Rule>;
+            shared.listen(listener);
+            ctx.fleet.share_counts(shared);
+        }
+        Ok(Self { rule })
     }
 
     /// Sends every alert's JSON body to `delivery` (the `webhook_url`
     /// sender, which config builds where HTTP lives).
     #[must_use]
-    pub fn with_delivery(mut self, delivery: Arc<dyn AlertDelivery>) -> Self {
-        self.webhook = Some(delivery);
+    pub fn with_delivery(self, delivery: Arc<dyn AlertDelivery>) -> Self {
+        // Set once, right after `new`: a second delivery is ignored.
+        let _ = self.rule.webhook.set(delivery);
         self
     }
 
@@ -211,19 +270,22 @@ impl AlertSink {
         Self::new(crate::error::parse(value)?, ctx)
     }
 
-    /// The window's counts, the rate and the last fallbacks.
+    /// The window's counts (the fleet's, when it shares them and its store
+    /// answers), the rate and the last fallbacks this replica saw.
     pub fn status(&self) -> AlertStatus {
-        let sums = self.window.sums(self.clock.now());
-        let last = self.last_fired_unix_ms.load(Ordering::Acquire);
+        let rule = &self.rule;
+        let (sums, counted_by) = rule.sums(rule.clock.now());
+        let last = rule.last_fired_unix_ms.load(Ordering::Acquire);
         AlertStatus {
-            window_ms: self.window_ms,
+            window_ms: rule.window_ms,
             requests: sums[REQUESTS],
             fallbacks: sums[FALLBACKS],
             fallback_rate: rate(sums[FALLBACKS], sums[REQUESTS]),
-            max_fallbacks: self.max_fallbacks,
-            alerts_fired: self.fired.load(Ordering::Acquire),
+            counted_by,
+            max_fallbacks: rule.max_fallbacks,
+            alerts_fired: rule.fired.load(Ordering::Acquire),
             last_alert_unix_ms: (last != NEVER).then_some(last),
-            recent: self
+            recent: rule
                 .recent
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -233,15 +295,37 @@ impl AlertSink {
         }
     }
 
-    /// fallbacks / requests in the window ending now.
+    /// fallbacks / requests in the window ending now (the fleet's, when it
+    /// shares them and its store answers).
     pub fn fallback_rate(&self) -> f64 {
-        let sums = self.window.sums(self.clock.now());
+        let (sums, _) = self.rule.sums(self.rule.clock.now());
         rate(sums[FALLBACKS], sums[REQUESTS])
+    }
+}
+
+impl Rule {
+    /// The window's sums, and who counted them: the fleet's when it shares
+    /// them and they are known, else this replica's own.
+    fn sums(&self, now: Duration) -> ([u64; 2], &'static str) {
+        if let Some(sums) = self
+            .shared
+            .as_ref()
+            .and_then(|shared| shared.fleet_sums(self.clock.unix_ms()))
+        {
+            return (sums, COUNTED_BY_FLEET);
+        }
+        (self.window.sums(now), COUNTED_BY_REPLICA)
+    }
+
+    fn count(&self, now: Duration, counts: [u64; 2]) {
+        self.window.add(now, counts);
+        if let Some(shared) = &self.shared {
+            shared.add(self.clock.unix_ms(), counts);
+        }
     }
 
     fn on_fallback(&self, event: &FallbackEvent) {
-        let now = self.clock.now();
-        self.window.add(now, [0, 1]);
+        self.count(self.clock.now(), [0, 1]);
         if self.recent_cap > 0 {
             let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
             if recent.len() >= self.recent_cap {
@@ -249,7 +333,15 @@ impl AlertSink {
             }
             recent.push_back(event.clone());
         }
-        let sums = self.window.sums(now);
+        self.check();
+    }
+
+    /// Fires when the window holds `max_fallbacks` and no alert went out
+    /// in the last `window_ms`; in a fleet, only the replica that claims
+    /// the firing sends it.
+    fn check(&self) {
+        let now = self.clock.now();
+        let (sums, counted_by) = self.sums(now);
         if sums[FALLBACKS] < u64::from(self.max_fallbacks) {
             return;
         }
@@ -258,7 +350,7 @@ impl AlertSink {
         if last != NEVER && now_ms.saturating_sub(last) < self.window_ms {
             return;
         }
-        // Only the thread that claims this window fires.
+        // Only the thread that claims this window goes on.
         if self
             .last_fired_ms
             .compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Acquire)
@@ -266,26 +358,64 @@ impl AlertSink {
         {
             return;
         }
+        if counted_by == COUNTED_BY_REPLICA {
+            // A fleet of one, or a fleet whose store fails: this replica
+            // counted alone, so it alerts alone.
+            self.fire(sums, counted_by);
+            return;
+        }
+        let Some(rule) = self.me.upgrade() else {
+            return;
+        };
+        let window_ms = self.window_ms;
+        self.fleet.claim(
+            FALLBACKS_CLAIM,
+            Duration::from_millis(window_ms),
+            Box::new(move |claim| match claim {
+                Claim::Won | Claim::Unknown => rule.fire(sums, counted_by),
+                Claim::Lost { remaining } => {
+                    // Another replica sent the fleet's alert; this one
+                    // looks again when that claim lapses.
+                    let remaining = u64::try_from(remaining.as_millis())
+                        .unwrap_or(u64::MAX)
+                        .min(window_ms);
+                    rule.last_fired_ms.store(
+                        now_ms.saturating_sub(window_ms - remaining),
+                        Ordering::Release,
+                    );
+                    tracing::debug!(
+                        fallbacks = sums[FALLBACKS],
+                        "fallback alert already sent by another replica of the fleet"
+                    );
+                }
+            }),
+        );
+    }
+
+    /// Logs the fallback alert and sends it to the webhook.
+    fn fire(&self, sums: [u64; 2], counted_by: &'static str) {
         let unix_ms = self.clock.unix_ms();
         self.last_fired_unix_ms.store(unix_ms, Ordering::Release);
         self.fired.fetch_add(1, Ordering::AcqRel);
         let fallback_rate = rate(sums[FALLBACKS], sums[REQUESTS]);
+        let recent: Vec<FallbackEvent> = {
+            let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+            recent.iter().rev().take(10).rev().cloned().collect()
+        };
+        let last = recent.last();
         tracing::warn!(
             fallbacks = sums[FALLBACKS],
             requests = sums[REQUESTS],
             fallback_rate,
             max_fallbacks = self.max_fallbacks,
             window_ms = self.window_ms,
-            last_scenario = %event.scenario,
-            last_primary = %event.primary,
-            last_reason = event.reason,
+            counted_by,
+            last_scenario = last.map(|e| &*e.scenario),
+            last_primary = last.map(|e| &*e.primary),
+            last_reason = last.map(|e| e.reason),
             "alert: too many fallbacks"
         );
-        if let Some(webhook) = &self.webhook {
-            let recent: Vec<FallbackEvent> = {
-                let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
-                recent.iter().rev().take(10).rev().cloned().collect()
-            };
+        if let Some(webhook) = self.webhook.get() {
             webhook.deliver(serde_json::json!({
                 "alert": "fallbacks",
                 "fallbacks": sums[FALLBACKS],
@@ -293,23 +423,54 @@ impl AlertSink {
                 "fallback_rate": fallback_rate,
                 "max_fallbacks": self.max_fallbacks,
                 "window_ms": self.window_ms,
+                "counted_by": counted_by,
                 "timestamp_ms": unix_ms,
                 "recent": recent,
             }));
         }
     }
 
+    /// A disabled model alerts at once; in a fleet, the replica that claims
+    /// it does (replicas that disable the same model within
+    /// [`DISABLED_CLAIM`] send one alert).
     fn on_disabled(&self, model: &str, cause: Option<FailureKind>) {
-        let cause = cause.map(FailureKind::as_str);
-        tracing::warn!(model, cause, "alert: model disabled until a probe succeeds");
-        if let Some(webhook) = &self.webhook {
-            webhook.deliver(serde_json::json!({
-                "alert": "model_disabled",
-                "model": model,
-                "cause": cause,
-                "timestamp_ms": self.clock.unix_ms(),
-            }));
-        }
+        let Some(rule) = self.me.upgrade() else {
+            return;
+        };
+        let owned = model.to_owned();
+        self.fleet.claim(
+            &format!("alert:model_disabled:{model}"),
+            DISABLED_CLAIM,
+            Box::new(move |claim| {
+                let model = owned.as_str();
+                let cause = cause.map(FailureKind::as_str);
+                if let Claim::Lost { .. } = claim {
+                    tracing::info!(
+                        model,
+                        cause,
+                        "model disabled; another replica of the fleet sent the alert"
+                    );
+                    return;
+                }
+                tracing::warn!(model, cause, "alert: model disabled until a probe succeeds");
+                if let Some(webhook) = rule.webhook.get() {
+                    webhook.deliver(serde_json::json!({
+                        "alert": "model_disabled",
+                        "model": model,
+                        "cause": cause,
+                        "timestamp_ms": rule.clock.unix_ms(),
+                    }));
+                }
+            }),
+        );
+    }
+}
+
+impl CountsListener for Rule {
+    fn refreshed(&self) {
+        // The fleet's sums may have crossed the threshold with no fallback
+        // on this replica.
+        self.check();
     }
 }
 
@@ -323,14 +484,15 @@ fn rate(fallbacks: u64, requests: u64) -> f64 {
 
 impl EventSink for AlertSink {
     fn record(&self, event: &Event<'_>) {
+        let rule = &self.rule;
         match event {
-            Event::RequestFinished(_) => self.window.add(self.clock.now(), [1, 0]),
-            Event::Fallback(fallback) => self.on_fallback(fallback),
+            Event::RequestFinished(_) => rule.count(rule.clock.now(), [1, 0]),
+            Event::Fallback(fallback) => rule.on_fallback(fallback),
             Event::Health { model, transition }
                 if transition.to == CircuitState::Disabled
                     && transition.from != CircuitState::Disabled =>
             {
-                self.on_disabled(model, transition.cause);
+                rule.on_disabled(model, transition.cause);
             }
             Event::Health { .. } | Event::Attempt { .. } => {}
         }
