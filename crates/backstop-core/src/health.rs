@@ -126,6 +126,10 @@ pub struct HealthSnapshot {
     pub window_calls: u64,
     /// Failure ratio in the current window.
     pub failure_ratio: f64,
+    /// How long the circuit has been in `state`, in milliseconds of the
+    /// policy's clock (`None` when the policy does not track it). A status
+    /// page turns it into "open since 09:41".
+    pub in_state_ms: Option<u64>,
 }
 
 /// Decides which models may be called, from the outcomes of real calls and

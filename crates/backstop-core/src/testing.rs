@@ -353,6 +353,7 @@ impl HealthPolicy for AlwaysAdmit {
             retry_after_ms: None,
             window_calls: 0,
             failure_ratio: 0.0,
+            in_state_ms: None,
         }
     }
 }
@@ -400,6 +401,7 @@ impl HealthPolicy for DownList {
             retry_after_ms: None,
             window_calls: 0,
             failure_ratio: 0.0,
+            in_state_ms: None,
         }
     }
 }

@@ -326,6 +326,20 @@ struct Circuit {
     last_activity_ms: AtomicU64,
     /// Calls, failures, slow calls.
     window: SlidingWindow<3>,
+    /// Clock milliseconds of the last change of state (creation, at
+    /// first): what a status page shows as "open since". Stored after the
+    /// word changed, so a reader may briefly see the new state with the
+    /// old time.
+    changed_ms: AtomicU64,
+}
+
+impl Circuit {
+    /// Notes that the state changed from `from` to `to` at `at_ms`.
+    fn changed(&self, from: Word, to: Word, at_ms: u64) {
+        if from.code() != to.code() {
+            self.changed_ms.store(at_ms, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Marks `last_activity_ms` of a closed model listed for a probe because it
@@ -363,6 +377,7 @@ impl CircuitBreaker {
     pub fn new(config: CircuitBreakerConfig, ctx: &StrategyContext) -> Result<Self, StrategyError> {
         config.validate()?;
         let window = Duration::from_millis(config.window_ms);
+        let created_ms = Self::now_ms(ctx.clock.now());
         Ok(Self {
             clock: ctx.clock.clone(),
             models: ctx.models.clone(),
@@ -374,6 +389,7 @@ impl CircuitBreaker {
                     cooldowns: AtomicU32::new(0),
                     last_activity_ms: AtomicU64::new(0),
                     window: SlidingWindow::new(window, config.buckets),
+                    changed_ms: AtomicU64::new(created_ms),
                 })
                 .collect(),
             failure_ratio: config.failure_ratio,
@@ -539,16 +555,15 @@ impl CircuitBreaker {
         }
         let reopens = circuit.reopens.load(Ordering::Relaxed);
         let until = Self::now_ms(now).saturating_add(self.break_for(reopens));
+        let next = Word::open(until);
         circuit
             .word
-            .compare_exchange(
-                current.0,
-                Word::open(until).0,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
+            .compare_exchange(current.0, next.0, Ordering::AcqRel, Ordering::Acquire)
             .ok()
-            .map(|_| Self::transition(current, CircuitState::Open, cause))
+            .map(|_| {
+                circuit.changed(current, next, Self::now_ms(now));
+                Self::transition(current, CircuitState::Open, cause)
+            })
     }
 
     /// Closes a circuit from any state, with a fresh window.
@@ -570,6 +585,7 @@ impl CircuitBreaker {
                 Ordering::Acquire,
             ) {
                 Ok(_) => {
+                    circuit.changed(current, Word::closed(), Self::now_ms(self.clock.now()));
                     circuit.reopens.store(0, Ordering::Relaxed);
                     circuit.window.reset();
                     return Some(Self::transition(current, CircuitState::Closed, None));
@@ -619,13 +635,15 @@ impl CircuitBreaker {
             }
             let reopens = circuit.reopens.load(Ordering::Relaxed).saturating_add(1);
             let until = Self::now_ms(now).saturating_add(self.break_for(reopens));
+            let next = Word::open(until);
             match circuit.word.compare_exchange_weak(
                 current.0,
-                Word::open(until).0,
+                next.0,
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
                 Ok(_) => {
+                    circuit.changed(current, next, Self::now_ms(now));
                     circuit.reopens.store(reopens, Ordering::Relaxed);
                     return (current.code() != OPEN)
                         .then(|| Self::transition(current, CircuitState::Open, Some(cause)));
@@ -718,6 +736,7 @@ impl CircuitBreaker {
                 Ordering::Acquire,
             ) {
                 Ok(_) => {
+                    circuit.changed(current, next, now_ms);
                     return streak.map(|streak| {
                         circuit.cooldowns.store(streak, Ordering::Relaxed);
                         Self::transition(
@@ -733,8 +752,9 @@ impl CircuitBreaker {
     }
 
     /// Disables the model until a probe succeeds.
-    fn disable(circuit: &Circuit, cause: FailureKind) -> Option<HealthTransition> {
+    fn disable(circuit: &Circuit, cause: FailureKind, now_ms: u64) -> Option<HealthTransition> {
         let previous = Word(circuit.word.swap(Word::disabled().0, Ordering::AcqRel));
+        circuit.changed(previous, Word::disabled(), now_ms);
         (previous.code() != DISABLED)
             .then(|| Self::transition(previous, CircuitState::Disabled, Some(cause)))
     }
@@ -806,7 +826,7 @@ impl CircuitBreaker {
                 self.evaluate(circuit, now, Some(kind))
             }
             HealthEffect::Cooldown => self.cool_down(circuit, now, retry_after, trial, false),
-            HealthEffect::Disable => Self::disable(circuit, kind),
+            HealthEffect::Disable => Self::disable(circuit, kind, Self::now_ms(now)),
         }
     }
 
@@ -833,7 +853,7 @@ impl CircuitBreaker {
         };
         match kind.health_effect() {
             HealthEffect::None => None,
-            HealthEffect::Disable => Self::disable(circuit, kind),
+            HealthEffect::Disable => Self::disable(circuit, kind, Self::now_ms(now)),
             // A probe answered with 429 and Retry-After says when to come
             // back: cool down for that long, not for the default.
             HealthEffect::Cooldown => self.cool_down(circuit, now, retry_after, None, true),
@@ -849,16 +869,15 @@ impl CircuitBreaker {
                     // An idle model found dead: open with the first break,
                     // so traffic does not discover it the hard way.
                     let until = Self::now_ms(now).saturating_add(self.break_for(0));
+                    let next = Word::open(until);
                     return circuit
                         .word
-                        .compare_exchange(
-                            current.0,
-                            Word::open(until).0,
-                            Ordering::AcqRel,
-                            Ordering::Acquire,
-                        )
+                        .compare_exchange(current.0, next.0, Ordering::AcqRel, Ordering::Acquire)
                         .ok()
-                        .map(|_| Self::transition(current, CircuitState::Open, Some(kind)));
+                        .map(|_| {
+                            circuit.changed(current, next, Self::now_ms(now));
+                            Self::transition(current, CircuitState::Open, Some(kind))
+                        });
                 }
                 self.reopen(circuit, now, kind, |w| matches!(w.code(), OPEN | HALF_OPEN))
             }
@@ -923,6 +942,7 @@ impl CircuitListener for CircuitBreaker {
                 Ordering::Acquire,
             ) {
                 Ok(_) => {
+                    circuit.changed(current, next, now_ms);
                     if current.code() != next.code() {
                         tracing::info!(
                             model,
@@ -992,6 +1012,9 @@ impl HealthPolicy for CircuitBreaker {
                 Ordering::Acquire,
             ) {
                 Ok(_) => {
+                    // A break or cooldown ended at its `until`, not when
+                    // the next call happened to come.
+                    circuit.changed(current, next, current.until_ms());
                     return Admission::Admit(if next.code() == HALF_OPEN {
                         trial_permit(next.until_ms())
                     } else {
@@ -1063,6 +1086,7 @@ impl HealthPolicy for CircuitBreaker {
                 retry_after_ms: None,
                 window_calls: 0,
                 failure_ratio: 0.0,
+                in_state_ms: None,
             };
         };
         let now = self.clock.now();
@@ -1070,6 +1094,7 @@ impl HealthPolicy for CircuitBreaker {
         let retry_after_ms = matches!(current.code(), OPEN | COOLING_DOWN)
             .then(|| current.until_ms().saturating_sub(Self::now_ms(now)));
         let sums = circuit.window.sums(now);
+        let changed_ms = circuit.changed_ms.load(Ordering::Relaxed);
         HealthSnapshot {
             state: current.state(),
             retry_after_ms,
@@ -1079,6 +1104,7 @@ impl HealthPolicy for CircuitBreaker {
             } else {
                 sums[FAILURES] as f64 / sums[CALLS] as f64
             },
+            in_state_ms: Some(Self::now_ms(now).saturating_sub(changed_ms)),
         }
     }
 }

@@ -421,6 +421,7 @@ impl HealthPolicy for ProbeLog {
             retry_after_ms: None,
             window_calls: 0,
             failure_ratio: 0.0,
+            in_state_ms: None,
         }
     }
 }

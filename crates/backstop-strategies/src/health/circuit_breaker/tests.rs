@@ -1051,3 +1051,63 @@ fn a_replica_that_adopted_a_break_leaves_the_trials_to_the_opener() {
     assert!(matches!(other.admit(0), Admission::Admit(_)));
     assert!(published(&fleet).is_empty(), "adopting publishes nothing");
 }
+
+/// How long model 0 has been in its state.
+fn in_state(b: &CircuitBreaker) -> Option<u64> {
+    b.snapshot(0).in_state_ms
+}
+
+#[test]
+fn the_snapshot_says_how_long_the_circuit_has_been_in_its_state() {
+    let (b, clock) = breaker(CircuitBreakerConfig::default());
+    clock.advance(ms(700));
+    // Closed since the breaker was made.
+    assert_eq!(in_state(&b), Some(700));
+    // Calls that change nothing leave the time alone.
+    call(&b, fail(FailureKind::Server));
+    clock.advance(ms(300));
+    assert_eq!(in_state(&b), Some(1_000));
+    for _ in 0..4 {
+        call(&b, fail(FailureKind::Server));
+    }
+    assert_eq!(state(&b), CircuitState::Open);
+    assert_eq!(in_state(&b), Some(0));
+    clock.advance(ms(1_200));
+    assert_eq!(in_state(&b), Some(1_200));
+    // The break (5 s) ended 2 s before the next call came: half-open since
+    // the break's end, not since that call.
+    clock.advance(ms(3_800 + 2_000));
+    let trial = permit(&b, 0);
+    assert_eq!(state(&b), CircuitState::HalfOpen);
+    assert_eq!(in_state(&b), Some(2_000));
+    clock.advance(ms(50));
+    b.record(0, trial, ok());
+    assert_eq!(state(&b), CircuitState::Closed);
+    assert_eq!(in_state(&b), Some(0));
+}
+
+#[test]
+fn cooldowns_disables_and_adopted_breaks_restart_the_time_in_state() {
+    let (b, clock) = breaker(CircuitBreakerConfig::default());
+    clock.advance(ms(100));
+    call(&b, limited(Some(ms(2_000))));
+    assert_eq!(state(&b), CircuitState::CoolingDown);
+    clock.advance(ms(500));
+    // Another 429 in flight extends the cooldown but does not restart it.
+    b.record(0, Permit::default(), limited(Some(ms(3_000))));
+    assert_eq!(in_state(&b), Some(500));
+    clock.advance(ms(10_000));
+    call(&b, ok());
+    clock.advance(ms(100));
+    call(&b, fail(FailureKind::Auth));
+    assert_eq!(state(&b), CircuitState::Disabled);
+    clock.advance(ms(40));
+    assert_eq!(in_state(&b), Some(40));
+    b.record_probe(0, Ok(ms(5)));
+    assert_eq!(in_state(&b), Some(0));
+    clock.advance(ms(60));
+    b.adopt("m0", SharedCircuit::open(ms(5_000)));
+    assert_eq!(state(&b), CircuitState::Open);
+    clock.advance(ms(25));
+    assert_eq!(in_state(&b), Some(25));
+}
