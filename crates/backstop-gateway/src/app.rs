@@ -107,6 +107,7 @@ impl Gateway {
             .route("/readyz", get(introspect::readyz))
             .route("/metrics", get(introspect::metrics))
             .route("/v1/backstop/status", get(introspect::status))
+            .merge(crate::dashboard::routes())
             .fallback(|uri: Uri| async move { ApiError::no_route(uri.path()).into_response() })
             .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
                 ApiError::method_not_allowed(method.as_str(), uri.path()).into_response()

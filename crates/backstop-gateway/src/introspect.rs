@@ -180,6 +180,13 @@ pub struct StatusDocument {
     pub alerts: Option<AlertWindow>,
     /// Every distinct budget policy's spend.
     pub budgets: Vec<BudgetSnapshot>,
+    /// Requests and fallbacks per step over the last minutes (with the
+    /// dashboard's history observer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback_history: Option<crate::dashboard::HistoryView>,
+    /// Wall clock (Unix ms) when the document was made: what `since_unix_ms`
+    /// and event times compare with, whatever the reader's clock says.
+    pub generated_unix_ms: u64,
     /// Every model, by index.
     pub models: Vec<ModelStatus>,
     /// The last fallbacks, oldest first (with the alert observer).
@@ -206,7 +213,7 @@ pub struct StateStatus {
 pub struct ModelStatus {
     /// Its circuit under each health policy whose routes list it, by the
     /// policy's name (`name#2` for a second policy of the same name).
-    pub health: BTreeMap<String, HealthSnapshot>,
+    pub health: BTreeMap<String, CircuitStatus>,
     /// Its id.
     pub id: String,
     /// Latency estimates in milliseconds (`None`: never measured).
@@ -220,6 +227,17 @@ pub struct ModelStatus {
     pub recent_failures: Option<Vec<RecentFailure>>,
     /// The upstream model name.
     pub upstream: String,
+}
+
+/// A model's circuit under one health policy.
+#[derive(Debug, Serialize)]
+pub struct CircuitStatus {
+    /// The policy's snapshot.
+    #[serde(flatten)]
+    pub snapshot: HealthSnapshot,
+    /// Wall clock (Unix ms) since which the circuit is in its state, when
+    /// the policy tracks it.
+    pub since_unix_ms: Option<u64>,
 }
 
 /// A model's latency estimates, in milliseconds.
@@ -280,6 +298,7 @@ pub fn status_document(gateway: &Gateway) -> StatusDocument {
     let router = gateway.router();
     let policies = health_policies(router);
     let latency = &router.context().latency;
+    let now_unix_ms = router.context().clock.unix_ms();
     let models = router
         .models()
         .iter()
@@ -293,7 +312,17 @@ pub fn status_document(gateway: &Gateway) -> StatusDocument {
                     } else {
                         policy.name().to_owned()
                     };
-                    health.insert(key, policy.snapshot(i));
+                    let snapshot = policy.snapshot(i);
+                    let since_unix_ms = snapshot
+                        .in_state_ms
+                        .map(|age| now_unix_ms.saturating_sub(age));
+                    health.insert(
+                        key,
+                        CircuitStatus {
+                            snapshot,
+                            since_unix_ms,
+                        },
+                    );
                 }
             }
             let ms = |kind| latency.estimate(i, kind).map(|d| d.as_secs_f64() * 1000.0);
@@ -348,6 +377,8 @@ pub fn status_document(gateway: &Gateway) -> StatusDocument {
     let mut doc = StatusDocument {
         alerts: None,
         budgets,
+        fallback_history: None,
+        generated_unix_ms: now_unix_ms,
         models,
         recent_fallbacks: None,
         scenarios,

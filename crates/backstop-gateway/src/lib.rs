@@ -11,6 +11,8 @@
 //!   answered, at which fallback level, and why.
 //! - `GET /v1/models`, `/healthz`, `/readyz`, `/metrics` (Prometheus) and
 //!   `/v1/backstop/status`.
+//! - `GET /dashboard`: a live page of circuits, fallbacks, budgets and the
+//!   fleet store, drawn from the status document.
 //! - `POST /v1/backstop/simulated/{model}`: break or restore a model of a
 //!   `simulated` provider while the gateway runs (the quickstart's demo).
 //! - Bearer-key auth, a body limit, a header read timeout, graceful
@@ -20,6 +22,7 @@ pub mod annotate;
 pub mod api_error;
 mod app;
 pub mod auth;
+pub mod dashboard;
 pub mod doors;
 pub mod introspect;
 pub mod log_summary;

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use backstop_config::{Registry, Resolved};
 use backstop_gateway::auth::ApiKeys;
+use backstop_gateway::dashboard::HistoryObserver;
 use backstop_gateway::observe::{AlertObserver, MetricsObserver, StateObserver};
 use backstop_gateway::server::{ServeOptions, serve, shutdown_signal};
 use backstop_gateway::{Gateway, GatewayOptions};
@@ -248,6 +249,7 @@ async fn run(resolved: Resolved, listener: tokio::net::TcpListener, bound: Socke
             body_limit: resolved.server.body_limit_bytes,
             body_read_timeout: resolved.server.body_read_timeout,
             observers: vec![
+                HistoryObserver::spawn(resolved.metrics.clone()),
                 Arc::new(MetricsObserver(resolved.metrics)),
                 Arc::new(AlertObserver(resolved.alerts)),
                 Arc::new(StateObserver(resolved.fleet.clone())),

@@ -1,0 +1,433 @@
+//! The dashboard in a real browser: `backstop serve` with two wiremock
+//! upstreams and an API key, headless Chromium driven through chromedriver
+//! (WebDriver, with fantoccini). The test enters the key, breaks the
+//! primary, sends traffic and waits, bounded, for the page to show the open
+//! circuit and the fallback with its reason. A screenshot of the page is
+//! saved to `target/test-artifacts/dashboard.png` (and
+//! `dashboard-failure.png` when a wait gives up).
+//!
+//! `cargo xtask test` installs Debian's `chromium` and `chromium-driver`
+//! when `chromium` or `chromedriver` is missing; without them this test
+//! fails, it is not skipped.
+
+// A test fails loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+use support::*;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer};
+
+/// How long the page may take to show what the gateway knows.
+const PAGE_WAIT: Duration = Duration::from_secs(10);
+
+const KEY: &str = "sk-dash-1";
+
+// ---------------------------------------------------------------- browser
+
+fn find_program(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([
+            PathBuf::from("/usr/bin"),
+            PathBuf::from("/usr/lib/chromium"),
+        ])
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} not found on PATH: run the suite with `cargo xtask test`, which installs \
+                 it (or `apt-get install -y chromium chromium-driver`)"
+            )
+        })
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// chromedriver on a free loopback port, in a process group of its own
+/// with the Chromium it starts. Dropping it (also on panic) kills the group
+/// and any process still using its profile folder, then removes the folder.
+struct ChromeDriver {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl ChromeDriver {
+    fn start() -> Self {
+        let program = find_program("chromedriver");
+        let dir = std::env::temp_dir().join(format!(
+            "backstop-dashboard-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let child = Command::new(program)
+            .arg(format!("--port={port}"))
+            .arg(format!(
+                "--log-path={}",
+                dir.join("chromedriver.log").display()
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("chromedriver starts");
+        let driver = Self { child, port, dir };
+        // Bounded wait until it answers /status.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver did not listen on port {port} within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        driver
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn profile(&self) -> PathBuf {
+        self.dir.join("profile")
+    }
+
+    /// A WebDriver session of headless Chromium with its own profile.
+    async fn session(&self) -> Client {
+        let chromium = find_program("chromium");
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": chromium,
+                "args": [
+                    "--headless=new",
+                    // CI runs as root, where Chromium's sandbox cannot start.
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-dev-shm-usage",
+                    "--no-first-run",
+                    "--disable-extensions",
+                    "--window-size=1280,1600",
+                    format!("--user-data-dir={}", self.profile().display()),
+                ],
+            }),
+        );
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        ClientBuilder::new(connector)
+            .capabilities(caps)
+            .connect(&self.url())
+            .await
+            .unwrap_or_else(|e| {
+                let log =
+                    std::fs::read_to_string(self.dir.join("chromedriver.log")).unwrap_or_default();
+                let tail: String = log.lines().rev().take(30).collect::<Vec<_>>().join("\n");
+                panic!(
+                    "no Chromium session: {e}\nchromedriver log (last lines, newest first):\n{tail}"
+                )
+            })
+    }
+}
+
+impl Drop for ChromeDriver {
+    fn drop(&mut self) {
+        // The whole group: chromedriver and the Chromium it started.
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill")
+            .args(["-s", "KILL", "--", &group])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        kill_users_of(&self.profile());
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Kills the processes whose command line names `profile` (a Chromium
+/// helper that left the process group), by pid.
+fn kill_users_of(profile: &Path) {
+    let needle = profile.display().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+            let _ = Command::new("kill")
+                .args(["-s", "KILL", pid])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Where test artifacts go: `target/test-artifacts/`.
+fn artifacts() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("the target folder")
+        .join("test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn screenshot(client: &Client, name: &str) -> PathBuf {
+    let png = client.screenshot().await.expect("a screenshot");
+    let file = artifacts().join(name);
+    std::fs::write(&file, png).unwrap();
+    file
+}
+
+/// Evaluates `script` in the page until `done` holds for its value, for at
+/// most [`PAGE_WAIT`]; on time-out saves `dashboard-failure.png` and panics
+/// with what the page last said. Reading through a script means the page
+/// redrawing between two WebDriver calls cannot leave a stale element.
+async fn wait_for(
+    client: &Client,
+    what: &str,
+    script: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + PAGE_WAIT;
+    let mut last = Value::Null;
+    while Instant::now() < deadline {
+        match client.execute(script, vec![]).await {
+            Ok(value) if done(&value) => return value,
+            Ok(value) => last = value,
+            Err(e) => last = Value::String(format!("script failed: {e}")),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let shot = screenshot(client, "dashboard-failure.png").await;
+    let text = client
+        .execute("return document.body.innerText", vec![])
+        .await
+        .unwrap_or_default();
+    panic!(
+        "the page did not show {what} within {PAGE_WAIT:?}; last value: {last}\nscreenshot: {}\npage text:\n{}",
+        shot.display(),
+        text.as_str().unwrap_or_default()
+    );
+}
+
+fn visible(id: &str) -> String {
+    format!(
+        "const e = document.getElementById('{id}'); return !!e && !e.hidden && e.offsetParent !== null;"
+    )
+}
+
+// ---------------------------------------------------------------- gateway
+
+async fn chat(gw: &Backstop, key: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(&body(false))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Makes `server` answer every chat call with a 500.
+async fn break_upstream(server: &MockServer) {
+    server.reset().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(openai_error(
+            500,
+            "server_error",
+            "server_error",
+            "The server had an error",
+        ))
+        .mount(server)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_an_open_circuit_and_the_fallback_with_its_reason() {
+    let primary = healthy_upstream().await;
+    let backup = healthy_upstream().await;
+    let toml = config(
+        &[
+            ("primary", openai_provider(&primary.uri())),
+            ("backup", openai_provider(&backup.uri())),
+        ],
+        &[model("primary"), model("backup")],
+        "",
+        "api_keys_env = \"DASHBOARD_TEST_KEYS\"",
+    );
+    let gw = Backstop::start(&toml, &[("DASHBOARD_TEST_KEYS", KEY)]);
+    let driver = ChromeDriver::start();
+    let client = driver.session().await;
+
+    // The page loads without a key and asks for one.
+    client.goto(&gw.url("/dashboard")).await.unwrap();
+    wait_for(&client, "the key form", &visible("key-form"), |v| v == true).await;
+    let form = client.find(Locator::Id("key-input")).await.unwrap();
+
+    // A wrong key is refused, and the page says so.
+    form.send_keys("sk-wrong").await.unwrap();
+    client
+        .find(Locator::Id("key-submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for(
+        &client,
+        "that the key was refused",
+        "return document.getElementById('key-message').textContent",
+        |v| v.as_str().is_some_and(|t| t.contains("refused")),
+    )
+    .await;
+
+    // The right key opens the board: the primary takes calls.
+    let form = client.find(Locator::Id("key-input")).await.unwrap();
+    form.send_keys(KEY).await.unwrap();
+    client
+        .find(Locator::Id("key-submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let primary_state = "const r = document.querySelector('[data-scenario=\"chat\"] tr[data-model=\"primary\"]'); \
+         return r ? [r.dataset.state, r.querySelector('.state').textContent, r.querySelector('.since').textContent] : null;";
+    let closed = wait_for(&client, "the primary closed", primary_state, |v| {
+        v[0] == "closed"
+    })
+    .await;
+    assert!(
+        closed[1].as_str().unwrap().contains("closed"),
+        "the state is written out, not only coloured: {closed}"
+    );
+    assert_eq!(chat(&gw, KEY).await.status(), 200);
+
+    // The primary breaks; traffic falls over to the backup until the
+    // circuit opens (5 failed calls: each request tries it twice).
+    break_upstream(&primary).await;
+    for _ in 0..4 {
+        let r = chat(&gw, KEY).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-backstop-model"], "backup");
+    }
+
+    let open = wait_for(&client, "the primary's circuit open", primary_state, |v| {
+        v[0] == "open"
+    })
+    .await;
+    assert!(
+        open[1].as_str().unwrap().contains("open"),
+        "the open state is written out: {open}"
+    );
+    assert!(
+        open[2].as_str().unwrap().contains("for "),
+        "the row says since when: {open}"
+    );
+    // At a glance: the top of the page names the model and since when.
+    let glance = wait_for(
+        &client,
+        "the primary named at the top",
+        "return document.getElementById('glance').innerText",
+        |v| {
+            v.as_str()
+                .is_some_and(|t| t.contains("primary is open since"))
+        },
+    )
+    .await;
+    assert!(
+        glance.as_str().unwrap().contains("takes no calls"),
+        "{glance}"
+    );
+    // The fallback events, with their reason.
+    let events = wait_for(
+        &client,
+        "the fallback events with their reasons",
+        "return [...document.querySelectorAll('#events-body tr')].map(r => [r.dataset.reason, r.innerText])",
+        |v| {
+            v.as_array().is_some_and(|rows| {
+                rows.iter().any(|r| {
+                    r[0] == "server"
+                        && r[1].as_str().is_some_and(|t| {
+                            t.contains("primary")
+                                && t.contains("backup")
+                                && t.contains("server error")
+                        })
+                })
+            })
+        },
+    )
+    .await;
+    // The newest fallback skipped the open circuit.
+    assert_eq!(events[0][0], "circuit_open", "{events}");
+    // The chart has a bar for the fallbacks of the last seconds.
+    wait_for(
+        &client,
+        "a fallback-rate bar",
+        "return document.querySelectorAll('#rate-chart rect.bar').length",
+        |v| v.as_u64().is_some_and(|n| n >= 1),
+    )
+    .await;
+
+    let shot = screenshot(&client, "dashboard.png").await;
+    assert!(std::fs::metadata(&shot).unwrap().len() > 1_000);
+    let _ = client.close().await;
+    drop(driver);
+    drop(backup);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_keys_the_dashboard_asks_for_none_and_hides_the_store_of_local_state() {
+    let primary = healthy_upstream().await;
+    let backup = healthy_upstream().await;
+    let gw = Backstop::start(&two_openai(&primary, &backup, ""), &[]);
+    let driver = ChromeDriver::start();
+    let client = driver.session().await;
+    client.goto(&gw.url("/dashboard")).await.unwrap();
+    wait_for(&client, "the board", &visible("board"), |v| v == true).await;
+    let state = client
+        .execute(
+            "return [document.getElementById('key-form').hidden, document.getElementById('store-section').hidden, document.getElementById('forget-key').hidden]",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        state,
+        json!([true, true, true]),
+        "no key form, no store section (local state), nothing to forget"
+    );
+    let _ = client.close().await;
+}
