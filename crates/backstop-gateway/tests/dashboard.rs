@@ -431,3 +431,106 @@ async fn without_keys_the_dashboard_asks_for_none_and_hides_the_store_of_local_s
     );
     let _ = client.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_fleet_backend_the_dashboard_shows_whether_the_store_answers() {
+    let mut redis = backstop_fleet::testing::RedisServer::start();
+    let primary = healthy_upstream().await;
+    let backup = healthy_upstream().await;
+    let toml = two_openai(&primary, &backup, "")
+        + "\n[state]\nbackend = \"redis\"\nurl_env = \"DASHBOARD_REDIS_URL\"\nkey_prefix = \"dashboard\"\n";
+    let url = redis.url();
+    let gw = Backstop::start(&toml, &[("DASHBOARD_REDIS_URL", url.as_str())]);
+    let driver = ChromeDriver::start();
+    let client = driver.session().await;
+    client.goto(&gw.url("/dashboard")).await.unwrap();
+    let store = "const s = document.querySelector('#store [data-store]'); \
+                 return document.getElementById('store-section').hidden || !s ? null : [s.dataset.store, document.getElementById('store').innerText];";
+    let up = wait_for(&client, "the store up", store, |v| v[0] == "up").await;
+    assert!(up[1].as_str().unwrap().contains("redis"), "{up}");
+    // The store goes away: the page says this replica is on its own.
+    redis.stop();
+    let down = wait_for(&client, "the store down", store, |v| v[0] == "down").await;
+    assert!(
+        down[1].as_str().unwrap().contains("DOWN"),
+        "written out, not only coloured: {down}"
+    );
+    let _ = client.close().await;
+}
+
+/// Over plain HTTP: the page and its files need no key and carry a strict
+/// policy; the status document has what the page draws.
+#[tokio::test]
+async fn the_page_needs_no_key_but_the_status_it_draws_does() {
+    let primary = openai_upstream(vec![openai_error(
+        500,
+        "server_error",
+        "server_error",
+        "The server had an error",
+    )])
+    .await;
+    let backup = healthy_upstream().await;
+    let toml = config(
+        &[
+            ("primary", openai_provider(&primary.uri())),
+            ("backup", openai_provider(&backup.uri())),
+        ],
+        &[model("primary"), model("backup")],
+        "",
+        "api_keys_env = \"DASHBOARD_TEST_KEYS\"",
+    );
+    let gw = Backstop::start(&toml, &[("DASHBOARD_TEST_KEYS", KEY)]);
+    let http = reqwest::Client::new();
+    for (file, kind) in [
+        ("/dashboard", "text/html"),
+        ("/dashboard/dashboard.js", "text/javascript"),
+        ("/dashboard/dashboard.css", "text/css"),
+    ] {
+        let r = http.get(gw.url(file)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{file}");
+        let headers = r.headers();
+        assert!(
+            headers["content-type"].to_str().unwrap().starts_with(kind),
+            "{file}"
+        );
+        assert!(
+            headers["content-security-policy"]
+                .to_str()
+                .unwrap()
+                .contains("default-src 'none'"),
+            "{file}"
+        );
+    }
+    let status = gw.url("/v1/backstop/status");
+    assert_eq!(http.get(&status).send().await.unwrap().status(), 401);
+
+    let r = chat(&gw, KEY).await;
+    assert_eq!(r.headers()["x-backstop-model"], "backup");
+    let doc: Value = http
+        .get(&status)
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let now = doc["generated_unix_ms"].as_u64().unwrap();
+    let circuit = &doc["models"][0]["health"]["circuit_breaker"];
+    assert_eq!(circuit["state"], "closed");
+    let since = circuit["since_unix_ms"].as_u64().unwrap();
+    assert!(since <= now && now - since < 60_000, "{circuit}");
+    let history = &doc["fallback_history"];
+    assert_eq!(history["step_ms"], 5_000);
+    assert_eq!(history["span_ms"], 15 * 60 * 1_000);
+    let steps = history["steps"].as_array().unwrap();
+    let (requests, fallbacks) = steps.iter().fold((0, 0), |(r, f), s| {
+        (
+            r + s["requests"].as_u64().unwrap(),
+            f + s["fallbacks"].as_u64().unwrap(),
+        )
+    });
+    assert_eq!((requests, fallbacks), (1, 1), "{history}");
+    assert_eq!(steps.last().unwrap()["end_unix_ms"], now);
+    assert_eq!(doc["recent_fallbacks"][0]["reason"], "server");
+}
