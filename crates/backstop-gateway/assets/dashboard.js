@@ -94,6 +94,10 @@
     return (100 * part / whole).toFixed(part === whole || part === 0 ? 0 : 1) + "%";
   }
 
+  function counted(n, noun) {
+    return n + " " + noun + (n === 1 ? "" : "s");
+  }
+
   function usd(v) {
     return "$" + (v < 1 ? v.toFixed(4) : v.toFixed(2));
   }
@@ -210,12 +214,12 @@
       const fallbacks = history.steps.reduce((a, s) => a + s.fallbacks, 0);
       const errors = history.steps.reduce((a, s) => a + s.errors, 0);
       words.push("Last " + span(Math.min(history.span_ms, history.steps.length * history.step_ms)) + ": " +
-        fallbacks + " fallbacks in " + requests + " requests (" + percent(fallbacks, requests) + "), " + errors + " errors.");
+        counted(fallbacks, "fallback") + " in " + counted(requests, "request") + " (" + percent(fallbacks, requests) + "), " + counted(errors, "error") + ".");
     }
     if (alerts) {
       words.push("Alert window (" + span(alerts.window_ms) + "): " + alerts.fallbacks + " of " + alerts.requests +
-        " (" + percent(alerts.fallbacks, alerts.requests) + "), alert at " + alerts.max_fallbacks + " fallbacks; " +
-        alerts.alerts_fired + " alerts fired" + (alerts.last_alert_unix_ms ? ", last at " + clock(alerts.last_alert_unix_ms) : "") + ".");
+        " (" + percent(alerts.fallbacks, alerts.requests) + "), alert at " + counted(alerts.max_fallbacks, "fallback") + "; " +
+        counted(alerts.alerts_fired, "alert") + " fired" + (alerts.last_alert_unix_ms ? ", last at " + clock(alerts.last_alert_unix_ms) : "") + ".");
     }
     summary.textContent = words.join(" ");
     chart.replaceChildren();
@@ -270,7 +274,7 @@
         el("td", {}, e.scenario),
         el("td", { class: "mono" }, e.primary),
         el("td", { class: "mono" }, e.model_used),
-        el("td", {}, el("span", { class: "reason" }, REASONS[e.reason] || e.reason), el("small", { class: "meta mono" }, " " + e.reason)),
+        el("td", {}, el("span", { class: "reason" }, REASONS[e.reason] || e.reason), REASONS[e.reason] ? el("small", { class: "meta mono" }, " " + e.reason) : null),
         el("td", { class: "num" }, String(e.level)),
         el("td", { class: "num" }, millis(e.latency_ms))));
     }
@@ -301,25 +305,38 @@
     box.append(el("div", { class: "table-wrap" }, table));
   }
 
-  // Rate limits, when the document carries them: any list of objects,
-  // shown as a table of their fields; a `used`/`limit` pair gets a meter.
+  // A use against an optional cap: "12 / 60" with a meter, or "12 (no cap)".
+  function useOf(used, cap) {
+    if (cap === null || cap === undefined) return used + " (no cap)";
+    return el("span", {},
+      el("meter", { min: 0, max: cap, low: cap * 0.7, high: cap * 0.9, optimum: 0, value: Math.min(used, cap) }),
+      " " + used + " / " + cap + " (" + percent(used, cap) + ")");
+  }
+
+  // Rate limits (`rate_limits`: the models' quotas, then each caller that
+  // has called), when the document carries them.
   function drawLimits(doc) {
     const section = $("limits-section");
-    const data = doc.rate_limits || doc.limits;
-    const rows = Array.isArray(data) ? data : data && typeof data === "object" ? Object.entries(data).map(([name, v]) => Object.assign({ name }, v)) : [];
-    section.hidden = rows.length === 0;
+    const limits = Array.isArray(doc.rate_limits) ? doc.rate_limits : [];
+    section.hidden = limits.length === 0;
     const box = $("limits");
     box.replaceChildren();
-    if (!rows.length) return;
-    const columns = [...new Set(rows.flatMap((r) => Object.keys(r)))];
+    if (!limits.length) return;
     const table = el("table");
-    table.append(el("thead", {}, el("tr", {}, ...columns.map((c) => el("th", { scope: "col" }, c.replace(/_/g, " "))))));
+    table.append(el("caption", { class: "visually-hidden" }, "Rate limits and their use in the last minute"));
+    table.append(el("thead", {}, el("tr", {},
+      el("th", { scope: "col" }, "Whose"), el("th", { scope: "col" }, "Name"),
+      el("th", { scope: "col" }, "Requests / min"), el("th", { scope: "col" }, "Tokens / min"),
+      el("th", { scope: "col" }, "Refused"), el("th", { scope: "col" }, "Counted"))));
     const body = el("tbody");
-    for (const row of rows) {
-      body.append(el("tr", {}, ...columns.map((c) => {
-        const v = row[c];
-        return el("td", {}, v === null || v === undefined ? "\u2013" : typeof v === "object" ? JSON.stringify(v) : String(v));
-      })));
+    for (const l of limits) {
+      body.append(el("tr", { "data-limit": l.scope + ":" + l.name },
+        el("td", {}, l.scope === "model" ? "model quota" : l.scope === "caller" ? "caller" : String(l.scope)),
+        el("th", { scope: "row", class: "mono" }, String(l.name)),
+        el("td", {}, useOf(l.requests, l.rpm)),
+        el("td", {}, useOf(l.tokens, l.tpm)),
+        el("td", { class: "num" }, String(l.refused)),
+        el("td", {}, l.shared ? "fleet-wide" : "this replica")));
     }
     table.append(body);
     box.append(el("div", { class: "table-wrap" }, table));

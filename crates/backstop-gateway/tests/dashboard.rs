@@ -534,3 +534,163 @@ async fn the_page_needs_no_key_but_the_status_it_draws_does() {
     assert_eq!(steps.last().unwrap()["end_unix_ms"], now);
     assert_eq!(doc["recent_fallbacks"][0]["reason"], "server");
 }
+
+/// The page's drawing of a status document with every state and section,
+/// served by a stand-in for the gateway: a model cooling down and one
+/// disabled, a budget with a cap, rate limits, a fleet store that is down,
+/// and a model id that tries to be HTML.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_section_is_drawn_from_the_document_as_text() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let circuit = |state: &str, age_ms: u64, retry: Option<u64>| {
+        json!({"circuit_breaker": {"state": state, "retry_after_ms": retry, "window_calls": 4,
+            "failure_ratio": 0.5, "in_state_ms": age_ms, "since_unix_ms": now - age_ms}})
+    };
+    let model = |id: &str, health: Value| {
+        json!({"id": id, "provider": "p", "upstream": "u", "priority": 1, "health": health,
+               "latency_ms": {"total": 812.4, "first_token": null, "probe": 3.25},
+               "recent_failures": [{"kind": "rate_limited", "unix_ms": now - 1_000}]})
+    };
+    let evil = "<img src=x id=injected>";
+    let doc = json!({
+        "generated_unix_ms": now,
+        "alerts": {"alerts_fired": 1, "fallback_rate": 0.5, "fallbacks": 2, "last_alert_unix_ms": now - 5_000,
+                   "max_fallbacks": 2, "requests": 4, "window_ms": 60_000},
+        "budgets": [{"policy": "rolling", "spent": 0.5, "reserved": 0.0, "limit": 1.0}],
+        "fallback_history": {"span_ms": 900_000, "step_ms": 5_000, "steps": [
+            {"end_unix_ms": now - 5_000, "requests": 2, "fallbacks": 0, "errors": 0},
+            {"end_unix_ms": now, "requests": 2, "fallbacks": 2, "errors": 1}]},
+        "models": [model("gpt-4o", circuit("cooling_down", 90_000, Some(30_000))),
+                   model("claude", circuit("disabled", 3_600_000, None)),
+                   model(evil, circuit("closed", 10_000, None))],
+        "rate_limits": [
+            {"scope": "model", "name": "gpt-4o", "rpm": 60, "tpm": null, "requests": 30, "tokens": 900, "refused": 2, "shared": true},
+            {"scope": "caller", "name": "key-1", "rpm": 10, "tpm": 1000, "requests": 10, "tokens": 250, "refused": 5, "shared": false}],
+        "recent_fallbacks": [
+            {"timestamp_ms": now - 2_000, "scenario": "chat", "primary": "gpt-4o", "model_used": evil,
+             "reason": "over_rate_limit", "level": 2, "latency_ms": 15.5},
+            {"timestamp_ms": now - 1_000, "scenario": "chat", "primary": "gpt-4o", "model_used": "claude",
+             "reason": "brand_new_reason", "level": 1, "latency_ms": 7.0}],
+        "scenarios": [{"name": "chat", "chain": ["gpt-4o", "claude", evil], "budget": "rolling",
+                       "doors": ["chat_completions"], "health": "circuit_breaker", "hedge_after_ms": null,
+                       "mid_stream": "error", "result": "annotate", "selector": "priority"}],
+        "state": {"backend": "redis", "store_up": false}
+    });
+    let gateway = MockServer::start().await;
+    let assets = [
+        (
+            "/dashboard",
+            include_str!("../assets/dashboard.html"),
+            "text/html",
+        ),
+        (
+            "/dashboard/dashboard.js",
+            include_str!("../assets/dashboard.js"),
+            "text/javascript",
+        ),
+        (
+            "/dashboard/dashboard.css",
+            include_str!("../assets/dashboard.css"),
+            "text/css",
+        ),
+    ];
+    for (file, body, kind) in assets {
+        Mock::given(method("GET"))
+            .and(path(file))
+            .respond_with(
+                wiremock::ResponseTemplate::new(200)
+                    .set_body_raw(body, &format!("{kind}; charset=utf-8")),
+            )
+            .mount(&gateway)
+            .await;
+    }
+    Mock::given(method("GET"))
+        .and(path("/v1/backstop/status"))
+        .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(&doc))
+        .mount(&gateway)
+        .await;
+
+    let driver = ChromeDriver::start();
+    let client = driver.session().await;
+    client
+        .goto(&format!("{}/dashboard", gateway.uri()))
+        .await
+        .unwrap();
+    let text = |id: &str| format!("return document.getElementById('{id}').innerText");
+    let glance = wait_for(&client, "the glance", &text("glance"), |v| {
+        v.as_str().is_some_and(|t| t.contains("claude"))
+    })
+    .await;
+    let glance = glance.as_str().unwrap();
+    assert!(glance.contains("2 models take no calls"), "{glance}");
+    assert!(
+        glance.contains("gpt-4o is cooling down since")
+            && glance.contains("(for 1 min 30 s), next try in 30 s"),
+        "{glance}"
+    );
+    assert!(
+        glance.contains("claude is disabled since") && glance.contains("(for 1 h 0 min)"),
+        "{glance}"
+    );
+    assert!(
+        !glance.contains(evil),
+        "a closed model is not listed: {glance}"
+    );
+
+    let value = client
+        .execute(
+            "const t = (id) => document.getElementById(id).innerText; \
+             return {scenarios: t('scenarios'), rate: t('rate-summary'), bars: document.querySelectorAll('#rate-chart rect.bar').length, \
+                     events: t('events-body'), budgets: t('budgets'), limits: t('limits'), \
+                     limits_hidden: document.getElementById('limits-section').hidden, store: t('store'), \
+                     injected: document.getElementById('injected') !== null};",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let field = |name: &str| value[name].as_str().unwrap_or_default().to_owned();
+    assert_eq!(value["injected"], false, "document text is never HTML");
+    assert!(
+        field("scenarios").contains(evil),
+        "the odd id is shown as text: {value}"
+    );
+    assert!(field("scenarios").contains("812 ms"), "{value}");
+    assert!(field("scenarios").contains("3.3 ms"), "{value}");
+    assert!(field("scenarios").contains("rate limited (429)"), "{value}");
+    assert!(
+        field("rate").contains("2 fallbacks in 4 requests (50.0%), 1 error."),
+        "{value}"
+    );
+    assert_eq!(value["bars"], 1, "one step had fallbacks: {value}");
+    let events = field("events");
+    assert!(
+        events.contains("skipped: over rate limit") && events.contains("brand_new_reason"),
+        "{events}"
+    );
+    assert!(
+        events.find("brand_new_reason") < events.find("over rate limit"),
+        "newest first: {events}"
+    );
+    assert!(
+        field("budgets").contains("$0.5000") && field("budgets").contains("50.0%"),
+        "{value}"
+    );
+    assert_eq!(value["limits_hidden"], false);
+    let limits = field("limits");
+    for expected in [
+        "model quota",
+        "30 / 60 (50.0%)",
+        "900 (no cap)",
+        "fleet-wide",
+        "key-1",
+        "10 / 10 (100%)",
+        "this replica",
+    ] {
+        assert!(limits.contains(expected), "{expected:?} in {limits}");
+    }
+    assert!(field("store").contains("DOWN"), "{value}");
+    let _ = client.close().await;
+}
