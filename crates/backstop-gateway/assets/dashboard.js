@@ -122,23 +122,34 @@
 
   // ------------------------------------------------------------ sections
 
+  // Sets a node's text only when it changes (live regions announce every
+  // change).
+  function setText(node, text) {
+    if (node.textContent !== text) node.textContent = text;
+  }
+
   function drawGlance(doc) {
-    const box = $("glance");
-    box.replaceChildren();
+    const summary = $("glance-summary");
+    const list = $("glance-list");
+    list.replaceChildren();
     const down = [];
     for (const model of doc.models) {
       for (const [policy, circuit] of Object.entries(model.health || {})) {
         if (circuit.state !== "closed") down.push({ model, policy, circuit });
       }
     }
+    const stopped = down.filter((d) => !takesCalls(d.circuit.state)).length;
+    summary.className = down.length ? "down-title" : "all-ok";
     if (!down.length) {
-      box.append(el("p", { class: "all-ok" }, "\u2714 Every model takes calls (" + doc.models.length + " models, " + doc.scenarios.length + " scenarios)."));
+      setText(summary, "\u2714 Every model takes calls (" + counted(doc.models.length, "model") + ", " + counted(doc.scenarios.length, "scenario") + ").");
+      document.title = "Backstop dashboard";
       return;
     }
-    const stopped = down.filter((d) => !takesCalls(d.circuit.state)).length;
-    box.append(el("p", { class: "down-title" },
-      stopped ? "\u26A0 " + stopped + (stopped === 1 ? " model takes no calls" : " models take no calls") : "\u26A0 Models on trial"));
-    const list = el("ul");
+    const names = down.map((d) => d.model.id + " (" + (STATES[d.circuit.state] || { label: d.circuit.state }).label + ")").join(", ");
+    setText(summary, "\u26A0 " + (stopped
+      ? stopped + (stopped === 1 ? " model takes no calls: " : " models take no calls: ")
+      : "on trial: ") + names + ".");
+    document.title = "\u26A0 " + (stopped || down.length) + " down \u2014 Backstop dashboard";
     for (const { model, policy, circuit } of down) {
       const s = STATES[circuit.state] || { label: circuit.state, takes: "" };
       let words = model.id + " is " + s.label;
@@ -148,7 +159,6 @@
       if (Object.keys(model.health).length > 1) item.append(" (" + policy + ")");
       list.append(item);
     }
-    box.append(list);
   }
 
   function drawScenarios(doc) {
@@ -373,15 +383,16 @@
     const message = $("key-message");
     message.classList.toggle("refused", refused);
     if (refused) message.textContent = "The gateway refused that key. Enter one of its API keys.";
-    $("connection").textContent = "Waiting for an API key.";
+    setConnection("Waiting for an API key.", "", false);
     $("forget-key").hidden = true;
     $("key-input").focus();
   }
 
-  function setConnection(text, stale) {
-    const c = $("connection");
-    c.textContent = text;
-    c.classList.toggle("stale", stale);
+  // `state` is announced (it changes rarely); `detail` ticks silently.
+  function setConnection(state, detail, stale) {
+    setText($("connection"), state);
+    $("updated").textContent = detail;
+    $("connection-line").classList.toggle("stale", stale);
   }
 
   async function poll() {
@@ -408,10 +419,10 @@
       $("board").hidden = false;
       $("forget-key").hidden = !key;
       draw(doc);
-      setConnection("Live \u2014 updated " + clock(doc.generated_unix_ms), false);
+      setConnection("Live", "\u2014 updated " + clock(doc.generated_unix_ms), false);
     } catch (error) {
       const age = lastOk ? " Last update " + span(Date.now() - lastOk) + " ago." : "";
-      setConnection("Cannot reach the gateway (" + error.message + "); retrying." + age, true);
+      setConnection("Cannot reach the gateway; retrying.", "(" + error.message + ")" + age, true);
     }
     schedule();
   }
@@ -427,7 +438,7 @@
     key = value;
     sessionStorage.setItem(KEY_ITEM, key);
     $("key-input").value = "";
-    setConnection("Connecting\u2026", false);
+    setConnection("Connecting\u2026", "", false);
     if (timer !== null) clearTimeout(timer);
     poll();
   });

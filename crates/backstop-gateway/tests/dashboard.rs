@@ -403,6 +403,21 @@ async fn the_dashboard_shows_an_open_circuit_and_the_fallback_with_its_reason() 
 
     let shot = screenshot(&client, "dashboard.png").await;
     assert!(std::fs::metadata(&shot).unwrap().len() > 1_000);
+
+    // The gateway goes away: the page says so and keeps the last figures.
+    drop(gw);
+    wait_for(
+        &client,
+        "that the gateway cannot be reached",
+        "return document.getElementById('connection-line').innerText",
+        |v| {
+            v.as_str()
+                .is_some_and(|t| t.contains("Cannot reach the gateway"))
+        },
+    )
+    .await;
+    let kept = client.execute(primary_state, vec![]).await.unwrap();
+    assert_eq!(kept[0], "open", "the last figures stay: {kept}");
     let _ = client.close().await;
     drop(driver);
     drop(backup);
