@@ -97,7 +97,7 @@ fn asset(body: &'static str, kind: &'static str) -> Response {
 
 /// One step of the history: what finished between the previous step's end
 /// and `end_unix_ms`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct HistoryStep {
     /// Wall clock (Unix ms) at the step's end (for the step in progress:
     /// now).
@@ -133,8 +133,10 @@ pub struct FallbackHistory {
 #[derive(Debug)]
 struct HistoryInner {
     steps: VecDeque<HistoryStep>,
-    /// The totals when the last step closed.
+    /// The totals when the last step closed (or the source changed).
     last: Totals,
+    /// What the step in progress counted on a source it no longer reads.
+    carried: HistoryStep,
 }
 
 impl FallbackHistory {
@@ -152,6 +154,7 @@ impl FallbackHistory {
             inner: Mutex::new(HistoryInner {
                 steps: VecDeque::with_capacity(capacity.min(4096)),
                 last: start,
+                carried: HistoryStep::default(),
             }),
         }
     }
@@ -160,8 +163,9 @@ impl FallbackHistory {
     /// step goes when the span is full.
     pub fn close_step(&self, totals: Totals, unix_ms: u64) {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let step = step_between(&inner.last, &totals, unix_ms);
+        let step = inner.step_to(&totals, unix_ms);
         inner.last = totals;
+        inner.carried = HistoryStep::default();
         if inner.steps.len() == self.capacity {
             inner.steps.pop_front();
         }
@@ -173,7 +177,7 @@ impl FallbackHistory {
     pub fn view(&self, totals: Totals, unix_ms: u64) -> HistoryView {
         let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let mut steps: Vec<HistoryStep> = inner.steps.iter().copied().collect();
-        steps.push(step_between(&inner.last, &totals, unix_ms));
+        steps.push(inner.step_to(&totals, unix_ms));
         HistoryView {
             span_ms: self.step_ms.saturating_mul(self.capacity as u64),
             steps,
@@ -182,13 +186,27 @@ impl FallbackHistory {
     }
 }
 
-fn step_between(earlier: &Totals, now: &Totals, unix_ms: u64) -> HistoryStep {
-    let d = now.since(earlier);
-    HistoryStep {
-        end_unix_ms: unix_ms,
-        errors: d.errors,
-        fallbacks: d.fallbacks,
-        requests: d.requests,
+impl FallbackHistory {
+    /// The counters change from totals reading `old` to totals reading
+    /// `new` now (a reload built new metrics): what the step in progress
+    /// counted so far is kept, and it counts on from `new`.
+    pub fn switch_source(&self, old: Totals, new: Totals) {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        inner.carried = inner.step_to(&old, 0);
+        inner.last = new;
+    }
+}
+
+impl HistoryInner {
+    /// The step in progress, ending at `unix_ms` with the running `totals`.
+    fn step_to(&self, totals: &Totals, unix_ms: u64) -> HistoryStep {
+        let d = totals.since(&self.last);
+        HistoryStep {
+            end_unix_ms: unix_ms,
+            errors: self.carried.errors + d.errors,
+            fallbacks: self.carried.fallbacks + d.fallbacks,
+            requests: self.carried.requests + d.requests,
+        }
     }
 }
 
@@ -200,10 +218,14 @@ fn unix_ms_now() -> u64 {
 
 /// Feeds a [`FallbackHistory`] from the metrics and adds it to the status
 /// document. Dropping it stops the sampling task.
+///
+/// A reload that builds new metrics keeps the observer (and so the past
+/// minutes) and calls [`HistoryObserver::follow`].
 #[derive(Debug)]
 pub struct HistoryObserver {
     history: Arc<FallbackHistory>,
-    metrics: Arc<Metrics>,
+    /// Where the totals come from; shared with the sampling task.
+    metrics: Arc<Mutex<Arc<Metrics>>>,
     task: JoinHandle<()>,
 }
 
@@ -220,6 +242,7 @@ impl HistoryObserver {
             HISTORY_SPAN,
             metrics.totals(),
         ));
+        let metrics = Arc::new(Mutex::new(metrics));
         let task = tokio::spawn({
             let history = history.clone();
             let metrics = metrics.clone();
@@ -229,7 +252,10 @@ impl HistoryObserver {
                 ticks.tick().await;
                 loop {
                     ticks.tick().await;
-                    history.close_step(metrics.totals(), unix_ms_now());
+                    // Under the source's lock, so a switch cannot fall
+                    // between reading the totals and closing the step.
+                    let source = metrics.lock().unwrap_or_else(PoisonError::into_inner);
+                    history.close_step(source.totals(), unix_ms_now());
                 }
             }
         });
@@ -238,6 +264,20 @@ impl HistoryObserver {
             metrics,
             task,
         })
+    }
+}
+
+impl HistoryObserver {
+    /// Counts from `metrics` from now on, keeping the history (a reload
+    /// that built new metrics). The same metrics change nothing.
+    pub fn follow(&self, metrics: Arc<Metrics>) {
+        let mut source = self.metrics.lock().unwrap_or_else(PoisonError::into_inner);
+        if Arc::ptr_eq(&source, &metrics) {
+            return;
+        }
+        self.history
+            .switch_source(source.totals(), metrics.totals());
+        *source = metrics;
     }
 }
 
@@ -252,10 +292,8 @@ impl Observability for HistoryObserver {
     fn render_prometheus(&self, _: &mut String) {}
 
     fn status(&self, doc: &mut StatusDocument) {
-        doc.fallback_history = Some(
-            self.history
-                .view(self.metrics.totals(), doc.generated_unix_ms),
-        );
+        let source = self.metrics.lock().unwrap_or_else(PoisonError::into_inner);
+        doc.fallback_history = Some(self.history.view(source.totals(), doc.generated_unix_ms));
     }
 }
 
@@ -308,6 +346,94 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn a_new_source_keeps_what_the_step_in_progress_counted() {
+        let h = FallbackHistory::new(
+            Duration::from_secs(5),
+            Duration::from_secs(60),
+            totals(0, 0, 0),
+        );
+        h.close_step(totals(10, 1, 0), 5_000);
+        // Mid-step, new counters start from zero; the old had 4 more.
+        h.switch_source(totals(14, 3, 1), totals(0, 0, 0));
+        let view = h.view(totals(2, 1, 0), 7_000);
+        assert_eq!(
+            view.steps[1],
+            HistoryStep {
+                end_unix_ms: 7_000,
+                errors: 1,
+                fallbacks: 3,
+                requests: 6
+            }
+        );
+        // The carried counts belong to that step only.
+        h.close_step(totals(3, 1, 0), 10_000);
+        let view = h.view(totals(5, 1, 0), 11_000);
+        assert_eq!(view.steps[1].requests, 7);
+        assert_eq!(view.steps[2].requests, 2);
+    }
+
+    fn metrics() -> Arc<Metrics> {
+        let ctx = backstop_core::StrategyContext::new(
+            vec![backstop_core::ModelSpec::new("m", "p")],
+            backstop_core::ManualClock::shared(),
+        );
+        Arc::new(Metrics::from_value(&serde_json::json!({}), &ctx).unwrap())
+    }
+
+    /// A request of scenario `chat` answered at `level`, with its
+    /// fallback event when the level is not 0, as the Router reports it.
+    fn answered(metrics: &Metrics, level: usize) {
+        use backstop_core::{Event, EventSink, FallbackEvent, RequestFinished};
+        if level > 0 {
+            metrics.record(&Event::Fallback(&FallbackEvent {
+                timestamp_ms: 0,
+                scenario: "chat".into(),
+                primary: "p".into(),
+                model_used: "m".into(),
+                reason: "server",
+                level,
+                latency: Duration::from_millis(3),
+            }));
+        }
+        metrics.record(&Event::RequestFinished(&RequestFinished {
+            scenario: "chat",
+            model_used: Some("m"),
+            fallback_level: Some(level),
+            error: None,
+            latency: Duration::from_millis(3),
+            upstream_attempts: 1,
+            stream: false,
+        }));
+    }
+
+    fn in_progress(observer: &HistoryObserver) -> HistoryStep {
+        let source = observer.metrics.lock().unwrap();
+        let view = observer.history.view(source.totals(), 1);
+        *view.steps.last().unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_observer_follows_new_metrics_without_losing_the_minutes_counted() {
+        let old = metrics();
+        answered(&old, 0);
+        // Counted from the totals at start: this request is before it.
+        let observer = HistoryObserver::spawn(old.clone());
+        answered(&old, 1);
+        answered(&old, 0);
+        assert_eq!(in_progress(&observer).requests, 2);
+        // The same metrics again: nothing changes.
+        observer.follow(old.clone());
+        assert_eq!(in_progress(&observer).requests, 2);
+        // A reload built new metrics.
+        let new = metrics();
+        observer.follow(new.clone());
+        answered(&old, 1); // the old sink no longer counts here
+        answered(&new, 1);
+        let step = in_progress(&observer);
+        assert_eq!((step.requests, step.fallbacks), (3, 2));
     }
 
     #[test]
