@@ -236,8 +236,8 @@ fn docs_tables() -> BTreeMap<String, (String, Vec<Row>)> {
 /// What the code says of every table the docs check.
 fn code_tables() -> BTreeMap<&'static str, Knobs> {
     use crate::schema::{
-        ModelSection, RetriesSection, ScenarioSection, ServerSection, StrategiesSection,
-        TimeoutsSection,
+        LimitsSection, ModelSection, RateSection, RetriesSection, ScenarioSection, ServerSection,
+        StrategiesSection, TimeoutsSection,
     };
     let mut tables = BTreeMap::from([
         ("server", knobs_of::<ServerSection>(json!({}))),
@@ -251,6 +251,23 @@ fn code_tables() -> BTreeMap<&'static str, Knobs> {
             models
         }),
         ("scenarios", knobs_of::<ScenarioSection>(json!({}))),
+        ("limits", {
+            // `per_caller` is an inline table: its keys are documented as
+            // `per_caller.rpm`, `per_caller.tpm`.
+            let outer = knobs_of::<LimitsSection>(json!({}));
+            let inner = knobs_of::<RateSection>(json!({}));
+            let mut keys = BTreeSet::new();
+            let mut defaults = BTreeMap::new();
+            for table in &outer.keys {
+                for key in &inner.keys {
+                    keys.insert(format!("{table}.{key}"));
+                    if let Some(d) = inner.defaults.get(key) {
+                        defaults.insert(format!("{table}.{key}"), d.clone());
+                    }
+                }
+            }
+            Knobs { keys, defaults }
+        }),
         ("strategies", knobs_of::<StrategiesSection>(json!({}))),
         (
             "circuit_breaker",

@@ -10,7 +10,7 @@ use figment::value::Value;
 use serde::Deserialize;
 
 /// The top-level tables.
-pub(crate) const SECTIONS: [&str; 8] = [
+pub(crate) const SECTIONS: [&str; 9] = [
     "server",
     "providers",
     "models",
@@ -19,6 +19,7 @@ pub(crate) const SECTIONS: [&str; 8] = [
     "alerts",
     "plugins",
     "state",
+    "limits",
 ];
 
 /// `[server]`: what the gateway listens on and how it guards itself.
@@ -196,6 +197,31 @@ pub(crate) struct ModelSection {
     /// model. A chain's models must all have the same value.
     #[serde(default)]
     pub dimensions: Option<u32>,
+    /// The provider's requests-per-minute quota for this model.
+    #[serde(default)]
+    pub rpm: Option<i64>,
+    /// The provider's tokens-per-minute quota for this model.
+    #[serde(default)]
+    pub tpm: Option<i64>,
+}
+
+/// `[limits]`: rate limits on callers.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LimitsSection {
+    /// Each caller's requests and tokens per minute.
+    #[serde(default)]
+    pub per_caller: Option<RateSection>,
+}
+
+/// `{ rpm = ..., tpm = ... }`: per-minute limits; unset keys are no limit.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RateSection {
+    /// Requests per minute.
+    pub rpm: Option<i64>,
+    /// Tokens per minute.
+    pub tpm: Option<i64>,
 }
 
 pub(crate) const DEFAULT_PRIORITY: u32 = 1;

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::rate_limit::{RateCause, RateScope};
+
 /// The taxonomy of upstream failures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -207,6 +209,8 @@ pub enum SkipReason {
     CircuitOpen,
     /// The request would exceed a budget on it.
     OverBudget,
+    /// A call would exceed its provider quota (`rpm` / `tpm`).
+    OverRateLimit,
     /// The prompt does not fit its context window (estimated, or after a
     /// context-length error from a model with a window at least as large).
     ContextWindow,
@@ -224,6 +228,7 @@ impl SkipReason {
         match self {
             SkipReason::CircuitOpen => "circuit_open",
             SkipReason::OverBudget => "over_budget",
+            SkipReason::OverRateLimit => "over_rate_limit",
             SkipReason::ContextWindow => "context_window",
             SkipReason::NoStreaming => "no_streaming",
             SkipReason::NoTools => "no_tools",
@@ -399,6 +404,32 @@ pub enum RouteError {
         /// Every skip and context-length failure, in order.
         attempts: Vec<Attempt>,
     },
+    /// A rate limit refused the request: the caller's own limit (checked
+    /// when its first model is admitted), or every model of the chain was
+    /// at its provider quota. The caller may retry after `retry_after`.
+    #[error(
+        "{}; attempts: {}",
+        match scope {
+            RateScope::Caller => format!("the caller is over its {} limit of {} per minute: retry after {} ms", cause.as_str(), limit, retry_after.as_millis()),
+            RateScope::Model => format!("every model of `{scenario}` is at its rate limit: retry after {} ms", retry_after.as_millis()),
+        },
+        TrailDisplay(attempts)
+    )]
+    RateLimited {
+        /// The scenario (or single-model route) that was served.
+        scenario: Arc<str>,
+        /// The caller's limit, or the models' quotas.
+        scope: RateScope,
+        /// Which limit refused (for the caller; for models, the first
+        /// model's).
+        cause: RateCause,
+        /// The limit per minute (for the caller).
+        limit: u64,
+        /// How long until a retry may fit.
+        retry_after: Duration,
+        /// Every skip, in order.
+        attempts: Vec<Attempt>,
+    },
     /// The stream failed after part of the answer had reached the caller and
     /// the mid-stream policy could not complete it.
     #[error(
@@ -421,6 +452,7 @@ impl RouteError {
             RouteError::Rejected { attempts, .. }
             | RouteError::NoWindowFits { attempts, .. }
             | RouteError::StreamAborted { attempts, .. }
+            | RouteError::RateLimited { attempts, .. }
             | RouteError::AllFailed(AllModelsFailed { attempts, .. }) => attempts,
         }
     }

@@ -5,7 +5,8 @@
 //! transitions: a replica that opens, cools down, disables or closes a
 //! model publishes it, and every other replica adopts it through the
 //! [`CircuitListener`] it registered. Budgets that a fleet shares reserve
-//! and settle through it too ([`FleetState::reserve_budget`]), the alert
+//! and settle through it too ([`FleetState::reserve_budget`]), and so do
+//! rate limits ([`FleetState::acquire_rate`]); the alert
 //! rule's window is summed across the fleet ([`SharedCounts`]), and an
 //! alert is sent by one replica only ([`FleetState::claim`]). The default,
 //! [`LocalState`], shares
@@ -105,6 +106,51 @@ pub struct BudgetWindow<'a> {
     pub number: u64,
     /// The window's length.
     pub length_ms: u64,
+}
+
+/// One rate limit of a call, as the fleet's store counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedRate<'a> {
+    /// The limit's name, the same on every replica (`model:<id>`,
+    /// `caller:<label>`).
+    pub name: &'a str,
+    /// Requests per minute allowed (0: not limited).
+    pub rpm: u64,
+    /// Tokens per minute allowed (0: not limited).
+    pub tpm: u64,
+    /// Check the limit and count one request on it; `false` only adds the
+    /// tokens (a request's later admissions, for its caller).
+    pub check: bool,
+}
+
+/// A correction of what a call counted on one rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateCorrection<'a> {
+    /// The limit's name, as in [`SharedRate::name`].
+    pub name: &'a str,
+    /// Requests to add (-1 for a call never sent, else 0).
+    pub requests: i64,
+    /// Tokens to add (actual minus estimate).
+    pub tokens: i64,
+}
+
+/// The store's answer to a rate-limit acquisition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateVerdict {
+    /// Counted on every limit; `ticket` names the slot (for the settle).
+    Held {
+        /// The store's slot number.
+        ticket: u64,
+    },
+    /// `limits[index]` refused; the call fits after `retry_after`.
+    Refused {
+        /// Which limit of the call.
+        index: usize,
+        /// Requests (`false`) or tokens (`true`).
+        tokens: bool,
+        /// How long until it fits.
+        retry_after: Duration,
+    },
 }
 
 /// The store could not answer (down, too slow, refused).
@@ -352,7 +398,7 @@ pub trait FleetState: Send + Sync + fmt::Debug {
         let _ = (window, accounts, held, actual);
     }
 
-    /// What budgets do while the store fails.
+    /// What budgets and rate limits do while the store fails.
     fn on_store_failure(&self) -> OnStoreFailure {
         OnStoreFailure::Local
     }
@@ -377,6 +423,31 @@ pub trait FleetState: Send + Sync + fmt::Debug {
     fn claim(&self, name: &str, ttl: Duration, then: Box<dyn FnOnce(Claim) + Send>) {
         let _ = (name, ttl);
         then(Claim::Won);
+    }
+
+    /// Whether rate limits should count through [`FleetState::acquire_rate`].
+    fn shares_rate_limits(&self) -> bool {
+        false
+    }
+
+    /// Counts one call on every limit, all or none, in one atomic step on
+    /// the store's clock: one request (where `check`) and `tokens` within a
+    /// sliding minute of `bucket_ms` slots. `Err` when the store failed
+    /// (nothing counted).
+    fn acquire_rate<'a>(
+        &'a self,
+        limits: &'a [SharedRate<'a>],
+        tokens: u64,
+        bucket_ms: u64,
+    ) -> BoxFuture<'a, Result<RateVerdict, StoreFailure>> {
+        let _ = (limits, tokens, bucket_ms);
+        Box::pin(std::future::ready(Ok(RateVerdict::Held { ticket: 0 })))
+    }
+
+    /// Applies corrections to what the slot `ticket` counted (nothing if
+    /// the slot has left the window). Never waits: queued for the store.
+    fn settle_rate(&self, ticket: u64, corrections: &[RateCorrection<'_>]) {
+        let _ = (ticket, corrections);
     }
 }
 

@@ -28,6 +28,7 @@ pub mod health;
 pub mod latency;
 pub mod model;
 pub mod provider;
+pub mod rate_limit;
 pub mod result;
 pub mod router;
 pub mod scenario;
@@ -52,7 +53,8 @@ pub use events::{Event, EventSink, FallbackEvent, RequestFinished};
 pub use facts::RequestFacts;
 pub use fleet::{
     BudgetWindow, CircuitListener, Claim, CountsListener, FleetState, LocalState, OnStoreFailure,
-    SharedAccount, SharedCircuit, SharedCounts, StoreFailure,
+    RateCorrection, RateVerdict, SharedAccount, SharedCircuit, SharedCounts, SharedRate,
+    StoreFailure,
 };
 pub use health::{
     Admission, CallOutcome, CircuitState, HealthPolicy, HealthSnapshot, HealthTransition, Permit,
@@ -61,6 +63,10 @@ pub use health::{
 pub use latency::{LatencyKind, LatencyStats};
 pub use model::{Capabilities, ModelIndex, ModelSpec};
 pub use provider::{Call, ChunkStream, EmbedCall, PROBE_MAX_TOKENS, Provider};
+pub use rate_limit::{
+    OverRateLimit, RATE_WINDOW, RateCall, RateCause, RateHold, RateLimitSnapshot, RateLimiter,
+    RateQuota, RateScope, RateUse,
+};
 pub use result::{Annotation, FallbackResult, Outcome, ResultHandler, RouteSummary};
 pub use router::{
     BuildError, EmbeddingsResult, FallbackStream, ProbeError, RequestContext, Route, Router,

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::facts::RequestFacts;
+use crate::rate_limit::RateQuota;
 
 /// Dense index of a model in the Router's model table.
 ///
@@ -66,6 +67,10 @@ pub struct ModelSpec {
     /// a chat model). Only models of equal `dimensions` may share a chain.
     #[serde(default)]
     pub dimensions: Option<u32>,
+    /// The provider's quota for this model (`rpm`, `tpm`): the Router skips
+    /// the model when a call would exceed it (see [`crate::RateLimiter`]).
+    #[serde(default, skip_serializing_if = "RateQuota::is_unlimited")]
+    pub quota: RateQuota,
 }
 
 impl ModelSpec {
@@ -85,6 +90,7 @@ impl ModelSpec {
             capabilities: Capabilities::default(),
             last_resort: false,
             dimensions: None,
+            quota: RateQuota::default(),
         }
     }
 

@@ -4,7 +4,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use backstop_core::{Attempt, FailureKind, RouteError};
+use backstop_core::{Attempt, FailureKind, RateScope, RouteError};
 use serde::Serialize;
 
 /// An error answer of the gateway.
@@ -160,8 +160,8 @@ impl ApiError {
     }
 
     /// Maps a Router error: unknown scenario 404, the upstream's own 4xx
-    /// for a request it rejected, 503 with the trail when every model
-    /// failed.
+    /// for a request it rejected, 429 with `Retry-After` for a rate limit,
+    /// 503 with the trail when every model failed.
     pub fn from_route(error: RouteError, known: impl FnOnce() -> String) -> Self {
         match error {
             RouteError::UnknownRoute(name) => Self::new(
@@ -218,6 +218,26 @@ impl ApiError {
                     retry_after_secs: None,
                 }
             }
+            // The caller over its own limit, or every model at its quota:
+            // a 429 with the wait, before any upstream had to answer one.
+            RouteError::RateLimited {
+                scope,
+                retry_after,
+                ref attempts,
+                ..
+            } => Self {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                message: error.to_string(),
+                kind: "rate_limit_error",
+                code: match scope {
+                    RateScope::Caller => "rate_limit_exceeded",
+                    RateScope::Model => "models_rate_limited",
+                }
+                .to_owned(),
+                attempts: attempts.clone(),
+                retry_after_secs: None,
+            }
+            .retry_after(retry_after),
             RouteError::StreamAborted { cause, attempts } => Self {
                 status: StatusCode::BAD_GATEWAY,
                 message: format!("The answer was cut after it started: {cause}"),

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use backstop_config::monitor::RecentFailure;
 use backstop_core::{
     BudgetPolicy, BudgetSnapshot, CircuitState, FallbackEvent, HealthPolicy, HealthSnapshot,
-    LatencyKind, MidStreamPolicy, ModelIndex, Route, Router,
+    LatencyKind, MidStreamPolicy, ModelIndex, RateLimitSnapshot, Route, Router,
 };
 use serde::Serialize;
 use serde_json::json;
@@ -160,7 +160,7 @@ pub async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
 }
 
 /// `GET /v1/backstop/status`: each model's circuit, latency estimates and
-/// spend, the scenarios, and what the observers add (recent fallbacks,
+/// spend, the rate limits' use, the scenarios, and what the observers add (recent fallbacks,
 /// recent failure kinds).
 pub async fn status(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     if let Err(e) = gateway.keys().authenticate(&headers) {
@@ -189,6 +189,9 @@ pub struct StatusDocument {
     pub generated_unix_ms: u64,
     /// Every model, by index.
     pub models: Vec<ModelStatus>,
+    /// Every rate limit (the models' quotas, then each caller that has
+    /// called) with its use in the last minute, as this replica counts it.
+    pub rate_limits: Vec<RateLimitSnapshot>,
     /// The last fallbacks, oldest first (with the alert observer).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recent_fallbacks: Option<Vec<FallbackEvent>>,
@@ -380,6 +383,10 @@ pub fn status_document(gateway: &Gateway) -> StatusDocument {
         fallback_history: None,
         generated_unix_ms: now_unix_ms,
         models,
+        rate_limits: router
+            .rate_limiter()
+            .map(|l| l.snapshot())
+            .unwrap_or_default(),
         recent_fallbacks: None,
         scenarios,
         state: None,

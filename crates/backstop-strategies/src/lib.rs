@@ -8,6 +8,7 @@
 //! | selection | [`Selector`](backstop_core::Selector) | [`priority`](selector::priority), [`latency_aware`](selector::latency_aware), [`cost_aware`](selector::cost_aware), [`weighted`](selector::weighted) |
 //! | health | [`HealthPolicy`](backstop_core::HealthPolicy) | [`circuit_breaker`](health::circuit_breaker), plus the [`active_probe`](health::active_probe) background task |
 //! | budget | [`BudgetPolicy`](backstop_core::BudgetPolicy) | [`unlimited`](budget::unlimited), [`per_request`](budget::per_request), [`rolling`](budget::rolling) |
+//! | rate limits | [`RateLimiter`](backstop_core::RateLimiter) | [`sliding_minute`](rate_limit::sliding_minute) |
 //! | result handling | [`ResultHandler`](backstop_core::ResultHandler) | [`annotate`](result::annotate) |
 //! | monitoring | [`EventSink`](backstop_core::EventSink) | [`alert`](monitor::alert), [`metrics`](monitor::metrics) |
 //!
@@ -24,6 +25,7 @@ pub mod catalog;
 pub mod error;
 pub mod health;
 pub mod monitor;
+pub mod rate_limit;
 pub mod result;
 pub mod selector;
 mod sliding_window;

@@ -81,9 +81,10 @@ pub struct TrailEntry {
 
 /// Trail kinds meaning the model was not called (backstop-core's
 /// `SkipReason` names).
-const SKIP_KINDS: [&str; 6] = [
+const SKIP_KINDS: [&str; 7] = [
     "circuit_open",
     "over_budget",
+    "over_rate_limit",
     "context_window",
     "no_streaming",
     "no_tools",

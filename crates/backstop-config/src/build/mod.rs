@@ -2,11 +2,12 @@
 //! problem on the way.
 //!
 //! The sections are resolved in dependency order (server, plugins,
-//! providers, models, strategies, scenarios, sinks). A broken item is
+//! providers, models, strategies, scenarios, sinks, limits). A broken item is
 //! reported and left out, and the rest goes on being checked, so one run
 //! lists every problem of the file. Only when there is none is the Router
 //! assembled.
 
+mod limits;
 mod models;
 mod plugins;
 mod policy;
@@ -144,6 +145,7 @@ pub(crate) fn build(
         &default_policy,
     );
     let sinks = b.sinks(&section, &ctx);
+    let per_caller = b.limits();
 
     if !b.problems.is_empty() {
         return Err(Problems(b.problems));
@@ -168,6 +170,9 @@ pub(crate) fn build(
         builder = builder.scenario(s.scenario.clone(), s.strategies.clone());
     }
     builder = builder.single_model_routes(default_policy, defaults.strategies.clone());
+    if let Some(limiter) = backstop_strategies::rate_limit::SlidingMinute::new(&ctx, per_caller) {
+        builder = builder.rate_limiter(Arc::new(limiter));
+    }
     for sink in sinks.all() {
         builder = builder.event_sink(sink);
     }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use backstop_core::{Capabilities, ModelSpec};
+use backstop_core::{Capabilities, ModelSpec, RateQuota};
 
 use super::Builder;
 use super::providers::BuiltProvider;
@@ -66,6 +66,7 @@ pub(crate) fn stand_in_model(provider_id: &str) -> ModelSpec {
         },
         last_resort: true,
         dimensions: None,
+        quota: RateQuota::default(),
     }
 }
 
@@ -217,6 +218,29 @@ impl Builder<'_> {
             },
             last_resort: m.last_resort,
             dimensions: m.dimensions,
+            quota: RateQuota {
+                rpm: self.per_minute(&at.key("rpm"), m.rpm),
+                tpm: self.per_minute(&at.key("tpm"), m.tpm),
+            },
+        }
+    }
+}
+
+impl Builder<'_> {
+    /// A per-minute rate limit (`rpm`, `tpm`): a whole number above 0.
+    pub(super) fn per_minute(&mut self, at: &KeyPath, value: Option<i64>) -> Option<u64> {
+        let value = value?;
+        match u64::try_from(value) {
+            Ok(v) if v > 0 => Some(v),
+            _ => {
+                self.problem(
+                    at,
+                    format!(
+                        "must be a whole number greater than 0 (got {value}); remove the key for no limit"
+                    ),
+                );
+                None
+            }
         }
     }
 }

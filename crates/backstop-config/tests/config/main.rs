@@ -7,6 +7,7 @@
 
 mod example;
 mod layering;
+mod limits;
 mod plugins;
 mod state;
 mod validation;

@@ -21,7 +21,7 @@ fn bad_example_reports_every_problem_in_one_run() {
             r#"examples/bad.toml: providers.local.type: unknown provider type "openia" (did you mean "openai"?); known provider types: "anthropic", "openai", "simulated", "template""#,
             "examples/bad.toml: models.gpt-4o.cost_per_1k: must be a non-negative number of USD (got -0.005)",
             "examples/bad.toml: models.gpt-4o.context_window: must be greater than 0",
-            r#"examples/bad.toml: models.gpt-4o-mini.prioritty: unknown key "prioritty" (did you mean "priority"?); expected one of "provider", "model", "priority", "max_tokens", "cost_per_1k", "input_cost_per_1k", "output_cost_per_1k", "context_window", "supports_prefill", "streaming", "tools", "last_resort", "dimensions""#,
+            r#"examples/bad.toml: models.gpt-4o-mini.prioritty: unknown key "prioritty" (did you mean "priority"?); expected one of "provider", "model", "priority", "max_tokens", "cost_per_1k", "input_cost_per_1k", "output_cost_per_1k", "context_window", "supports_prefill", "streaming", "tools", "last_resort", "dimensions", "rpm", "tpm""#,
             r#"examples/bad.toml: models.gpt-4o-mini.provider: unknown provider "opena" (did you mean "openai"?); providers: "openai", "local", "rules""#,
             r#"examples/bad.toml: strategies.selector.type: unknown selector type "fastest"; known selector types: "cost_aware", "latency_aware", "priority", "weighted""#,
             "examples/bad.toml: strategies.health.failure_ratio: circuit_breaker: must be within 0..=1 (got 1.5)",
@@ -146,7 +146,7 @@ fn unknown_sections_and_keys_are_refused_with_the_expected_ones() {
             "{BASE}\n[modles.x]\nprovider = \"local\"\n\n[scenarios.chat]\nchain = [\"qwen-7b\"]\ntimeouts = {{ first_tokn_ms = 5 }}\nretries = {{ same_model = 1, backoff = 3 }}\n"
         ),
         &[
-            r#"c.toml: modles: unknown section "modles" (did you mean "models"?); expected one of "server", "providers", "models", "scenarios", "strategies", "alerts", "plugins", "state""#,
+            r#"c.toml: modles: unknown section "modles" (did you mean "models"?); expected one of "server", "providers", "models", "scenarios", "strategies", "alerts", "plugins", "state", "limits""#,
             r#"c.toml: scenarios.chat.retries.backoff: unknown key "backoff" (did you mean "backoff_max_ms"?); expected one of "same_model", "retry_after_cap_ms", "backoff_base_ms", "backoff_max_ms""#,
             r#"c.toml: scenarios.chat.timeouts.first_tokn_ms: unknown key "first_tokn_ms" (did you mean "first_token_ms"?); expected one of "connect_ms", "first_token_ms", "idle_ms", "attempt_ms", "total_ms""#,
         ],

@@ -1,8 +1,9 @@
 //! Step 2 of the map, choosing candidates: the Selector orders the chain
 //! (last resorts always last), then each model in turn passes the filters —
 //! the request's deadline, capabilities (streaming, tools, context window),
-//! `HealthPolicy::admit`, `BudgetPolicy::reserve` — or goes to the trail as
-//! a skip with its reason.
+//! `HealthPolicy::admit`, `BudgetPolicy::reserve`, `RateLimiter::acquire` —
+//! or goes to the trail as a skip with its reason. A caller over its own
+//! rate limit ends the request instead.
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use super::run::{RunShared, RunState};
 use crate::error::{Attempt, SkipReason};
 use crate::health::{Admission, CallOutcome, Permit};
 use crate::model::ModelIndex;
+use crate::rate_limit::{RateCall, RateScope};
 use crate::selector::Candidate;
 
 /// A model that passed the filters, with its first admission and its
@@ -102,23 +104,61 @@ impl RunState {
             } else {
                 strategies.budget.reserve(index, spec, &facts)
             };
-            match reserved {
-                Ok(reservation) => {
-                    return Some(Admitted {
-                        index,
-                        level,
-                        permit,
-                        hold: BudgetHold::new(shared, reservation),
-                    });
-                }
+            let reservation = match reserved {
+                Ok(reservation) => reservation,
                 Err(over) => {
                     shared
                         .recorder()
                         .health(index, permit, CallOutcome::Cancelled);
                     tracing::debug!(model = %shared.model_id(index), %over, "over budget");
                     self.skip(shared, index, SkipReason::OverBudget);
+                    continue;
                 }
-            }
+            };
+            let rate = match &shared.inner.rate_limiter {
+                None => None,
+                Some(limiter) => {
+                    let call = RateCall::of(
+                        index,
+                        &facts,
+                        spec.effective_max_tokens(facts.max_tokens),
+                        !self.caller_charged,
+                    );
+                    let taken = if limiter.is_shared() {
+                        limiter.acquire_shared(call).await
+                    } else {
+                        limiter.acquire(&call)
+                    };
+                    match taken {
+                        Ok(hold) => Some(hold),
+                        Err(over) => {
+                            let recorder = shared.recorder();
+                            recorder.health(index, permit, CallOutcome::Cancelled);
+                            strategies.budget.settle(reservation, spec, &facts, None);
+                            tracing::debug!(model = %shared.model_id(index), %over, "over a rate limit");
+                            if over.scope == RateScope::Caller {
+                                self.caller_refused = Some(over);
+                                return None;
+                            }
+                            if self
+                                .rate_refused
+                                .is_none_or(|soonest| over.retry_after < soonest.retry_after)
+                            {
+                                self.rate_refused = Some(over);
+                            }
+                            self.skip(shared, index, SkipReason::OverRateLimit);
+                            continue;
+                        }
+                    }
+                }
+            };
+            self.caller_charged = true;
+            return Some(Admitted {
+                index,
+                level,
+                permit,
+                hold: BudgetHold::new(shared, reservation, rate),
+            });
         }
         None
     }

@@ -16,19 +16,25 @@ use crate::chat::Usage;
 use crate::error::FailureKind;
 use crate::health::{CallOutcome, Permit};
 use crate::model::ModelIndex;
+use crate::rate_limit::RateHold;
 
-/// Holds a model's budget reservation until it is settled; a hold dropped
-/// unsettled (a cancelled call) is released.
+/// Holds a model's budget reservation and its rate-limit hold until they
+/// are settled; a hold dropped unsettled (a cancelled call) is settled as
+/// a call that used nothing known.
 pub(crate) struct BudgetHold {
     shared: Arc<RunShared>,
-    reservation: Option<Reservation>,
+    reservation: Option<(Reservation, Option<RateHold>)>,
 }
 
 impl BudgetHold {
-    pub(crate) fn new(shared: &Arc<RunShared>, reservation: Reservation) -> Self {
+    pub(crate) fn new(
+        shared: &Arc<RunShared>,
+        reservation: Reservation,
+        rate: Option<RateHold>,
+    ) -> Self {
         Self {
             shared: shared.clone(),
-            reservation: Some(reservation),
+            reservation: Some((reservation, rate)),
         }
     }
 
@@ -37,8 +43,8 @@ impl BudgetHold {
     }
 
     fn settle_inner(&mut self, usage: Option<&Usage>) {
-        if let Some(reservation) = self.reservation.take() {
-            self.shared.recorder().settle(reservation, usage);
+        if let Some((reservation, rate)) = self.reservation.take() {
+            self.shared.recorder().settle(reservation, rate, usage);
         }
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! For each request it orders the chain (Selector), skips models whose
 //! circuit is open (HealthPolicy), that the request cannot afford
-//! (BudgetPolicy) or that cannot serve it (context window, streaming,
+//! (BudgetPolicy), that are at their rate limit (RateLimiter) or that
+//! cannot serve it (context window, streaming,
 //! tools), and calls the rest in turn under the scenario's timeouts and an
 //! end-to-end deadline. Each failure's [`FailureKind`](crate::FailureKind)
 //! decides between a same-model retry, falling over, routing only to a larger
@@ -37,6 +38,7 @@ use crate::health::HealthPolicy;
 use crate::latency::LatencyStats;
 use crate::model::{ModelIndex, ModelSpec};
 use crate::provider::Provider;
+use crate::rate_limit::RateLimiter;
 use crate::result::{FallbackResult, ResultHandler};
 use crate::scenario::{RoutePolicy, Scenario, Timeouts};
 use crate::selector::Selector;
@@ -136,6 +138,8 @@ pub(crate) struct RouterInner {
     scenario_names: Box<[Arc<str>]>,
     sinks: Box<[Arc<dyn EventSink>]>,
     probe_budget: Option<Arc<dyn BudgetPolicy>>,
+    /// The models' quotas and the callers' limits, if any is set.
+    rate_limiter: Option<Arc<dyn RateLimiter>>,
 }
 
 impl RouterInner {
@@ -203,6 +207,7 @@ pub struct RouterBuilder {
     single_model: Option<(RoutePolicy, Strategies)>,
     sinks: Vec<Arc<dyn EventSink>>,
     probe_budget: Option<Arc<dyn BudgetPolicy>>,
+    rate_limiter: Option<Arc<dyn RateLimiter>>,
 }
 
 impl RouterBuilder {
@@ -215,7 +220,16 @@ impl RouterBuilder {
             single_model: None,
             sinks: Vec::new(),
             probe_budget: None,
+            rate_limiter: None,
         }
+    }
+
+    /// The rate limits every route's calls are held to (the models'
+    /// quotas, the callers' limits). Without it: none.
+    #[must_use]
+    pub fn rate_limiter(mut self, limiter: Arc<dyn RateLimiter>) -> Self {
+        self.rate_limiter = Some(limiter);
+        self
     }
 
     /// The budget background probes are charged to. Without it: the
@@ -352,6 +366,7 @@ impl RouterBuilder {
                 scenario_names: scenario_names.into(),
                 sinks: self.sinks.into(),
                 probe_budget,
+                rate_limiter: self.rate_limiter,
             }),
         })
     }
@@ -424,6 +439,11 @@ impl Router {
     /// Every model, by index.
     pub fn models(&self) -> &[ModelSpec] {
         &self.inner.ctx.models
+    }
+
+    /// The rate limits (models' quotas, callers' limits), if any is set.
+    pub fn rate_limiter(&self) -> Option<&Arc<dyn RateLimiter>> {
+        self.inner.rate_limiter.as_ref()
     }
 
     /// The strategy context (models, clock, latency estimates).

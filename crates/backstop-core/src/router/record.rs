@@ -1,5 +1,5 @@
 //! Step 5 of the map, recording: every outcome of a request reaches health,
-//! latency stats, budget settlement and the event sinks through
+//! latency stats, budget and rate-limit settlement and the event sinks through
 //! [`Recorder`], whether the request is complete or streamed. A new sink
 //! (OpenTelemetry, fleet state) is added here, once.
 //!
@@ -22,6 +22,7 @@ use crate::events::{Event, FallbackEvent, RequestFinished};
 use crate::health::{CallOutcome, Permit};
 use crate::latency::LatencyKind;
 use crate::model::ModelIndex;
+use crate::rate_limit::{RateHold, RateUse};
 
 use super::guard::{BudgetHold, CallGuard};
 
@@ -57,9 +58,15 @@ impl Recorder<'_> {
         }
     }
 
-    /// Settles a budget reservation with what the call used (`None`: it
-    /// used nothing that is known; the hold is released).
-    pub(crate) fn settle(&self, reservation: Reservation, usage: Option<&Usage>) {
+    /// Settles a budget reservation and a rate-limit hold with what the
+    /// call used (`None`: it used nothing that is known; the budget is
+    /// released and the rate limits count no tokens for it).
+    pub(crate) fn settle(
+        &self,
+        reservation: Reservation,
+        rate: Option<RateHold>,
+        usage: Option<&Usage>,
+    ) {
         let shared = self.shared;
         let spec = shared.spec(reservation.model);
         shared
@@ -67,6 +74,20 @@ impl Recorder<'_> {
             .strategies
             .budget
             .settle(reservation, spec, &shared.facts(), usage);
+        if let Some(hold) = rate {
+            let tokens = usage.map_or(0, |u| {
+                u64::from(u.prompt_tokens) + u64::from(u.completion_tokens)
+            });
+            self.rate_settle(hold, RateUse::Sent { tokens });
+        }
+    }
+
+    /// Settles a rate-limit hold on the Router's limiter.
+    pub(crate) fn rate_settle(&self, hold: RateHold, used: RateUse) {
+        let shared = self.shared;
+        if let Some(limiter) = &shared.inner.rate_limiter {
+            limiter.settle(hold, shared.cx.caller.as_deref(), used);
+        }
     }
 
     /// Raises the event of one upstream call.

@@ -22,6 +22,7 @@ use crate::error::{
 };
 use crate::facts::RequestFacts;
 use crate::model::{ModelIndex, ModelSpec};
+use crate::rate_limit::{OverRateLimit, RateScope};
 
 /// What stays fixed for the whole request; shared by every call of it.
 pub(crate) struct RunShared {
@@ -156,6 +157,14 @@ pub(crate) struct RunState {
     /// The latest time the run knows of: its start, or the end of its last
     /// call (read once per call rather than at every step).
     pub(crate) now: Instant,
+    /// A model was admitted, so the caller's rate limits were checked and
+    /// one request counted on them.
+    pub(crate) caller_charged: bool,
+    /// The caller's own rate limit refused the request.
+    pub(crate) caller_refused: Option<OverRateLimit>,
+    /// Of the models skipped for their rate limit, the refusal that ends
+    /// soonest.
+    pub(crate) rate_refused: Option<OverRateLimit>,
 }
 
 impl RunState {
@@ -169,6 +178,9 @@ impl RunState {
             first_cause: None,
             upstream_calls: 0,
             now: shared.started,
+            caller_charged: false,
+            caller_refused: None,
+            rate_refused: None,
         }
     }
 
@@ -225,6 +237,31 @@ impl RunState {
     /// every attempt with the first cause.
     pub(crate) fn exhausted(&mut self, shared: &RunShared) -> RouteError {
         let attempts = std::mem::take(&mut self.trail);
+        if let Some(over) = self.caller_refused.take() {
+            return RouteError::RateLimited {
+                scenario: shared.route.name.clone(),
+                scope: RateScope::Caller,
+                cause: over.cause,
+                limit: over.limit,
+                retry_after: over.retry_after,
+                attempts,
+            };
+        }
+        if let Some(over) = self.rate_refused
+            && !attempts.is_empty()
+            && attempts
+                .iter()
+                .all(|a| a.outcome == AttemptOutcome::Skipped(SkipReason::OverRateLimit))
+        {
+            return RouteError::RateLimited {
+                scenario: shared.route.name.clone(),
+                scope: RateScope::Model,
+                cause: over.cause,
+                limit: over.limit,
+                retry_after: over.retry_after,
+                attempts,
+            };
+        }
         if let Some((model, error)) = self.context_error.take() {
             return RouteError::Rejected {
                 model,
@@ -291,5 +328,6 @@ pub(crate) fn error_name(error: &RouteError) -> &'static str {
         RouteError::AllFailed(_) => "all_failed",
         RouteError::NoWindowFits { .. } => "no_window_fits",
         RouteError::StreamAborted { .. } => "stream_aborted",
+        RouteError::RateLimited { .. } => "rate_limited",
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! - `backstop_requests_total{scenario, outcome}`: requests by scenario and
 //!   outcome (`ok`, or the error: `rejected`, `no_window_fits`, `all_failed`,
-//!   `stream_aborted`, `cancelled`, `unknown_route`);
+//!   `stream_aborted`, `rate_limited`, `cancelled`, `unknown_route`);
 //! - `backstop_request_duration_seconds{scenario}`: end-to-end latency
 //!   histogram;
 //! - `backstop_attempts_total{model, outcome}`: upstream calls by model and
@@ -16,8 +16,10 @@
 //!
 //! and renders them in the Prometheus text format
 //! ([`Metrics::render_prometheus`]). [`render_router_state`] adds what only
-//! the Router knows now: each route's circuit states and window, and its
-//! budget's spend.
+//! the Router knows now: each route's circuit states and window, its
+//! budget's spend, and each rate limit's use in the last minute
+//! (`backstop_rate_limit_requests`, `_tokens`, `_per_minute`,
+//! `_refused_total`, by `scope` and `name`).
 //!
 //! Scenario labels come from requests; past `max_scenarios` distinct names
 //! the rest are counted under `scenario="_other"`, so a flood of unknown
@@ -123,12 +125,13 @@ impl Histogram {
 }
 
 /// Request outcomes, by the Router's error names.
-const REQUEST_OUTCOMES: [&str; 8] = [
+const REQUEST_OUTCOMES: [&str; 9] = [
     "ok",
     "rejected",
     "no_window_fits",
     "all_failed",
     "stream_aborted",
+    "rate_limited",
     "cancelled",
     "unknown_route",
     "other",
@@ -144,9 +147,10 @@ fn request_outcome(error: Option<&str>) -> usize {
     }
 }
 
-const SKIPS: [SkipReason; 6] = [
+const SKIPS: [SkipReason; 7] = [
     SkipReason::CircuitOpen,
     SkipReason::OverBudget,
+    SkipReason::OverRateLimit,
     SkipReason::ContextWindow,
     SkipReason::NoStreaming,
     SkipReason::NoTools,
@@ -774,6 +778,8 @@ pub fn render_router_state(router: &Router, out: &mut String) {
     );
     out.push_str(&limit);
 
+    render_rate_limits(router, out);
+
     header(
         out,
         "backstop_latency_estimate_seconds",
@@ -797,6 +803,80 @@ pub fn render_router_state(router: &Router, out: &mut String) {
                 );
             }
         }
+    }
+}
+
+/// Each rate limit's use in the last minute, its limits and its refusals
+/// (as counted by this replica); nothing without rate limits.
+fn render_rate_limits(router: &Router, out: &mut String) {
+    let Some(limiter) = router.rate_limiter() else {
+        return;
+    };
+    let snapshots = limiter.snapshot();
+    let labels: Vec<String> = snapshots
+        .iter()
+        .map(|s| {
+            format!(
+                "scope=\"{}\",name=\"{}\"",
+                s.scope.as_str(),
+                escape(&s.name)
+            )
+        })
+        .collect();
+    header(
+        out,
+        "backstop_rate_limit_requests",
+        "gauge",
+        "Requests counted on a rate limit in the last minute, by scope (model or caller) and name.",
+    );
+    for (snap, labels) in snapshots.iter().zip(&labels) {
+        let _ = writeln!(
+            out,
+            "backstop_rate_limit_requests{{{labels}}} {}",
+            snap.requests
+        );
+    }
+    header(
+        out,
+        "backstop_rate_limit_tokens",
+        "gauge",
+        "Tokens counted on a rate limit in the last minute (estimates of calls in flight included).",
+    );
+    for (snap, labels) in snapshots.iter().zip(&labels) {
+        let _ = writeln!(
+            out,
+            "backstop_rate_limit_tokens{{{labels}}} {}",
+            snap.tokens
+        );
+    }
+    header(
+        out,
+        "backstop_rate_limit_per_minute",
+        "gauge",
+        "A rate limit's allowance per minute, by unit (rpm or tpm).",
+    );
+    for (snap, labels) in snapshots.iter().zip(&labels) {
+        for (unit, value) in [("rpm", snap.rpm), ("tpm", snap.tpm)] {
+            if let Some(value) = value {
+                let _ = writeln!(
+                    out,
+                    "backstop_rate_limit_per_minute{{{labels},unit=\"{unit}\"}} {value}"
+                );
+            }
+        }
+    }
+    header(
+        out,
+        "backstop_rate_limit_refused_total",
+        "counter",
+        "Calls a rate limit refused: models skipped (over_rate_limit) and callers answered 429.",
+    );
+    for (snap, labels) in snapshots.iter().zip(&labels) {
+        let _ = writeln!(
+            out,
+            "backstop_rate_limit_refused_total{{{labels}}} {}",
+            snap.refused
+        );
     }
 }
 
