@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use backstop_chaos::driver::{self, DriverOptions};
+use backstop_chaos::fleet::{FLEET_SCENARIO_NAMES, render_fleet_markdown};
 use backstop_chaos::report::render_markdown;
 use backstop_chaos::{Mode, SCENARIO_NAMES};
 use clap::Args;
@@ -20,7 +21,8 @@ pub struct ChaosArgs {
     #[arg(long)]
     quick: bool,
     /// Run only this scenario (repeatable); `baseline` always runs too.
-    #[arg(long = "scenario", value_name = "NAME", value_parser = clap::builder::PossibleValuesParser::new(SCENARIO_NAMES))]
+    /// The `fleet_*` scenarios need `redis-server`.
+    #[arg(long = "scenario", value_name = "NAME", value_parser = clap::builder::PossibleValuesParser::new(SCENARIO_NAMES.iter().chain(FLEET_SCENARIO_NAMES.iter()).copied()))]
     scenarios: Vec<String>,
     /// Where the report goes [default: target/chaos/].
     #[arg(long, value_name = "DIR")]
@@ -61,9 +63,24 @@ pub fn run(args: &ChaosArgs) -> Result<ExitCode, TaskError> {
         .collect();
     println!("{}", table.join("\n"));
     println!();
+    let report = &outcome.report;
+    if let Some(why) = &report.fleet_skipped {
+        println!("fleet scenarios skipped: {why}");
+        println!();
+    } else if !report.fleet.is_empty() {
+        let fleet = render_fleet_markdown(&report.fleet, None);
+        let table: Vec<&str> = fleet
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .collect();
+        println!("{}", table.join("\n"));
+        println!();
+    }
     println!(
-        "{} scenarios ({} mode) in {:.1} s; report: {}, {}, {}",
+        "{} scenarios and {} fleet runs ({} mode) in {:.1} s; report: {}, {}, {}",
         outcome.report.scenarios.len(),
+        outcome.report.fleet.len(),
         if args.quick { "quick" } else { "full" },
         outcome.elapsed.as_secs_f64(),
         outcome.paths.json.display(),

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use crate::error::ChaosError;
 use crate::fake::FakeSet;
+use crate::fleet::{self, FLEET_SCENARIO_NAMES};
 use crate::load::Outcome;
 use crate::process::{GatewayCommand, Stopped};
 use crate::report::{MissedTarget, Report, ReportPaths, check_targets, write_report};
@@ -51,6 +52,10 @@ pub struct DriverOptions {
     pub progress: bool,
     /// `report.json`'s version string.
     pub version: String,
+    /// Run the fleet scenarios that `scenarios` selects (all of them when
+    /// it is empty). Default on; without `redis-server` they are skipped
+    /// (and named in the report) unless one was asked for by name.
+    pub fleet: bool,
 }
 
 impl DriverOptions {
@@ -64,6 +69,7 @@ impl DriverOptions {
             out_dir: out_dir.into(),
             progress: false,
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            fleet: true,
         }
     }
 }
@@ -88,7 +94,9 @@ pub struct ChaosOutcome {
 /// name is an error naming the known ones.
 pub fn plan(names: &[String], mode: Mode) -> Result<Vec<ScenarioSpec>, ChaosError> {
     for name in names {
-        scenario(name, mode)?;
+        if !FLEET_SCENARIO_NAMES.contains(&name.as_str()) {
+            scenario(name, mode)?;
+        }
     }
     SCENARIO_NAMES
         .iter()
@@ -104,6 +112,20 @@ pub fn plan(names: &[String], mode: Mode) -> Result<Vec<ScenarioSpec>, ChaosErro
 pub async fn run(options: &DriverOptions) -> Result<ChaosOutcome, ChaosError> {
     let started = Instant::now();
     let specs = plan(&options.scenarios, options.mode)?;
+    let fleet_names = if options.fleet {
+        fleet::plan(&options.scenarios)
+    } else {
+        Vec::new()
+    };
+    let asked_for_fleet = options
+        .scenarios
+        .iter()
+        .any(|n| FLEET_SCENARIO_NAMES.contains(&n.as_str()));
+    let fleet_skipped = match fleet::redis_available() {
+        Err(why) if asked_for_fleet => return Err(ChaosError::Fleet(why)),
+        Err(why) if !fleet_names.is_empty() => Some(why),
+        _ => None,
+    };
     for dir in ["configs", "logs"] {
         let path = options.out_dir.join(dir);
         std::fs::create_dir_all(&path).map_err(|source| ChaosError::Write { path, source })?;
@@ -137,7 +159,22 @@ pub async fn run(options: &DriverOptions) -> Result<ChaosOutcome, ChaosError> {
         }
         runs.push(run);
     }
-    let report = Report::build(options.version.clone(), options.mode == Mode::Quick, &runs);
+    let mut report = Report::build(options.version.clone(), options.mode == Mode::Quick, &runs);
+    if let Some(why) = &fleet_skipped {
+        if options.progress {
+            eprintln!("fleet scenarios skipped: {why}");
+        }
+        report.fleet_skipped = fleet_skipped.clone();
+    } else if !fleet_names.is_empty() {
+        report.fleet = fleet::run(
+            &fleet_names,
+            options.mode,
+            &gateway,
+            &options.out_dir,
+            options.progress,
+        )
+        .await?;
+    }
     let paths = write_report(&options.out_dir, &report, &runs)?;
     let missed = check_targets(&report);
     Ok(ChaosOutcome {

@@ -203,6 +203,10 @@ pub enum ChaosError {
         /// What failed.
         source: Box<ChaosError>,
     },
+    /// The fleet scenarios' store could not be run (not installed, did
+    /// not start).
+    #[error("fleet scenarios: {0}")]
+    Fleet(String),
     /// No scenario of the catalog has this name.
     #[error("no scenario is named `{name}`; known: {known}")]
     UnknownScenario {

@@ -36,6 +36,7 @@ pub mod behaviour;
 pub mod driver;
 pub mod error;
 pub mod fake;
+pub mod fleet;
 pub mod load;
 pub mod process;
 pub mod report;

@@ -195,9 +195,9 @@ pub enum Claim {
 
 /// Told when the fleet's sums of a [`SharedCounts`] were read anew.
 pub trait CountsListener: Send + Sync {
-    /// The sums changed (or became unknown); read them with
+    /// The sums of `counts` changed (or became unknown); read them with
     /// [`SharedCounts::fleet_sums`].
-    fn refreshed(&self);
+    fn refreshed(&self, counts: &SharedCounts);
 }
 
 /// Two counters over a sliding window of wall-clock time that the fleet
@@ -220,6 +220,8 @@ pub struct SharedCounts {
     fleet: Mutex<Option<(u64, [u64; 2])>>,
     /// Whether the last refresh failed (logged once per change).
     degraded: AtomicBool,
+    /// A write of the pending counts is queued ([`FleetState::flush_counts`]).
+    flush_queued: AtomicBool,
     listener: OnceLock<Weak<dyn CountsListener>>,
 }
 
@@ -245,6 +247,7 @@ impl SharedCounts {
             pending: Mutex::new(BTreeMap::new()),
             fleet: Mutex::new(None),
             degraded: AtomicBool::new(false),
+            flush_queued: AtomicBool::new(false),
             listener: OnceLock::new(),
         }
     }
@@ -288,8 +291,20 @@ impl SharedCounts {
         slot[1] += counts[1];
     }
 
+    /// Marks a write of the pending counts as queued; `false` when one
+    /// already is (it will carry the counts added meanwhile too).
+    pub fn queue_flush(&self) -> bool {
+        !self.flush_queued.swap(true, Ordering::AcqRel)
+    }
+
+    /// Undoes [`Self::queue_flush`] when the write could not be queued.
+    pub fn unqueue_flush(&self) {
+        self.flush_queued.store(false, Ordering::Release);
+    }
+
     /// Takes every count not yet written, oldest bucket first.
     pub fn take_pending(&self) -> Vec<(u64, [u64; 2])> {
+        self.flush_queued.store(false, Ordering::Release);
         std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner))
             .into_iter()
             .collect()
@@ -326,7 +341,7 @@ impl SharedCounts {
             }
         }
         if let Some(listener) = self.listener.get().and_then(Weak::upgrade) {
-            listener.refreshed();
+            listener.refreshed(self);
         }
     }
 
@@ -412,6 +427,13 @@ pub trait FleetState: Send + Sync + fmt::Debug {
     /// Sums `counts` across the fleet from now on: the store writes its
     /// pending counts and reads the fleet's sums back in the background.
     fn share_counts(&self, counts: Arc<SharedCounts>) {
+        let _ = counts;
+    }
+
+    /// Writes `counts`' pending counts and reads the fleet's sums back
+    /// now rather than at the next refresh (a circuit's failure: the fleet
+    /// must see it within a call or two). Never waits: queued.
+    fn flush_counts(&self, counts: &Arc<SharedCounts>) {
         let _ = counts;
     }
 

@@ -146,6 +146,7 @@ enum Write {
         ttl_ms: u64,
         then: Box<dyn FnOnce(Claim) + Send>,
     },
+    Counts(Arc<SharedCounts>),
     Settle {
         keys: Vec<String>,
         delta: i64,
@@ -433,6 +434,10 @@ impl RedisState {
                     then(claim);
                     continue;
                 }
+                Write::Counts(counts) => {
+                    self.refresh(&counts).await;
+                    continue;
+                }
                 other => other,
             };
             let invocation = match &write {
@@ -458,7 +463,7 @@ impl RedisState {
                     invocation.arg(*delta).arg(*ttl_ms);
                     invocation
                 }
-                Write::Claim { .. } => continue,
+                Write::Claim { .. } | Write::Counts(_) => continue,
             };
             match bounded(
                 self.settings.timeout,
@@ -789,6 +794,18 @@ impl FleetState for RedisState {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(counts);
+    }
+
+    fn flush_counts(&self, counts: &Arc<SharedCounts>) {
+        if counts.queue_flush()
+            && self
+                .queue
+                .try_send(Write::Counts(Arc::clone(counts)))
+                .is_err()
+        {
+            // The next refresh takes them.
+            counts.unqueue_flush();
+        }
     }
 
     fn claim(&self, name: &str, ttl: Duration, then: Box<dyn FnOnce(Claim) + Send>) {

@@ -1,6 +1,7 @@
-//! A real `redis-server` for tests: started on a free loopback port with
-//! nothing saved to disk, and stopped when the guard is dropped, also when
-//! the test fails or panics.
+//! A real `redis-server` for tests (and for the chaos harness's fleet
+//! scenarios): started on a free loopback port with nothing saved to disk,
+//! and stopped when the guard is dropped, also when the test fails or
+//! panics.
 //!
 //! `cargo xtask test` installs the Debian package `redis-server` when it is
 //! missing. A test that needs the store fails (it is not skipped) when the
@@ -24,18 +25,23 @@ pub struct RedisServer {
     args: Vec<String>,
 }
 
-fn find_program() -> PathBuf {
+/// The `redis-server` program on `PATH` (or in `/usr/bin`, `/usr/sbin`),
+/// if it is installed.
+pub fn program() -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
         .map(|dir| dir.join("redis-server"))
         .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "redis-server not found on PATH: run the suite with `cargo xtask test`, which installs it \
-                 (or `apt-get install -y redis-server`)"
-            )
-        })
+}
+
+fn find_program() -> PathBuf {
+    program().unwrap_or_else(|| {
+        panic!(
+            "redis-server not found on PATH: run the suite with `cargo xtask test`, which installs it \
+             (or `apt-get install -y redis-server`)"
+        )
+    })
 }
 
 fn free_port() -> u16 {
@@ -63,7 +69,40 @@ impl RedisServer {
         server
     }
 
+    /// Starts a server, or says why it could not (not installed, did not
+    /// start or listen): for a harness that must not panic.
+    pub fn try_start() -> Result<Self, String> {
+        let program = program().ok_or_else(|| {
+            "redis-server is not installed (Debian package `redis-server`; `cargo xtask test` installs it)"
+                .to_owned()
+        })?;
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .map_err(|e| format!("no free loopback port: {e}"))?;
+        let mut server = Self {
+            port,
+            child: None,
+            program,
+            args: Vec::new(),
+        };
+        server.try_spawn()?;
+        Ok(server)
+    }
+
+    /// [`Self::restart`], saying why it failed instead of panicking.
+    pub fn try_restart(&mut self) -> Result<(), String> {
+        self.stop();
+        self.try_spawn()
+    }
+
     fn spawn(&mut self) {
+        if let Err(e) = self.try_spawn() {
+            panic!("{e}");
+        }
+    }
+
+    fn try_spawn(&mut self) -> Result<(), String> {
         let child = Command::new(&self.program)
             .args([
                 "--port",
@@ -84,17 +123,18 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("start redis-server");
+            .map_err(|e| format!("cannot start {}: {e}", self.program.display()))?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
         while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not listen on {addr} within 10 s"
-            );
+            if Instant::now() >= deadline {
+                self.stop();
+                return Err(format!("redis-server did not listen on {addr} within 10 s"));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+        Ok(())
     }
 
     /// The server's port.

@@ -25,7 +25,9 @@ const WHOLE_RUN_LIMIT: Duration = Duration::from_secs(180);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_chaos_scenario_keeps_answering_at_quick_size() {
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("chaos_quick");
-    let options = DriverOptions::new(env!("CARGO_BIN_EXE_backstop"), Mode::Quick, &out);
+    let mut options = DriverOptions::new(env!("CARGO_BIN_EXE_backstop"), Mode::Quick, &out);
+    // The fleet scenarios have their own test (chaos_fleet_quick.rs).
+    options.fleet = false;
     let started = Instant::now();
     let outcome = tokio::time::timeout(WHOLE_RUN_LIMIT, driver::run(&options))
         .await

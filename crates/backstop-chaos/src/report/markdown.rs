@@ -98,6 +98,11 @@ pub fn render_markdown(report: &Report) -> String {
         }
     }
 
+    out.push_str(&crate::fleet::render_fleet_markdown(
+        &report.fleet,
+        report.fleet_skipped.as_deref(),
+    ));
+
     out.push_str("\n## Scenarios\n\n");
     for s in &report.scenarios {
         let _ = write!(out, "- `{}`: {}.", s.name, s.summary);

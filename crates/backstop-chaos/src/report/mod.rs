@@ -59,6 +59,12 @@ pub struct Report {
     pub quick: bool,
     /// One entry per scenario, in run order.
     pub scenarios: Vec<ScenarioReport>,
+    /// Extension: the fleet scenarios, one entry per scenario and backend.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fleet: Vec<crate::fleet::FleetScenarioReport>,
+    /// Extension: why the fleet scenarios did not run, when they did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_skipped: Option<String>,
 }
 
 /// Latency percentiles with the maximum, in milliseconds.
@@ -467,6 +473,8 @@ impl Report {
                 .iter()
                 .map(|run| ScenarioReport::from_run(run, baseline.as_ref()))
                 .collect(),
+            fleet: Vec::new(),
+            fleet_skipped: None,
         }
     }
 }

@@ -80,6 +80,15 @@ pub fn check_targets(report: &Report) -> Vec<MissedTarget> {
                 note: t.note.clone(),
             })
         })
+        .chain(report.fleet.iter().flat_map(|s| {
+            s.targets.iter().filter(|t| !t.met).map(|t| MissedTarget {
+                scenario: format!("{} ({})", s.name, s.backend),
+                figure: t.figure.clone(),
+                target: t.target.clone(),
+                measured: t.measured,
+                note: t.note.clone(),
+            })
+        }))
         .collect()
 }
 

@@ -605,3 +605,47 @@ async fn a_shared_reservation_is_one_round_trip_and_is_measured() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// `min_calls` counts the fleet's calls: one failure on each of two
+/// replicas (neither at `min_calls` = 2 alone) opens the circuit, and the
+/// third replica, which never called the model, adopts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_split_over_replicas_open_the_circuit_for_the_fleet() {
+    let redis = RedisServer::start();
+    let a = replica(redis.url()).await;
+    let b = replica(redis.url()).await;
+    let c = replica(redis.url()).await;
+    for r in [&a, &b, &c] {
+        wait_up(&r.state).await;
+    }
+    assert!(fail(&a.breaker, 0).is_none(), "one failure opens nothing");
+    // A's failure is written at once (not at the next 100 ms refresh).
+    let mut conn = store(&redis).await;
+    let started = Instant::now();
+    loop {
+        let fields: std::collections::HashMap<String, u64> = redis::cmd("HGETALL")
+            .arg("test:{c:circuit:primary}:counts")
+            .query_async(&mut conn)
+            .await
+            .expect("HGETALL");
+        if fields.iter().any(|(k, v)| k.ends_with(":1") && *v == 1) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "A's failure never reached the store: {fields:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(!rejects(&a.breaker, 0) && !rejects(&c.breaker, 0));
+    let _ = fail(&b.breaker, 0);
+    for (name, r) in [("A", &a), ("B", &b), ("C", &c)] {
+        assert!(
+            within(Duration::from_secs(5), || rejects(&r.breaker, 0))
+                .await
+                .is_some(),
+            "{name} skips the model the fleet failed twice"
+        );
+    }
+    assert!(!rejects(&c.breaker, 1), "the other model is untouched");
+}

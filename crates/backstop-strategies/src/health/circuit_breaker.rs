@@ -6,7 +6,15 @@
 //!    `window_ms` split into `buckets` time buckets. When the window holds at
 //!    least `min_calls` calls and failures / calls >= `failure_ratio` (or,
 //!    with `slow_call_ms` set, slow calls / calls >= `slow_call_ratio`), the
-//!    circuit opens.
+//!    circuit opens. In a fleet that shares counts (`[state] backend =
+//!    "redis"`), calls and failures are the fleet's: each outcome is also
+//!    added to the model's window in the store (a failure written at once,
+//!    successes every 100 ms), the threshold reads the fleet's sums, and
+//!    the replica that sees them cross opens and publishes, so a dead
+//!    primary costs the fleet about `min_calls` calls, not `min_calls` per
+//!    replica. Slow calls stay per replica. After a close, the fleet's
+//!    window (which still holds the failures that opened it) is ignored
+//!    for one `window_ms`; while the store fails, the window is local.
 //! 2. **Open**: calls are rejected with `retry_after` until the break ends.
 //!    The first break lasts `break_ms`.
 //! 3. **Half-open**: after the break, up to `half_open_calls` trial calls are
@@ -87,9 +95,9 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use backstop_core::{
-    Admission, CallOutcome, CircuitListener, CircuitState, FailureKind, FleetState, HealthEffect,
-    HealthPolicy, HealthSnapshot, HealthTransition, ModelIndex, ModelSpec, Permit, ProbeFailure,
-    SharedCircuit, SharedClock, StrategyContext,
+    Admission, CallOutcome, CircuitListener, CircuitState, CountsListener, FailureKind, FleetState,
+    HealthEffect, HealthPolicy, HealthSnapshot, HealthTransition, ModelIndex, ModelSpec, Permit,
+    ProbeFailure, SharedCircuit, SharedClock, SharedCounts, StrategyContext,
 };
 use serde::Deserialize;
 
@@ -331,6 +339,11 @@ struct Circuit {
     /// word changed, so a reader may briefly see the new state with the
     /// old time.
     changed_ms: AtomicU64,
+    /// Calls and failures summed across the fleet, when it shares counts.
+    shared: Option<Arc<SharedCounts>>,
+    /// Wall-clock ms before which the fleet's window is not read (one
+    /// window after a close).
+    fleet_from_unix_ms: AtomicU64,
 }
 
 impl Circuit {
@@ -362,6 +375,8 @@ pub struct CircuitBreaker {
     fleet: Arc<dyn FleetState>,
     failure_ratio: f64,
     min_calls: u64,
+    window_ms: u64,
+    buckets: u32,
     slow_call: Option<Duration>,
     slow_call_ratio: f64,
     break_ms: u64,
@@ -390,10 +405,14 @@ impl CircuitBreaker {
                     last_activity_ms: AtomicU64::new(0),
                     window: SlidingWindow::new(window, config.buckets),
                     changed_ms: AtomicU64::new(created_ms),
+                    shared: None,
+                    fleet_from_unix_ms: AtomicU64::new(0),
                 })
                 .collect(),
             failure_ratio: config.failure_ratio,
             min_calls: u64::from(config.min_calls),
+            window_ms: config.window_ms,
+            buckets: config.buckets,
             slow_call: config.slow_call_ms.map(Duration::from_millis),
             slow_call_ratio: config.slow_call_ratio,
             break_ms: config.break_ms,
@@ -416,11 +435,37 @@ impl CircuitBreaker {
     /// Shares the breaker and subscribes it to the fleet's transitions, so
     /// it adopts what other replicas publish.
     pub fn into_shared(self) -> Arc<Self> {
-        let shared = Arc::new(self);
+        let mut breaker = self;
+        if breaker.fleet.shares_counts() {
+            for (circuit, spec) in breaker.circuits.iter_mut().zip(breaker.models.iter()) {
+                circuit.shared = Some(Arc::new(SharedCounts::new(
+                    &format!("circuit:{}", spec.id),
+                    breaker.window_ms,
+                    breaker.buckets,
+                )));
+            }
+        }
+        let shared = Arc::new(breaker);
         let weak = Arc::downgrade(&shared);
-        let listener: Weak<dyn CircuitListener> = weak;
+        let listener: Weak<dyn CircuitListener> = weak.clone();
         shared.fleet.subscribe_circuits(listener);
+        for counts in shared.circuits.iter().filter_map(|c| c.shared.as_ref()) {
+            let listener: Weak<dyn CountsListener> = weak.clone();
+            counts.listen(listener);
+            shared.fleet.share_counts(Arc::clone(counts));
+        }
         shared
+    }
+
+    /// Adds an outcome to the fleet's window of `circuit`; a failure is
+    /// written at once, so the fleet counts it within a call or two.
+    fn count_shared(&self, circuit: &Circuit, failed: bool) {
+        if let Some(counts) = &circuit.shared {
+            counts.add(self.clock.unix_ms(), [1, u64::from(failed)]);
+            if failed {
+                self.fleet.flush_counts(counts);
+            }
+        }
     }
 
     /// Publishes the circuit's state to the fleet after a transition of
@@ -543,13 +588,26 @@ impl CircuitBreaker {
             return None;
         }
         let sums = circuit.window.sums(now);
-        let calls = sums[CALLS];
+        // Calls and failures are the fleet's when it shares them (and its
+        // store answers); slow calls are this replica's own.
+        let unix_ms = self.clock.unix_ms();
+        let (calls, failures) = match circuit
+            .shared
+            .as_ref()
+            .filter(|_| unix_ms >= circuit.fleet_from_unix_ms.load(Ordering::Acquire))
+            .and_then(|c| c.fleet_sums(unix_ms))
+        {
+            Some(fleet) => (fleet[0].max(sums[CALLS]), fleet[1].max(sums[FAILURES])),
+            None => (sums[CALLS], sums[FAILURES]),
+        };
         if calls < self.min_calls {
             return None;
         }
         let calls_f = calls as f64;
-        let failing = sums[FAILURES] as f64 >= self.failure_ratio * calls_f;
-        let slow = self.slow_call.is_some() && sums[SLOW] as f64 >= self.slow_call_ratio * calls_f;
+        let failing = failures as f64 >= self.failure_ratio * calls_f;
+        let slow = self.slow_call.is_some()
+            && sums[CALLS] > 0
+            && sums[SLOW] as f64 >= self.slow_call_ratio * sums[CALLS] as f64;
         if !(failing || slow) {
             return None;
         }
@@ -588,6 +646,12 @@ impl CircuitBreaker {
                     circuit.changed(current, Word::closed(), Self::now_ms(self.clock.now()));
                     circuit.reopens.store(0, Ordering::Relaxed);
                     circuit.window.reset();
+                    // The fleet's window still holds the failures that
+                    // opened the circuit: count alone for one window.
+                    circuit.fleet_from_unix_ms.store(
+                        self.clock.unix_ms().saturating_add(self.window_ms),
+                        Ordering::Release,
+                    );
                     return Some(Self::transition(current, CircuitState::Closed, None));
                 }
                 Err(actual) => current = Word(actual),
@@ -788,6 +852,7 @@ impl CircuitBreaker {
                 Self::touch(circuit, Self::now_ms(now));
                 let slow = self.is_slow(latency);
                 circuit.window.add(now, [1, 0, u64::from(slow)]);
+                self.count_shared(circuit, false);
                 Self::reset_cooldowns(circuit);
                 if let Some(period) = trial
                     && let Some(t) = self.trial_succeeded(circuit, period)
@@ -818,6 +883,7 @@ impl CircuitBreaker {
             HealthEffect::Failure => {
                 let slow = self.is_slow(latency);
                 circuit.window.add(now, [1, 1, u64::from(slow)]);
+                self.count_shared(circuit, true);
                 if let Some(period) = trial
                     && let Some(t) = self.reopen(circuit, now, kind, |w| w.is_trial_period(period))
                 {
@@ -955,6 +1021,28 @@ impl CircuitListener for CircuitBreaker {
                 }
                 Err(actual) => current = Word(actual),
             }
+        }
+    }
+}
+
+impl CountsListener for CircuitBreaker {
+    fn refreshed(&self, counts: &SharedCounts) {
+        // The fleet's window may have crossed the threshold with the
+        // failures of other replicas: open here and tell the fleet.
+        let Some(model) = self.circuits.iter().position(|c| {
+            c.shared
+                .as_ref()
+                .is_some_and(|s| std::ptr::eq(&**s, counts))
+        }) else {
+            return;
+        };
+        let t = self.evaluate(&self.circuits[model], self.clock.now(), None);
+        if let Some(t) = self.publish(model, t) {
+            tracing::info!(
+                model = %self.models[model].id,
+                from = t.from.as_str(),
+                "circuit opened by the fleet's window"
+            );
         }
     }
 }

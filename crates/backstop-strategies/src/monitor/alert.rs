@@ -467,7 +467,7 @@ impl Rule {
 }
 
 impl CountsListener for Rule {
-    fn refreshed(&self) {
+    fn refreshed(&self, _counts: &SharedCounts) {
         // The fleet's sums may have crossed the threshold with no fallback
         // on this replica.
         self.check();
