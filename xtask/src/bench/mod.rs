@@ -38,6 +38,10 @@ mod measure;
 mod pin;
 mod procfs;
 mod report;
+mod stream_client;
+mod stream_mock;
+mod stream_report;
+mod streams;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -63,6 +67,9 @@ pub struct GatewayArgs {
     /// Do not pin the gateway and the load generator to separate CPUs.
     #[arg(long)]
     no_pin: bool,
+    /// The stream benchmarks' options (`--part`, `--many-streams`...).
+    #[command(flatten)]
+    streams: streams::StreamArgs,
 }
 
 /// The scenario name every request asks for.
@@ -110,14 +117,43 @@ pub fn run(args: &GatewayArgs) -> Result<ExitCode, TaskError> {
         .enable_all()
         .build()
         .map_err(|e| TaskError::new("cannot start the async runtime", e))?;
-    let bench = runtime.block_on(bench(&binary, &out, &pinning))?;
+    if args.streams.part == streams::Part::Streams {
+        let bench = runtime.block_on(streams::bench(&binary, &out, &pinning, &args.streams))?;
+        let markdown = stream_report::render_markdown(&bench);
+        let json = serde_json::to_string_pretty(&bench)
+            .map_err(|e| TaskError::new("serializing streams.json", e))?;
+        return write_and_judge(&out, "streams", json, markdown, &bench.targets);
+    }
+    let mut bench = runtime.block_on(bench(&binary, &out, &pinning))?;
+    if args.streams.part == streams::Part::All {
+        bench.streams =
+            Some(runtime.block_on(streams::bench(&binary, &out, &pinning, &args.streams))?);
+    }
 
     let markdown = report::render_markdown(&bench);
     let json = serde_json::to_string_pretty(&bench)
         .map_err(|e| TaskError::new("serializing gateway.json", e))?;
+    let mut targets = bench.targets.clone();
+    if let Some(streams) = &bench.streams {
+        targets.extend(streams.targets.iter().cloned());
+    }
+    write_and_judge(&out, "gateway", json, markdown, &targets)
+}
+
+/// Writes `name.json` and `name.md` to `out`, prints the Markdown, and
+/// exits 1 when a target is missed.
+fn write_and_judge(
+    out: &Path,
+    name: &str,
+    json: String,
+    markdown: String,
+    targets: &[report::Target],
+) -> Result<ExitCode, TaskError> {
+    let json_name = format!("{name}.json");
+    let md_name = format!("{name}.md");
     for (name, body) in [
-        ("gateway.json", json + "\n"),
-        ("gateway.md", markdown.clone()),
+        (json_name.as_str(), json + "\n"),
+        (md_name.as_str(), markdown.clone()),
     ] {
         let path = out.join(name);
         std::fs::write(&path, body)
@@ -126,10 +162,10 @@ pub fn run(args: &GatewayArgs) -> Result<ExitCode, TaskError> {
     println!("{markdown}");
     println!(
         "written: {}, {}",
-        out.join("gateway.json").display(),
-        out.join("gateway.md").display()
+        out.join(&json_name).display(),
+        out.join(&md_name).display()
     );
-    let missed: Vec<&report::Target> = bench.targets.iter().filter(|t| !t.met).collect();
+    let missed: Vec<&report::Target> = targets.iter().filter(|t| !t.met).collect();
     if missed.is_empty() {
         println!("every target met");
         Ok(ExitCode::SUCCESS)
@@ -484,6 +520,7 @@ async fn bench(binary: &Path, out: &Path, pinning: &Pinning) -> Result<GatewayBe
         cpu_quiet_logs,
         idle_rss_bytes,
         failover,
+        streams: None,
         targets: Vec::new(),
     };
     bench.targets = report::evaluate(&bench);

@@ -51,6 +51,35 @@ pub fn rss_bytes(pid: u32) -> Result<u64, TaskError> {
     Ok(kib * 1024)
 }
 
+/// System calls a process made so far (`/proc/PID/io`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IoCounts {
+    /// Read system calls (`syscr`).
+    pub syscr: u64,
+    /// Write system calls (`syscw`).
+    pub syscw: u64,
+}
+
+/// The read and write system calls of `pid` so far.
+pub fn io_counts(pid: u32) -> Result<IoCounts, TaskError> {
+    let path = format!("/proc/{pid}/io");
+    let io =
+        std::fs::read_to_string(&path).map_err(|e| TaskError::new(format!("reading {path}"), e))?;
+    io_counts_of(&io).ok_or_else(|| TaskError::msg(format!("{path}: no syscr/syscw lines")))
+}
+
+fn io_counts_of(io: &str) -> Option<IoCounts> {
+    let field = |key: &str| {
+        io.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    Some(IoCounts {
+        syscr: field("syscr")?,
+        syscw: field("syscw")?,
+    })
+}
+
 /// The CPUs the process may run on (`0`, `0-1`...).
 pub fn cpus_allowed(pid: u32) -> Result<String, TaskError> {
     status_field(pid, "Cpus_allowed_list")
@@ -79,6 +108,14 @@ mod tests {
         let cpu = cpu_time_of_stat(stat).unwrap();
         assert!((cpu.as_secs_f64() - 300.0 / ticks).abs() < 1e-9, "{cpu:?}");
         assert!(cpu_time_of_stat("4242 (x) S 1").is_none());
+    }
+
+    #[test]
+    fn io_counts_read_the_syscall_lines() {
+        let io = "rchar: 10\nwchar: 20\nsyscr: 3\nsyscw: 4\nread_bytes: 0\n";
+        assert_eq!(io_counts_of(io), Some(IoCounts { syscr: 3, syscw: 4 }));
+        assert_eq!(io_counts_of("rchar: 1\n"), None);
+        assert!(io_counts(std::process::id()).is_ok());
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub struct GatewayBench {
     pub idle_rss_bytes: u64,
     /// Failover on a 500 primary.
     pub failover: Failover,
+    /// The stream benchmarks (issue 18), unless `--part requests`.
+    pub streams: Option<super::stream_report::StreamsBench>,
     /// Every target, met or not.
     pub targets: Vec<Target>,
 }
@@ -359,6 +361,10 @@ pub fn render_markdown(bench: &GatewayBench) -> String {
             .map_or_else(|| "?".to_owned(), |c| format!("{c:.1} us")),
         bench.idle_rss_bytes as f64 / (1024.0 * 1024.0),
     );
+    if let Some(streams) = &bench.streams {
+        out.push('\n');
+        out.push_str(&super::stream_report::render_markdown(streams));
+    }
     out
 }
 
@@ -418,6 +424,7 @@ mod tests {
                 failing_primary: sample(290.0, 500.0, None),
                 extra_round_trip: sample(40.0, 90.0, None),
             },
+            streams: None,
             targets: Vec::new(),
         }
     }

@@ -1,0 +1,764 @@
+//! The stream benchmarks of `cargo xtask bench gateway` (issue 18): what
+//! the gateway costs per relayed chunk and per open stream, side by side
+//! in one run against the same streaming mock ([`super::stream_mock`]).
+//!
+//! 1. Relay cost: the same streams straight to the mock and through the
+//!    gateway (and through a `--before` build when given), taking turns
+//!    over rounds: 200 chunks back to back at concurrency 1 and 16, and
+//!    50 chunks paced 1 ms apart at concurrency 1 and 16. Per side: the
+//!    gateway's CPU per relayed chunk (`/proc/PID/stat` utime + stime),
+//!    its system calls per stream (`/proc/PID/io` `syscw`, `syscr`), the
+//!    transit of every chunk and the gap it added (see
+//!    [`super::stream_client`]), the time to first token.
+//! 2. Many open streams: a fresh gateway, the file-descriptor limit
+//!    raised, `--many-streams` streams (default 10,000) ramped up, each a
+//!    chunk every 50 ms for 30 s; the same load straight to the mock
+//!    first, for what the harness itself adds. Reports the gateway's RSS
+//!    per open stream and CPU per second at the plateau, the added gap
+//!    p99, every stream's ending, and whether the mock kept its pace.
+//! 3. Failover under many streams: `--failover-streams` streams (default
+//!    2,000) across two scenarios (`mid_stream = "continue"` and
+//!    `"restart"`), primary and secondary mocks answering the same words;
+//!    once they are all open the primary cuts every stream. Every stream
+//!    must end complete with the exact text.
+//!
+//! Every loop is bounded: fixed stream counts, a deadline per stream.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backstop_chaos::{GatewayCommand, GatewayProcess};
+use clap::{Args, ValueEnum};
+use tokio::time::Instant;
+
+use super::pin::Pinning;
+use super::procfs;
+use super::stream_client::{self, Gauge, StreamPlan, StreamRun};
+use super::stream_mock::{Ask, StreamMock};
+use super::stream_report::{FailoverStreams, ManyStreams, StreamPair, StreamSample, StreamsBench};
+use crate::TaskError;
+
+/// Which parts of `cargo xtask bench gateway` run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Part {
+    /// Non-streaming requests and streams.
+    All,
+    /// Non-streaming requests only.
+    Requests,
+    /// Streams only (writes `streams.json` and `streams.md`).
+    Streams,
+}
+
+/// The stream benchmarks' options.
+#[derive(Debug, Args)]
+pub struct StreamArgs {
+    /// What to measure.
+    #[arg(long, value_enum, default_value_t = Part::All)]
+    pub part: Part,
+    /// Open streams of the many-streams run (0: skip it).
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub many_streams: usize,
+    /// Open streams of the failover-under-many-streams run (0: skip it).
+    #[arg(long, value_name = "N", default_value_t = 2_000)]
+    pub failover_streams: usize,
+    /// Another `backstop` binary (an earlier build) measured side by side
+    /// in the relay-cost rounds.
+    #[arg(long, value_name = "BINARY")]
+    pub before: Option<PathBuf>,
+}
+
+const SCENARIO: &str = "bench";
+const ROUNDS: usize = 3;
+const READY_WITHIN: Duration = Duration::from_secs(20);
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// The per-chunk CPU the issue measured before the batched relay, for the
+/// "5x less" target when no `--before` build runs beside.
+pub const BEFORE_CPU_PER_CHUNK_US: f64 = 14.5;
+
+fn config(mock_url: &str, max_connections: usize) -> String {
+    format!(
+        r#"# cargo xtask bench gateway (streams): one openai provider at the streaming mock.
+[server]
+listen = "127.0.0.1:0"
+max_connections = {max_connections}
+
+[providers.mock]
+type = "openai"
+base_url = "{mock_url}"
+
+[models.mock]
+provider = "mock"
+
+[scenarios.{SCENARIO}]
+chain = ["mock"]
+"#
+    )
+}
+
+fn failover_config(primary_url: &str, secondary_url: &str, max_connections: usize) -> String {
+    format!(
+        r#"# cargo xtask bench gateway (streams): the primary's streams are cut
+# mid-answer; the secondary answers the same words. One scenario per
+# mid-stream policy that carries on.
+[server]
+listen = "127.0.0.1:0"
+max_connections = {max_connections}
+
+[providers.primary]
+type = "openai"
+base_url = "{primary_url}"
+
+[providers.secondary]
+type = "openai"
+base_url = "{secondary_url}"
+
+[models.primary]
+provider = "primary"
+priority = 1
+
+[models.secondary]
+provider = "secondary"
+priority = 2
+supports_prefill = true
+
+[scenarios.bench-continue]
+chain = ["primary", "secondary"]
+mid_stream = "continue"
+
+[scenarios.bench-restart]
+chain = ["primary", "secondary"]
+mid_stream = "restart"
+"#
+    )
+}
+
+/// Raises this process's open-file limit to its hard limit (gateways
+/// started afterwards inherit it); returns the soft limit in force.
+fn raise_fd_limit() -> u64 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if let Some(hard) = limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: Some(hard),
+            maximum: Some(hard),
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            return hard;
+        }
+    }
+    limit.current.unwrap_or(u64::MAX)
+}
+
+async fn start_gateway(
+    command: &GatewayCommand,
+    out: &Path,
+    name: &str,
+    config: &str,
+) -> Result<GatewayProcess, TaskError> {
+    let path = out.join(format!("{name}.toml"));
+    std::fs::write(&path, config)
+        .map_err(|e| TaskError::new(format!("writing {}", path.display()), e))?;
+    command
+        .check(&path)
+        .await
+        .map_err(|e| TaskError::new(format!("checking {}", path.display()), e))?;
+    let gateway = command
+        .serve(&path, &out.join(format!("{name}.log")), READY_WITHIN)
+        .await
+        .map_err(|e| TaskError::new(format!("starting the gateway on {}", path.display()), e))?;
+    eprintln!(
+        "{name}: gateway pid {} on {} (CPUs {})",
+        gateway.pid(),
+        gateway.addr(),
+        procfs::cpus_allowed(gateway.pid()).unwrap_or_else(|e| e.to_string())
+    );
+    Ok(gateway)
+}
+
+async fn stop(gateway: GatewayProcess) -> Result<(), TaskError> {
+    gateway
+        .stop(STOP_GRACE)
+        .await
+        .map(|_| ())
+        .map_err(|e| TaskError::new("stopping the gateway", e))
+}
+
+/// Where one side's streams go and whose counters to read.
+#[derive(Debug, Clone)]
+struct Where {
+    authority: String,
+    models: Vec<String>,
+    pid: Option<u32>,
+}
+
+impl Where {
+    fn direct(mock: &StreamMock) -> Self {
+        Self {
+            authority: authority(&mock.api_base_url()),
+            models: vec!["mock-upstream".to_owned()],
+            pid: None,
+        }
+    }
+
+    fn gateway(gateway: &GatewayProcess, models: &[&str]) -> Self {
+        Self {
+            authority: gateway.addr().to_string(),
+            models: models.iter().map(|m| (*m).to_owned()).collect(),
+            pid: Some(gateway.pid()),
+        }
+    }
+}
+
+fn authority(base_url: &str) -> String {
+    base_url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// One load: what each stream asks for, how many, how many at once.
+#[derive(Debug, Clone, Copy)]
+struct Load {
+    ask: Ask,
+    streams: usize,
+    concurrency: usize,
+    ramp: Duration,
+    deadline: Duration,
+}
+
+/// Counters read around a run.
+struct Counters {
+    cpu: Option<Duration>,
+    io: Option<procfs::IoCounts>,
+    own_cpu: Duration,
+}
+
+fn read_counters(pid: Option<u32>) -> Result<Counters, TaskError> {
+    Ok(Counters {
+        cpu: pid.map(procfs::cpu_time).transpose()?,
+        io: pid.map(procfs::io_counts).transpose()?,
+        own_cpu: procfs::cpu_time(std::process::id())?,
+    })
+}
+
+/// Runs `load` at `side` once, returning the run and the counters' deltas.
+async fn run_once(side: &Where, load: &Load) -> Result<(StreamRun, Deltas), TaskError> {
+    let plan = Arc::new(StreamPlan {
+        authority: side.authority.clone(),
+        path: "/v1/chat/completions".to_owned(),
+        models: side.models.clone(),
+        ask: load.ask,
+        streams: load.streams,
+        concurrency: load.concurrency,
+        ramp: load.ramp,
+        deadline: load.deadline,
+    });
+    let before = read_counters(side.pid)?;
+    let run = stream_client::run(plan, Arc::new(Gauge::default())).await;
+    let after = read_counters(side.pid)?;
+    Ok((run, Deltas::between(&before, &after)))
+}
+
+/// What the counters moved by over one run.
+#[derive(Debug, Clone, Copy, Default)]
+struct Deltas {
+    cpu: Option<Duration>,
+    syscr: Option<u64>,
+    syscw: Option<u64>,
+    own_cpu: Duration,
+}
+
+impl Deltas {
+    fn between(a: &Counters, b: &Counters) -> Self {
+        Self {
+            cpu: a.cpu.zip(b.cpu).map(|(a, b)| b.saturating_sub(a)),
+            syscr: a.io.zip(b.io).map(|(a, b)| b.syscr.saturating_sub(a.syscr)),
+            syscw: a.io.zip(b.io).map(|(a, b)| b.syscw.saturating_sub(a.syscw)),
+            own_cpu: b.own_cpu.saturating_sub(a.own_cpu),
+        }
+    }
+
+    fn add(&mut self, o: &Deltas) {
+        let sum = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+        let sum_u = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+        self.cpu = sum(self.cpu, o.cpu);
+        self.syscr = sum_u(self.syscr, o.syscr);
+        self.syscw = sum_u(self.syscw, o.syscw);
+        self.own_cpu += o.own_cpu;
+    }
+}
+
+/// Pools runs of one side into a sample.
+struct Pool {
+    run: Option<StreamRun>,
+    deltas: Deltas,
+}
+
+impl Pool {
+    fn new() -> Self {
+        Self {
+            run: None,
+            deltas: Deltas::default(),
+        }
+    }
+
+    fn add(&mut self, run: StreamRun, deltas: Deltas) {
+        self.deltas.add(&deltas);
+        match &mut self.run {
+            None => self.run = Some(run),
+            Some(pooled) => {
+                let _ = pooled.timings.transit.add(&run.timings.transit);
+                let _ = pooled.timings.gap_added.add(&run.timings.gap_added);
+                let _ = pooled.timings.first_token.add(&run.timings.first_token);
+                pooled.complete += run.complete;
+                pooled.cut += run.cut;
+                pooled.lost += run.lost;
+                pooled.chunks += run.chunks;
+                pooled.wall += run.wall;
+                if pooled.first_problem.is_none() {
+                    pooled.first_problem = run.first_problem;
+                }
+            }
+        }
+    }
+
+    fn sample(self) -> StreamSample {
+        let deltas = self.deltas;
+        self.run
+            .map(|run| {
+                StreamSample::of(&run, deltas.cpu, deltas.syscr, deltas.syscw, deltas.own_cpu)
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// The same load at every side, the sides taking turns over rounds.
+async fn interleaved(
+    label: &str,
+    sides: &[&Where],
+    load: Load,
+    rounds: usize,
+) -> Result<Vec<StreamSample>, TaskError> {
+    // Warm-up: a few streams each, on connections the runs then reuse
+    // (each run opens its own; the gateway's upstream pool warms here).
+    let warm = Load {
+        streams: load.concurrency.max(4),
+        ..load
+    };
+    for side in sides {
+        run_once(side, &warm).await?;
+    }
+    let mut pools: Vec<Pool> = sides.iter().map(|_| Pool::new()).collect();
+    for _ in 0..rounds {
+        for (side, pool) in sides.iter().zip(&mut pools) {
+            let (run, deltas) = run_once(side, &load).await?;
+            pool.add(run, deltas);
+        }
+    }
+    let samples: Vec<StreamSample> = pools.into_iter().map(Pool::sample).collect();
+    for (i, s) in samples.iter().enumerate() {
+        eprintln!(
+            "  {label} [{}]: {} streams ({} cut, {} lost), transit p50 {:.1} us p99 {:.1} us, gap added p99 {:.1} us, TTFT p50 {:.1} us, CPU/chunk {}, syscw/stream {}",
+            ["direct", "gateway", "before"].get(i).unwrap_or(&"?"),
+            s.complete,
+            s.cut,
+            s.lost,
+            s.transit_p50_us,
+            s.transit_p99_us,
+            s.gap_added_p99_us,
+            s.first_token_p50_us,
+            s.cpu_us_per_chunk
+                .map_or_else(|| "-".to_owned(), |c| format!("{c:.2} us")),
+            s.syscw_per_stream
+                .map_or_else(|| "-".to_owned(), |c| format!("{c:.1}")),
+        );
+    }
+    Ok(samples)
+}
+
+/// Runs the stream benchmarks.
+pub async fn bench(
+    binary: &Path,
+    out: &Path,
+    pinning: &Pinning,
+    args: &StreamArgs,
+) -> Result<StreamsBench, TaskError> {
+    let load_before = procfs::load_average();
+    let fd_limit = raise_fd_limit();
+    eprintln!("streams: open-file limit {fd_limit}");
+    let mut command = GatewayCommand::new(binary)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1");
+    let mut before_command = args.before.as_ref().map(|b| {
+        GatewayCommand::new(b)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+    });
+    if let Some(wrapper) = pinning.gateway_wrapper() {
+        command = command.wrapper(wrapper.clone());
+        before_command = before_command.map(|c| c.wrapper(wrapper));
+    }
+    let max_connections = args.many_streams.max(args.failover_streams).max(1_000) * 2;
+
+    let mock = StreamMock::start().await?;
+    let gateway = start_gateway(
+        &command,
+        out,
+        "gateway-streams",
+        &config(&mock.api_base_url(), max_connections),
+    )
+    .await?;
+    let before = match &before_command {
+        Some(c) => Some(
+            start_gateway(
+                c,
+                out,
+                "gateway-streams-before",
+                &config(&mock.api_base_url(), max_connections),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let direct = Where::direct(&mock);
+    let through = Where::gateway(&gateway, &[SCENARIO]);
+    let through_before = before.as_ref().map(|b| Where::gateway(b, &[SCENARIO]));
+    let mut sides = vec![&direct, &through];
+    if let Some(b) = &through_before {
+        sides.push(b);
+    }
+
+    let loads = [
+        (
+            "200 chunks back to back, concurrency 1",
+            Load {
+                ask: Ask {
+                    chunks: 200,
+                    gap: Duration::ZERO,
+                    timestamps: true,
+                },
+                streams: 100,
+                concurrency: 1,
+                ramp: Duration::ZERO,
+                deadline: Duration::from_secs(10),
+            },
+        ),
+        (
+            "200 chunks back to back, concurrency 16",
+            Load {
+                ask: Ask {
+                    chunks: 200,
+                    gap: Duration::ZERO,
+                    timestamps: true,
+                },
+                streams: 320,
+                concurrency: 16,
+                ramp: Duration::ZERO,
+                deadline: Duration::from_secs(10),
+            },
+        ),
+        (
+            "50 chunks 1 ms apart, concurrency 1",
+            Load {
+                ask: Ask {
+                    chunks: 50,
+                    gap: Duration::from_millis(1),
+                    timestamps: true,
+                },
+                streams: 20,
+                concurrency: 1,
+                ramp: Duration::ZERO,
+                deadline: Duration::from_secs(10),
+            },
+        ),
+        (
+            "50 chunks 1 ms apart, concurrency 16",
+            Load {
+                ask: Ask {
+                    chunks: 50,
+                    gap: Duration::from_millis(1),
+                    timestamps: true,
+                },
+                streams: 160,
+                concurrency: 16,
+                ramp: Duration::from_millis(1),
+                deadline: Duration::from_secs(10),
+            },
+        ),
+    ];
+    let mut pairs = Vec::new();
+    for (label, load) in loads {
+        eprintln!("streams: {label}, {ROUNDS} interleaved rounds");
+        let mut samples = interleaved(label, &sides, load, ROUNDS).await?.into_iter();
+        pairs.push(StreamPair {
+            label: label.to_owned(),
+            chunks_per_stream: load.ask.chunks,
+            concurrency: load.concurrency,
+            direct: samples.next().unwrap_or_default(),
+            gateway: samples.next().unwrap_or_default(),
+            before: samples.next(),
+        });
+    }
+    stop(gateway).await?;
+    if let Some(b) = before {
+        stop(b).await?;
+    }
+
+    let many = if args.many_streams > 0 {
+        Some(many_streams(&command, out, &mock, args.many_streams, max_connections).await?)
+    } else {
+        None
+    };
+    mock.shutdown().await;
+
+    let failover = if args.failover_streams > 0 {
+        Some(failover_streams(&command, out, args.failover_streams, max_connections).await?)
+    } else {
+        None
+    };
+
+    let mut bench = StreamsBench {
+        load_average: [load_before, procfs::load_average()],
+        fd_limit,
+        before_binary: args.before.as_ref().map(|b| b.display().to_string()),
+        pairs,
+        many,
+        failover,
+        targets: Vec::new(),
+    };
+    bench.targets = super::stream_report::evaluate(&bench);
+    Ok(bench)
+}
+
+/// Samples the gateway's RSS and CPU and the open streams once a second
+/// until told to stop; returns (at peak open streams: RSS, open streams),
+/// and the CPU seconds per second while at least 99 % were open.
+async fn watch(
+    pid: u32,
+    gauge: Arc<Gauge>,
+    target: usize,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> (u64, u64, Option<f64>) {
+    let mut stop = stop;
+    let mut peak = (0u64, 0u64);
+    let mut plateau: Option<(Instant, Duration)> = None;
+    let mut plateau_cpu = None;
+    let full = (target as f64 * 0.99) as u64;
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let open = gauge.open();
+        let rss = procfs::rss_bytes(pid).unwrap_or(0);
+        if open > peak.1 || (open == peak.1 && rss > peak.0) {
+            peak = (rss, open);
+        }
+        let cpu = procfs::cpu_time(pid).unwrap_or_default();
+        let now = Instant::now();
+        if open >= full {
+            match plateau {
+                None => plateau = Some((now, cpu)),
+                Some((since, cpu0)) => {
+                    let secs = now.duration_since(since).as_secs_f64();
+                    if secs > 0.0 {
+                        plateau_cpu = Some(cpu.saturating_sub(cpu0).as_secs_f64() / secs);
+                    }
+                }
+            }
+        }
+    }
+    (peak.0, peak.1, plateau_cpu)
+}
+
+async fn many_streams(
+    command: &GatewayCommand,
+    out: &Path,
+    mock: &StreamMock,
+    n: usize,
+    max_connections: usize,
+) -> Result<ManyStreams, TaskError> {
+    let ask = Ask {
+        chunks: 600,
+        gap: Duration::from_millis(50),
+        timestamps: true,
+    };
+    // About 1,000 new streams a second, at least 5 s.
+    let ramp = Duration::from_secs_f64((n as f64 / 1_000.0).max(5.0));
+    let load = Load {
+        ask,
+        streams: n,
+        concurrency: n,
+        ramp,
+        deadline: ask.gap * ask.chunks + ramp + Duration::from_secs(30),
+    };
+    eprintln!(
+        "streams: {n} open streams, a chunk every 50 ms for 30 s, ramped over {:.0} s; straight to the mock first",
+        ramp.as_secs_f64()
+    );
+    let paced_before = mock.pacing();
+    let (direct_run, _) = run_once(&Where::direct(mock), &load).await?;
+    let paced_direct = mock.pacing();
+    let direct = StreamSample::of(&direct_run, None, None, None, Duration::ZERO);
+    eprintln!(
+        "  direct: {} complete, {} cut, {} lost, gap added p99 {:.1} us",
+        direct.complete, direct.cut, direct.lost, direct.gap_added_p99_us
+    );
+
+    let gateway = start_gateway(
+        command,
+        out,
+        "gateway-many-streams",
+        &config(&mock.api_base_url(), max_connections),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = gateway.pid();
+    let idle_rss = procfs::rss_bytes(pid)?;
+    let gauge = Arc::new(Gauge::default());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let watcher = tokio::spawn(watch(pid, gauge.clone(), n, stop_rx));
+    let plan = Arc::new(StreamPlan {
+        authority: gateway.addr().to_string(),
+        path: "/v1/chat/completions".to_owned(),
+        models: vec![SCENARIO.to_owned()],
+        ask,
+        streams: n,
+        concurrency: n,
+        ramp,
+        deadline: load.deadline,
+    });
+    let before = read_counters(Some(pid))?;
+    let run = stream_client::run(plan, gauge).await;
+    let after = read_counters(Some(pid))?;
+    let _ = stop_tx.send(());
+    let (peak_rss, peak_open, cpu_per_second) = watcher.await.unwrap_or((0, 0, None));
+    let paced_gateway = mock.pacing();
+    let d = Deltas::between(&before, &after);
+    let through = StreamSample::of(&run, d.cpu, d.syscr, d.syscw, d.own_cpu);
+    stop(gateway).await?;
+    let late = |a: (u64, u64), b: (u64, u64)| {
+        let sent = b.0.saturating_sub(a.0);
+        let late = b.1.saturating_sub(a.1);
+        if sent == 0 {
+            0.0
+        } else {
+            late as f64 / sent as f64
+        }
+    };
+    let many = ManyStreams {
+        streams: n,
+        chunk_gap_ms: ask.gap.as_secs_f64() * 1e3,
+        chunks_per_stream: ask.chunks,
+        ramp_s: ramp.as_secs_f64(),
+        direct,
+        gateway: through,
+        idle_rss_bytes: idle_rss,
+        peak_rss_bytes: peak_rss,
+        peak_open_streams: peak_open,
+        cpu_seconds_per_second: cpu_per_second,
+        mock_late_share_direct: late(paced_before, paced_direct),
+        mock_late_share_gateway: late(paced_direct, paced_gateway),
+    };
+    eprintln!(
+        "  gateway: {} complete, {} cut, {} lost, gap added p99 {:.1} us; RSS {:.1} MiB at {} open ({:.1} KiB per stream); CPU {:.2} s/s; mock late {:.2} % / {:.2} %",
+        many.gateway.complete,
+        many.gateway.cut,
+        many.gateway.lost,
+        many.gateway.gap_added_p99_us,
+        peak_rss as f64 / 1048576.0,
+        peak_open,
+        many.rss_per_stream_kib().unwrap_or(f64::NAN),
+        cpu_per_second.unwrap_or(f64::NAN),
+        many.mock_late_share_direct * 100.0,
+        many.mock_late_share_gateway * 100.0,
+    );
+    Ok(many)
+}
+
+async fn failover_streams(
+    command: &GatewayCommand,
+    out: &Path,
+    n: usize,
+    max_connections: usize,
+) -> Result<FailoverStreams, TaskError> {
+    let primary = StreamMock::start().await?;
+    let secondary = StreamMock::start().await?;
+    let gateway = start_gateway(
+        command,
+        out,
+        "gateway-failover-streams",
+        &failover_config(
+            &primary.api_base_url(),
+            &secondary.api_base_url(),
+            max_connections,
+        ),
+    )
+    .await?;
+    let ask = Ask {
+        chunks: 200,
+        gap: Duration::from_millis(50),
+        timestamps: false,
+    };
+    let ramp = Duration::from_secs_f64((n as f64 / 1_000.0).max(2.0));
+    let plan = Arc::new(StreamPlan {
+        authority: gateway.addr().to_string(),
+        path: "/v1/chat/completions".to_owned(),
+        models: vec!["bench-continue".to_owned(), "bench-restart".to_owned()],
+        ask,
+        streams: n,
+        concurrency: n,
+        ramp,
+        deadline: ask.gap * ask.chunks * 2 + ramp + Duration::from_secs(30),
+    });
+    eprintln!(
+        "streams: failover with {n} open streams ({:.0} s each, half `continue`, half `restart`); the primary cuts them all once open",
+        (ask.gap * ask.chunks).as_secs_f64()
+    );
+    let gauge = Arc::new(Gauge::default());
+    let started = Instant::now();
+    let client = tokio::spawn(stream_client::run(plan, gauge.clone()));
+    // Cut once every stream is open (bounded: at most the ramp + 10 s).
+    let give_up = Instant::now() + ramp + Duration::from_secs(10);
+    while (primary.open() as usize) < n && Instant::now() < give_up {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let open_at_cut = primary.open();
+    let cut_at = Instant::now();
+    primary.cut();
+    let run = client
+        .await
+        .map_err(|e| TaskError::msg(format!("the failover client failed: {e}")))?;
+    let sample = StreamSample::of(&run, None, None, None, Duration::ZERO);
+    let failover = FailoverStreams {
+        streams: n,
+        open_at_cut,
+        secondary_streams: secondary.streams(),
+        cut_after_s: cut_at.duration_since(started).as_secs_f64(),
+        sample,
+    };
+    eprintln!(
+        "  {} open at the cut; {} complete, {} cut, {} lost; the secondary served {} streams{}",
+        failover.open_at_cut,
+        failover.sample.complete,
+        failover.sample.cut,
+        failover.sample.lost,
+        failover.secondary_streams,
+        run.first_problem
+            .as_deref()
+            .map_or_else(String::new, |p| format!("; first problem: {p}"))
+    );
+    stop(gateway).await?;
+    primary.shutdown().await;
+    secondary.shutdown().await;
+    Ok(failover)
+}
