@@ -10,9 +10,9 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use backstop_core::{ChatRequest, ChatResponse, FallbackStream, RequestContext, StreamItem, Usage};
 use backstop_http::sse::write_data;
-use futures::StreamExt;
 use serde::Serialize;
 
+use super::relay::Batched;
 use super::write_json_data;
 use crate::annotate::BackstopInfo;
 use crate::api_error::ApiError;
@@ -112,7 +112,7 @@ async fn stream(gateway: &Gateway, request: ChatRequest, cx: RequestContext) -> 
     super::sse_answer(sse_body(stream, include_usage), &outcome)
 }
 
-/// The SSE body: a `data:` event per chunk, then a final chunk with the
+/// The SSE body (relayed in batches, see [`Batched`]): a `data:` event per chunk, then a final chunk with the
 /// `backstop` object and `data: [DONE]`; or, when the answer cannot be
 /// completed, an in-band `data: {"error": ...}` event and no `[DONE]`, so
 /// no client mistakes a cut answer for a complete one.
@@ -122,10 +122,11 @@ fn sse_body(
 ) -> impl futures::Stream<Item = Result<Bytes, Infallible>> + Send {
     let id = stream.meta().id.clone();
     let created = stream.meta().created;
-    stream.map(move |item| {
-        let mut out = Vec::with_capacity(256);
-        match item {
-            StreamItem::Chunk(chunk) => write_json_data(&mut out, &chunk),
+    Batched::new(
+        Vec::new(),
+        stream,
+        move |item, out: &mut Vec<u8>| match item {
+            StreamItem::Chunk(chunk) => write_json_data(out, &chunk),
             StreamItem::Done(outcome) => {
                 let last = FinalChunk {
                     id: &id,
@@ -136,8 +137,8 @@ fn sse_body(
                     usage: outcome.usage.as_ref().filter(|_| include_usage),
                     backstop: BackstopInfo::from(&outcome),
                 };
-                write_json_data(&mut out, &last);
-                write_data(&mut out, "[DONE]");
+                write_json_data(out, &last);
+                write_data(out, "[DONE]");
             }
             StreamItem::Failed(error) => {
                 tracing::debug!(%error, "stream failed after it started");
@@ -146,9 +147,8 @@ fn sse_body(
                 out.extend_from_slice(&error.to_json());
                 out.extend_from_slice(b"\n\n");
             }
-        }
-        Ok(Bytes::from(out))
-    })
+        },
+    )
 }
 
 /// For tests: a chunk as the gateway writes it.

@@ -27,6 +27,7 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use super::relay::Batched;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -35,7 +36,6 @@ use backstop_core::{
     ChatChunk, ChatRequest, ChatResponse, Content, Extra, FallbackStream, Message, RequestContext,
     Role, StreamItem, StreamOptions, ToolCall, Usage,
 };
-use futures::StreamExt;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
@@ -753,22 +753,16 @@ fn sse_body(
         &stream.meta().outcome.model_used,
         &mut head,
     );
-    let head = futures::stream::once(async move { Ok(Bytes::from(head)) });
     let mut encoder = Encoder::new();
-    let rest = stream.map(move |item| {
-        let mut out = Vec::with_capacity(256);
-        match item {
-            StreamItem::Chunk(chunk) => encoder.chunk(&chunk, &mut out),
-            StreamItem::Done(outcome) => encoder.done(&outcome, &mut out),
-            StreamItem::Failed(error) => {
-                tracing::debug!(%error, "stream failed after it started");
-                let error = ApiError::from_route(error, String::new);
-                write_json_event(&mut out, "error", &error_json(&error));
-            }
+    Batched::new(head, stream, move |item, out: &mut Vec<u8>| match item {
+        StreamItem::Chunk(chunk) => encoder.chunk(&chunk, out),
+        StreamItem::Done(outcome) => encoder.done(&outcome, out),
+        StreamItem::Failed(error) => {
+            tracing::debug!(%error, "stream failed after it started");
+            let error = ApiError::from_route(error, String::new);
+            write_json_event(out, "error", &error_json(&error));
         }
-        Ok(Bytes::from(out))
-    });
-    head.chain(rest)
+    })
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@
 pub mod chat_completions;
 pub mod embeddings;
 pub mod messages;
+mod relay;
 pub mod responses;
 
 use std::convert::Infallible;

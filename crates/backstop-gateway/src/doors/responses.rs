@@ -22,6 +22,7 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use super::relay::Batched;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -30,7 +31,6 @@ use backstop_core::{
     ChatChunk, ChatRequest, ChatResponse, Content, Extra, FallbackStream, Message, Outcome,
     RequestContext, Role, StreamItem, StreamOptions, ToolCall, Usage,
 };
-use futures::StreamExt;
 use serde_json::{Map, Value, json};
 
 use super::write_json_event;
@@ -851,23 +851,17 @@ fn sse_body(
     };
     let mut head = Vec::with_capacity(2048);
     encoder.start(&mut head);
-    let head = futures::stream::once(async move { Ok(Bytes::from(head)) });
-    let rest = stream.map(move |item| {
-        let mut out = Vec::with_capacity(256);
-        match item {
-            StreamItem::Chunk(chunk) => encoder.chunk(&chunk, &mut out),
-            StreamItem::Done(outcome) => {
-                encoder.model = outcome.model_used.to_string();
-                encoder.done(&outcome, &mut out);
-            }
-            StreamItem::Failed(error) => {
-                tracing::debug!(%error, "stream failed after it started");
-                encoder.failed(&ApiError::from_route(error, String::new), &mut out);
-            }
+    Batched::new(head, stream, move |item, out: &mut Vec<u8>| match item {
+        StreamItem::Chunk(chunk) => encoder.chunk(&chunk, out),
+        StreamItem::Done(outcome) => {
+            encoder.model = outcome.model_used.to_string();
+            encoder.done(&outcome, out);
         }
-        Ok(Bytes::from(out))
-    });
-    head.chain(rest)
+        StreamItem::Failed(error) => {
+            tracing::debug!(%error, "stream failed after it started");
+            encoder.failed(&ApiError::from_route(error, String::new), out);
+        }
+    })
 }
 
 #[cfg(test)]
