@@ -37,16 +37,25 @@ impl SseDecoder {
 
     /// Feeds bytes and appends every event they complete to `out`.
     pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<SseEvent>) {
-        for &b in bytes {
-            match b {
-                b'\n' if self.after_cr => self.after_cr = false,
-                b'\n' | b'\r' => {
-                    self.after_cr = b == b'\r';
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            if self.after_cr && rest[0] == b'\n' {
+                // The `\n` of a `\r\n` whose `\r` ended the line.
+                rest = &rest[1..];
+                self.after_cr = false;
+                continue;
+            }
+            self.after_cr = false;
+            match rest.iter().position(|&b| b == b'\n' || b == b'\r') {
+                Some(end) => {
+                    self.line.extend_from_slice(&rest[..end]);
+                    self.after_cr = rest[end] == b'\r';
                     self.end_line(out);
+                    rest = &rest[end + 1..];
                 }
-                _ => {
-                    self.after_cr = false;
-                    self.line.push(b);
+                None => {
+                    self.line.extend_from_slice(rest);
+                    return;
                 }
             }
         }
@@ -63,27 +72,30 @@ impl SseDecoder {
             self.dispatch(out);
             return;
         }
-        let line = String::from_utf8_lossy(&self.line).into_owned();
-        self.line.clear();
         self.pending = true;
-        if line.starts_with(':') {
-            return;
-        }
-        let (field, value) = match line.split_once(':') {
-            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-            None => (line.as_str(), ""),
-        };
-        match field {
-            "data" => {
-                if self.has_data {
-                    self.data.push('\n');
+        // Fields are read in place: no copy of the line.
+        let line = self.line.as_slice();
+        if line.first() != Some(&b':') {
+            let (field, value) = match line.iter().position(|&b| b == b':') {
+                Some(i) => {
+                    let value = &line[i + 1..];
+                    (&line[..i], value.strip_prefix(b" ").unwrap_or(value))
                 }
-                self.data.push_str(value);
-                self.has_data = true;
+                None => (line, &[][..]),
+            };
+            match field {
+                b"data" => {
+                    if self.has_data {
+                        self.data.push('\n');
+                    }
+                    self.data.push_str(&String::from_utf8_lossy(value));
+                    self.has_data = true;
+                }
+                b"event" => self.event = Some(String::from_utf8_lossy(value).into_owned()),
+                _ => {}
             }
-            "event" => self.event = Some(value.to_owned()),
-            _ => {}
         }
+        self.line.clear();
     }
 
     fn dispatch(&mut self, out: &mut Vec<SseEvent>) {
