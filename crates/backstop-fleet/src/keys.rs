@@ -47,6 +47,13 @@ impl Keys {
         format!("{}:{{claim:{name}}}", self.prefix)
     }
 
+    /// A rate limit's hash of per-second counts (`model:<id>`,
+    /// `caller:<label>`). Every limit shares one hash tag, so a call's
+    /// model and caller are counted by one single-slot script.
+    pub fn rate(&self, name: &str) -> String {
+        format!("{}:{{rl}}:{name}", self.prefix)
+    }
+
     /// A budget account's key in one window; every account of one budget
     /// shares the hash tag, so a reservation is one single-slot script.
     pub fn budget(&self, scope: &str, account: &str, window: u64) -> String {
@@ -168,6 +175,7 @@ mod tests {
             k.budget("rolling", "caller:alice", 7),
             "backstop:{b:rolling}:caller:alice:7"
         );
+        assert_eq!(k.rate("model:gpt-4o"), "backstop:{rl}:model:gpt-4o");
     }
 
     #[test]

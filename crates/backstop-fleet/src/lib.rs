@@ -21,10 +21,15 @@
 //! 3. **Budgets**: a reservation holds its estimate on all of a request's
 //!    accounts in one Lua script (all or none, against each cap); a settle
 //!    replaces it by the actual cost in another, queued like publications.
+//! 4. **Rate limits**: an admission counts the call on the model's quota and
+//!    the caller's limit in one Lua script, all or none, in one-second
+//!    slots of a sliding minute on the store's clock (`TIME`); a settle
+//!    corrects the tokens from the estimate to the usage, queued.
 //!
 //! The hot path never waits on the store except for a budget reservation
-//! (one round trip, bounded by `timeout_ms`): publications and settlements
-//! are queued and written by a background task, and adoption happens on the
+//! or a rate-limit admission (one round trip each, bounded by
+//! `timeout_ms`): publications and settlements are queued and written by a
+//! background task, and adoption happens on the
 //! subscription's task. Every store call is bounded by `timeout_ms`; a call that fails or
 //! times out marks the store down (`backstop_state_store_up 0`, logged once),
 //! and each replica carries on with its own state. A heartbeat notices when

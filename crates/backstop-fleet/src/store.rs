@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use backstop_core::{
-    BudgetWindow, CircuitListener, Claim, FleetState, OnStoreFailure, SharedAccount, SharedCircuit,
-    SharedCounts, StoreFailure,
+    BudgetWindow, CircuitListener, Claim, FleetState, OnStoreFailure, RATE_WINDOW, RateCorrection,
+    RateVerdict, SharedAccount, SharedCircuit, SharedCounts, SharedRate, StoreFailure,
 };
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -138,6 +138,87 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return -1 end
 return math.max(redis.call('PTTL', KEYS[1]), 0)
 ";
 
+/// Counts one call on every rate limit, all or none, on the store's clock,
+/// in slots of `slot ms` over a sliding minute (`span` slots plus the one
+/// the minute partly overlaps, counted in full, so the count never
+/// underestimates). Returns `{0, slot, 0}` when counted, else
+/// `{i, 0 | 1, wait ms}`: limit `i` (1-based) refused for requests (0) or
+/// tokens (1), and fits after `wait`.
+///
+/// KEYS: one hash per limit (fields `r<slot>`, `t<slot>`); ARGV: tokens,
+/// slot ms, span, then `rpm, tpm, check` per limit (0: no limit; check 1
+/// counts and checks a request, 0 only adds the tokens).
+const ACQUIRE_RATE: &str = r"
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local tokens, slot_ms, span = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local slot = math.floor(now / slot_ms)
+local oldest = slot - span
+local never = (span + 1) * slot_ms
+local function wait(counts, excess)
+  table.sort(counts, function(a, b) return a[1] < b[1] end)
+  local freed = 0
+  for _, c in ipairs(counts) do
+    freed = freed + c[2]
+    if freed >= excess then return math.max((c[1] + span + 1) * slot_ms - now, 1) end
+  end
+  return never
+end
+for i, key in ipairs(KEYS) do
+  local base = 3 + (i - 1) * 3
+  local rpm, tpm = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2])
+  local all = redis.call('HGETALL', key)
+  local requests, used, rs, ts, stale = 0, 0, {}, {}, {}
+  for j = 1, #all, 2 do
+    local kind, n = string.match(all[j], '^([rt])(%d+)$')
+    n = tonumber(n)
+    if (not n) or n < oldest then
+      table.insert(stale, all[j])
+    else
+      local v = tonumber(all[j + 1])
+      if kind == 'r' then
+        requests = requests + v
+        table.insert(rs, {n, v})
+      else
+        used = used + v
+        table.insert(ts, {n, v})
+      end
+    end
+  end
+  if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
+  if ARGV[base + 3] == '1' then
+    if rpm > 0 and requests + 1 > rpm then return {i, 0, wait(rs, requests + 1 - rpm)} end
+    if tpm > 0 and used + tokens > tpm then
+      if tokens > tpm then return {i, 1, never} end
+      return {i, 1, wait(ts, used + tokens - tpm)}
+    end
+  end
+end
+for i, key in ipairs(KEYS) do
+  if ARGV[3 + (i - 1) * 3 + 3] == '1' then redis.call('HINCRBY', key, 'r' .. slot, 1) end
+  if tokens > 0 then redis.call('HINCRBY', key, 't' .. slot, tokens) end
+  redis.call('PEXPIRE', key, never + slot_ms)
+end
+return {0, slot, 0}
+";
+
+/// Corrects what one slot counted, if the slot is still kept, never below 0.
+///
+/// KEYS: the limits' hashes; ARGV: the slot, then `requests, tokens` to
+/// add per limit.
+const SETTLE_RATE: &str = r"
+for i, key in ipairs(KEYS) do
+  for k, kind in ipairs({'r', 't'}) do
+    local delta = tonumber(ARGV[1 + (i - 1) * 2 + k])
+    local field = kind .. ARGV[1]
+    if delta ~= 0 and redis.call('HEXISTS', key, field) == 1 then
+      if redis.call('HINCRBY', key, field, delta) < 0 then redis.call('HSET', key, field, 0) end
+    end
+  end
+end
+return 0
+";
+
 /// What the writer writes, in order.
 enum Write {
     Circuit(String, SharedCircuit),
@@ -151,6 +232,11 @@ enum Write {
         keys: Vec<String>,
         delta: i64,
         ttl_ms: u64,
+    },
+    RateSettle {
+        keys: Vec<String>,
+        /// The slot, then `requests, tokens` per key.
+        args: Vec<i64>,
     },
 }
 
@@ -271,6 +357,8 @@ pub struct RedisState {
     settle_script: Script,
     counts_script: Script,
     claim_script: Script,
+    rate_script: Script,
+    rate_settle_script: Script,
 }
 
 impl std::fmt::Debug for RedisState {
@@ -323,6 +411,8 @@ impl RedisState {
             settle_script: Script::new(SETTLE_BUDGET),
             counts_script: Script::new(ADD_COUNTS),
             claim_script: Script::new(CLAIM),
+            rate_script: Script::new(ACQUIRE_RATE),
+            rate_settle_script: Script::new(SETTLE_RATE),
         }))
     }
 
@@ -461,6 +551,16 @@ impl RedisState {
                         invocation.key(key);
                     }
                     invocation.arg(*delta).arg(*ttl_ms);
+                    invocation
+                }
+                Write::RateSettle { keys, args } => {
+                    let mut invocation = self.rate_settle_script.prepare_invoke();
+                    for key in keys {
+                        invocation.key(key);
+                    }
+                    for arg in args {
+                        invocation.arg(*arg);
+                    }
                     invocation
                 }
                 Write::Claim { .. } | Write::Counts(_) => continue,
@@ -783,6 +883,77 @@ impl FleetState for RedisState {
 
     fn on_store_failure(&self) -> OnStoreFailure {
         self.settings.on_store_failure
+    }
+
+    fn shares_rate_limits(&self) -> bool {
+        true
+    }
+
+    fn acquire_rate<'a>(
+        &'a self,
+        limits: &'a [SharedRate<'a>],
+        tokens: u64,
+        bucket_ms: u64,
+    ) -> BoxFuture<'a, Result<RateVerdict, StoreFailure>> {
+        Box::pin(async move {
+            let Some(mut conn) = self.conn() else {
+                return Err(StoreFailure("not started".into()));
+            };
+            let slot_ms = bucket_ms.max(1);
+            let span = (RATE_WINDOW.as_millis() as u64 / slot_ms).max(1);
+            let mut invocation = self.rate_script.prepare_invoke();
+            for limit in limits {
+                invocation.key(self.keys.rate(limit.name));
+            }
+            invocation.arg(tokens).arg(slot_ms).arg(span);
+            for limit in limits {
+                invocation
+                    .arg(limit.rpm)
+                    .arg(limit.tpm)
+                    .arg(u8::from(limit.check));
+            }
+            match bounded(
+                self.settings.timeout,
+                invocation.invoke_async::<(i64, i64, i64)>(&mut conn),
+            )
+            .await
+            {
+                Ok((0, slot, _)) => {
+                    self.commands(true, None);
+                    Ok(RateVerdict::Held {
+                        ticket: u64::try_from(slot).unwrap_or(0),
+                    })
+                }
+                Ok((refused, kind, wait_ms)) => {
+                    self.commands(true, None);
+                    Ok(RateVerdict::Refused {
+                        index: usize::try_from(refused - 1).unwrap_or(0),
+                        tokens: kind == 1,
+                        retry_after: Duration::from_millis(wait_ms.unsigned_abs()),
+                    })
+                }
+                Err(cause) => {
+                    self.commands(false, Some(&cause));
+                    Err(StoreFailure(cause))
+                }
+            }
+        })
+    }
+
+    fn settle_rate(&self, ticket: u64, corrections: &[RateCorrection<'_>]) {
+        let mut args = Vec::with_capacity(1 + corrections.len() * 2);
+        args.push(i64::try_from(ticket).unwrap_or(i64::MAX));
+        for c in corrections {
+            args.push(c.requests);
+            args.push(c.tokens);
+        }
+        let write = Write::RateSettle {
+            keys: corrections.iter().map(|c| self.keys.rate(c.name)).collect(),
+            args,
+        };
+        if self.queue.try_send(write).is_err() {
+            tracing::debug!("rate-limit settlement dropped: the store is behind");
+        }
     }
 
     fn shares_counts(&self) -> bool {

@@ -214,3 +214,70 @@ async fn a_caller_over_its_limit_gets_429_with_retry_after_at_every_door() {
         [("key-1".to_owned(), 1, 4), ("key-2".to_owned(), 1, 0)]
     );
 }
+
+/// Waits (at most 5 s) until the gateway's status says its store answers.
+async fn wait_for_store(gw: &Backstop) {
+    let started = std::time::Instant::now();
+    loop {
+        let status: Value = reqwest::get(gw.url("/v1/backstop/status"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if status["state"]["store_up"] == true {
+            return;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "the store never came up: {}",
+            status["state"]
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Two replicas share one rpm quota through the store: requests alternate
+/// between them, the primary's upstream sees only its quota (each replica
+/// alone would have sent it twice as many), and the backup answers the
+/// rest before the primary had to refuse anything.
+#[tokio::test]
+async fn a_fleet_of_two_gateways_shares_one_rpm_quota() {
+    let redis = backstop_fleet::testing::RedisServer::start();
+    let primary = healthy_upstream().await;
+    let backup = healthy_upstream().await;
+    let toml = quota_config(
+        &primary.uri(),
+        &backup.uri(),
+        3,
+        "\n[state]\nbackend = \"redis\"\nurl_env = \"FLEET_REDIS_URL\"\nkey_prefix = \"e2e-rpm\"\n",
+    );
+    let url = redis.url();
+    let env = [("FLEET_REDIS_URL", url.as_str())];
+    let a = Backstop::start(&toml, &env);
+    let b = Backstop::start(&toml, &env);
+    wait_for_store(&a).await;
+    wait_for_store(&b).await;
+    let mut used = Vec::new();
+    for gw in [&a, &b, &a, &b, &a, &b] {
+        let (status, _, body) = post_to(gw, "/v1/chat/completions", None, &chat("chat")).await;
+        assert_eq!(status, 200, "{body}");
+        used.push(body["x-backstop-model"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        used,
+        [
+            "primary", "primary", "primary", "backup", "backup", "backup"
+        ],
+        "the fourth call would pass the fleet's quota"
+    );
+    assert_eq!(seen(&primary).await.len(), 3, "the upstream saw its quota");
+    // Each replica's status says the limit is shared.
+    let status: Value = reqwest::get(b.url("/v1/backstop/status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["rate_limits"][0]["shared"], true, "{status}");
+}

@@ -5,7 +5,7 @@
 //! down, frozen or restarted never blocks a replica and is found again.
 //!
 //! The alert rule's window is summed across replicas and a fleet sends one
-//! alert (`alerts.rs`).
+//! alert (`alerts.rs`); rate limits bind the fleet (`rate_limits.rs`).
 //!
 //! Waits are bounded polls (a few seconds at most), never fixed sleeps that
 //! a slow machine could outrun.
@@ -25,6 +25,7 @@ use backstop_strategies::health::CircuitBreaker;
 use backstop_strategies::health::CircuitBreakerConfig;
 
 mod alerts;
+mod rate_limits;
 
 const MODELS: [&str; 2] = ["primary", "backup"];
 
