@@ -278,6 +278,8 @@ async fn break_upstream(server: &MockServer) {
 async fn the_dashboard_shows_an_open_circuit_and_the_fallback_with_its_reason() {
     let primary = healthy_upstream().await;
     let backup = healthy_upstream().await;
+    // A provider quota on the primary and a limit per caller, far above
+    // this traffic: the page shows their use.
     let toml = config(
         &[
             ("primary", openai_provider(&primary.uri())),
@@ -286,7 +288,11 @@ async fn the_dashboard_shows_an_open_circuit_and_the_fallback_with_its_reason() 
         &[model("primary"), model("backup")],
         "",
         "api_keys_env = \"DASHBOARD_TEST_KEYS\"",
-    );
+    )
+    .replace(
+        "model = \"primary-upstream\"\n",
+        "model = \"primary-upstream\"\nrpm = 1000\n",
+    ) + "\n[limits]\nper_caller = { rpm = 600 }\n";
     let gw = Backstop::start(&toml, &[("DASHBOARD_TEST_KEYS", KEY)]);
     let driver = ChromeDriver::start();
     let client = driver.session().await;
@@ -397,6 +403,27 @@ async fn the_dashboard_shows_an_open_circuit_and_the_fallback_with_its_reason() 
         },
     )
     .await;
+    // The rate limits with their use: the primary's quota counted the
+    // calls it was sent (it is skipped while open), the caller all five.
+    let limits = wait_for(
+        &client,
+        "the rate limits",
+        "return [...document.querySelectorAll('#limits tbody tr')].map(r => [r.dataset.limit, r.innerText])",
+        |v| {
+            v.as_array().is_some_and(|rows| {
+                rows.iter()
+                    .any(|r| r[0] == "caller:key-1" && r[1].as_str().is_some_and(|t| t.contains("5 / 600")))
+            })
+        },
+    )
+    .await;
+    let quota = limits
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r[0] == "model:primary")
+        .unwrap_or_else(|| panic!("the primary's quota is listed: {limits}"));
+    assert!(quota[1].as_str().unwrap().contains("/ 1000"), "{limits}");
     // The chart has a bar for the fallbacks of the last seconds.
     wait_for(
         &client,
