@@ -7,14 +7,15 @@
   const KEY_ITEM = "backstop.dashboard.key";
   const SVG = "http://www.w3.org/2000/svg";
 
-  // What each circuit state is called, its symbol, and whether the model
-  // takes calls in it.
+  // What each circuit state is called, its symbol (from blocks every
+  // common font has: no emoji font needed), and whether the model takes
+  // calls in it.
   const STATES = {
     closed: { label: "closed", symbol: "\u25CF", takes: "takes calls" },
     half_open: { label: "half-open", symbol: "\u25D0", takes: "trial calls only" },
-    cooling_down: { label: "cooling down", symbol: "\u23F8", takes: "no calls until its cooldown ends" },
+    cooling_down: { label: "cooling down", symbol: "\u25D4", takes: "no calls until its cooldown ends" },
     open: { label: "open", symbol: "\u2715", takes: "no calls: circuit open" },
-    disabled: { label: "disabled", symbol: "\u26D4", takes: "no calls until a probe succeeds" },
+    disabled: { label: "disabled", symbol: "\u2298", takes: "no calls until a probe succeeds" },
   };
 
   // Why a primary did not answer, in words.

@@ -739,5 +739,6 @@ async fn every_section_is_drawn_from_the_document_as_text() {
         assert!(limits.contains(expected), "{expected:?} in {limits}");
     }
     assert!(field("store").contains("DOWN"), "{value}");
+    screenshot(&client, "dashboard-sections.png").await;
     let _ = client.close().await;
 }
