@@ -33,12 +33,27 @@ pub struct Report {
     pub probe: ProbeSettings,
     /// `[state]`.
     pub state: StateEntry,
+    /// `[limits] per_caller`, when set.
+    pub per_caller: Option<backstop_core::RateQuota>,
     /// Event sinks wired into the Router.
     pub sinks: Vec<StrategyChoice>,
     /// Dynamic plugins and the types they declared.
     pub plugins: Vec<PluginEntry>,
     /// Things that work but deserve attention.
     pub warnings: Vec<Problem>,
+}
+
+/// `<what> rpm N, tpm M` for the limits that are set; empty without any.
+fn per_minute(what: &str, quota: &backstop_core::RateQuota) -> String {
+    let parts: Vec<String> = [("rpm", quota.rpm), ("tpm", quota.tpm)]
+        .into_iter()
+        .filter_map(|(unit, v)| v.map(|v| format!("{unit} {v}")))
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("{what} {}", parts.join(", "))
+    }
 }
 
 /// `[state]`, as printed: the variable the URL comes from, never the URL.
@@ -229,7 +244,7 @@ impl Report {
             }
             writeln!(
                 f,
-                "  {:width$}  priority {}, provider {}, upstream {:?}, USD/1k in {} out {}, window {}, max_tokens {}, {}",
+                "  {:width$}  priority {}, provider {}, upstream {:?}, USD/1k in {} out {}, window {}, max_tokens {}, {}{}",
                 spec.id,
                 spec.priority,
                 spec.provider,
@@ -242,7 +257,8 @@ impl Report {
                     "no streaming".to_owned()
                 } else {
                     caps.join(" + ")
-                }
+                },
+                per_minute(", quota", &spec.quota)
             )?;
         }
 
@@ -302,6 +318,12 @@ impl Report {
                 "  {}: nothing shared with other replicas",
                 self.state.backend
             )?,
+        }
+
+        writeln!(f, "\nlimits")?;
+        match &self.per_caller {
+            Some(quota) => writeln!(f, "  {}", per_minute("each caller", quota))?,
+            None => writeln!(f, "  callers: none")?,
         }
 
         writeln!(f, "\nevent sinks")?;

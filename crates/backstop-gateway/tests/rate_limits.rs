@@ -76,6 +76,11 @@ async fn a_model_at_its_rpm_quota_is_skipped_and_the_backup_answers() {
         }
     }
     assert_eq!(used, ["primary", "primary", "backup"]);
+    // A stream is skipped the same way, before its first byte.
+    let r = post(&gw, &body(true)).await;
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["x-backstop-model"], "backup");
+    assert_eq!(streamed_text(&events(r).await), ANSWER);
     assert_eq!(seen(&primary).await.len(), 2, "the quota was never passed");
 
     // With no backup left, the caller gets a clean 429 with the wait.
@@ -101,7 +106,7 @@ async fn a_model_at_its_rpm_quota_is_skipped_and_the_backup_answers() {
     assert_eq!(limits[0]["name"], "primary");
     assert_eq!(limits[0]["rpm"], 2);
     assert_eq!(limits[0]["requests"], 2);
-    assert_eq!(limits[0]["refused"], 2);
+    assert_eq!(limits[0]["refused"], 3);
     let metrics = reqwest::get(gw.url("/metrics"))
         .await
         .unwrap()
@@ -111,7 +116,7 @@ async fn a_model_at_its_rpm_quota_is_skipped_and_the_backup_answers() {
     for line in [
         "backstop_rate_limit_requests{scope=\"model\",name=\"primary\"} 2",
         "backstop_rate_limit_per_minute{scope=\"model\",name=\"primary\",unit=\"rpm\"} 2",
-        "backstop_rate_limit_refused_total{scope=\"model\",name=\"primary\"} 2",
+        "backstop_rate_limit_refused_total{scope=\"model\",name=\"primary\"} 3",
         "backstop_requests_total{scenario=\"solo\",outcome=\"rate_limited\"} 1",
     ] {
         assert!(metrics.contains(line), "{line} missing from\n{metrics}");

@@ -200,6 +200,7 @@ pub(crate) fn build(
         single_model_routes,
         probe: sinks.probe,
         state: state_entry(&fleet),
+        per_caller,
         sinks: sinks.choices.clone(),
         plugins,
         warnings: b.warnings.clone(),

@@ -27,6 +27,9 @@ fn without_limits_the_router_has_no_rate_limiter() {
         jail.create_file("c.toml", BASE)?;
         let resolved = load("c.toml").expect("loads");
         assert!(resolved.router.rate_limiter().is_none());
+        let report = resolved.report.to_string();
+        assert!(report.contains("\nlimits\n  callers: none\n"), "{report}");
+        assert!(!report.contains("quota"), "{report}");
         Ok(())
     });
 }
@@ -48,6 +51,12 @@ fn a_model_quota_and_a_caller_limit_reach_the_router() {
         assert_eq!(snapshot.len(), 1, "callers appear once they call");
         assert_eq!(snapshot[0].name, "primary");
         assert_eq!(snapshot[0].rpm, Some(500));
+        let report = resolved.report.to_string();
+        assert!(report.contains(", quota rpm 500, tpm 200000\n"), "{report}");
+        assert!(
+            report.contains("\nlimits\n  each caller rpm 60, tpm 100000\n"),
+            "{report}"
+        );
         Ok(())
     });
 }
