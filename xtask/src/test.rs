@@ -40,7 +40,7 @@ struct SystemNeed {
 #[rustfmt::skip]
 const SYSTEM_NEEDS: &[SystemNeed] = &[
     SystemNeed { binaries: &["redis-server"], packages: &["redis-server"], used_by: "backstop-fleet's tests against a real Redis" },
-    SystemNeed { binaries: &["chromium", "chromedriver"], packages: &["chromium", "chromium-driver"], used_by: "the gateway's dashboard test in headless Chromium" },
+    SystemNeed { binaries: &["chromium", "chromedriver", "kill"], packages: &["chromium", "chromium-driver", "procps"], used_by: "the gateway's dashboard tests in headless Chromium (kill stops its process group)" },
 ];
 
 /// Arguments of `cargo xtask test`.

@@ -7,8 +7,8 @@
 //! `dashboard-failure.png` when a wait gives up).
 //!
 //! `cargo xtask test` installs Debian's `chromium` and `chromium-driver`
-//! when `chromium` or `chromedriver` is missing; without them this test
-//! fails, it is not skipped.
+//! (and `procps` for `kill`) when `chromium`, `chromedriver` or `kill` is
+//! missing; without them these tests fail, they are not skipped.
 
 // A test fails loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
