@@ -18,7 +18,7 @@ use super::guard::{BudgetHold, CallGuard};
 use super::run::RunShared;
 use crate::chat::ChatRequest;
 use crate::error::{Attempt, AttemptOutcome, ProviderError};
-use crate::health::Admission;
+use crate::health::{Admission, CallOutcome};
 use crate::model::{ModelIndex, ModelSpec};
 use crate::provider::{Call, Provider};
 
@@ -135,7 +135,7 @@ pub(crate) async fn run_model<M: Mode>(
         index,
         level,
         mut permit,
-        hold,
+        mut hold,
     } = admitted;
     let spec = shared.spec(index);
     let policy = &shared.route.policy;
@@ -206,10 +206,16 @@ pub(crate) async fn run_model<M: Mode>(
                             Instant::now()
                         };
                         match shared.route.strategies.health.admit(index) {
-                            Admission::Admit(p) => {
+                            // A retry is one more upstream request: the
+                            // model's quota must have room for it too.
+                            Admission::Admit(p) if hold.retake_rate(index).await => {
                                 permit = p;
                                 retries_done += 1;
                                 continue;
+                            }
+                            Admission::Admit(p) => {
+                                shared.recorder().health(index, p, CallOutcome::Cancelled);
+                                Next::FallOver
                             }
                             // The failure opened the circuit: no retry.
                             Admission::Reject { .. } => Next::FallOver,

@@ -16,7 +16,7 @@ use crate::chat::Usage;
 use crate::error::FailureKind;
 use crate::health::{CallOutcome, Permit};
 use crate::model::ModelIndex;
-use crate::rate_limit::RateHold;
+use crate::rate_limit::{RateCall, RateHold, RateUse};
 
 /// Holds a model's budget reservation and its rate-limit hold until they
 /// are settled; a hold dropped unsettled (a cancelled call) is settled as
@@ -40,6 +40,47 @@ impl BudgetHold {
 
     pub(crate) fn settle(mut self, usage: Option<&Usage>) {
         self.settle_inner(usage);
+    }
+
+    /// Takes the model's rate limits again for a same-model retry (another
+    /// upstream request): the previous call's hold is settled as a failed
+    /// call, and the retry holds its own. `false` when the model's quota
+    /// refuses the retry (nothing is held for it; the request falls over).
+    pub(crate) async fn retake_rate(&mut self, index: ModelIndex) -> bool {
+        let shared = self.shared.clone();
+        let Some(limiter) = &shared.inner.rate_limiter else {
+            return true;
+        };
+        let Some((_, held)) = &mut self.reservation else {
+            return true;
+        };
+        let facts = shared.facts();
+        let spec = shared.spec(index);
+        let call = RateCall::of(
+            index,
+            &facts,
+            spec.effective_max_tokens(facts.max_tokens),
+            false,
+        );
+        let taken = if limiter.is_shared() {
+            limiter.acquire_shared(call).await
+        } else {
+            limiter.acquire(&call)
+        };
+        match taken {
+            Ok(hold) => {
+                if let Some(previous) = held.replace(hold) {
+                    shared
+                        .recorder()
+                        .rate_settle(previous, RateUse::Sent { tokens: 0 });
+                }
+                true
+            }
+            Err(over) => {
+                tracing::debug!(model = %shared.model_id(index), %over, "no retry: over a rate limit");
+                false
+            }
+        }
     }
 
     fn settle_inner(&mut self, usage: Option<&Usage>) {

@@ -15,6 +15,8 @@ use backstop_core::{
 use backstop_strategies::catalog;
 use serde_json::{Value, json};
 
+mod rate_limits;
+
 struct Chain {
     router: Router,
     clock: Arc<ManualClock>,
