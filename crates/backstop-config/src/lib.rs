@@ -50,6 +50,7 @@ mod dynamic;
 mod knob_docs;
 pub mod problem;
 mod registry;
+mod reload;
 mod report;
 mod resolved;
 mod schema;
@@ -65,6 +66,7 @@ pub use registry::{
     BudgetFactory, DuplicateType, FactoryError, FactoryIssue, HealthFactory, Origin,
     ProviderFactory, Registry, ResultFactory, SeamKind, SelectorFactory, StrategyFactory,
 };
+pub use reload::{Carried, ConfigFile, Handover, RestartRequired};
 pub use report::{
     ModelEntry, PluginEntry, ProviderEntry, Report, RouteEntry, ScenarioEntry, StateEntry,
     StrategyChoice,
@@ -76,6 +78,7 @@ pub use source::{ENV_PREFIX, Format};
 /// whoever serves them (`/metrics`, the status page): the gateway reaches
 /// the strategies through config, not around it.
 pub mod monitor {
+    pub use backstop_strategies::health::ProberHandle;
     pub use backstop_strategies::monitor::metrics::RecentFailure;
     pub use backstop_strategies::monitor::{
         AlertSink, AlertStatus, Metrics, Totals, render_router_state,
@@ -115,11 +118,21 @@ pub fn load(path: impl AsRef<Path>, registry: Registry) -> Result<Resolved, Prob
 /// [`load`] with explicit [`Options`].
 pub fn load_with(
     path: impl AsRef<Path>,
-    mut registry: Registry,
+    registry: Registry,
     options: Options,
 ) -> Result<Resolved, Problems> {
-    let sources = source::read(path.as_ref(), options.env).map_err(|p| Problems(vec![p]))?;
-    build::build(&sources, &mut registry, options.clock)
+    load_from(path.as_ref(), registry, &options, None)
+}
+
+/// The one way a file is read and built, first load and reload alike.
+fn load_from(
+    path: &Path,
+    mut registry: Registry,
+    options: &Options,
+    running: Option<&Handover>,
+) -> Result<Resolved, Problems> {
+    let sources = source::read(path, options.env).map_err(|p| Problems(vec![p]))?;
+    build::build(&sources, &mut registry, options.clock.clone(), running)
 }
 
 /// `backstop check --config FILE`: loads, validates and builds everything

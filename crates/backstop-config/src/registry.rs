@@ -147,6 +147,7 @@ pub struct DuplicateType {
 }
 
 /// One seam's factories by name.
+#[derive(Clone)]
 struct Seam<F> {
     name: &'static str,
     types: BTreeMap<String, (F, Origin)>,
@@ -182,6 +183,13 @@ impl<F: Clone> Seam<F> {
 }
 
 /// Every `type` name a configuration may use, by seam.
+///
+/// A clone knows the same types and shares the libraries already opened:
+/// a reload starts from a clone of the registry the gateway started with
+/// (so a plugin dropped from `[[plugins]]` no longer names types), and a
+/// plugin it names again is registered from the library already open,
+/// never opened twice.
+#[derive(Clone)]
 pub struct Registry {
     providers: BTreeMap<String, ProviderType>,
     selectors: Seam<SelectorFactory>,
@@ -190,6 +198,8 @@ pub struct Registry {
     results: Seam<ResultFactory>,
     /// Where new registrations come from (switched while a plugin loads).
     origin: Origin,
+    /// Plugin libraries opened so far, by path; shared by every clone.
+    libraries: crate::dynamic::Libraries,
 }
 
 impl fmt::Debug for Registry {
@@ -254,7 +264,18 @@ impl Registry {
             budgets: Seam::new("budget"),
             results: Seam::new("result"),
             origin: Origin::Builtin,
+            libraries: crate::dynamic::Libraries::default(),
         }
+    }
+
+    /// The plugin libraries opened so far (by this registry and its
+    /// clones), by the path they were opened from.
+    pub fn opened_plugins(&self) -> Vec<std::path::PathBuf> {
+        self.libraries.paths()
+    }
+
+    pub(crate) fn libraries(&self) -> &crate::dynamic::Libraries {
+        &self.libraries
     }
 
     /// Registers a provider type.

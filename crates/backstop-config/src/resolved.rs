@@ -162,6 +162,10 @@ pub struct Resolved {
     /// Things that work but deserve attention (no API keys, unused
     /// providers...), also listed in the report.
     pub warnings: Vec<Problem>,
+    /// The state this configuration hands to its successor on a reload,
+    /// and what it took over from its predecessor; keep it while it
+    /// serves (see [`ConfigFile::reload`](crate::ConfigFile::reload)).
+    pub handover: crate::reload::Handover,
 }
 
 impl Resolved {

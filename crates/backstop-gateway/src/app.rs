@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use axum::Router as HttpRouter;
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::IntoResponse;
@@ -44,6 +45,9 @@ pub struct GatewayOptions {
     /// Ids of the models served by `simulated` providers, which
     /// `POST /v1/backstop/simulated/{model}` may change.
     pub simulated_models: Vec<String>,
+    /// Reloads the configuration (`POST /v1/backstop/reload`, SIGHUP);
+    /// without it the endpoint answers that reloading is not available.
+    pub reloader: Option<Arc<crate::reload::Reloader>>,
 }
 
 impl Default for GatewayOptions {
@@ -54,13 +58,26 @@ impl Default for GatewayOptions {
             body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
             observers: Vec::new(),
             simulated_models: Vec::new(),
+            reloader: None,
         }
     }
 }
 
+/// What a reload replaces as one: the Router and what reads its state.
+pub struct Serving {
+    /// The Router.
+    pub router: Router,
+    /// Contributors to `/metrics` and the status page.
+    pub observers: Vec<Arc<dyn Observability>>,
+    /// Models a `simulated` provider serves.
+    pub simulated_models: Vec<String>,
+}
+
 /// The gateway: a Router behind an OpenAI-compatible HTTP API.
 pub struct Gateway {
-    router: Router,
+    /// Swapped whole by a reload (`arc-swap`: a request reads it without a
+    /// lock and keeps the Router it started on until it ends).
+    serving: ArcSwap<Serving>,
     options: GatewayOptions,
     id_prefix: String,
     next_id: AtomicU64,
@@ -69,17 +86,37 @@ pub struct Gateway {
 
 impl Gateway {
     /// A gateway in front of `router`.
-    pub fn new(router: Router, options: GatewayOptions) -> Arc<Self> {
+    pub fn new(router: Router, mut options: GatewayOptions) -> Arc<Self> {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-        Arc::new(Self {
+        let serving = Serving {
             router,
+            observers: std::mem::take(&mut options.observers),
+            simulated_models: std::mem::take(&mut options.simulated_models),
+        };
+        Arc::new(Self {
+            serving: ArcSwap::from_pointee(serving),
             options,
             id_prefix: format!("{:x}", seed & 0xff_ffff_ffff),
             next_id: AtomicU64::new(1),
             draining: AtomicBool::new(false),
         })
+    }
+
+    /// Serves `next` from now on. Requests already running finish on the
+    /// Router they started with.
+    pub fn swap(&self, next: Serving) {
+        self.serving.store(Arc::new(next));
+    }
+
+    /// Reloads the configuration file the gateway was started with: what
+    /// `POST /v1/backstop/reload` and SIGHUP do.
+    pub async fn reload(&self) -> Result<crate::reload::Reloaded, crate::reload::ReloadError> {
+        match &self.options.reloader {
+            Some(reloader) => reloader.reload(self).await,
+            None => Err(crate::reload::ReloadError::Unavailable),
+        }
     }
 
     /// The HTTP routes.
@@ -108,6 +145,7 @@ impl Gateway {
             .route("/metrics", get(introspect::metrics))
             .route("/v1/backstop/status", get(introspect::status))
             .merge(crate::dashboard::routes())
+            .route("/v1/backstop/reload", post(crate::reload::reload))
             .fallback(|uri: Uri| async move { ApiError::no_route(uri.path()).into_response() })
             .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
                 ApiError::method_not_allowed(method.as_str(), uri.path()).into_response()
@@ -115,9 +153,10 @@ impl Gateway {
             .with_state(self.clone())
     }
 
-    /// The Router.
-    pub fn router(&self) -> &Router {
-        &self.router
+    /// The Router new requests run on (a reload may replace it; a request
+    /// keeps the one it got).
+    pub fn router(&self) -> Router {
+        self.serving.load().router.clone()
     }
 
     /// The caller keys.
@@ -136,13 +175,13 @@ impl Gateway {
     }
 
     /// Contributors to metrics and status.
-    pub fn observers(&self) -> &[Arc<dyn Observability>] {
-        &self.options.observers
+    pub fn observers(&self) -> Vec<Arc<dyn Observability>> {
+        self.serving.load().observers.clone()
     }
 
     /// Models a `simulated` provider serves.
-    pub fn simulated_models(&self) -> &[String] {
-        &self.options.simulated_models
+    pub fn simulated_models(&self) -> Vec<String> {
+        self.serving.load().simulated_models.clone()
     }
 
     /// Marks the gateway as shutting down: `/readyz` turns 503 so load
@@ -174,14 +213,14 @@ impl Gateway {
     /// when the earliest of them admits a trial call.
     pub fn route_error(&self, error: RouteError) -> ApiError {
         let retry_after = self.circuits_reopen_after(&error);
+        let router = self.router();
         let api = ApiError::from_route(error, || {
-            let mut names: Vec<String> = self
-                .router
+            let mut names: Vec<String> = router
                 .scenario_names()
                 .iter()
                 .map(|n| n.to_string())
                 .collect();
-            names.extend(self.router.models().iter().map(|m| m.id.clone()));
+            names.extend(router.models().iter().map(|m| m.id.clone()));
             names.join(", ")
         });
         match retry_after {
@@ -204,8 +243,9 @@ impl Gateway {
         if !all_open {
             return None;
         }
-        let route = self.router.route(&all.scenario)?;
-        let ctx = self.router.context();
+        let router = self.router();
+        let route = router.route(&all.scenario)?;
+        let ctx = router.context();
         all.attempts
             .iter()
             .filter_map(|a| ctx.index_of(&a.model))

@@ -72,7 +72,7 @@ pub async fn models(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> 
     if let Err(e) = gateway.keys().authenticate(&headers) {
         return e.into_response();
     }
-    let router = gateway.router();
+    let router = &gateway.router();
     let mut data = Vec::new();
     for name in router.scenario_names() {
         let chain: Vec<&str> = router
@@ -114,7 +114,7 @@ pub async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
             &json!({"status": "draining"}),
         );
     }
-    let router = gateway.router();
+    let router = &gateway.router();
     let mut unready = Vec::new();
     for name in router.scenario_names() {
         let Some(route) = router.route(name) else {
@@ -143,7 +143,7 @@ pub async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
-    let router = gateway.router();
+    let router = &gateway.router();
     let mut out = String::with_capacity(8192);
     // Circuits by route and model, their windows, budgets and latency
     // estimates.
@@ -298,7 +298,7 @@ pub struct AlertWindow {
 
 /// The status document.
 pub fn status_document(gateway: &Gateway) -> StatusDocument {
-    let router = gateway.router();
+    let router = &gateway.router();
     let policies = health_policies(router);
     let latency = &router.context().latency;
     let now_unix_ms = router.context().clock.unix_ms();

@@ -13,6 +13,9 @@
 //!   `/v1/backstop/status`.
 //! - `GET /dashboard`: a live page of circuits, fallbacks, budgets and the
 //!   fleet store, drawn from the status document.
+//! - `POST /v1/backstop/reload` (and SIGHUP): re-read the configuration
+//!   file, validated like `backstop check`, and swap it in atomically,
+//!   handing unchanged strategies their running state.
 //! - `POST /v1/backstop/simulated/{model}`: break or restore a model of a
 //!   `simulated` provider while the gateway runs (the quickstart's demo).
 //! - Bearer-key auth, a body limit, a header read timeout, graceful
@@ -27,8 +30,9 @@ pub mod doors;
 pub mod introspect;
 pub mod log_summary;
 pub mod observe;
+pub mod reload;
 pub mod server;
 #[cfg(feature = "simulated")]
 mod simulated;
 
-pub use app::{DEFAULT_BODY_LIMIT, Gateway, GatewayOptions, Observability};
+pub use app::{DEFAULT_BODY_LIMIT, Gateway, GatewayOptions, Observability, Serving};

@@ -1,6 +1,7 @@
 //! `backstop`: the gateway binary.
 //!
-//! - `backstop serve --config FILE`: serve the OpenAI-compatible API.
+//! - `backstop serve --config FILE`: serve the OpenAI-compatible API;
+//!   SIGHUP (or `POST /v1/backstop/reload`) reloads FILE without a restart.
 //! - `backstop check --config FILE [--connect]`: load, validate and build
 //!   everything `serve` would, print the resolved scenarios, exit 0; or
 //!   print every problem with its file and key path and exit 1. With
@@ -12,12 +13,10 @@ use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use backstop_config::{Registry, Resolved};
+use backstop_config::{ConfigFile, Registry, Resolved};
 use backstop_gateway::auth::ApiKeys;
-use backstop_gateway::dashboard::HistoryObserver;
-use backstop_gateway::observe::{AlertObserver, MetricsObserver, StateObserver};
+use backstop_gateway::reload::Reloader;
 use backstop_gateway::server::{ServeOptions, serve, shutdown_signal};
 use backstop_gateway::{Gateway, GatewayOptions};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -191,7 +190,12 @@ fn serve_command(config: PathBuf, listen: Option<SocketAddr>) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let resolved = match backstop_config::load(&config, Registry::builtin()) {
+        let file = ConfigFile::new(
+            config,
+            Registry::builtin(),
+            backstop_config::Options::default(),
+        );
+        let resolved = match file.load() {
             Ok(resolved) => resolved,
             Err(problems) => {
                 eprintln!("{problems}");
@@ -210,11 +214,16 @@ fn serve_command(config: PathBuf, listen: Option<SocketAddr>) -> ExitCode {
             }
         };
         let bound = listener.local_addr().unwrap_or(address);
-        run(resolved, listener, bound).await
+        run(file, resolved, listener, bound).await
     })
 }
 
-async fn run(resolved: Resolved, listener: tokio::net::TcpListener, bound: SocketAddr) -> ExitCode {
+async fn run(
+    file: ConfigFile,
+    resolved: Resolved,
+    listener: tokio::net::TcpListener,
+    bound: SocketAddr,
+) -> ExitCode {
     // The fleet's store first: the prober's leases and the circuits'
     // publications go through it.
     let _fleet = match resolved.fleet.start().await {
@@ -236,27 +245,24 @@ async fn run(resolved: Resolved, listener: tokio::net::TcpListener, bound: Socke
         max_connections: resolved.server.max_connections,
     };
     let summary = summary(&resolved);
-    let simulated_models = simulated_models(&resolved);
-    let _prober = resolved.spawn_prober();
-    let _summary = resolved
-        .server
-        .log_summary
-        .map(|every| backstop_gateway::log_summary::spawn(resolved.metrics.clone(), every));
+    // The prober and the log summary run under the reloader, which
+    // replaces them with the configuration.
+    let (reloader, serving) = Reloader::start(file, &resolved);
     let gateway = Gateway::new(
-        resolved.router,
+        serving.router,
         GatewayOptions {
             keys,
             body_limit: resolved.server.body_limit_bytes,
             body_read_timeout: resolved.server.body_read_timeout,
-            observers: vec![
-                HistoryObserver::spawn(resolved.metrics.clone()),
-                Arc::new(MetricsObserver(resolved.metrics)),
-                Arc::new(AlertObserver(resolved.alerts)),
-                Arc::new(StateObserver(resolved.fleet.clone())),
-            ],
-            simulated_models,
+            observers: serving.observers,
+            simulated_models: serving.simulated_models,
+            reloader: Some(reloader),
         },
     );
+    #[cfg(unix)]
+    let _hangups = AbortOnDrop(tokio::spawn(backstop_gateway::reload::reload_on_sighup(
+        gateway.clone(),
+    )));
     say(&format!("backstop listening on http://{bound}"));
     say(&summary);
     tracing::info!(%bound, "listening");
@@ -270,20 +276,13 @@ async fn run(resolved: Resolved, listener: tokio::net::TcpListener, bound: Socke
     ExitCode::SUCCESS
 }
 
-/// The models whose provider is of type `simulated`.
-fn simulated_models(resolved: &Resolved) -> Vec<String> {
-    let report = &resolved.report;
-    report
-        .models
-        .iter()
-        .filter(|m| {
-            report
-                .providers
-                .iter()
-                .any(|p| p.id == m.spec.provider && p.type_name == "simulated")
-        })
-        .map(|m| m.spec.id.clone())
-        .collect()
+/// Stops a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// One line: every scenario and its chain.

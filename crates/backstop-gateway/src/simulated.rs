@@ -30,7 +30,7 @@ pub async fn set(
     }
     let simulated = gateway.simulated_models();
     if !simulated.contains(&model) {
-        return ApiError::not_simulated(&model, simulated).into_response();
+        return ApiError::not_simulated(&model, &simulated).into_response();
     }
     let change: Override = if body.iter().all(u8::is_ascii_whitespace) {
         Override::default()

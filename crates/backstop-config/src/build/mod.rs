@@ -27,11 +27,14 @@ use serde::de::DeserializeOwned;
 use crate::decode::{Decoded, decode};
 use crate::problem::{KeyPath, Problem, Problems, did_you_mean, list};
 use crate::registry::Registry;
+use crate::reload::{Carried, Handover};
 use crate::report::Report;
 use crate::report::StateEntry;
 use crate::resolved::{FleetBackend, Resolved};
 use crate::schema::SECTIONS;
 use crate::source::Sources;
+
+pub(crate) use strategies::Pools;
 
 /// Collects problems and warnings while resolving.
 pub(crate) struct Builder<'a> {
@@ -102,11 +105,14 @@ impl<'a> Builder<'a> {
 }
 
 /// Resolves the merged configuration into a Router and everything else a
-/// gateway needs. Loads the `[[plugins]]` into `registry` first.
+/// gateway needs. Loads the `[[plugins]]` into `registry` first. On a
+/// reload, `running` is what the configuration now serving hands over (see
+/// [`crate::reload`]); the checks are the same either way.
 pub(crate) fn build(
     src: &Sources,
     registry: &mut Registry,
     clock: SharedClock,
+    running: Option<&Handover>,
 ) -> Result<Resolved, Problems> {
     let mut b = Builder::new(src);
     b.check_sections();
@@ -114,7 +120,8 @@ pub(crate) fn build(
     let plugins = b.plugins(registry);
     let registry: &Registry = registry;
 
-    let providers = b.providers(registry);
+    let running_providers = running.map_or(&[][..], |r| &r.providers[..]);
+    let providers = b.providers(registry, running_providers);
     let mut models = b.models(&providers);
     // Models served by a stand-in provider (a template) are last resorts:
     // the Router tries them after every other model, whatever a latency-
@@ -128,12 +135,27 @@ pub(crate) fn build(
 
     let model_ids: Vec<String> = models.specs.iter().map(|m| m.id.clone()).collect();
     let fleet = b.state(&model_ids);
-    let ctx = StrategyContext::new(models.specs.clone(), clock).with_fleet(
-        fleet
-            .as_ref()
-            .map_or_else(|| FleetBackend::Local.state(), FleetBackend::state),
-    );
-    let mut pools = strategies::Pools::new();
+    let state = fleet.as_ref().map(state_entry);
+    // A reload keeps the running store (its connection and subscription
+    // were started with the server); a change of `[state]` waits for a
+    // restart.
+    let fleet = match running {
+        Some(r) => fleet.map(|_| r.fleet.clone()),
+        None => fleet,
+    };
+    let handed_ctx = running.and_then(|r| r.context_for(&models.specs));
+    let ctx = match &handed_ctx {
+        Some(ctx) => ctx.clone(),
+        None => StrategyContext::new(models.specs.clone(), clock).with_fleet(
+            fleet
+                .as_ref()
+                .map_or_else(|| FleetBackend::Local.state(), FleetBackend::state),
+        ),
+    };
+    let mut pools = match (running, &handed_ctx) {
+        (Some(r), Some(_)) => Pools::handing_over(&r.pools),
+        _ => Pools::new(),
+    };
     let defaults = b.default_strategies(&section, registry, &ctx, &mut pools);
     let scenarios = b.scenarios(
         registry,
@@ -144,15 +166,15 @@ pub(crate) fn build(
         defaults.as_ref(),
         &default_policy,
     );
-    let sinks = b.sinks(&section, &ctx);
+    let sinks = b.sinks(&section, &ctx, running.filter(|_| handed_ctx.is_some()));
     let per_caller = b.limits();
 
     if !b.problems.is_empty() {
         return Err(Problems(b.problems));
     }
     // Everything below only assembles what was checked above.
-    let (Some(defaults), Some(scenarios), Some(sinks), Some(fleet)) =
-        (defaults, scenarios, sinks, fleet)
+    let (Some(defaults), Some(scenarios), Some(sinks), Some(fleet), Some(state)) =
+        (defaults, scenarios, sinks, fleet, state)
     else {
         // Unreachable in practice: each of them is `None` only after a
         // problem was reported.
@@ -190,6 +212,49 @@ pub(crate) fn build(
         .filter(|m| !scenarios.routes.iter().any(|s| s.scenario.name == m.id))
         .map(|m| m.id.clone())
         .collect();
+    let mut server = server;
+    let mut carried = Carried::default();
+    if let Some(r) = running {
+        carried.restart_required =
+            crate::reload::restart_required((&r.server, &r.state), (&server, &state));
+        // What only a restart changes keeps its running value, so that
+        // what is reported is what runs.
+        let api_keys = (r.server.api_keys_env.clone(), r.server.api_keys.clone());
+        server = crate::resolved::ServerSettings {
+            listen: r.server.listen,
+            max_connections: r.server.max_connections,
+            header_read_timeout: r.server.header_read_timeout,
+            shutdown_grace: r.server.shutdown_grace,
+            body_limit_bytes: r.server.body_limit_bytes,
+            body_read_timeout: r.server.body_read_timeout,
+            api_keys_env: api_keys.0,
+            api_keys: api_keys.1,
+            ..server
+        };
+        carried.models_unchanged = handed_ctx.is_some();
+        if carried.models_unchanged {
+            carried.kept.push("latency estimates".to_owned());
+        } else {
+            carried.built.push("latency estimates".to_owned());
+        }
+        for (name, kept) in [
+            ("metrics", Arc::ptr_eq(&sinks.metrics, &r.metrics)),
+            ("alerts", Arc::ptr_eq(&sinks.alerts, &r.alerts.1)),
+        ] {
+            let list = if kept {
+                &mut carried.kept
+            } else {
+                &mut carried.built
+            };
+            list.push(name.to_owned());
+        }
+        crate::reload::describe_pools(
+            &mut carried,
+            &pools,
+            providers.iter().map(|p| (p.id.clone(), p.handed_over)),
+        );
+    }
+    let state = running.map_or(state, |r| r.state.clone());
     let report = Report {
         file: src.file.clone(),
         server: server.clone(),
@@ -199,11 +264,25 @@ pub(crate) fn build(
         defaults: defaults.entry(default_policy),
         single_model_routes,
         probe: sinks.probe,
-        state: state_entry(&fleet),
+        state: state.clone(),
         per_caller,
         sinks: sinks.choices.clone(),
         plugins,
         warnings: b.warnings.clone(),
+    };
+    let handover = Handover {
+        ctx,
+        providers: providers
+            .iter()
+            .filter_map(|p| Some((p.key.clone(), Arc::clone(p.provider.as_ref()?))))
+            .collect(),
+        metrics: Arc::clone(&sinks.metrics),
+        alerts: (sinks.alerts_table.clone(), Arc::clone(&sinks.alerts)),
+        fleet: fleet.clone(),
+        state,
+        server: server.clone(),
+        carried,
+        pools: Arc::new(pools),
     };
     Ok(Resolved {
         router,
@@ -212,10 +291,11 @@ pub(crate) fn build(
         alerts: sinks.alerts,
         probe: sinks.probe,
         fleet,
-        health_policies: pools.health.instances(),
+        health_policies: handover.pools.health.instances(),
         prober: sinks.prober,
         report,
         warnings: b.warnings,
+        handover,
     })
 }
 

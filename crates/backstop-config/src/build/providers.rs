@@ -19,12 +19,23 @@ pub(crate) struct BuiltProvider {
     pub stands_in: bool,
     /// The provider, when it could be built.
     pub provider: Option<Arc<dyn Provider>>,
+    /// Its table (`type` and the rest, as JSON): on a reload, a provider
+    /// whose table did not change is handed over, connections and all.
+    pub key: String,
+    /// Whether it was handed over from the configuration being replaced.
+    pub handed_over: bool,
     /// What the report shows, when its type is known.
     pub entry: Option<ProviderEntry>,
 }
 
 impl Builder<'_> {
-    pub(super) fn providers(&mut self, registry: &Registry) -> Vec<BuiltProvider> {
+    /// Every provider; on a reload, `previous` holds the running ones by
+    /// table, handed over to a table that did not change.
+    pub(super) fn providers(
+        &mut self,
+        registry: &Registry,
+        previous: &[(String, Arc<dyn Provider>)],
+    ) -> Vec<BuiltProvider> {
         let path = KeyPath::root().key("providers");
         let Some(value) = self.section("providers") else {
             return Vec::new();
@@ -39,6 +50,8 @@ impl Builder<'_> {
                 id: id.to_owned(),
                 stands_in: false,
                 provider: None,
+                key: String::new(),
+                handed_over: false,
                 entry: None,
             };
             let Some(table) = dict.get(id).and_then(|v| self.table(&at, v, "a table")) else {
@@ -52,7 +65,12 @@ impl Builder<'_> {
             provider.stands_in = registry.stands_in(&type_name);
             let config = self.factory_config(table);
             let reported = self.secret_variables(&at, table);
-            if let Some(factory) = registry.provider_factory(&type_name) {
+            provider.key = format!("{type_name}\u{0}{config}");
+            let running = previous.iter().find(|(key, _)| *key == provider.key);
+            if let (Some((_, running)), true) = (running, reported.is_empty()) {
+                provider.provider = Some(Arc::clone(running));
+                provider.handed_over = true;
+            } else if let Some(factory) = registry.provider_factory(&type_name) {
                 match factory(&config) {
                     Ok(p) => provider.provider = Some(p),
                     Err(mut e) => {

@@ -14,6 +14,7 @@ use super::Builder;
 use crate::builtin::strategy_error;
 use crate::decode::{Decoded, parse_config};
 use crate::problem::KeyPath;
+use crate::reload::Handover;
 use crate::report::StrategyChoice;
 use crate::resolved::ProbeSettings;
 use crate::schema::StrategiesSection;
@@ -22,6 +23,8 @@ use crate::schema::StrategiesSection;
 pub(crate) struct Sinks {
     pub metrics: Arc<Metrics>,
     pub alerts: Arc<AlertSink>,
+    /// The `[alerts]` table the alert sink was built from.
+    pub alerts_table: serde_json::Value,
     pub prober: ActiveProbe,
     pub probe: ProbeSettings,
     pub choices: Vec<StrategyChoice>,
@@ -37,18 +40,25 @@ impl Sinks {
 }
 
 impl Builder<'_> {
+    /// The sinks and the prober. On a reload whose model table did not
+    /// change, `running` hands over its metrics (they keep counting) and
+    /// its alert sink when `[alerts]` did not change either.
     pub(super) fn sinks(
         &mut self,
         section: &Decoded<StrategiesSection>,
         ctx: &StrategyContext,
+        running: Option<&Handover>,
     ) -> Option<Sinks> {
         let empty = serde_json::Value::Object(serde_json::Map::new());
-        let metrics = match Metrics::new(MetricsConfig::default(), ctx) {
-            Ok(metrics) => Some(Arc::new(metrics)),
-            Err(e) => {
-                self.factory_problem(&KeyPath::root(), "metrics sink", strategy_error(e));
-                None
-            }
+        let metrics = match running {
+            Some(r) => Some(Arc::clone(&r.metrics)),
+            None => match Metrics::new(MetricsConfig::default(), ctx) {
+                Ok(metrics) => Some(Arc::new(metrics)),
+                Err(e) => {
+                    self.factory_problem(&KeyPath::root(), "metrics sink", strategy_error(e));
+                    None
+                }
+            },
         };
 
         let path = KeyPath::root().key("alerts");
@@ -61,6 +71,11 @@ impl Builder<'_> {
             }),
         };
         let alerts = alerts_table.as_ref().and_then(|table| {
+            if let Some((running_table, sink)) = running.map(|r| &r.alerts)
+                && running_table == table
+            {
+                return Some(Arc::clone(sink));
+            }
             let built = parse_config::<AlertConfig>(table).and_then(|config| {
                 let url = config.webhook_url.clone();
                 let timeout = Duration::from_millis(config.webhook_timeout_ms);
@@ -113,6 +128,7 @@ impl Builder<'_> {
         Some(Sinks {
             metrics,
             alerts,
+            alerts_table: alerts_table.clone().unwrap_or_default(),
             prober,
             probe,
             choices: vec![

@@ -16,38 +16,83 @@ use crate::problem::{KeyPath, did_you_mean, list};
 use crate::registry::{FactoryError, Registry, SeamKind, StrategyFactory};
 use crate::report::{RouteEntry, StrategyChoice};
 use crate::schema::StrategiesSection;
-/// Built strategies of one seam, by their table.
+/// Built strategies of one seam, by their table (its `type` and the rest
+/// of it, as JSON).
 pub(crate) struct Pool<T: ?Sized> {
-    entries: Vec<(String, Arc<T>)>,
+    entries: Vec<PoolEntry<T>>,
+    /// On a reload: the instances of the configuration being replaced, by
+    /// table. A table asking for the same is handed the running instance,
+    /// state and all, instead of a new one.
+    previous: Vec<(String, Arc<T>)>,
+}
+
+struct PoolEntry<T: ?Sized> {
+    key: String,
+    instance: Arc<T>,
+    /// Whether it was handed over from the configuration being replaced.
+    handed_over: bool,
 }
 
 impl<T: ?Sized> Default for Pool<T> {
     fn default() -> Self {
         Self {
             entries: Vec::new(),
+            previous: Vec::new(),
         }
     }
 }
 
 impl<T: ?Sized> Pool<T> {
-    /// The instance built from this table, building it the first time.
-    /// Instances are numbered from 1 in the order they were built.
+    /// An empty pool that hands over `previous`'s instances to the tables
+    /// that ask for them again.
+    pub fn handing_over(previous: &Pool<T>) -> Self {
+        Self {
+            entries: Vec::new(),
+            previous: previous
+                .entries
+                .iter()
+                .map(|e| (e.key.clone(), Arc::clone(&e.instance)))
+                .collect(),
+        }
+    }
+
+    /// The instance built from this table: the one already built (or
+    /// handed over), else a new one. Instances are numbered from 1 in the
+    /// order they were first asked for.
     fn get_or_build(
         &mut self,
         key: String,
         build: impl FnOnce() -> Result<Arc<T>, FactoryError>,
     ) -> Result<(Arc<T>, usize), FactoryError> {
-        if let Some(i) = self.entries.iter().position(|(k, _)| *k == key) {
-            return Ok((Arc::clone(&self.entries[i].1), i + 1));
+        if let Some(i) = self.entries.iter().position(|e| e.key == key) {
+            return Ok((Arc::clone(&self.entries[i].instance), i + 1));
         }
-        let built = build()?;
-        self.entries.push((key, Arc::clone(&built)));
-        Ok((built, self.entries.len()))
+        let (instance, handed_over) = match self.previous.iter().find(|(k, _)| *k == key) {
+            Some((_, running)) => (Arc::clone(running), true),
+            None => (build()?, false),
+        };
+        self.entries.push(PoolEntry {
+            key,
+            instance: Arc::clone(&instance),
+            handed_over,
+        });
+        Ok((instance, self.entries.len()))
     }
 
     /// Every distinct instance.
     pub fn instances(&self) -> Vec<Arc<T>> {
-        self.entries.iter().map(|(_, t)| Arc::clone(t)).collect()
+        self.entries
+            .iter()
+            .map(|e| Arc::clone(&e.instance))
+            .collect()
+    }
+
+    /// Each instance's type, number and whether it was handed over.
+    pub fn handovers(&self) -> impl Iterator<Item = (&str, usize, bool)> {
+        self.entries.iter().enumerate().map(|(i, e)| {
+            let type_name = e.key.split('\u{0}').next().unwrap_or_default();
+            (type_name, i + 1, e.handed_over)
+        })
     }
 }
 
@@ -68,6 +113,29 @@ impl Pools {
             budget: Pool::default(),
             result: Pool::default(),
         }
+    }
+
+    /// Empty pools that hand over `previous`'s instances (a reload whose
+    /// model table did not change).
+    pub fn handing_over(previous: &Pools) -> Self {
+        Self {
+            selector: Pool::handing_over(&previous.selector),
+            health: Pool::handing_over(&previous.health),
+            budget: Pool::handing_over(&previous.budget),
+            result: Pool::handing_over(&previous.result),
+        }
+    }
+
+    /// What each seam's instances are and whether they were handed over.
+    pub fn handovers(&self) -> Vec<(SeamKind, &str, usize, bool)> {
+        let seam = |kind: SeamKind| move |(t, n, kept)| (kind, t, n, kept);
+        self.selector
+            .handovers()
+            .map(seam(SeamKind::Selector))
+            .chain(self.health.handovers().map(seam(SeamKind::Health)))
+            .chain(self.budget.handovers().map(seam(SeamKind::Budget)))
+            .chain(self.result.handovers().map(seam(SeamKind::Result)))
+            .collect()
     }
 }
 

@@ -9,6 +9,7 @@ mod example;
 mod layering;
 mod limits;
 mod plugins;
+mod reload;
 mod state;
 mod validation;
 

@@ -8,6 +8,8 @@ use backstop_core::{ChatRequest, RequestContext};
 use backstop_plugin::testing::{Profile, build_plugins};
 use figment::Jail;
 
+use backstop_config::{ConfigFile, Options, Registry};
+
 use crate::{load, problems};
 
 /// The example provider plugin (`echo`) and the round-robin selector
@@ -136,6 +138,49 @@ provider = "echo"
             found[4],
             r#"backstop.toml: providers.echo.replay: echo: unknown key "replay" (did you mean "reply"?); expected one of "reply", "latency_ms", "chunk_delay_ms""#
         );
+        Ok(())
+    });
+}
+
+#[test]
+fn a_reload_registers_plugin_types_from_the_libraries_already_open() {
+    let (echo, round_robin) = libraries();
+    Jail::expect_with(|jail| {
+        jail.create_file("backstop.toml", &config(echo, round_robin))?;
+        let file = ConfigFile::new("backstop.toml", Registry::builtin(), Options::default());
+        let first = file.load().map_err(|p| p.to_string())?;
+        assert_eq!(file.opened_plugins().len(), 2);
+
+        let second = file.reload(&first.handover).map_err(|p| p.to_string())?;
+        let chat = second.router.route("chat").expect("chat");
+        assert_eq!(chat.strategies.selector.name(), "round_robin");
+        let carried = second.handover.carried();
+        assert!(
+            carried.kept.iter().any(|k| k == "selector round_robin #2"),
+            "{carried:?}"
+        );
+        assert!(
+            carried.kept.iter().any(|k| k == "provider echo"),
+            "{carried:?}"
+        );
+
+        // Dropped from [[plugins]], its types are unknown to the reload...
+        let without =
+            config(echo, round_robin).replacen(&format!("[[plugins]]\npath = {echo:?}\n"), "", 1);
+        jail.create_file("backstop.toml", &without)?;
+        let refused = file
+            .reload(&second.handover)
+            .expect_err("echo is not registered")
+            .to_string();
+        assert!(
+            refused.contains(r#"unknown provider type "echo""#),
+            "{refused}"
+        );
+        // ...and named again, they come from the library already open.
+        jail.create_file("backstop.toml", &config(echo, round_robin))?;
+        file.reload(&second.handover).map_err(|p| p.to_string())?;
+        let opened = file.opened_plugins();
+        assert_eq!(opened.len(), 2, "no library opened twice: {opened:?}");
         Ok(())
     });
 }

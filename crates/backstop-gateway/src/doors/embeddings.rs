@@ -105,7 +105,7 @@ async fn answer(
     cx: RequestContext,
 ) -> Result<Response, ApiError> {
     let (request, format) = parse(bytes)?;
-    let router = gateway.router();
+    let router = &gateway.router();
     if router.route(&request.model).is_some() {
         let Some(dimensions) = route_dimensions(router, &request.model) else {
             return Err(ApiError::invalid_body(format!(

@@ -140,6 +140,8 @@ pub struct ActiveProbe {
     sinks: Vec<Arc<dyn EventSink>>,
     /// Whose probe lease decides which replica probes.
     fleet: Arc<dyn FleetState>,
+    /// Wait before the first round (zero: at once).
+    first_round: Duration,
 }
 
 impl ActiveProbe {
@@ -154,7 +156,17 @@ impl ActiveProbe {
             models: ctx.models.len(),
             sinks: Vec::new(),
             fleet: ctx.fleet.clone(),
+            first_round: Duration::ZERO,
         })
+    }
+
+    /// Waits `delay` before the first round instead of probing at once.
+    /// A gateway reloading its configuration starts the new prober one
+    /// interval late, so that replacing the prober adds no round.
+    #[must_use]
+    pub fn first_round_after(mut self, delay: Duration) -> Self {
+        self.first_round = delay;
+        self
     }
 
     /// Builds one from its config table.
@@ -186,7 +198,7 @@ impl ActiveProbe {
     }
 
     async fn run(self, router: Router, policies: Vec<PolicyRoutes>) {
-        let mut ticks = tokio::time::interval(self.interval);
+        let mut ticks = tokio::time::interval_at(Instant::now() + self.first_round, self.interval);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         // `None`: another replica of the fleet holds the model's probe lease.
         let mut probes: JoinSet<(ModelIndex, Option<Result<Duration, ProbeError>>)> =
