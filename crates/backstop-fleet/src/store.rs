@@ -349,8 +349,9 @@ pub struct RedisState {
     queue: mpsc::Sender<Write>,
     queued: Mutex<Option<mpsc::Receiver<Write>>>,
     listeners: Mutex<Vec<Weak<dyn CircuitListener>>>,
-    /// Windows of counts the fleet sums.
-    counts: Mutex<Vec<Arc<SharedCounts>>>,
+    /// Windows of counts the fleet sums, held weakly: a window lives as
+    /// long as the alert sink that counts into it.
+    counts: Mutex<Vec<Weak<SharedCounts>>>,
     publish_script: Script,
     lease_script: Script,
     reserve_script: Script,
@@ -613,11 +614,13 @@ impl RedisState {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            let windows: Vec<Arc<SharedCounts>> = self
-                .counts
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone();
+            // Held weakly: the window of an alert sink a reload replaced
+            // is dropped with it, not refreshed for ever.
+            let windows: Vec<Arc<SharedCounts>> = {
+                let mut held = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+                held.retain(|w| w.strong_count() > 0);
+                held.iter().filter_map(Weak::upgrade).collect()
+            };
             for window in windows {
                 self.refresh(&window).await;
             }
@@ -964,7 +967,7 @@ impl FleetState for RedisState {
         self.counts
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(counts);
+            .push(Arc::downgrade(&counts));
     }
 
     fn flush_counts(&self, counts: &Arc<SharedCounts>) {
