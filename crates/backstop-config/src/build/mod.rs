@@ -166,7 +166,7 @@ pub(crate) fn build(
         defaults.as_ref(),
         &default_policy,
     );
-    let sinks = b.sinks(&section, &ctx, running.filter(|_| handed_ctx.is_some()));
+    let sinks = b.sinks(&section, &ctx, running, handed_ctx.is_some());
     let per_caller = b.limits();
 
     if !b.problems.is_empty() {
@@ -237,8 +237,13 @@ pub(crate) fn build(
         } else {
             carried.built.push("latency estimates".to_owned());
         }
+        let metrics = if carried.models_unchanged {
+            "metrics"
+        } else {
+            "metrics (the counters of models kept)"
+        };
         for (name, kept) in [
-            ("metrics", Arc::ptr_eq(&sinks.metrics, &r.metrics)),
+            (metrics, true),
             ("alerts", Arc::ptr_eq(&sinks.alerts, &r.alerts.1)),
         ] {
             let list = if kept {

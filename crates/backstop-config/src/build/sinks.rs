@@ -40,25 +40,30 @@ impl Sinks {
 }
 
 impl Builder<'_> {
-    /// The sinks and the prober. On a reload whose model table did not
-    /// change, `running` hands over its metrics (they keep counting) and
-    /// its alert sink when `[alerts]` did not change either.
+    /// The sinks and the prober. On a reload (`running`) the metrics go on
+    /// counting: the running sink itself while the model table is
+    /// unchanged (`same_models`), else one that shares the counters of the
+    /// models and scenarios both configurations have. The alert sink is
+    /// kept while the model table and `[alerts]` are unchanged.
     pub(super) fn sinks(
         &mut self,
         section: &Decoded<StrategiesSection>,
         ctx: &StrategyContext,
         running: Option<&Handover>,
+        same_models: bool,
     ) -> Option<Sinks> {
         let empty = serde_json::Value::Object(serde_json::Map::new());
         let metrics = match running {
-            Some(r) => Some(Arc::clone(&r.metrics)),
-            None => match Metrics::new(MetricsConfig::default(), ctx) {
-                Ok(metrics) => Some(Arc::new(metrics)),
-                Err(e) => {
-                    self.factory_problem(&KeyPath::root(), "metrics sink", strategy_error(e));
-                    None
-                }
-            },
+            Some(r) if same_models => Ok(Arc::clone(&r.metrics)),
+            Some(r) => Metrics::continuing(&r.metrics, MetricsConfig::default(), ctx).map(Arc::new),
+            None => Metrics::new(MetricsConfig::default(), ctx).map(Arc::new),
+        };
+        let metrics = match metrics {
+            Ok(metrics) => Some(metrics),
+            Err(e) => {
+                self.factory_problem(&KeyPath::root(), "metrics sink", strategy_error(e));
+                None
+            }
         };
 
         let path = KeyPath::root().key("alerts");
@@ -71,7 +76,7 @@ impl Builder<'_> {
             }),
         };
         let alerts = alerts_table.as_ref().and_then(|table| {
-            if let Some((running_table, sink)) = running.map(|r| &r.alerts)
+            if let Some((running_table, sink)) = running.filter(|_| same_models).map(|r| &r.alerts)
                 && running_table == table
             {
                 return Some(Arc::clone(sink));

@@ -359,3 +359,48 @@ async fn the_handed_over_router_still_answers() {
         .expect("the template answers");
     assert_eq!(&*answer.outcome.model_used, "rules");
 }
+
+#[test]
+fn metrics_keep_counting_when_the_model_table_changes() {
+    Jail::expect_with(|jail| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let ask = |resolved: &Resolved| {
+            runtime
+                .block_on(
+                    resolved
+                        .router
+                        .complete(ChatRequest::user("cheap", "hi"), RequestContext::default()),
+                )
+                .expect("the template answers");
+        };
+        jail.create_file("c.toml", BASE)?;
+        let file = file();
+        let first = file.load().expect("loads");
+        ask(&first);
+        jail.create_file(
+            "c.toml",
+            &(BASE.to_owned() + "\n[models.big]\nprovider = \"primary\"\npriority = 3\n"),
+        )?;
+        let second = file.reload(&first.handover).expect("reloads");
+        assert!(!second.handover.carried().models_unchanged);
+        assert_eq!(
+            second.metrics.totals().requests,
+            1,
+            "counted before the reload"
+        );
+        // A request still running on the old Router is counted by both.
+        ask(&first);
+        ask(&second);
+        assert_eq!(second.metrics.totals().requests, 3);
+        let mut text = String::new();
+        second.metrics.render_prometheus(&mut text);
+        assert!(
+            text.contains("backstop_attempts_total{model=\"rules\",outcome=\"ok\"} 3"),
+            "{text}"
+        );
+        Ok(())
+    });
+}

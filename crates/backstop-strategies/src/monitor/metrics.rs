@@ -291,6 +291,17 @@ struct ScenarioMetrics {
     latency: Histogram,
 }
 
+impl ModelMetrics {
+    fn new() -> Self {
+        Self {
+            attempts: std::array::from_fn(|_| AtomicU64::new(0)),
+            latency: Histogram::new(),
+            transitions: std::array::from_fn(|_| AtomicU64::new(0)),
+            recent: RecentFailures::default(),
+        }
+    }
+}
+
 impl ScenarioMetrics {
     fn new() -> Self {
         Self {
@@ -308,14 +319,15 @@ const OTHER_SCENARIO: &str = "_other";
 pub struct Metrics {
     model_ids: Box<[Box<str>]>,
     by_id: HashMap<Box<str>, usize>,
-    models: Box<[ModelMetrics]>,
+    /// Shared with a successor built by [`Metrics::continuing`].
+    models: Box<[Arc<ModelMetrics>]>,
     /// Fallbacks by level; the last slot counts deeper levels.
-    fallbacks: Box<[AtomicU64]>,
+    fallbacks: Arc<[AtomicU64]>,
     hasher: RandomState,
     scenarios: [RwLock<HashMap<Box<str>, Arc<ScenarioMetrics>>>; SHARDS],
     scenario_count: AtomicU64,
     max_scenarios: u64,
-    other: ScenarioMetrics,
+    other: Arc<ScenarioMetrics>,
     clock: SharedClock,
 }
 
@@ -334,12 +346,7 @@ impl Metrics {
             models: ctx
                 .models
                 .iter()
-                .map(|_| ModelMetrics {
-                    attempts: std::array::from_fn(|_| AtomicU64::new(0)),
-                    latency: Histogram::new(),
-                    transitions: std::array::from_fn(|_| AtomicU64::new(0)),
-                    recent: RecentFailures::default(),
-                })
+                .map(|_| Arc::new(ModelMetrics::new()))
                 .collect(),
             clock: ctx.clock.clone(),
             fallbacks: (0..=ctx.models.len().max(1))
@@ -349,8 +356,50 @@ impl Metrics {
             scenarios: std::array::from_fn(|_| RwLock::new(HashMap::new())),
             scenario_count: AtomicU64::new(0),
             max_scenarios: config.max_scenarios as u64,
-            other: ScenarioMetrics::new(),
+            other: Arc::new(ScenarioMetrics::new()),
         })
+    }
+
+    /// Metrics for the models of `ctx` that go on counting where
+    /// `previous` counts (a configuration reload): a model of both tables
+    /// and every scenario share their counters and histograms with
+    /// `previous`, so what the requests still running on the old Router
+    /// record is counted too; a new model starts at zero and a removed one
+    /// is no longer rendered. Fallbacks by level are shared when the
+    /// number of levels is the same, else carried over by value.
+    pub fn continuing(
+        previous: &Metrics,
+        config: MetricsConfig,
+        ctx: &StrategyContext,
+    ) -> Result<Self, StrategyError> {
+        let mut next = Self::new(config, ctx)?;
+        for (id, slot) in next.model_ids.iter().zip(next.models.iter_mut()) {
+            if let Some(&i) = previous.by_id.get(id)
+                && let Some(running) = previous.models.get(i)
+            {
+                *slot = Arc::clone(running);
+            }
+        }
+        if next.fallbacks.len() == previous.fallbacks.len() {
+            next.fallbacks = Arc::clone(&previous.fallbacks);
+        } else {
+            let deepest = next.fallbacks.len() - 1;
+            for (level, count) in previous.fallbacks.iter().enumerate() {
+                next.fallbacks[level.min(deepest)]
+                    .fetch_add(count.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+        }
+        // The same hasher puts every scenario in the same shard.
+        next.hasher = previous.hasher.clone();
+        for (shard, running) in next.scenarios.iter().zip(&previous.scenarios) {
+            *shard.write().unwrap_or_else(PoisonError::into_inner) = running
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+        }
+        next.scenario_count = AtomicU64::new(previous.scenario_count.load(Ordering::Relaxed));
+        next.other = Arc::clone(&previous.other);
+        Ok(next)
     }
 
     /// Builds one from its config table.
@@ -390,7 +439,10 @@ impl Metrics {
         f(&metrics);
     }
     fn model(&self, id: &str) -> Option<&ModelMetrics> {
-        self.by_id.get(id).and_then(|&i| self.models.get(i))
+        self.by_id
+            .get(id)
+            .and_then(|&i| self.models.get(i))
+            .map(|m| &**m)
     }
 
     /// Counts since start, summed over every label: what a periodic log
@@ -457,7 +509,7 @@ impl Metrics {
         let all = scenarios
             .iter()
             .map(|(name, m)| (&**name, &**m))
-            .chain(std::iter::once((OTHER_SCENARIO, &self.other)));
+            .chain(std::iter::once((OTHER_SCENARIO, &*self.other)));
 
         header(
             out,
