@@ -15,8 +15,10 @@
 //!    and knobs) that the running configuration already built is handed
 //!    its running instance — circuits, budget windows, cooldowns and all —
 //!    instead of a new one. A table that changed builds a new instance.
-//!    The metrics sink keeps counting; the alert sink is kept while
-//!    `[alerts]` is unchanged.
+//!    The rate limiter's windows are kept while `[limits]` is unchanged,
+//!    and the alert sink while `[alerts]` is. The metrics keep counting
+//!    whatever changed (the counters of models both tables have are
+//!    shared).
 //! 3. A provider whose table did not change is handed over whatever the
 //!    models did (its connections stay warm).
 //! 4. What only a restart can change keeps its running value and is
@@ -32,7 +34,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use backstop_core::{ModelSpec, Provider, StrategyContext};
+use backstop_core::{ModelSpec, Provider, RateLimiter, RateQuota, StrategyContext};
 use backstop_strategies::monitor::{AlertSink, Metrics};
 
 use crate::Options;
@@ -102,6 +104,8 @@ pub struct Handover {
     pub(crate) fleet: FleetBackend,
     pub(crate) state: StateEntry,
     pub(crate) server: ServerSettings,
+    pub(crate) rate_limiter: Option<Arc<dyn RateLimiter>>,
+    pub(crate) per_caller: Option<RateQuota>,
     /// What this configuration took from its predecessor (empty after a
     /// first load).
     pub(crate) carried: Carried,

@@ -27,6 +27,7 @@ use backstop_config::{ConfigFile, Handover, Problems, Resolved};
 use serde::Serialize;
 
 use crate::app::{Gateway, Observability, Serving};
+use crate::dashboard::HistoryObserver;
 use crate::log_summary::LogSummary;
 use crate::observe::{AlertObserver, MetricsObserver, StateObserver};
 
@@ -34,6 +35,9 @@ use crate::observe::{AlertObserver, MetricsObserver, StateObserver};
 pub struct Reloader {
     file: ConfigFile,
     running: tokio::sync::Mutex<Running>,
+    /// The dashboard's fallback history: kept across reloads, it follows
+    /// the new metrics.
+    history: Arc<HistoryObserver>,
 }
 
 /// What the configuration now serving keeps alive.
@@ -84,8 +88,22 @@ impl Reloader {
         let reloader = Arc::new(Self {
             file,
             running: tokio::sync::Mutex::new(running),
+            history: HistoryObserver::spawn(Arc::clone(&resolved.metrics)),
         });
-        (reloader, serving(resolved))
+        let serving = reloader.serving(resolved);
+        (reloader, serving)
+    }
+
+    /// What the gateway serves of a resolved configuration.
+    fn serving(&self, resolved: &Resolved) -> Serving {
+        let mut observers: Vec<Arc<dyn Observability>> =
+            vec![Arc::clone(&self.history) as Arc<dyn Observability>];
+        observers.extend(self::observers(resolved));
+        Serving {
+            router: resolved.router.clone(),
+            observers,
+            simulated_models: simulated_models(resolved),
+        }
     }
 
     /// Reads and builds the file again and, when it is valid, swaps it
@@ -100,7 +118,8 @@ impl Reloader {
             .await
             .map_err(|e| ReloadError::Failed(e.to_string()))?
             .map_err(ReloadError::Invalid)?;
-        gateway.swap(serving(&resolved));
+        self.history.follow(Arc::clone(&resolved.metrics));
+        gateway.swap(self.serving(&resolved));
         // The old prober and summary stop before the new ones start, so
         // two never probe side by side.
         running.prober = None;
@@ -126,15 +145,6 @@ impl Reloader {
             );
         }
         Ok(reloaded)
-    }
-}
-
-/// What the gateway serves of a resolved configuration.
-pub fn serving(resolved: &Resolved) -> Serving {
-    Serving {
-        router: resolved.router.clone(),
-        observers: observers(resolved),
-        simulated_models: simulated_models(resolved),
     }
 }
 

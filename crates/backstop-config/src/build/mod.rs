@@ -192,8 +192,15 @@ pub(crate) fn build(
         builder = builder.scenario(s.scenario.clone(), s.strategies.clone());
     }
     builder = builder.single_model_routes(default_policy, defaults.strategies.clone());
-    if let Some(limiter) = backstop_strategies::rate_limit::SlidingMinute::new(&ctx, per_caller) {
-        builder = builder.rate_limiter(Arc::new(limiter));
+    // The rate limiter's windows are handed over while the model table
+    // (with each model's quota) and `[limits]` are unchanged.
+    let rate_limiter = match running {
+        Some(r) if handed_ctx.is_some() && r.per_caller == per_caller => r.rate_limiter.clone(),
+        _ => backstop_strategies::rate_limit::SlidingMinute::new(&ctx, per_caller)
+            .map(|limiter| Arc::new(limiter) as Arc<dyn backstop_core::RateLimiter>),
+    };
+    if let Some(limiter) = &rate_limiter {
+        builder = builder.rate_limiter(Arc::clone(limiter));
     }
     for sink in sinks.all() {
         builder = builder.event_sink(sink);
@@ -253,6 +260,18 @@ pub(crate) fn build(
             };
             list.push(name.to_owned());
         }
+        if let Some(limiter) = &rate_limiter {
+            let kept = r
+                .rate_limiter
+                .as_ref()
+                .is_some_and(|running| Arc::ptr_eq(running, limiter));
+            let list = if kept {
+                &mut carried.kept
+            } else {
+                &mut carried.built
+            };
+            list.push("rate limits".to_owned());
+        }
         crate::reload::describe_pools(
             &mut carried,
             &pools,
@@ -286,6 +305,8 @@ pub(crate) fn build(
         fleet: fleet.clone(),
         state,
         server: server.clone(),
+        rate_limiter,
+        per_caller,
         carried,
         pools: Arc::new(pools),
     };

@@ -404,3 +404,41 @@ fn metrics_keep_counting_when_the_model_table_changes() {
         Ok(())
     });
 }
+
+#[test]
+fn rate_limit_windows_are_kept_while_limits_and_models_are_unchanged() {
+    Jail::expect_with(|jail| {
+        let limits = |rpm: u32| format!("{BASE}\n[limits]\nper_caller = {{ rpm = {rpm} }}\n");
+        let limiter =
+            |resolved: &Resolved| Arc::clone(resolved.router.rate_limiter().expect("limits"));
+        jail.create_file("c.toml", &limits(10))?;
+        let file = file();
+        let first = file.load().expect("loads");
+        jail.create_file(
+            "c.toml",
+            &(limits(10) + "\n[scenarios.fast]\nchain = [\"mini\", \"rules\"]\n"),
+        )?;
+        let second = file.reload(&first.handover).expect("reloads");
+        assert!(Arc::ptr_eq(&limiter(&first), &limiter(&second)));
+        assert!(
+            second
+                .handover
+                .carried()
+                .kept
+                .iter()
+                .any(|k| k == "rate limits")
+        );
+        jail.create_file("c.toml", &limits(20))?;
+        let third = file.reload(&second.handover).expect("reloads");
+        assert!(!Arc::ptr_eq(&limiter(&second), &limiter(&third)));
+        assert!(
+            third
+                .handover
+                .carried()
+                .built
+                .iter()
+                .any(|k| k == "rate limits")
+        );
+        Ok(())
+    });
+}
