@@ -53,6 +53,15 @@ async fn post_to(
     (status, retry_after, json)
 }
 
+/// The gateway's status document, asked with `key` if given.
+async fn status_of(gw: &Backstop, key: Option<&str>) -> Value {
+    let mut request = reqwest::Client::new().get(gw.url("/v1/backstop/status"));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 fn chat(model: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": "What are foxes?"}]})
 }
@@ -94,12 +103,7 @@ async fn a_model_at_its_rpm_quota_is_skipped_and_the_backup_answers() {
     assert_eq!(seen(&primary).await.len(), 2);
 
     // The status document and the metrics show the quota and its use.
-    let status: Value = reqwest::get(gw.url("/v1/backstop/status"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = status_of(&gw, None).await;
     let limits = &status["rate_limits"];
     assert_eq!(limits.as_array().unwrap().len(), 1, "{limits}");
     assert_eq!(limits[0]["scope"], "model");
@@ -192,15 +196,7 @@ async fn a_caller_over_its_limit_gets_429_with_retry_after_at_every_door() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(seen(&primary).await.len(), 2);
 
-    let status: Value = reqwest::Client::new()
-        .get(gw.url("/v1/backstop/status"))
-        .bearer_auth("key-one")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = status_of(&gw, Some("key-one")).await;
     let callers: Vec<(String, u64, u64)> = status["rate_limits"]
         .as_array()
         .unwrap()
@@ -224,12 +220,7 @@ async fn a_caller_over_its_limit_gets_429_with_retry_after_at_every_door() {
 async fn wait_for_store(gw: &Backstop) {
     let started = std::time::Instant::now();
     loop {
-        let status: Value = reqwest::get(gw.url("/v1/backstop/status"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let status = status_of(gw, None).await;
         if status["state"]["store_up"] == true {
             return;
         }
@@ -278,11 +269,6 @@ async fn a_fleet_of_two_gateways_shares_one_rpm_quota() {
     );
     assert_eq!(seen(&primary).await.len(), 3, "the upstream saw its quota");
     // Each replica's status says the limit is shared.
-    let status: Value = reqwest::get(b.url("/v1/backstop/status"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = status_of(&b, None).await;
     assert_eq!(status["rate_limits"][0]["shared"], true, "{status}");
 }
