@@ -428,3 +428,61 @@ async fn sighup_reloads_and_an_invalid_file_is_one_warning() {
 fn tempfile_path(name: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("backstop-reload-{}-{name}", std::process::id()))
 }
+
+#[tokio::test]
+async fn a_request_in_flight_finishes_on_the_old_config_and_reloads_run_one_at_a_time() {
+    let primary = healthy_upstream().await;
+    let backup = healthy_upstream().await;
+    let slow = MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(completion(ANSWER).set_delay(Duration::from_secs(3)))
+        .mount(&slow)
+        .await;
+    let with_slow = format!(
+        "[providers.slow]\ntype = \"openai\"\nbase_url = \"{}/v1\"\n\n[models.slow]\nprovider = \"slow\"\npriority = 3\n\n[scenarios.slowchat]\nchain = [\"slow\"]\n",
+        slow.uri()
+    );
+    let gw = Backstop::start(
+        &config(&primary, &backup, &with_slow, 50_000),
+        &[("BACKSTOP_API_KEYS", KEY)],
+    );
+
+    // A request to `slowchat` is under way when a reload removes it.
+    let in_flight = tokio::spawn({
+        let url = gw.url("/v1/chat/completions");
+        async move {
+            client()
+                .post(url)
+                .bearer_auth(KEY)
+                .json(
+                    &json!({"model": "slowchat", "messages": [{"role": "user", "content": "hi"}]}),
+                )
+                .send()
+                .await
+                .unwrap()
+        }
+    });
+    eventually("the slow upstream got the request", || async {
+        !slow.received_requests().await.unwrap().is_empty()
+    })
+    .await;
+    write_config(&gw, &config(&primary, &backup, "", 50_000));
+    // Three reloads at once: each waits for the one before, all succeed.
+    let (a, b, c) = tokio::join!(reload(&gw), reload(&gw), reload(&gw));
+    for (status, body) in [a, b, c] {
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["scenarios"], json!(["chat"]), "{body}");
+    }
+    assert!(
+        !in_flight.is_finished(),
+        "the slow request was still running"
+    );
+
+    let r = in_flight.await.unwrap();
+    assert_eq!(r.status(), 200, "it finished on the Router it started on");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["backstop"]["model_used"], "slow", "{body}");
+    // New requests see the new configuration.
+    assert_eq!(ask(&gw, "slowchat").await.status(), 404);
+    assert_eq!(ask(&gw, "chat").await.status(), 200);
+}
