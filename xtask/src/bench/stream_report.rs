@@ -133,7 +133,8 @@ pub struct ManyStreams {
     pub peak_rss_bytes: u64,
     /// Streams open then.
     pub peak_open_streams: u64,
-    /// The gateway's CPU seconds per second while at least 99 % were open.
+    /// The gateway's CPU seconds per second while at least 95 % of the
+    /// peak were open.
     pub cpu_seconds_per_second: Option<f64>,
     /// Share of the mock's paced chunks more than 5 ms late, direct run:
     /// above 1 %, the harness's core did not keep up.
@@ -254,11 +255,18 @@ pub fn evaluate(bench: &StreamsBench) -> Vec<Target> {
     if let Some(m) = &bench.many {
         let label = format!("{} open streams", m.streams);
         let gap = m.added_gap_p99_us();
+        // Against a direct run that lost streams or fell behind its pace,
+        // the difference means nothing.
+        let held = m.harness_held() && clean(&m.direct);
         out.push(target(
             &format!("added inter-chunk p99, {label}"),
-            format!("{gap:.1} us"),
+            if held {
+                format!("{gap:.1} us")
+            } else {
+                format!("{gap:.1} us (the harness did not hold this many)")
+            },
             "<= 1000 us".into(),
-            gap <= 1000.0,
+            held && gap <= 1000.0,
         ));
         let rss = m.rss_per_stream_kib();
         out.push(target(
@@ -407,4 +415,96 @@ pub fn render_markdown(bench: &StreamsBench) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(cpu: Option<f64>, gap_p99: f64) -> StreamSample {
+        StreamSample {
+            complete: 10,
+            chunks: 2000,
+            gap_added_p99_us: gap_p99,
+            cpu_us_per_chunk: cpu,
+            ..StreamSample::default()
+        }
+    }
+
+    fn bench() -> StreamsBench {
+        StreamsBench {
+            load_average: [None, None],
+            fd_limit: 1024,
+            before_binary: None,
+            pairs: vec![StreamPair {
+                label: "200 chunks back to back, concurrency 1".into(),
+                chunks_per_stream: 200,
+                concurrency: 1,
+                direct: sample(None, 1.0),
+                gateway: sample(Some(1.9), 1.0),
+                before: Some(sample(Some(10.0), 50.0)),
+            }],
+            many: Some(ManyStreams {
+                streams: 10_000,
+                chunk_gap_ms: 50.0,
+                chunks_per_stream: 600,
+                ramp_s: 10.0,
+                direct: sample(None, 300.0),
+                gateway: sample(Some(3.0), 1200.0),
+                idle_rss_bytes: 10 << 20,
+                peak_rss_bytes: (10 << 20) + 10_000 * 15 * 1024,
+                peak_open_streams: 10_000,
+                cpu_seconds_per_second: Some(0.5),
+                mock_late_share_direct: 0.0,
+                mock_late_share_gateway: 0.0,
+            }),
+            failover: Some(FailoverStreams {
+                streams: 10,
+                open_at_cut: 10,
+                secondary_streams: 10,
+                cut_after_s: 2.0,
+                sample: sample(None, 0.0),
+            }),
+            targets: Vec::new(),
+        }
+    }
+
+    fn met(b: &StreamsBench) -> Vec<bool> {
+        evaluate(b).iter().map(|t| t.met).collect()
+    }
+
+    #[test]
+    fn targets_follow_issue_18() {
+        let mut b = bench();
+        assert!(met(&b).iter().all(|m| *m), "{:?}", evaluate(&b));
+        // Per chunk above 2 us and less than 5x under the before build.
+        b.pairs[0].gateway.cpu_us_per_chunk = Some(2.1);
+        assert_eq!(&met(&b)[..2], &[false, false]);
+        // A cut stream, 16.1 KiB per stream, a lost failover stream.
+        b.pairs[0].gateway.cut = 1;
+        if let Some(m) = b.many.as_mut() {
+            m.peak_rss_bytes = (10 << 20) + 10_000 * 16_500;
+        }
+        if let Some(f) = b.failover.as_mut() {
+            f.sample.lost = 1;
+        }
+        let t = evaluate(&b);
+        assert!(!t[2].met && !t[4].met && !t[6].met, "{t:?}");
+    }
+
+    #[test]
+    fn a_harness_that_did_not_hold_cannot_meet_the_latency_target() {
+        let mut b = bench();
+        assert!(evaluate(&b)[3].met);
+        if let Some(m) = b.many.as_mut() {
+            m.direct.lost = 5;
+        }
+        assert!(!evaluate(&b)[3].met);
+        let mut b = bench();
+        if let Some(m) = b.many.as_mut() {
+            m.mock_late_share_gateway = 0.2;
+        }
+        let t = &evaluate(&b)[3];
+        assert!(!t.met && t.measured.contains("did not hold"), "{t:?}");
+    }
 }

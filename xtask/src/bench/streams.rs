@@ -541,18 +541,17 @@ pub async fn bench(
 
 /// Samples the gateway's RSS and CPU and the open streams once a second
 /// until told to stop; returns (at peak open streams: RSS, open streams),
-/// and the CPU seconds per second while at least 99 % were open.
+/// and the CPU seconds per second over the samples with at least 95 % of
+/// the peak open.
 async fn watch(
     pid: u32,
     gauge: Arc<Gauge>,
-    target: usize,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) -> (u64, u64, Option<f64>) {
     let mut stop = stop;
     let mut peak = (0u64, 0u64);
-    let mut plateau: Option<(Instant, Duration)> = None;
-    let mut plateau_cpu = None;
-    let full = (target as f64 * 0.99) as u64;
+    // (when, CPU time, open streams)
+    let mut samples: Vec<(Instant, Duration, u64)> = Vec::new();
     loop {
         tokio::select! {
             _ = &mut stop => break,
@@ -563,21 +562,22 @@ async fn watch(
         if open > peak.1 || (open == peak.1 && rss > peak.0) {
             peak = (rss, open);
         }
-        let cpu = procfs::cpu_time(pid).unwrap_or_default();
-        let now = Instant::now();
-        if open >= full {
-            match plateau {
-                None => plateau = Some((now, cpu)),
-                Some((since, cpu0)) => {
-                    let secs = now.duration_since(since).as_secs_f64();
-                    if secs > 0.0 {
-                        plateau_cpu = Some(cpu.saturating_sub(cpu0).as_secs_f64() / secs);
-                    }
-                }
-            }
-        }
+        samples.push((
+            Instant::now(),
+            procfs::cpu_time(pid).unwrap_or_default(),
+            open,
+        ));
     }
-    (peak.0, peak.1, plateau_cpu)
+    let full = peak.1 as f64 * 0.95;
+    let plateau: Vec<&(Instant, Duration, u64)> =
+        samples.iter().filter(|s| s.2 as f64 >= full).collect();
+    let cpu = match (plateau.first(), plateau.last()) {
+        (Some(a), Some(b)) if b.0 > a.0 => {
+            Some(b.1.saturating_sub(a.1).as_secs_f64() / b.0.duration_since(a.0).as_secs_f64())
+        }
+        _ => None,
+    };
+    (peak.0, peak.1, cpu)
 }
 
 async fn many_streams(
@@ -626,7 +626,7 @@ async fn many_streams(
     let idle_rss = procfs::rss_bytes(pid)?;
     let gauge = Arc::new(Gauge::default());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
-    let watcher = tokio::spawn(watch(pid, gauge.clone(), n, stop_rx));
+    let watcher = tokio::spawn(watch(pid, gauge.clone(), stop_rx));
     let plan = Arc::new(StreamPlan {
         authority: gateway.addr().to_string(),
         path: "/v1/chat/completions".to_owned(),
