@@ -30,6 +30,10 @@ pub struct ChaosArgs {
     /// No progress bars or per-scenario lines on stderr.
     #[arg(long)]
     no_progress: bool,
+    /// Keep the last scenario's gateway (and its dashboard) up this many
+    /// seconds after its load.
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    hold: u64,
 }
 
 /// Runs the chaos benchmark; exit 0 when every target is met, 1 when one
@@ -45,6 +49,7 @@ pub fn run(args: &ChaosArgs) -> Result<ExitCode, TaskError> {
     options.scenarios.clone_from(&args.scenarios);
     options.progress = !args.no_progress;
     options.version = build::version();
+    options.hold_last = std::time::Duration::from_secs(args.hold);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -7,6 +7,10 @@
 //! Scenarios run one after another, each against a gateway of its own
 //! (fresh circuits, fresh latency estimates). `baseline` always runs first,
 //! added when not asked for: it is every scenario's latency reference.
+//! While a scenario runs, its gateway's `/dashboard` shows it live (the URL
+//! is printed with the progress lines); when its load has finished, the
+//! dashboard's figures (circuits, fallback history) are read from
+//! `/v1/backstop/status` into the run, then the gateway stops.
 //! The output directory gets `report.json`, `report.md`, `timeline.svg`,
 //! and, per scenario, the rendered config (`configs/NAME.toml`) and the
 //! gateway's log (`logs/NAME.log`).
@@ -16,6 +20,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::dashboard;
 use crate::error::ChaosError;
 use crate::fake::FakeSet;
 use crate::fleet::{self, FLEET_SCENARIO_NAMES};
@@ -56,6 +61,9 @@ pub struct DriverOptions {
     /// it is empty). Default on; without `redis-server` they are skipped
     /// (and named in the report) unless one was asked for by name.
     pub fleet: bool,
+    /// Keep the last scenario's gateway serving this long after its load
+    /// (its dashboard stays open to look at); zero by default.
+    pub hold_last: Duration,
 }
 
 impl DriverOptions {
@@ -70,6 +78,7 @@ impl DriverOptions {
             progress: false,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             fleet: true,
+            hold_last: Duration::ZERO,
         }
     }
 }
@@ -144,7 +153,12 @@ pub async fn run(options: &DriverOptions) -> Result<ChaosOutcome, ChaosError> {
             eprintln!("[{}/{total}] {}: {}", i + 1, spec.name, spec.summary);
         }
         let scenario_started = Instant::now();
-        let run = run_scenario(spec, &gateway, &runner, &options.out_dir)
+        let hold = if i + 1 == total {
+            options.hold_last
+        } else {
+            Duration::ZERO
+        };
+        let run = run_scenario_holding(spec, &gateway, &runner, &options.out_dir, hold)
             .await
             .map_err(|source| ChaosError::Scenario {
                 scenario: spec.name.to_owned(),
@@ -213,8 +227,20 @@ pub async fn run_scenario(
     runner: &ScenarioRunner,
     out_dir: &Path,
 ) -> Result<ScenarioRun, ChaosError> {
+    run_scenario_holding(spec, gateway, runner, out_dir, Duration::ZERO).await
+}
+
+/// [`run_scenario`], keeping the gateway (and its fakes) up for `hold`
+/// after the load so that its dashboard can still be looked at.
+pub async fn run_scenario_holding(
+    spec: &ScenarioSpec,
+    gateway: &GatewayCommand,
+    runner: &ScenarioRunner,
+    out_dir: &Path,
+    hold: Duration,
+) -> Result<ScenarioRun, ChaosError> {
     let fakes = spec.start_fakes().await?;
-    let result = drive(spec, &fakes, gateway, runner, out_dir).await;
+    let result = drive(spec, &fakes, gateway, runner, out_dir, hold).await;
     fakes.shutdown().await;
     result
 }
@@ -225,6 +251,7 @@ async fn drive(
     gateway: &GatewayCommand,
     runner: &ScenarioRunner,
     out_dir: &Path,
+    hold: Duration,
 ) -> Result<ScenarioRun, ChaosError> {
     let options = RenderOptions {
         listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -240,7 +267,23 @@ async fn drive(
     // Killed on drop: an error below (or a panic) leaves nothing running.
     let process = gateway.serve(&config, &log, READY_WITHIN).await?;
     tracing::debug!(scenario = spec.name, addr = %process.addr(), pid = process.pid(), "gateway ready");
-    let run = runner.run(spec, fakes, &process.base_url()).await?;
+    if runner.shows_progress() {
+        eprintln!(
+            "        dashboard: {}",
+            dashboard::dashboard_url(process.addr())
+        );
+    }
+    let mut run = runner.run(spec, fakes, &process.base_url()).await?;
+    run.dashboard =
+        Some(dashboard::fetch(process.addr(), runner.key(), run.load_start_unix_ms).await?);
+    if !hold.is_zero() {
+        eprintln!(
+            "        holding the gateway for {} s: {}",
+            hold.as_secs(),
+            dashboard::dashboard_url(process.addr())
+        );
+        tokio::time::sleep(hold).await;
+    }
     match process.stop(STOP_GRACE).await? {
         Stopped::Graceful(status) if !status.success() => {
             tracing::warn!(scenario = spec.name, %status, "the gateway exited with an error after SIGTERM");

@@ -158,6 +158,16 @@ pub enum GatewayError {
         /// The last lines of the log.
         log_tail: String,
     },
+    /// `/v1/backstop/status` (the dashboard's document) could not be read
+    /// at the end of a scenario.
+    #[error("cannot read the gateway's status document {url}: {reason}")]
+    Status {
+        /// The status URL.
+        url: String,
+        /// What failed: transport, HTTP status, or the field that did not
+        /// parse.
+        reason: String,
+    },
     /// The gateway could not be killed.
     #[error("cannot kill the gateway (pid {pid}): {source}")]
     Kill {

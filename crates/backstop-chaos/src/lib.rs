@@ -33,6 +33,7 @@
 
 pub mod answer;
 pub mod behaviour;
+pub mod dashboard;
 pub mod driver;
 pub mod error;
 pub mod fake;
@@ -46,6 +47,7 @@ pub mod timeline;
 
 pub use answer::{FLAGGED_MARKER, KNOWN_TEXT, TEMPLATE_TEXT};
 pub use behaviour::{Api, Behaviour, ErrorKind, Pacing, Prefill};
+pub use dashboard::{CircuitFigure, DashboardFigures, HistoryFigure};
 pub use driver::{ChaosOutcome, DriverOptions};
 pub use error::{ChaosError, ConfigError, FakeError, GatewayError, LoadError, ReportError};
 pub use fake::{Backend, FakeProvider, FakeSet, FakeSpec, FakeStats, ServedRequest};

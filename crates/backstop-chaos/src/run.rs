@@ -2,11 +2,12 @@
 //! rendered config, and gathers what the fakes saw.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
 use crate::behaviour::Behaviour;
+use crate::dashboard::{DashboardFigures, unix_ms};
 use crate::error::{ChaosError, FakeError, LoadError};
 use crate::fake::{FakeSet, FakeStats, ServedRequest};
 use crate::load::{AnswerCheck, LoadGenerator, LoadPlan, RequestRecord, Target};
@@ -40,6 +41,12 @@ pub struct ScenarioRun {
     /// The median round trip of a request straight to the primary fake,
     /// measured before the run when a target needs it.
     pub upstream_round_trip_ms: Option<f64>,
+    /// Wall clock (Unix ms) of the epoch: what the dashboard's times are
+    /// compared with.
+    pub load_start_unix_ms: u64,
+    /// What the gateway's dashboard showed when the load had finished
+    /// (the driver reads it before stopping the gateway).
+    pub dashboard: Option<DashboardFigures>,
 }
 
 impl ScenarioSpec {
@@ -79,6 +86,16 @@ impl ScenarioRunner {
         self
     }
 
+    /// Whether it shows progress on stderr.
+    pub fn shows_progress(&self) -> bool {
+        self.progress
+    }
+
+    /// The bearer key it sends, if any.
+    pub fn key(&self) -> Option<&str> {
+        self.api_key.as_deref()
+    }
+
     /// Runs `spec` at the gateway's OpenAI-compatible base URL
     /// (`http://127.0.0.1:PORT/v1`). The gateway must already serve the
     /// config [`render_config`](crate::render_config) made for `fakes`.
@@ -111,6 +128,7 @@ impl ScenarioRunner {
         // A short lead so the first request is not late by the time the
         // load loop starts.
         let epoch = Instant::now() + Duration::from_millis(5);
+        let load_start_unix_ms = unix_ms(SystemTime::now() + Duration::from_millis(5));
         fakes.arm(epoch);
         tracing::info!(
             scenario = spec.name,
@@ -148,6 +166,8 @@ impl ScenarioRunner {
             elapsed: load.elapsed,
             fakes: runs,
             upstream_round_trip_ms,
+            load_start_unix_ms,
+            dashboard: None,
         })
     }
 }

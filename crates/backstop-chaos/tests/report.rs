@@ -79,6 +79,8 @@ fn run_of(name: &str, records: Vec<RequestRecord>, fakes: &[(&str, u64)]) -> Sce
             })
             .collect(),
         upstream_round_trip_ms: None,
+        load_start_unix_ms: 0,
+        dashboard: None,
     }
 }
 
@@ -461,4 +463,45 @@ fn files_are_written() {
         "{md}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn dashboard_figures_go_to_report_json_and_md() {
+    use backstop_chaos::{CircuitFigure, DashboardFigures, HistoryFigure};
+    let mut down = primary_down();
+    down.dashboard = Some(DashboardFigures {
+        url: "http://127.0.0.1:1/dashboard".into(),
+        generated_unix_ms: 11_000,
+        load_start_unix_ms: 10_000,
+        circuits: vec![CircuitFigure {
+            model: "primary".into(),
+            policy: "circuit".into(),
+            state: "open".into(),
+            since_ms: Some(40.0),
+        }],
+        step_ms: 5000,
+        fallback_history: vec![HistoryFigure {
+            end_ms: 1000.0,
+            requests: 100,
+            fallbacks: 100,
+            errors: 0,
+        }],
+    });
+    let runs = [baseline(), down];
+    let report = Report::build("0.1.0", true, &runs);
+    let json = serde_json::to_value(&report).unwrap();
+    assert!(json["scenarios"][0].get("dashboard").is_none());
+    let dash = &json["scenarios"][1]["dashboard"];
+    assert_eq!(dash["circuits"][0]["state"], "open");
+    assert_eq!(dash["fallback_history"][0]["fallbacks"], 100);
+    let back: Report = serde_json::from_value(json).unwrap();
+    assert_eq!(back, report);
+    let md = backstop_chaos::report::render_markdown(&report);
+    assert!(
+        md.contains(
+            "  - dashboard at the end: primary (circuit) OPEN since +40 ms; \
+             fallbacks/requests by 5 s step: 100/100\n"
+        ),
+        "{md}"
+    );
 }

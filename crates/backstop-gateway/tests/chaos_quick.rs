@@ -96,10 +96,64 @@ async fn every_chaos_scenario_keeps_answering_at_quick_size() {
             ));
         }
     }
+    // The report carries the dashboard's figures, read from the gateway's
+    // /v1/backstop/status before it stopped: with the primary refused for
+    // the whole run, its circuit is open and the history counted fallbacks.
+    let down = outcome
+        .report
+        .scenarios
+        .iter()
+        .find(|s| s.name == "primary_down")
+        .unwrap_or_else(|| panic!("primary_down ran"));
+    let dashboard = down
+        .dashboard
+        .as_ref()
+        .unwrap_or_else(|| panic!("primary_down: no dashboard figures in the report"));
+    let primary = run_primary(&outcome, "primary_down");
+    assert!(
+        dashboard
+            .circuits
+            .iter()
+            .any(|c| c.model == primary && c.state == "open" && c.since_ms.is_some()),
+        "primary_down: the dashboard does not show {primary}'s circuit open: {dashboard:?}"
+    );
+    let steps = &dashboard.fallback_history;
+    assert!(
+        steps.iter().map(|s| s.requests).sum::<u64>() >= down.requests,
+        "primary_down: the history counts fewer requests than were sent: {steps:?}"
+    );
+    assert!(
+        steps.iter().map(|s| s.fallbacks).sum::<u64>() >= down.succeeded,
+        "primary_down: the history counts fewer fallbacks than the secondary answered: {steps:?}"
+    );
+    let markdown = std::fs::read_to_string(&outcome.paths.markdown)
+        .unwrap_or_else(|e| panic!("cannot read report.md: {e}"));
+    assert!(
+        markdown.contains(&format!("  - dashboard at the end: {primary} (")),
+        "report.md has no dashboard line for primary_down"
+    );
+    for (report, _) in outcome.report.scenarios.iter().zip(&outcome.runs) {
+        assert!(
+            report.dashboard.is_some(),
+            "{}: no dashboard figures",
+            report.name
+        );
+    }
+
     assert!(
         problems.is_empty(),
         "chaos correctness targets missed (report: {}):\n{}",
         outcome.paths.markdown.display(),
         problems.join("\n")
     );
+}
+
+/// The primary model's id of the run named `name`.
+fn run_primary(outcome: &backstop_chaos::ChaosOutcome, name: &str) -> String {
+    outcome
+        .runs
+        .iter()
+        .find(|r| r.spec.name == name)
+        .map(|r| r.spec.primary().to_owned())
+        .unwrap_or_else(|| panic!("{name} ran"))
 }

@@ -124,6 +124,9 @@ pub fn render_markdown(report: &Report) -> String {
             );
         }
         out.push('\n');
+        if let Some(d) = &s.dashboard {
+            let _ = writeln!(out, "  - dashboard at the end: {}", d.summary());
+        }
     }
     out
 }

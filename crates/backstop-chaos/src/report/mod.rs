@@ -165,6 +165,11 @@ pub struct ScenarioReport {
     pub outages_ms: Vec<[f64; 2]>,
     /// Extension: every target of this scenario, met or not.
     pub targets: Vec<TargetCheck>,
+    /// Extension: what the gateway's dashboard showed when the load had
+    /// finished (each model's circuit and since when, the fallback
+    /// history), its times in ms since the load started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dashboard: Option<crate::dashboard::DashboardFigures>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -395,6 +400,7 @@ impl ScenarioReport {
                 .map(|&(a, b)| [round(ms(a)), round(ms(b))])
                 .collect(),
             targets: Vec::new(),
+            dashboard: run.dashboard.clone(),
         };
         let flagged = records.iter().filter(|r| r.flagged).count() as u64;
         report.targets = targets::evaluate(&report, spec, flagged);
