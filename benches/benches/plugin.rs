@@ -81,6 +81,7 @@ fn call<'a>(model: &'a ModelSpec, request: &'a ChatRequest) -> Call<'a> {
         max_tokens: 1024,
         connect_timeout: Duration::from_secs(5),
         request_id: Some("req-bench"),
+        headers: &[],
     }
 }
 

@@ -35,6 +35,7 @@ pub mod scenario;
 pub mod selector;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
+pub mod trace;
 
 pub use budget::{BudgetPolicy, BudgetSnapshot, OverBudget, Reservation};
 pub use chat::{
@@ -76,3 +77,4 @@ pub use scenario::{
     ContentPolicyAction, MidStreamPolicy, RetryPolicy, RoutePolicy, Scenario, Timeouts,
 };
 pub use selector::{Candidate, Selector};
+pub use trace::{CallEnd, CallStart, CallTrace, Operation, RequestTrace, ResponseFacts};

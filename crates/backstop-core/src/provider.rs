@@ -36,6 +36,10 @@ pub struct Call<'a> {
     pub connect_timeout: Duration,
     /// The gateway's request id, for the upstream's logs.
     pub request_id: Option<&'a str>,
+    /// More headers to send with this call (name, value): the trace
+    /// context of a traced request, say. HTTP providers send them; others
+    /// may ignore them.
+    pub headers: &'a [(String, String)],
 }
 
 /// One embeddings call to a provider.
@@ -51,6 +55,10 @@ pub struct EmbedCall<'a> {
     pub connect_timeout: Duration,
     /// The gateway's request id, for the upstream's logs.
     pub request_id: Option<&'a str>,
+    /// More headers to send with this call (name, value): the trace
+    /// context of a traced request, say. HTTP providers send them; others
+    /// may ignore them.
+    pub headers: &'a [(String, String)],
 }
 
 /// Something that answers chat requests: an HTTP API, a local model, a
@@ -109,6 +117,7 @@ pub trait Provider: Send + Sync + 'static {
                 request: &request,
                 connect_timeout,
                 request_id: None,
+                headers: &[],
             };
             return self.embed(call).await.map(|_| ());
         }
@@ -120,6 +129,7 @@ pub trait Provider: Send + Sync + 'static {
             max_tokens: PROBE_MAX_TOKENS,
             connect_timeout,
             request_id: None,
+            headers: &[],
         };
         self.complete(call).await.map(|_| ())
     }

@@ -121,6 +121,7 @@ pub struct ScriptedProvider {
     then: Script,
     calls: AtomicUsize,
     seen: Mutex<Vec<ChatRequest>>,
+    headers: Mutex<Vec<Vec<(String, String)>>>,
 }
 
 impl ScriptedProvider {
@@ -131,6 +132,7 @@ impl ScriptedProvider {
             then,
             calls: AtomicUsize::new(0),
             seen: Mutex::new(Vec::new()),
+            headers: Mutex::new(Vec::new()),
         })
     }
 
@@ -152,8 +154,20 @@ impl ScriptedProvider {
             .clone()
     }
 
+    /// The extra headers ([`Call::headers`]) of each call, in order.
+    pub fn headers(&self) -> Vec<Vec<(String, String)>> {
+        self.headers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     fn next_step(&self, call: &Call<'_>) -> Script {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        self.headers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(call.headers.to_vec());
         self.seen
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -608,5 +622,125 @@ impl EventSink for RecordingSink {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(owned);
+    }
+}
+
+/// One traced call, as a [`RecordingTrace`] saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracedCall {
+    /// The model called.
+    pub model: String,
+    /// Its fallback level.
+    pub level: usize,
+    /// Its same-model retry number.
+    pub retry: u32,
+    /// How it ended (`None` while it runs): the outcome's name.
+    pub outcome: Option<&'static str>,
+    /// A stream's time to first output.
+    pub first_output: Option<Duration>,
+    /// The answer's upstream model, id and finish reasons.
+    pub response: Option<(String, String, Vec<String>)>,
+    /// The answer's usage.
+    pub usage: Option<Usage>,
+}
+
+/// A [`RequestTrace`](crate::RequestTrace) that remembers every call, skip
+/// and end; each call carries the header `x-call: N` (its number).
+#[derive(Debug, Default)]
+pub struct RecordingTrace {
+    calls: Arc<Mutex<Vec<TracedCall>>>,
+    skips: Mutex<Vec<(String, usize, &'static str)>>,
+    finished: Mutex<Vec<(Option<String>, Option<usize>, Option<&'static str>)>>,
+}
+
+impl RecordingTrace {
+    /// Calls so far.
+    pub fn calls(&self) -> Vec<TracedCall> {
+        self.calls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+    /// Skips so far: model, level, reason.
+    pub fn skips(&self) -> Vec<(String, usize, &'static str)> {
+        self.skips
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+    /// Ends so far: model used, level, error.
+    pub fn finished(&self) -> Vec<(Option<String>, Option<usize>, Option<&'static str>)> {
+        self.finished
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+#[derive(Debug)]
+struct RecordingCall {
+    calls: Arc<Mutex<Vec<TracedCall>>>,
+    number: usize,
+    headers: Vec<(String, String)>,
+}
+
+impl crate::trace::RequestTrace for RecordingTrace {
+    fn call_started(&self, call: &crate::trace::CallStart<'_>) -> Box<dyn crate::trace::CallTrace> {
+        let mut calls = self.calls.lock().unwrap_or_else(PoisonError::into_inner);
+        calls.push(TracedCall {
+            model: call.model.id.clone(),
+            level: call.fallback_level,
+            retry: call.retry,
+            outcome: None,
+            first_output: None,
+            response: None,
+            usage: None,
+        });
+        let number = calls.len() - 1;
+        Box::new(RecordingCall {
+            calls: self.calls.clone(),
+            number,
+            headers: vec![("x-call".to_owned(), number.to_string())],
+        })
+    }
+
+    fn skipped(&self, model: &str, fallback_level: usize, reason: crate::error::SkipReason) {
+        self.skips
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((model.to_owned(), fallback_level, reason.as_str()));
+    }
+
+    fn finished(&self, finished: &crate::events::RequestFinished<'_>) {
+        self.finished
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((
+                finished.model_used.map(str::to_owned),
+                finished.fallback_level,
+                finished.error,
+            ));
+    }
+}
+
+impl crate::trace::CallTrace for RecordingCall {
+    fn headers(&self) -> &[(String, String)] {
+        &self.headers
+    }
+
+    fn ended(self: Box<Self>, end: &crate::trace::CallEnd<'_>) {
+        let mut calls = self.calls.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(call) = calls.get_mut(self.number) {
+            call.outcome = Some(end.outcome.as_str());
+            call.first_output = end.first_output;
+            call.response = end.response.as_ref().map(|r| {
+                (
+                    r.model.to_owned(),
+                    r.id.to_owned(),
+                    r.finish_reasons.iter().map(|f| (*f).to_owned()).collect(),
+                )
+            });
+            call.usage = end.response.as_ref().and_then(|r| r.usage.clone());
+        }
     }
 }

@@ -81,6 +81,28 @@ pub fn encode_body<T: serde::Serialize>(body: &T) -> Result<Vec<u8>, ProviderErr
     })
 }
 
+/// `request` with the call's extra headers ([`Call::headers`]: a trace
+/// context, say); a name or value that is not a valid header is left out.
+///
+/// [`Call::headers`]: backstop_core::Call::headers
+pub fn with_headers(
+    mut request: reqwest::RequestBuilder,
+    headers: &[(String, String)],
+) -> reqwest::RequestBuilder {
+    for (name, value) in headers {
+        match (
+            reqwest::header::HeaderName::from_bytes(name.as_bytes()),
+            reqwest::header::HeaderValue::from_str(value),
+        ) {
+            (Ok(name), Ok(value)) => request = request.header(name, value),
+            _ => {
+                tracing::debug!(header = %name, "an extra upstream header is not valid HTTP; left out")
+            }
+        }
+    }
+    request
+}
+
 /// Sends a request. A success status returns the response; any other is
 /// read (a bounded part of its body) and classified by `classify` with the
 /// status, the body and the upstream's Retry-After.

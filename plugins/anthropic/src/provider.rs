@@ -101,6 +101,7 @@ impl AnthropicProvider {
             .header(CONTENT_TYPE, "application/json")
             .header(ACCEPT, accept)
             .body(body);
+        let request = body::with_headers(request, call.headers);
         let response = body::send(
             request,
             call.connect_timeout,

@@ -454,6 +454,7 @@ mod tests {
             max_tokens: 300,
             connect_timeout: Duration::from_secs(1),
             request_id: None,
+            headers: &[],
         };
         translate(&call, stream)
     }

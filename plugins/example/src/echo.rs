@@ -202,6 +202,7 @@ mod tests {
             max_tokens,
             connect_timeout: Duration::from_secs(1),
             request_id: None,
+            headers: &[],
         }
     }
 

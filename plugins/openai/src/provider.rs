@@ -121,6 +121,7 @@ impl OpenAiProvider {
             accept,
             call.connect_timeout,
             call.request_id,
+            call.headers,
             &call.model.id,
         )
         .await
@@ -135,6 +136,7 @@ impl OpenAiProvider {
         accept: &'static str,
         connect_timeout: Duration,
         request_id: Option<&str>,
+        headers: &[(String, String)],
         model: &str,
     ) -> Result<reqwest::Response, ProviderError> {
         let body = encode_body(body)?;
@@ -150,6 +152,7 @@ impl OpenAiProvider {
         if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(id).ok()) {
             request = request.header("x-client-request-id", id);
         }
+        let request = body::with_headers(request, headers);
         body::send(request, connect_timeout, model, |status, body, wait| {
             DIALECT.status_error(status, body, wait, self.key.as_ref())
         })
@@ -229,6 +232,7 @@ impl Provider for OpenAiProvider {
                 "application/json",
                 call.connect_timeout,
                 call.request_id,
+                call.headers,
                 &call.model.id,
             )
             .await?;

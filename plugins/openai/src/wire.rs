@@ -83,6 +83,7 @@ mod tests {
             max_tokens: 256,
             connect_timeout: Duration::from_secs(1),
             request_id: None,
+            headers: &[],
         };
         serde_json::to_value(WireRequest::new(&call, stream, field)).unwrap()
     }

@@ -195,6 +195,7 @@ mod tests {
             max_tokens: 64,
             connect_timeout: Duration::from_secs(1),
             request_id: None,
+            headers: &[],
         }
     }
 

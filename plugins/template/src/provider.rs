@@ -139,6 +139,7 @@ mod tests {
             max_tokens: 16,
             connect_timeout: Duration::from_secs(1),
             request_id: None,
+            headers: &[],
         }
     }
 

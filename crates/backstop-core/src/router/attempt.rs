@@ -146,7 +146,10 @@ pub(crate) async fn run_model<M: Mode>(
     let mut calls = 0;
     let mut call_start = start;
     loop {
-        let guard = CallGuard::new(&shared, index, permit, call_start);
+        let trace = shared
+            .recorder()
+            .call_started(index, level, retries_done, request);
+        let guard = CallGuard::new(&shared, index, permit, call_start).traced_by(trace);
         let deadlines = CallDeadlines {
             start: call_start,
             attempt: (call_start + policy.timeouts.attempt).min(shared.deadline),
@@ -160,6 +163,7 @@ pub(crate) async fn run_model<M: Mode>(
             max_tokens: spec.effective_max_tokens(shared.max_tokens),
             connect_timeout: policy.timeouts.connect,
             request_id: shared.cx.request_id.as_deref(),
+            headers: guard.headers(),
         };
         calls += 1;
         let result = {

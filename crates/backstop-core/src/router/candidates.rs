@@ -57,6 +57,7 @@ pub(crate) fn order(shared: &RunShared) -> SmallVec<[ModelIndex; 8]> {
 impl RunState {
     fn skip(&mut self, shared: &RunShared, index: ModelIndex, reason: SkipReason) {
         tracing::debug!(model = %shared.model_id(index), %reason, "skipped");
+        shared.recorder().skipped(index, self.cursor - 1, reason);
         self.trail
             .push(Attempt::skipped(shared.model_id(index).clone(), reason));
     }

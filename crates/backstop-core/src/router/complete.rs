@@ -15,6 +15,7 @@ use crate::error::{FailureKind, ProviderError, RouteError};
 use crate::model::ModelIndex;
 use crate::provider::{Call, Provider};
 use crate::result::{Annotation, FallbackResult, Outcome, RouteSummary};
+use crate::trace::ResponseFacts;
 
 /// Complete (non-streaming) requests.
 pub(crate) struct CompleteMode;
@@ -62,9 +63,10 @@ impl Mode for CompleteMode {
                 &estimated
             }
         };
+        let facts = call.traced().then(|| ResponseFacts::of_chat(&response));
         shared
             .recorder()
-            .complete_succeeded(index, call, hold, latency, usage);
+            .complete_succeeded(index, call, hold, latency, usage, facts);
         response
     }
 }

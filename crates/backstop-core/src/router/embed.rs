@@ -18,6 +18,7 @@ use crate::error::{FailureKind, ProviderError, RouteError};
 use crate::model::ModelIndex;
 use crate::provider::{Call, EmbedCall, Provider};
 use crate::result::Outcome;
+use crate::trace::ResponseFacts;
 
 /// An embeddings answer and how it was obtained.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,6 +68,7 @@ impl Mode for EmbedMode {
             request,
             connect_timeout: call.connect_timeout,
             request_id: call.request_id,
+            headers: call.headers,
         };
         let (deadline, phase, limit) = deadlines.phase(
             deadlines.start,
@@ -112,9 +114,17 @@ impl Mode for EmbedMode {
         let prompt = response
             .usage
             .map_or(shared.prompt_tokens, |u| u.prompt_tokens);
-        shared
-            .recorder()
-            .complete_succeeded(index, call, hold, latency, &Usage::new(prompt, 0));
+        let facts = call
+            .traced()
+            .then(|| ResponseFacts::of_embeddings(&response));
+        shared.recorder().complete_succeeded(
+            index,
+            call,
+            hold,
+            latency,
+            &Usage::new(prompt, 0),
+            facts,
+        );
         response
     }
 }

@@ -2,7 +2,9 @@
 //! A [`CallGuard`] reports every admitted call to health exactly once, and a
 //! [`BudgetHold`] settles every budget reservation exactly once, even when
 //! the future holding them is dropped (a hedge won, the caller left). Both
-//! report through the [`Recorder`](super::record::Recorder).
+//! report through the [`Recorder`](super::record::Recorder). A call's
+//! [`CallTrace`], when the request is traced, rides in its `CallGuard` and
+//! is ended once too.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,10 +15,11 @@ use tokio::time::Instant;
 use super::run::RunShared;
 use crate::budget::Reservation;
 use crate::chat::Usage;
-use crate::error::FailureKind;
+use crate::error::{AttemptOutcome, FailureKind};
 use crate::health::{CallOutcome, Permit};
 use crate::model::ModelIndex;
 use crate::rate_limit::{RateCall, RateHold, RateUse};
+use crate::trace::{CallEnd, CallTrace};
 
 /// Holds a model's budget reservation and its rate-limit hold until they
 /// are settled; a hold dropped unsettled (a cancelled call) is settled as
@@ -97,12 +100,15 @@ impl Drop for BudgetHold {
 }
 
 /// One admitted upstream call; reports its outcome to health exactly once,
-/// as `Cancelled` if dropped unfinished.
+/// as `Cancelled` if dropped unfinished, and ends its trace (if any) once.
 pub(crate) struct CallGuard {
     shared: Arc<RunShared>,
     index: ModelIndex,
     permit: Option<Permit>,
     started: Instant,
+    trace: Option<Box<dyn CallTrace>>,
+    /// A stream's time to its first output chunk, once it had one.
+    pub(crate) first_output: Option<Duration>,
 }
 
 impl CallGuard {
@@ -117,6 +123,31 @@ impl CallGuard {
             index,
             permit: Some(permit),
             started,
+            trace: None,
+            first_output: None,
+        }
+    }
+
+    /// The same call, traced by `trace`.
+    pub(crate) fn traced_by(mut self, trace: Option<Box<dyn CallTrace>>) -> Self {
+        self.trace = trace;
+        self
+    }
+
+    /// Whether the call is traced (response facts are worth gathering).
+    pub(crate) fn traced(&self) -> bool {
+        self.trace.is_some()
+    }
+
+    /// Headers the call's trace sends upstream (none when untraced).
+    pub(crate) fn headers(&self) -> &[(String, String)] {
+        self.trace.as_deref().map_or(&[], |t| t.headers())
+    }
+
+    /// Tells the call's trace how the call ended.
+    pub(crate) fn end_trace(&mut self, end: &CallEnd<'_>) {
+        if let Some(trace) = self.trace.take() {
+            trace.ended(end);
         }
     }
 
@@ -134,27 +165,39 @@ impl CallGuard {
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
-        if let Some(permit) = self.permit.take() {
-            let elapsed = self.elapsed_at(Instant::now());
-            // A loser that stayed silent past hedge_after timed out, as far
-            // as health goes; one started just before the winner answered
-            // merely lost a race.
-            let timed_out = self.shared.dropping_hedge_losers.load(Ordering::Relaxed)
-                && self
-                    .shared
-                    .route
-                    .policy
-                    .hedge_after
-                    .is_some_and(|hedge| elapsed >= hedge);
-            let outcome = if timed_out {
-                CallOutcome::Failure {
-                    kind: FailureKind::Timeout,
-                    retry_after: None,
-                    latency: elapsed,
-                }
-            } else {
-                CallOutcome::Cancelled
+        if self.permit.is_none() && self.trace.is_none() {
+            return;
+        }
+        let elapsed = self.elapsed_at(Instant::now());
+        // A loser that stayed silent past hedge_after timed out, as far as
+        // health goes; one started just before the winner answered merely
+        // lost a race.
+        let timed_out = self.shared.dropping_hedge_losers.load(Ordering::Relaxed)
+            && self
+                .shared
+                .route
+                .policy
+                .hedge_after
+                .is_some_and(|hedge| elapsed >= hedge);
+        let (outcome, attempt) = if timed_out {
+            let kind = FailureKind::Timeout;
+            let outcome = CallOutcome::Failure {
+                kind,
+                retry_after: None,
+                latency: elapsed,
             };
+            (outcome, AttemptOutcome::Failed(kind))
+        } else {
+            (CallOutcome::Cancelled, AttemptOutcome::Cancelled)
+        };
+        self.end_trace(&CallEnd {
+            outcome: attempt,
+            duration: elapsed,
+            first_output: self.first_output,
+            status: None,
+            response: None,
+        });
+        if let Some(permit) = self.permit.take() {
             self.shared.recorder().health(self.index, permit, outcome);
         }
     }

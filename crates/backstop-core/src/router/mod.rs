@@ -42,6 +42,7 @@ use crate::rate_limit::RateLimiter;
 use crate::result::{FallbackResult, ResultHandler};
 use crate::scenario::{RoutePolicy, Scenario, Timeouts};
 use crate::selector::Selector;
+use crate::trace::RequestTrace;
 
 pub use embed::EmbeddingsResult;
 pub use stream::{FallbackStream, StreamItem, StreamMeta};
@@ -104,6 +105,9 @@ pub struct RequestContext {
     pub caller: Option<Arc<str>>,
     /// The gateway's request id.
     pub request_id: Option<Arc<str>>,
+    /// Follows the request's upstream calls (a distributed tracer); `None`
+    /// costs nothing.
+    pub trace: Option<Arc<dyn RequestTrace>>,
 }
 
 /// A scenario (or a single model) ready to serve.

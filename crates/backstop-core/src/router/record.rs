@@ -1,7 +1,9 @@
 //! Step 5 of the map, recording: every outcome of a request reaches health,
-//! latency stats, budget and rate-limit settlement and the event sinks through
-//! [`Recorder`], whether the request is complete or streamed. A new sink
-//! (OpenTelemetry, fleet state) is added here, once.
+//! latency stats, budget and rate-limit settlement, the event sinks and the
+//! request's trace (a [`RequestTrace`](crate::trace::RequestTrace): each
+//! upstream call, each skip, the end) through [`Recorder`], whether the
+//! request is complete or streamed. A new sink (OpenTelemetry, fleet state)
+//! is added here, once.
 //!
 //! The Router also keeps one fact of its own here: whether each model's
 //! previous call failed (see [`Recorder::call_failed`]). The route's
@@ -16,13 +18,14 @@ use tokio::time::Instant;
 
 use super::run::{RunShared, RunState};
 use crate::budget::Reservation;
-use crate::chat::Usage;
-use crate::error::{AttemptOutcome, HealthEffect, ProviderError};
+use crate::chat::{ChatRequest, Usage};
+use crate::error::{AttemptOutcome, HealthEffect, ProviderError, SkipReason};
 use crate::events::{Event, FallbackEvent, RequestFinished};
 use crate::health::{CallOutcome, Permit};
 use crate::latency::LatencyKind;
 use crate::model::ModelIndex;
 use crate::rate_limit::{RateHold, RateUse};
+use crate::trace::{CallEnd, CallStart, CallTrace, Operation, ResponseFacts};
 
 use super::guard::{BudgetHold, CallGuard};
 
@@ -109,15 +112,58 @@ impl Recorder<'_> {
         inner.last_failed[index].store(false, Ordering::Relaxed);
     }
 
-    /// A complete call answered in `latency` and used `usage`.
+    /// The trace of an upstream call about to start at `level` after
+    /// `retry` same-model retries, sending `request`; `None` when the
+    /// request is not traced.
+    pub(crate) fn call_started(
+        &self,
+        index: ModelIndex,
+        level: usize,
+        retry: u32,
+        request: &ChatRequest,
+    ) -> Option<Box<dyn CallTrace>> {
+        let shared = self.shared;
+        let trace = shared.cx.trace.as_ref()?;
+        Some(trace.call_started(&CallStart {
+            scenario: &shared.route.name,
+            model: shared.spec(index),
+            operation: if shared.embeddings.is_some() {
+                Operation::Embeddings
+            } else {
+                Operation::Chat
+            },
+            fallback_level: level,
+            retry,
+            stream: shared.stream,
+            request,
+        }))
+    }
+
+    /// A model at `level` was not called, for `reason`.
+    pub(crate) fn skipped(&self, index: ModelIndex, level: usize, reason: SkipReason) {
+        if let Some(trace) = &self.shared.cx.trace {
+            trace.skipped(self.shared.model_id(index), level, reason);
+        }
+    }
+
+    /// A complete call answered in `latency` and used `usage`; `response`
+    /// is what it answered, for a traced call.
     pub(crate) fn complete_succeeded(
         &self,
         index: ModelIndex,
-        call: CallGuard,
+        mut call: CallGuard,
         hold: BudgetHold,
         latency: Duration,
         usage: &Usage,
+        response: Option<ResponseFacts<'_>>,
     ) {
+        call.end_trace(&CallEnd {
+            outcome: AttemptOutcome::Succeeded,
+            duration: latency,
+            first_output: None,
+            status: None,
+            response,
+        });
         call.finish(CallOutcome::Success { latency });
         self.answered(index, LatencyKind::Total, latency);
         self.attempt(index, AttemptOutcome::Succeeded, latency);
@@ -125,16 +171,25 @@ impl Recorder<'_> {
     }
 
     /// A stream finished properly after `total`; health hears of its time
-    /// to first token.
+    /// to first token. `response` is what it answered, for a traced call.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn stream_succeeded(
         &self,
         index: ModelIndex,
-        call: CallGuard,
+        mut call: CallGuard,
         hold: BudgetHold,
         first_token: Duration,
         total: Duration,
         usage: &Usage,
+        response: Option<ResponseFacts<'_>>,
     ) {
+        call.end_trace(&CallEnd {
+            outcome: AttemptOutcome::Succeeded,
+            duration: total,
+            first_output: Some(first_token),
+            status: None,
+            response,
+        });
         call.finish(CallOutcome::Success {
             latency: first_token,
         });
@@ -150,10 +205,17 @@ impl Recorder<'_> {
     pub(crate) fn call_failed(
         &self,
         index: ModelIndex,
-        call: CallGuard,
+        mut call: CallGuard,
         error: &ProviderError,
         elapsed: Duration,
     ) -> bool {
+        call.end_trace(&CallEnd {
+            outcome: AttemptOutcome::Failed(error.kind),
+            duration: elapsed,
+            first_output: call.first_output,
+            status: error.status,
+            response: None,
+        });
         call.finish(CallOutcome::Failure {
             kind: error.kind,
             retry_after: error.retry_after,
@@ -183,7 +245,7 @@ impl Recorder<'_> {
         let shared = self.shared;
         let latency = ended.saturating_duration_since(shared.started);
         let model_used = answered.map(|(index, _)| shared.model_id(index));
-        shared.inner.emit(&Event::RequestFinished(&RequestFinished {
+        let finished = RequestFinished {
             scenario: &shared.route.name,
             model_used: model_used.map(|m| &**m),
             fallback_level: answered.map(|(_, level)| level),
@@ -191,7 +253,11 @@ impl Recorder<'_> {
             latency,
             upstream_attempts: state.upstream_calls,
             stream: shared.stream,
-        }));
+        };
+        shared.inner.emit(&Event::RequestFinished(&finished));
+        if let Some(trace) = &shared.cx.trace {
+            trace.finished(&finished);
+        }
         if let (Some((index, level)), Some(primary)) = (answered, state.primary())
             && level > 0
         {

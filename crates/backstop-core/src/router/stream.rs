@@ -34,6 +34,7 @@ use crate::model::ModelIndex;
 use crate::provider::{Call, ChunkStream, Provider};
 use crate::result::Outcome;
 use crate::scenario::MidStreamPolicy;
+use crate::trace::ResponseFacts;
 
 /// What is known when a stream starts: enough for response headers.
 #[derive(Debug, Clone)]
@@ -153,7 +154,7 @@ impl Mode for StreamMode {
         shared: &RunShared,
         index: ModelIndex,
         opened: Opened,
-        call: CallGuard,
+        mut call: CallGuard,
         hold: BudgetHold,
         deadlines: CallDeadlines,
         first_token: Duration,
@@ -161,6 +162,7 @@ impl Mode for StreamMode {
         shared
             .recorder()
             .answered(index, LatencyKind::FirstToken, first_token);
+        call.first_output = Some(first_token);
         StreamStart {
             head: opened.head,
             rest: opened.rest,
@@ -227,6 +229,7 @@ pub(crate) async fn start(
         started_choices: 0,
         finished_choices: 0,
         cut_cause: None,
+        upstream: None,
         done: false,
     };
     machine.take_over(winner);
@@ -281,7 +284,19 @@ struct Machine {
     finished_choices: u64,
     /// The failure that cut the answer after it started.
     cut_cause: Option<ProviderError>,
+    /// What the current upstream said of its answer, gathered only when
+    /// its call is traced.
+    upstream: Option<UpstreamFacts>,
     done: bool,
+}
+
+/// What an upstream's chunks say of its answer (before the Router rewrites
+/// their id and model).
+#[derive(Default)]
+struct UpstreamFacts {
+    model: String,
+    id: String,
+    finish_reasons: Vec<String>,
 }
 
 /// Why a restarted answer could not be used.
@@ -310,6 +325,7 @@ impl Machine {
         self.started_choices = 0;
         self.finished_choices = 0;
         self.usage = None;
+        self.upstream = start.call.traced().then(UpstreamFacts::default);
         self.current = Some(Current {
             index: winner.index,
             level: winner.level,
@@ -387,6 +403,15 @@ impl Machine {
                 self.finished_choices |= bit;
             }
         }
+        if let Some(upstream) = &mut self.upstream {
+            if upstream.id.is_empty() {
+                upstream.id.clone_from(&chunk.id);
+                upstream.model.clone_from(&chunk.model);
+            }
+            upstream
+                .finish_reasons
+                .extend(chunk.choices.iter().filter_map(|c| c.finish_reason.clone()));
+        }
         replace(&mut chunk.id, &self.id);
         replace(&mut chunk.model, model);
         chunk.created = self.created;
@@ -447,6 +472,14 @@ impl Machine {
         let now = Instant::now();
         let total = current.call.elapsed_at(now);
         let streamed = self.streamed_usage();
+        let upstream = self.upstream.take();
+        let facts = upstream.as_ref().map(|u| ResponseFacts {
+            model: &u.model,
+            id: &u.id,
+            finish_reasons: u.finish_reasons.iter().map(String::as_str).collect(),
+            usage: self.usage.clone(),
+            output: Some(&self.delivered),
+        });
         self.shared.recorder().stream_succeeded(
             current.index,
             current.call,
@@ -454,6 +487,7 @@ impl Machine {
             current.first_token,
             total,
             self.usage.as_ref().unwrap_or(&streamed),
+            facts,
         );
         if let Some(entry) = self.state.trail.get_mut(current.trail_entry) {
             entry.duration = total;

@@ -36,6 +36,7 @@ mod server;
 mod skips;
 mod stream_interrupted;
 mod timeout;
+mod trace;
 
 const ANSWER: &str = "The quick brown fox jumps over the lazy dog.";
 

@@ -81,6 +81,7 @@ where
         let cx = RequestContext {
             caller,
             request_id: Some(request_id.as_str().into()),
+            trace: None,
         };
         answer(gateway, bytes, cx).await
     }

@@ -61,6 +61,9 @@ pub struct WireCall<'a> {
     /// [`Call::request_id`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_id: Option<&'a str>,
+    /// [`Call::headers`].
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub headers: &'a [(String, String)],
 }
 
 impl<'a> WireCall<'a> {
@@ -78,6 +81,7 @@ impl<'a> WireCall<'a> {
             max_tokens: call.max_tokens,
             connect_timeout_ms: u64::try_from(call.connect_timeout.as_millis()).unwrap_or(u64::MAX),
             request_id: call.request_id,
+            headers: call.headers,
         }
     }
 }
@@ -95,6 +99,8 @@ pub struct OwnedCall {
     connect_timeout_ms: u64,
     #[serde(default)]
     request_id: Option<String>,
+    #[serde(default)]
+    headers: Vec<(String, String)>,
 }
 
 impl OwnedCall {
@@ -108,6 +114,7 @@ impl OwnedCall {
             max_tokens: self.max_tokens,
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
             request_id: self.request_id.as_deref(),
+            headers: &self.headers,
         }
     }
 }
@@ -263,6 +270,7 @@ mod tests {
             max_tokens: 64,
             connect_timeout: Duration::from_millis(2500),
             request_id: Some("req-1"),
+            headers: &[],
         };
         let wire = WireCall::of(&call, 7);
         let json = encode(&wire, wire.size_hint()).unwrap();

@@ -100,6 +100,7 @@ fn call<'a>(model: &'a ModelSpec, request: &'a ChatRequest) -> Call<'a> {
         max_tokens: 256,
         connect_timeout: Duration::from_secs(1),
         request_id: Some("req-test"),
+        headers: &[],
     }
 }
 

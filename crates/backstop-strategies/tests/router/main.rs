@@ -95,6 +95,7 @@ async fn ask(
             RequestContext {
                 caller: caller.map(Into::into),
                 request_id: None,
+                trace: None,
             },
         )
         .await

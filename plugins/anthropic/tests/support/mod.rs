@@ -50,6 +50,7 @@ pub fn call<'a>(model: &'a ModelSpec, request: &'a ChatRequest) -> Call<'a> {
         max_tokens: 300,
         connect_timeout: Duration::from_secs(2),
         request_id: None,
+        headers: &[],
     }
 }
 

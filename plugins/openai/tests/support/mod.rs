@@ -44,6 +44,7 @@ pub fn call<'a>(model: &'a ModelSpec, request: &'a ChatRequest) -> Call<'a> {
         max_tokens: 64,
         connect_timeout: Duration::from_secs(2),
         request_id: Some("req-42"),
+        headers: &[],
     }
 }
 
