@@ -237,10 +237,11 @@ fn docs_tables() -> BTreeMap<String, (String, Vec<Row>)> {
 fn code_tables() -> BTreeMap<&'static str, Knobs> {
     use crate::schema::{
         LimitsSection, ModelSection, RateSection, RetriesSection, ScenarioSection, ServerSection,
-        StrategiesSection, TimeoutsSection,
+        StrategiesSection, TelemetrySection, TimeoutsSection,
     };
     let mut tables = BTreeMap::from([
         ("server", knobs_of::<ServerSection>(json!({}))),
+        ("telemetry", knobs_of::<TelemetrySection>(json!({}))),
         ("models", {
             // A model without a price is priced when it is built, not read.
             let mut models = knobs_of::<ModelSection>(json!({"provider": "p"}));

@@ -71,7 +71,9 @@ pub use report::{
     ModelEntry, PluginEntry, ProviderEntry, Report, RouteEntry, ScenarioEntry, StateEntry,
     StrategyChoice,
 };
-pub use resolved::{ApiKeys, FleetBackend, ProbeSettings, Resolved, ServerSettings};
+pub use resolved::{
+    ApiKeys, FleetBackend, OtlpProtocol, ProbeSettings, Resolved, ServerSettings, TelemetrySettings,
+};
 pub use source::{ENV_PREFIX, Format};
 
 /// The concrete monitors config builds (the metrics and alert sinks), for

@@ -39,6 +39,32 @@ pub struct ServerSettings {
     pub log_summary: Option<Duration>,
 }
 
+/// `[telemetry]`, resolved (the file's keys, else the `OTEL_*` variables).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TelemetrySettings {
+    /// The OTLP endpoint (no trailing slash); `None`: telemetry is off.
+    pub endpoint: Option<String>,
+    /// How to speak OTLP.
+    pub protocol: OtlpProtocol,
+    /// The resource's `service.name`.
+    pub service_name: String,
+    /// Whether prompts and completions go on the spans (off by default).
+    pub capture_content: bool,
+    /// Time between two metric exports.
+    pub export_interval: Duration,
+    /// Longest wait for one export.
+    pub export_timeout: Duration,
+}
+
+/// OTLP transports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// Protobuf over HTTP (`/v1/traces`, `/v1/metrics` under the endpoint).
+    HttpProtobuf,
+    /// gRPC.
+    Grpc,
+}
+
 /// Bearer keys. Never printed: `Debug` shows only how many there are.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ApiKeys(Vec<String>);
@@ -153,6 +179,8 @@ pub struct Resolved {
     pub probe: ProbeSettings,
     /// `[state]`: the fleet's shared state, to start with the server.
     pub fleet: FleetBackend,
+    /// `[telemetry]`: OpenTelemetry export, off unless configured.
+    pub telemetry: TelemetrySettings,
     /// Every distinct health policy (one per distinct `health` table).
     pub health_policies: Vec<Arc<dyn HealthPolicy>>,
     /// The background prober, ready to run: see [`Resolved::spawn_prober`].

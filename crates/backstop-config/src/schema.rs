@@ -10,7 +10,7 @@ use figment::value::Value;
 use serde::Deserialize;
 
 /// The top-level tables.
-pub(crate) const SECTIONS: [&str; 9] = [
+pub(crate) const SECTIONS: [&str; 10] = [
     "server",
     "providers",
     "models",
@@ -20,6 +20,7 @@ pub(crate) const SECTIONS: [&str; 9] = [
     "plugins",
     "state",
     "limits",
+    "telemetry",
 ];
 
 /// `[server]`: what the gateway listens on and how it guards itself.
@@ -152,6 +153,59 @@ impl Default for StateSection {
             key_prefix: default_key_prefix(),
             timeout_ms: DEFAULT_STATE_TIMEOUT_MS,
             on_store_failure: default_on_store_failure(),
+        }
+    }
+}
+
+/// `[telemetry]`: OpenTelemetry traces and metrics over OTLP. Unset keys
+/// fall back to the standard `OTEL_*` environment variables.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TelemetrySection {
+    /// The collector's OTLP endpoint; unset (and no
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`): telemetry is off.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// `http/protobuf` or `grpc`; unset: `OTEL_EXPORTER_OTLP_PROTOCOL`,
+    /// else `http/protobuf`.
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// `service.name` of the resource; unset: `OTEL_SERVICE_NAME`, else
+    /// `backstop`.
+    #[serde(default)]
+    pub service_name: Option<String>,
+    /// Put prompts and completions on the CLIENT spans.
+    #[serde(default)]
+    pub capture_content: bool,
+    /// Time between two metric exports.
+    #[serde(default = "default_export_interval")]
+    pub export_interval_ms: u64,
+    /// Longest wait for one export.
+    #[serde(default = "default_export_timeout")]
+    pub export_timeout_ms: u64,
+}
+
+pub(crate) const OTLP_PROTOCOLS: [&str; 2] = ["http/protobuf", "grpc"];
+pub(crate) const DEFAULT_SERVICE_NAME: &str = "backstop";
+pub(crate) const DEFAULT_EXPORT_INTERVAL_MS: u64 = 60_000;
+pub(crate) const DEFAULT_EXPORT_TIMEOUT_MS: u64 = 10_000;
+
+fn default_export_interval() -> u64 {
+    DEFAULT_EXPORT_INTERVAL_MS
+}
+fn default_export_timeout() -> u64 {
+    DEFAULT_EXPORT_TIMEOUT_MS
+}
+
+impl Default for TelemetrySection {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            protocol: None,
+            service_name: None,
+            capture_content: false,
+            export_interval_ms: DEFAULT_EXPORT_INTERVAL_MS,
+            export_timeout_ms: DEFAULT_EXPORT_TIMEOUT_MS,
         }
     }
 }

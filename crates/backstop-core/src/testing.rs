@@ -644,13 +644,16 @@ pub struct TracedCall {
     pub usage: Option<Usage>,
 }
 
+/// How a traced request ended: model used, level, error.
+pub type TracedEnd = (Option<String>, Option<usize>, Option<&'static str>);
+
 /// A [`RequestTrace`](crate::RequestTrace) that remembers every call, skip
 /// and end; each call carries the header `x-call: N` (its number).
 #[derive(Debug, Default)]
 pub struct RecordingTrace {
     calls: Arc<Mutex<Vec<TracedCall>>>,
     skips: Mutex<Vec<(String, usize, &'static str)>>,
-    finished: Mutex<Vec<(Option<String>, Option<usize>, Option<&'static str>)>>,
+    finished: Mutex<Vec<TracedEnd>>,
 }
 
 impl RecordingTrace {
@@ -669,7 +672,7 @@ impl RecordingTrace {
             .clone()
     }
     /// Ends so far: model used, level, error.
-    pub fn finished(&self) -> Vec<(Option<String>, Option<usize>, Option<&'static str>)> {
+    pub fn finished(&self) -> Vec<TracedEnd> {
         self.finished
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -48,6 +48,8 @@ pub struct GatewayOptions {
     /// Reloads the configuration (`POST /v1/backstop/reload`, SIGHUP);
     /// without it the endpoint answers that reloading is not available.
     pub reloader: Option<Arc<crate::reload::Reloader>>,
+    /// OpenTelemetry export (`[telemetry]`); `None`: off.
+    pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
 }
 
 impl Default for GatewayOptions {
@@ -59,6 +61,7 @@ impl Default for GatewayOptions {
             observers: Vec::new(),
             simulated_models: Vec::new(),
             reloader: None,
+            telemetry: None,
         }
     }
 }
@@ -177,6 +180,11 @@ impl Gateway {
     /// Contributors to metrics and status.
     pub fn observers(&self) -> Vec<Arc<dyn Observability>> {
         self.serving.load().observers.clone()
+    }
+
+    /// OpenTelemetry export, when on.
+    pub fn telemetry(&self) -> Option<&Arc<crate::telemetry::Telemetry>> {
+        self.options.telemetry.as_ref()
     }
 
     /// Models a `simulated` provider serves.

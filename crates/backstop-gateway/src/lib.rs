@@ -34,5 +34,6 @@ pub mod reload;
 pub mod server;
 #[cfg(feature = "simulated")]
 mod simulated;
+pub mod telemetry;
 
 pub use app::{DEFAULT_BODY_LIMIT, Gateway, GatewayOptions, Observability, Serving};

@@ -244,6 +244,13 @@ async fn run(
         shutdown_grace: resolved.server.shutdown_grace,
         max_connections: resolved.server.max_connections,
     };
+    let telemetry = match backstop_gateway::telemetry::Telemetry::start(&resolved) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let summary = summary(&resolved);
     // The prober and the log summary run under the reloader, which
     // replaces them with the configuration.
@@ -257,6 +264,7 @@ async fn run(
             observers: serving.observers,
             simulated_models: serving.simulated_models,
             reloader: Some(reloader),
+            telemetry: telemetry.clone(),
         },
     );
     #[cfg(unix)]
@@ -273,6 +281,9 @@ async fn run(
         draining.start_draining();
     })
     .await;
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown();
+    }
     ExitCode::SUCCESS
 }
 

@@ -120,6 +120,9 @@ impl Reloader {
             .map_err(ReloadError::Invalid)?;
         self.history.follow(Arc::clone(&resolved.metrics));
         gateway.swap(self.serving(&resolved));
+        if let Some(telemetry) = gateway.telemetry() {
+            telemetry.follow(&resolved);
+        }
         // The old prober and summary stop before the new ones start, so
         // two never probe side by side.
         running.prober = None;

@@ -129,6 +129,7 @@ impl OpenAiProvider {
 
     /// Posts `body` as JSON to `endpoint`; any non-success status comes back
     /// classified.
+    #[allow(clippy::too_many_arguments)]
     async fn post<B: serde::Serialize>(
         &self,
         endpoint: &Url,

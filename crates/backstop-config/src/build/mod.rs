@@ -17,6 +17,7 @@ mod server;
 mod sinks;
 mod state;
 mod strategies;
+mod telemetry;
 
 use std::sync::Arc;
 
@@ -117,6 +118,7 @@ pub(crate) fn build(
     let mut b = Builder::new(src);
     b.check_sections();
     let server = b.server();
+    let telemetry = b.telemetry();
     let plugins = b.plugins(registry);
     let registry: &Registry = registry;
 
@@ -317,6 +319,7 @@ pub(crate) fn build(
         alerts: sinks.alerts,
         probe: sinks.probe,
         fleet,
+        telemetry,
         health_policies: handover.pools.health.instances(),
         prober: sinks.prober,
         report,

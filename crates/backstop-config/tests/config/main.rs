@@ -11,6 +11,7 @@ mod limits;
 mod plugins;
 mod reload;
 mod state;
+mod telemetry;
 mod validation;
 
 use backstop_config::{Problems, Registry, Resolved};

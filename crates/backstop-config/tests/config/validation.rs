@@ -146,7 +146,7 @@ fn unknown_sections_and_keys_are_refused_with_the_expected_ones() {
             "{BASE}\n[modles.x]\nprovider = \"local\"\n\n[scenarios.chat]\nchain = [\"qwen-7b\"]\ntimeouts = {{ first_tokn_ms = 5 }}\nretries = {{ same_model = 1, backoff = 3 }}\n"
         ),
         &[
-            r#"c.toml: modles: unknown section "modles" (did you mean "models"?); expected one of "server", "providers", "models", "scenarios", "strategies", "alerts", "plugins", "state", "limits""#,
+            r#"c.toml: modles: unknown section "modles" (did you mean "models"?); expected one of "server", "providers", "models", "scenarios", "strategies", "alerts", "plugins", "state", "limits", "telemetry""#,
             r#"c.toml: scenarios.chat.retries.backoff: unknown key "backoff" (did you mean "backoff_max_ms"?); expected one of "same_model", "retry_after_cap_ms", "backoff_base_ms", "backoff_max_ms""#,
             r#"c.toml: scenarios.chat.timeouts.first_tokn_ms: unknown key "first_tokn_ms" (did you mean "first_token_ms"?); expected one of "connect_ms", "first_token_ms", "idle_ms", "attempt_ms", "total_ms""#,
         ],

@@ -69,6 +69,10 @@ where
 {
     let request_id = gateway.request_id(&headers);
     let span = tracing::info_span!("request", id = %request_id, door);
+    let traced = gateway.telemetry().map(|t| t.request(&headers, door));
+    let trace = traced
+        .clone()
+        .map(|t| t as Arc<dyn backstop_core::RequestTrace>);
     let mut response = async {
         let caller = match gateway.keys().authenticate(&headers) {
             Ok(caller) => caller,
@@ -81,12 +85,16 @@ where
         let cx = RequestContext {
             caller,
             request_id: Some(request_id.as_str().into()),
-            trace: None,
+            trace,
         };
         answer(gateway, bytes, cx).await
     }
     .instrument(span)
     .await;
+    // A stream's SERVER span ends with the stream, which holds it too.
+    if let Some(traced) = traced {
+        traced.answered(response.status());
+    }
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(annotate::REQUEST_ID, v);
     }
