@@ -13,8 +13,18 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::routing::post;
-use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
@@ -95,23 +105,101 @@ impl Receiver {
         }
     }
 
-    /// Waits (at most 20 s) until `ready` holds of what was received.
     async fn wait_for(&self, what: &str, ready: impl Fn(&Received) -> bool) {
-        for _ in 0..200 {
-            if ready(&self.received.lock().unwrap_or_else(PoisonError::into_inner)) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("the receiver never got {what}");
+        wait_for(&self.received, what, ready).await;
     }
 
     fn spans(&self) -> Vec<Span> {
-        self.received
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .spans
-            .clone()
+        spans(&self.received)
+    }
+}
+
+/// Waits (at most 20 s) until `ready` holds of what was received.
+async fn wait_for(received: &Mutex<Received>, what: &str, ready: impl Fn(&Received) -> bool) {
+    for _ in 0..200 {
+        if ready(&received.lock().unwrap_or_else(PoisonError::into_inner)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the receiver never got {what}");
+}
+
+fn spans(received: &Mutex<Received>) -> Vec<Span> {
+    received
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .spans
+        .clone()
+}
+
+/// An OTLP/gRPC receiver on 127.0.0.1 (tonic's server with the
+/// collector's generated services); stops when dropped.
+struct GrpcReceiver {
+    url: String,
+    received: Arc<Mutex<Received>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for GrpcReceiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct GrpcTraces(Arc<Mutex<Received>>);
+struct GrpcMetrics(Arc<Mutex<Received>>);
+
+#[tonic::async_trait]
+impl TraceService for GrpcTraces {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut got = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        for resource in request.into_inner().resource_spans {
+            for scope in resource.scope_spans {
+                got.spans.extend(scope.spans);
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for GrpcMetrics {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let mut got = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        for resource in request.into_inner().resource_metrics {
+            for scope in resource.scope_metrics {
+                got.metrics
+                    .extend(scope.metrics.into_iter().map(|m| m.name));
+            }
+        }
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
+impl GrpcReceiver {
+    async fn start() -> Self {
+        let received = Arc::new(Mutex::new(Received::default()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let router = tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(GrpcTraces(received.clone())))
+            .add_service(MetricsServiceServer::new(GrpcMetrics(received.clone())));
+        let task = tokio::spawn(async move {
+            let _ = router.serve_with_incoming(incoming).await;
+        });
+        Self {
+            url,
+            received,
+            task,
+        }
     }
 }
 
@@ -337,4 +425,71 @@ async fn content_goes_on_the_spans_only_when_enabled_and_streams_end_their_span_
     assert!(server.parent_span_id.is_empty());
     assert_eq!(client.parent_span_id, server.span_id);
     assert!(server.end_time_unix_nano >= client.end_time_unix_nano);
+}
+
+#[tokio::test]
+async fn grpc_export_carries_the_same_spans_and_metrics() {
+    let receiver = GrpcReceiver::start().await;
+    let primary = openai_upstream(vec![openai_error(
+        503,
+        "server_error",
+        "overloaded",
+        "The server is overloaded",
+    )])
+    .await;
+    let backup = healthy_upstream().await;
+    let mut toml = config(
+        &[
+            ("primary", openai_provider(&primary.uri())),
+            ("backup", openai_provider(&backup.uri())),
+        ],
+        &[model("primary"), model("backup")],
+        "retries = { same_model = 0 }",
+        "",
+    );
+    toml.push_str(&format!(
+        "\n[telemetry]\notlp_endpoint = \"{}\"\nprotocol = \"grpc\"\nexport_interval_ms = 200\n",
+        receiver.url
+    ));
+    let gw = Backstop::start(&toml, &FAST_BATCHES);
+    let response = reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .header("traceparent", format!("00-{TRACE_ID}-{CALLER_SPAN}-01"))
+        .json(&body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    wait_for(&receiver.received, "the spans over gRPC", |r| {
+        r.spans
+            .iter()
+            .filter(|s| s.kind == SpanKind::Client as i32)
+            .count()
+            >= 2
+            && r.spans.iter().any(|s| s.kind == SpanKind::Server as i32)
+    })
+    .await;
+    let spans = spans(&receiver.received);
+    let server = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Server as i32)
+        .unwrap();
+    assert_eq!(hex(&server.parent_span_id), CALLER_SPAN);
+    let mut clients: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.kind == SpanKind::Client as i32)
+        .collect();
+    clients.sort_by_key(|s| s.start_time_unix_nano);
+    assert_eq!(clients.len(), 2, "{clients:#?}");
+    assert!(clients.iter().all(|c| c.parent_span_id == server.span_id));
+    assert_eq!(text(clients[0], "error.type"), "overloaded");
+    assert_eq!(int(clients[0], "http.response.status_code"), 503);
+    assert_eq!(text(clients[1], "backstop.attempt.outcome"), "ok");
+    wait_for(&receiver.received, "the metrics over gRPC", |r| {
+        r.metrics
+            .iter()
+            .any(|m| m == "gen_ai.client.operation.duration")
+    })
+    .await;
 }
