@@ -6,6 +6,9 @@
 //!   the outage chaos benchmark (see `chaos.rs`).
 //! - `cargo xtask bench gateway [--out DIR] [--no-pin]`: the gateway's
 //!   overhead against a direct call to the same mock (see `bench/`).
+//! - `cargo xtask bench fleet [--out DIR] [--no-pin]`: what the Redis
+//!   fleet backend adds to a request against the local one (see
+//!   `bench/fleet.rs`).
 //! - `cargo xtask test [--no-install] [NEXTEST ARGS]...`: installs what the
 //!   test suite needs when it is missing (`redis-server`, `cargo-nextest`),
 //!   then runs `cargo nextest run --workspace` (see `test.rs`).
@@ -57,6 +60,9 @@ enum BenchTask {
     /// The gateway's added latency, throughput, CPU and memory against a
     /// direct call to the same mock upstream.
     Gateway(bench::GatewayArgs),
+    /// What the Redis fleet backend adds to a request against the local
+    /// one, side by side (needs redis-server).
+    Fleet(bench::fleet::FleetArgs),
 }
 
 /// What went wrong in a task: a message with its context.
@@ -102,6 +108,9 @@ fn main() -> ExitCode {
         Task::Bench {
             bench: BenchTask::Gateway(args),
         } => bench::run(&args),
+        Task::Bench {
+            bench: BenchTask::Fleet(args),
+        } => bench::fleet::run(&args),
         Task::Test(args) => test::run(&args),
     };
     match result {

@@ -34,6 +34,7 @@
 //! Every loop is bounded: a fixed list of loads and rounds, each with a
 //! request count, a sending time limit and a per-request deadline.
 
+pub mod fleet;
 mod measure;
 mod pin;
 mod procfs;

@@ -30,7 +30,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use backstop_fleet::testing::RedisServer;
 use tokio::time::Instant;
 
 use crate::answer::{KNOWN_TEXT, TEMPLATE_TEXT};
@@ -41,6 +40,7 @@ use crate::process::{GatewayCommand, GatewayProcess};
 use crate::scenario::Mode;
 use crate::timeline::Timeline;
 
+pub use backstop_fleet::testing::RedisServer;
 pub use load::{FleetOutcome, FleetRecord};
 pub use report::{FleetScenarioReport, render_fleet_markdown};
 
