@@ -5,12 +5,18 @@
 //! It holds the fleet to the targets that say it behaves as one gateway:
 //! nothing lost and every request answered in every run; a dead primary
 //! called at most `min_calls` + 2 times fleet-wide; a rolling budget never
-//! passed by more than the estimates in flight; every replica back on the
+//! passed by more than the estimates in flight; an upstream `rpm` quota
+//! never passed, with no 429 to a caller while the backup has room; every
+//! replica back on the
 //! store after Redis is killed and restarted, and a failure after the
-//! restart shared again. The latency target of the restart scenario
-//! belongs to the release run (`cargo xtask chaos`). The `local` runs are
+//! restart shared again. Timing targets belong to the release run (`cargo
+//! xtask chaos`): the restart's latency, and the exact call counts of the
+//! quota and of the shared cooldown, which a busy CI machine can push past
+//! by a request or two in flight; here those are held to looser bounds and
+//! to the local runs. The `local` runs are
 //! the comparison: the same dead primary costs more calls, the same
-//! budget is spent once per replica.
+//! budget is spent once per replica, the same quota is sent once per
+//! replica.
 //!
 //! `.config/nextest.toml` runs this test alone.
 
@@ -54,14 +60,24 @@ async fn a_fleet_of_three_behaves_as_one_gateway_at_quick_size() {
             ("fleet_primary_down", "local"),
             ("fleet_budget", "redis"),
             ("fleet_budget", "local"),
+            ("fleet_rpm_quota", "redis"),
+            ("fleet_rpm_quota", "local"),
             ("fleet_redis_restart", "redis"),
         ]
     );
     let mut problems = Vec::new();
     for s in fleet {
         for t in &s.targets {
-            // Latency is the release run's.
-            if !t.met && t.figure != "p99_store_down_ms" {
+            // Timing belongs to the release run: the restart's latency,
+            // and the figures a busy CI machine can push past their
+            // targets by a request or two in flight (they are compared
+            // with the local runs below instead).
+            let timing = [
+                "p99_store_down_ms",
+                "primary_calls_after_failure",
+                "primary_requests",
+            ];
+            if !t.met && !timing.contains(&t.figure.as_str()) {
                 problems.push(format!(
                     "{} ({}): {} = {:?}, target {}",
                     s.name, s.backend, t.figure, t.measured, t.target
@@ -89,6 +105,20 @@ async fn a_fleet_of_three_behaves_as_one_gateway_at_quick_size() {
     if local_spend <= cap {
         problems.push(format!(
             "replicas sharing nothing spent {local_spend} against a cap of {cap}: the comparison shows nothing"
+        ));
+    }
+    let quota = figure("fleet_rpm_quota", "local", "rpm");
+    let local_seen = figure("fleet_rpm_quota", "local", "primary_requests");
+    let shared_seen = figure("fleet_rpm_quota", "redis", "primary_requests");
+    if local_seen <= quota || shared_seen >= local_seen || shared_seen > quota + 2.0 {
+        problems.push(format!(
+            "rpm {quota}: the primary saw {shared_seen} requests from a shared fleet, {local_seen} from one sharing nothing"
+        ));
+    }
+    let after = figure("fleet_redis_restart", "redis", "primary_calls_after_failure");
+    if after > 2.0 * 3.0 {
+        problems.push(format!(
+            "after Redis came back, the primary's 429 cost {after} calls: the cooldown was not shared"
         ));
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));

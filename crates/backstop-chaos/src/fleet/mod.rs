@@ -10,6 +10,11 @@
 //!   spends against the cap (target: at most the cap plus the estimates of
 //!   the requests in flight); the local backend, for comparison, lets each
 //!   replica spend the cap.
+//! - `fleet_rpm_quota`: the primary declares an `rpm` quota smaller than
+//!   the load. What the upstream sees (target: at most its quota in the
+//!   run, which lasts under a minute) and what callers get (target: no
+//!   429, as the backup has room); the local backend, for comparison, lets
+//!   each replica send the quota.
 //! - `fleet_redis_restart`: Redis killed mid-run and restarted (empty),
 //!   then the primary answers 429 with a long Retry-After. Nothing lost,
 //!   no slower while the store is gone (target: p99 within `timeout_ms` of
@@ -45,8 +50,12 @@ pub use load::{FleetOutcome, FleetRecord};
 pub use report::{FleetScenarioReport, render_fleet_markdown};
 
 /// Every fleet scenario, in the order they run.
-pub const FLEET_SCENARIO_NAMES: [&str; 3] =
-    ["fleet_primary_down", "fleet_budget", "fleet_redis_restart"];
+pub const FLEET_SCENARIO_NAMES: [&str; 4] = [
+    "fleet_primary_down",
+    "fleet_budget",
+    "fleet_rpm_quota",
+    "fleet_redis_restart",
+];
 
 /// Gateway replicas in a fleet.
 pub const REPLICAS: usize = 3;
@@ -56,8 +65,10 @@ pub const REDIS_URL_ENV: &str = "BACKSTOP_CHAOS_REDIS_URL";
 
 /// The breaker's `min_calls` in every fleet scenario.
 const MIN_CALLS: u32 = 5;
-/// `[state] timeout_ms`.
-const STORE_TIMEOUT_MS: u64 = 20;
+/// `[state] timeout_ms`: above the default 20 ms, so a machine busy with
+/// three replicas, the fakes and the load does not turn a slow answer
+/// into a store failure (each replica then counting alone) mid-run.
+const STORE_TIMEOUT_MS: u64 = 50;
 /// Longest wait for a replica's `/readyz`.
 const READY_WITHIN: Duration = Duration::from_secs(20);
 /// Longest wait after SIGTERM.
@@ -68,6 +79,15 @@ const DEADLINE: Duration = Duration::from_secs(5);
 const MAX_TOKENS: u32 = 64;
 /// USD per 1k completion tokens of the budget scenario's primary.
 const OUTPUT_COST_PER_1K: f64 = 1.0;
+
+/// The `rpm` quota of `fleet_rpm_quota`'s primary: a third of the load of
+/// a quick run, a tenth of a full one (both shorter than a minute).
+fn rpm_quota(mode: Mode) -> u64 {
+    match mode {
+        Mode::Quick => 20,
+        Mode::Full => 45,
+    }
+}
 
 /// The store behind a fleet run: which backend, and the server when Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,6 +168,8 @@ struct Render<'a> {
     backend: Backend,
     /// Chain without the secondary: the primary, then the template.
     budget: Option<f64>,
+    /// The primary's `rpm` quota.
+    rpm: Option<u64>,
 }
 
 fn render(r: &Render<'_>) -> String {
@@ -203,6 +225,12 @@ probe = {{ interval_ms = 500 }}
             r#"["primary", "secondary", "rules"]"#
         },
     );
+    if let Some(rpm) = r.rpm {
+        toml = toml.replace(
+            "[models.secondary]",
+            &format!("rpm = {rpm}\n\n[models.secondary]"),
+        );
+    }
     if let Some(cap) = r.budget {
         toml.push_str(&format!(
             "budget = {{ type = \"rolling\", max_cost = {cap} }}\n"
@@ -230,7 +258,9 @@ pub async fn run(
     let mut reports = Vec::new();
     for (i, name) in names.iter().enumerate() {
         let backends: &[Backend] = match *name {
-            "fleet_primary_down" | "fleet_budget" => &[Backend::Redis, Backend::Local],
+            "fleet_primary_down" | "fleet_budget" | "fleet_rpm_quota" => {
+                &[Backend::Redis, Backend::Local]
+            }
             _ => &[Backend::Redis],
         };
         for &backend in backends {
@@ -333,12 +363,14 @@ async fn drive(
         Backend::Local => None,
     };
     let budget = (name == "fleet_budget").then(|| budget_cap(mode));
+    let rpm = (name == "fleet_rpm_quota").then(|| rpm_quota(mode));
     let toml = render(&Render {
         scenario: name,
         primary_url: primary.api_base_url(),
         secondary_url: secondary.api_base_url(),
         backend,
         budget,
+        rpm,
     });
     let stem = format!("{name}-{}", backend.name());
     let config = out_dir.join("configs").join(format!("{stem}.toml"));
@@ -453,6 +485,39 @@ async fn drive(
                     "min_calls + 2",
                 ));
             }
+        }
+        "fleet_rpm_quota" => {
+            let quota = rpm.unwrap_or(0) as f64;
+            let seen = calls(Duration::ZERO);
+            let rate_limited = records
+                .iter()
+                .filter(|r| r.outcome == FleetOutcome::Clean { status: 429 })
+                .count() as f64;
+            report.figure("primary_requests", seen);
+            report.figure("rpm", quota);
+            report.figure("callers_429", rate_limited);
+            report.headline = format!(
+                "the primary saw {seen} requests against an rpm of {quota} (the run lasts under a minute); {rate_limited} callers got 429"
+            );
+            report.summary = format!(
+                "a primary with rpm = {quota} under {:.0} requests a minute, a backup with room, {REPLICAS} replicas, {} backend",
+                size.rate_per_sec * 60.0,
+                backend.name()
+            );
+            if backend == Backend::Redis {
+                report.target(report::at_most(
+                    "primary_requests",
+                    seen,
+                    quota,
+                    "rpm: the run lasts under a minute",
+                ));
+            }
+            report.target(report::at_most(
+                "callers_429",
+                rate_limited,
+                0.0,
+                "none while the backup has room",
+            ));
         }
         "fleet_budget" => {
             let cap = budget.unwrap_or(0.0);
@@ -600,6 +665,7 @@ mod tests {
             secondary_url: "http://127.0.0.1:2/v1".into(),
             backend: Backend::Redis,
             budget: Some(0.5),
+            rpm: None,
         };
         let toml = render(&r);
         assert!(
@@ -611,9 +677,14 @@ mod tests {
         let local = render(&Render {
             backend: Backend::Local,
             budget: None,
+            rpm: Some(20),
             ..r
         });
         assert!(!local.contains("[state]"), "{local}");
         assert!(local.contains(r#"chain = ["primary", "secondary", "rules"]"#));
+        assert!(
+            local.contains("rpm = 20\n\n[models.secondary]"),
+            "the quota is the primary's: {local}"
+        );
     }
 }
