@@ -115,7 +115,11 @@ async fn a_fleet_of_three_behaves_as_one_gateway_at_quick_size() {
             "rpm {quota}: the primary saw {shared_seen} requests from a shared fleet, {local_seen} from one sharing nothing"
         ));
     }
-    let after = figure("fleet_redis_restart", "redis", "primary_calls_after_failure");
+    let after = figure(
+        "fleet_redis_restart",
+        "redis",
+        "primary_calls_after_failure",
+    );
     if after > 2.0 * 3.0 {
         problems.push(format!(
             "after Redis came back, the primary's 429 cost {after} calls: the cooldown was not shared"
