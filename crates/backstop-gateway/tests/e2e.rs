@@ -905,6 +905,8 @@ async fn a_fleet_of_two_gateways_stops_calling_a_dead_primary_together() {
     let env = [("FLEET_REDIS_URL", url.as_str())];
     let a = Backstop::start(&toml, &env);
     let b = Backstop::start(&toml, &env);
+    wait_for_store(&a).await;
+    wait_for_store(&b).await;
 
     for _ in 0..2 {
         let r = post(&a, &body(false)).await;
@@ -1012,6 +1014,8 @@ async fn a_fleet_of_two_gateways_shares_one_rolling_budget() {
     let env = [("FLEET_REDIS_URL", url.as_str())];
     let a = Backstop::start(&toml, &env);
     let b = Backstop::start(&toml, &env);
+    wait_for_store(&a).await;
+    wait_for_store(&b).await;
     let mut statuses = Vec::new();
     for gw in [&a, &b, &a, &b] {
         let r = post(gw, &body(false)).await;

@@ -216,23 +216,6 @@ async fn a_caller_over_its_limit_gets_429_with_retry_after_at_every_door() {
     );
 }
 
-/// Waits (at most 5 s) until the gateway's status says its store answers.
-async fn wait_for_store(gw: &Backstop) {
-    let started = std::time::Instant::now();
-    loop {
-        let status = status_of(gw, None).await;
-        if status["state"]["store_up"] == true {
-            return;
-        }
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(5),
-            "the store never came up: {}",
-            status["state"]
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
-
 /// Two replicas share one rpm quota through the store: requests alternate
 /// between them, the primary's upstream sees only its quota (each replica
 /// alone would have sent it twice as many), and the backup answers the

@@ -426,3 +426,27 @@ pub fn last_json(events: &[String]) -> Value {
         .unwrap();
     serde_json::from_str(last).unwrap()
 }
+
+/// Waits (at most 5 s) until the gateway's status says its fleet store
+/// answers, so a fleet test's first request is not served on the replica's
+/// own state while the store is still connecting.
+pub async fn wait_for_store(gw: &Backstop) {
+    let started = std::time::Instant::now();
+    loop {
+        let status: Value = reqwest::get(gw.url("/v1/backstop/status"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if status["state"]["store_up"] == true {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the store never came up: {}",
+            status["state"]
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
