@@ -63,6 +63,10 @@ enum BenchTask {
     /// What the Redis fleet backend adds to a request against the local
     /// one, side by side (needs redis-server).
     Fleet(bench::fleet::FleetArgs),
+    /// The minimal hyper proxy `bench gateway` measures as the floor
+    /// (started by it; serves until killed).
+    #[command(hide = true)]
+    FloorProxy(bench::FloorArgs),
 }
 
 /// What went wrong in a task: a message with its context.
@@ -111,6 +115,9 @@ fn main() -> ExitCode {
         Task::Bench {
             bench: BenchTask::Fleet(args),
         } => bench::fleet::run(&args),
+        Task::Bench {
+            bench: BenchTask::FloorProxy(args),
+        } => bench::serve_floor_proxy(&args),
         Task::Test(args) => test::run(&args),
     };
     match result {

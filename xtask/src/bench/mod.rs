@@ -13,15 +13,19 @@
 //!    failover config (primary: the 500 mock; secondary: the healthy one;
 //!    no same-model retry and a circuit that never opens, so every request
 //!    pays exactly one failed call). Each waits idle until its turn.
+//!    Then the floor (`floor_proxy.rs`): a minimal hyper proxy on the
+//!    gateway's core in front of the same healthy mock.
 //! 4. Drives open-loop, fixed-rate load (the chaos load generator: latency
 //!    from the intended send time, HdrHistogram), the sides of each
 //!    comparison taking turns over several rounds so a drifting shared
 //!    machine affects them alike: straight to the mock vs through the
-//!    gateway, one request at a time (500 req/s, and 2,000 req/s for
+//!    gateway (and, at 500 req/s and for CPU, through the floor proxy),
+//!    one request at a time (500 req/s, and 2,000 req/s for
 //!    comparison: less idle time between requests) and in bursts of 32
 //!    (3,200 req/s), with sends timed to the microsecond; the gateway's
 //!    CPU time per request (`/proc/PID/stat` utime + stime) at 5,000
-//!    req/s with its default log level vs `RUST_LOG=warn`; the failover
+//!    req/s with its default log level vs `RUST_LOG=warn` vs the floor
+//!    proxy; the failover
 //!    gateway vs the healthy one (end to end, and by the gateway's attempt
 //!    trail: what falling over added outside the answering call against
 //!    the failed call's own duration, the extra round trip) and a direct
@@ -35,6 +39,7 @@
 //! request count, a sending time limit and a per-request deadline.
 
 pub mod fleet;
+mod floor_proxy;
 mod measure;
 mod pin;
 mod procfs;
@@ -55,9 +60,11 @@ use backstop_chaos::{
 use clap::Args;
 
 use crate::{TaskError, build, workspace_root};
-use measure::{Load, Sample, Side, interleaved, measure};
+use floor_proxy::FloorProxy;
+pub use floor_proxy::{FloorArgs, serve as serve_floor_proxy};
+use measure::{Load, Sample, Side, interleaved, measure, round1};
 use pin::Pinning;
-use report::{Failover, GatewayBench, Pair, Throughput};
+use report::{Failover, Floor, GatewayBench, Pair, Throughput};
 
 /// `cargo xtask bench gateway` options.
 #[derive(Debug, Args)]
@@ -398,14 +405,62 @@ async fn bench(binary: &Path, out: &Path, pinning: &Pinning) -> Result<GatewayBe
     )
     .await?;
     let through = Target::new(gateway.base_url());
+    // The floor: a minimal hyper proxy on the gateway's core, in front of
+    // the same mock.
+    let mock_origin = healthy_mock.api_base_url();
+    let mock_origin = mock_origin.strip_suffix("/v1").unwrap_or(&mock_origin);
+    let floor = FloorProxy::start(
+        mock_origin,
+        pinning.gateway_wrapper(),
+        &out.join("floor-proxy.log"),
+    )
+    .await?;
+    eprintln!(
+        "floor proxy: pid {} on {} (CPUs {})",
+        floor.pid(),
+        floor.base_url(),
+        procfs::cpus_allowed(floor.pid()).unwrap_or_else(|e| e.to_string())
+    );
 
     eprintln!("latency, one request at a time (500 and 2,000 req/s), {ROUNDS} interleaved rounds");
     let c1_load = Load {
         precise: true,
         ..Load::steady(500.0, 0.8)
     };
-    let c1 = pair(&direct, &through, pid, c1_load, ROUNDS).await?;
+    let floor_through = Target::new(floor.base_url());
+    let c1_sides = [
+        Side {
+            target: direct.clone(),
+            cpu_of: None,
+            load: c1_load,
+        },
+        Side {
+            target: through.clone(),
+            cpu_of: Some(pid),
+            load: c1_load,
+        },
+        Side {
+            target: floor_through.clone(),
+            cpu_of: Some(floor.pid()),
+            load: c1_load,
+        },
+    ];
+    let mut c1_samples = interleaved(&c1_sides, SCENARIO, ROUNDS).await?.into_iter();
+    let (Some(c1_direct), Some(c1_gateway), Some(floor_c1)) =
+        (c1_samples.next(), c1_samples.next(), c1_samples.next())
+    else {
+        return Err(TaskError::msg("the c1 measurement returned no sample"));
+    };
+    let c1 = Pair {
+        direct: c1_direct,
+        gateway: c1_gateway,
+    };
     report_pair("c1", &c1);
+    eprintln!(
+        "  c1 floor proxy: p50 {:.1} us (+{:.1})",
+        floor_c1.p50_us,
+        round1(floor_c1.p50_us - c1.direct.p50_us)
+    );
     // Still one at a time (a request every 500 us), but the gateway's
     // core idles far less between requests.
     let c1_busier_load = Load {
@@ -437,17 +492,26 @@ async fn bench(binary: &Path, out: &Path, pinning: &Pinning) -> Result<GatewayBe
             cpu_of: Some(quiet.pid()),
             load: cpu_load,
         },
+        Side {
+            target: floor_through,
+            cpu_of: Some(floor.pid()),
+            load: cpu_load,
+        },
     ];
     let mut cpu_samples = interleaved(&cpu_sides, SCENARIO, 3).await?.into_iter();
-    let (Some(cpu), Some(cpu_quiet_logs)) = (cpu_samples.next(), cpu_samples.next()) else {
+    let (Some(cpu), Some(cpu_quiet_logs), Some(floor_cpu)) =
+        (cpu_samples.next(), cpu_samples.next(), cpu_samples.next())
+    else {
         return Err(TaskError::msg("the CPU measurement returned no sample"));
     };
     eprintln!(
-        "  {:.1} us per request, {:.1} us with RUST_LOG=warn",
+        "  {:.1} us per request, {:.1} us with RUST_LOG=warn, floor proxy {:.1} us",
         cpu.cpu_us_per_request.unwrap_or(f64::NAN),
-        cpu_quiet_logs.cpu_us_per_request.unwrap_or(f64::NAN)
+        cpu_quiet_logs.cpu_us_per_request.unwrap_or(f64::NAN),
+        floor_cpu.cpu_us_per_request.unwrap_or(f64::NAN)
     );
     stop(quiet).await?;
+    floor.stop().await?;
 
     eprintln!("failover on a 500 primary (500 req/s), {ROUNDS} interleaved rounds");
     let failover_sides = [
@@ -521,6 +585,10 @@ async fn bench(binary: &Path, out: &Path, pinning: &Pinning) -> Result<GatewayBe
         cpu_quiet_logs,
         idle_rss_bytes,
         failover,
+        floor: Floor {
+            c1: floor_c1,
+            cpu: floor_cpu,
+        },
         streams: None,
         targets: Vec::new(),
     };
