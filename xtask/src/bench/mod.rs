@@ -589,9 +589,11 @@ async fn bench(binary: &Path, out: &Path, pinning: &Pinning) -> Result<GatewayBe
             c1: floor_c1,
             cpu: floor_cpu,
         },
+        floor_ratios: None,
         streams: None,
         targets: Vec::new(),
     };
+    bench.floor_ratios = Some(bench.floor_ratios());
     bench.targets = report::evaluate(&bench);
     Ok(bench)
 }

@@ -38,6 +38,9 @@ pub struct GatewayBench {
     pub failover: Failover,
     /// The floor: a minimal hyper proxy at the same loads (issue 18).
     pub floor: Floor,
+    /// The floor's figures and Backstop's ratios to them (from `floor`;
+    /// filled in with the targets).
+    pub floor_ratios: Option<FloorRatios>,
     /// The stream benchmarks (issue 18), unless `--part requests`.
     pub streams: Option<super::stream_report::StreamsBench>,
     /// Every target, met or not.
@@ -509,6 +512,7 @@ mod tests {
                 c1: sample(100.0, 250.0, Some(40.0)),
                 cpu: sample(0.0, 0.0, Some(40.0)),
             },
+            floor_ratios: None,
             streams: None,
             targets: Vec::new(),
         }
