@@ -25,8 +25,9 @@
 //!    listed in [`Handover::restart_required`]: `[server]`'s `listen`,
 //!    `max_connections`, `header_read_timeout_ms`, `shutdown_grace_ms`,
 //!    `body_limit_bytes`, `body_read_timeout_ms` and `api_keys_env` (the
-//!    accept loop and the caller keys are set up once), and `[state]` (the
-//!    fleet's store connection and subscription stay as started).
+//!    accept loop and the caller keys are set up once), `[state]` (the
+//!    fleet's store connection and subscription stay as started) and
+//!    `[telemetry]` (the OTLP exporters are set up once).
 //! 5. Plugin libraries are opened once: a plugin named again registers its
 //!    types from the library already open (see [`Registry`]).
 
@@ -42,7 +43,7 @@ use crate::build::Pools;
 use crate::problem::Problems;
 use crate::registry::{Registry, SeamKind};
 use crate::report::StateEntry;
-use crate::resolved::{FleetBackend, Resolved, ServerSettings};
+use crate::resolved::{FleetBackend, OtlpProtocol, Resolved, ServerSettings, TelemetrySettings};
 
 /// A configuration file, loaded once and reloadable.
 #[derive(Debug, Clone)]
@@ -104,6 +105,7 @@ pub struct Handover {
     pub(crate) fleet: FleetBackend,
     pub(crate) state: StateEntry,
     pub(crate) server: ServerSettings,
+    pub(crate) telemetry: TelemetrySettings,
     pub(crate) rate_limiter: Option<Arc<dyn RateLimiter>>,
     pub(crate) per_caller: Option<RateQuota>,
     /// What this configuration took from its predecessor (empty after a
@@ -254,6 +256,37 @@ pub(crate) fn restart_required(
         });
     }
     changed
+}
+
+/// `[telemetry]`, when it changed: the OTLP exporters are set up at start,
+/// so the running settings stay until a restart.
+pub(crate) fn telemetry_restart(
+    running: &TelemetrySettings,
+    next: &TelemetrySettings,
+) -> Option<RestartRequired> {
+    let shown = |t: &TelemetrySettings| match &t.endpoint {
+        None => "off".to_owned(),
+        Some(endpoint) => format!(
+            "{} to {endpoint} as {}{}, every {} ms, timeout {} ms",
+            match t.protocol {
+                OtlpProtocol::HttpProtobuf => "http/protobuf",
+                OtlpProtocol::Grpc => "grpc",
+            },
+            t.service_name,
+            if t.capture_content {
+                " with content"
+            } else {
+                ""
+            },
+            t.export_interval.as_millis(),
+            t.export_timeout.as_millis(),
+        ),
+    };
+    (running != next).then(|| RestartRequired {
+        key: "telemetry".to_owned(),
+        running: shown(running),
+        configured: shown(next),
+    })
 }
 
 /// Fills in what `pools` and `providers` say was kept and built.

@@ -118,7 +118,7 @@ pub(crate) fn build(
     let mut b = Builder::new(src);
     b.check_sections();
     let server = b.server();
-    let telemetry = b.telemetry();
+    let mut telemetry = b.telemetry();
     let plugins = b.plugins(registry);
     let registry: &Registry = registry;
 
@@ -226,6 +226,10 @@ pub(crate) fn build(
     if let Some(r) = running {
         carried.restart_required =
             crate::reload::restart_required((&r.server, &r.state), (&server, &state));
+        if let Some(changed) = crate::reload::telemetry_restart(&r.telemetry, &telemetry) {
+            carried.restart_required.push(changed);
+            telemetry = r.telemetry.clone();
+        }
         // What only a restart changes keeps its running value, so that
         // what is reported is what runs.
         let api_keys = (r.server.api_keys_env.clone(), r.server.api_keys.clone());
@@ -307,6 +311,7 @@ pub(crate) fn build(
         fleet: fleet.clone(),
         state,
         server: server.clone(),
+        telemetry: telemetry.clone(),
         rate_limiter,
         per_caller,
         carried,

@@ -277,7 +277,7 @@ fn what_only_a_restart_changes_keeps_its_running_value_and_is_named() {
         jail.create_file(
             "c.toml",
             &format!(
-                "[server]\nlisten = \"127.0.0.1:9090\"\nmax_connections = 7\n{BASE}\n[state]\nbackend = \"redis\"\nurl_env = \"FLEET_URL\"\n"
+                "[server]\nlisten = \"127.0.0.1:9090\"\nmax_connections = 7\n{BASE}\n[state]\nbackend = \"redis\"\nurl_env = \"FLEET_URL\"\n\n[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318\"\n"
             ),
         )?;
         let second = file.reload(&first.handover).expect("reloads");
@@ -293,7 +293,16 @@ fn what_only_a_restart_changes_keeps_its_running_value_and_is_named() {
                 ("server.listen", "127.0.0.1:8080", "127.0.0.1:9090"),
                 ("server.max_connections", "10000", "7"),
                 ("state", "local", "redis (FLEET_URL)"),
+                (
+                    "telemetry",
+                    "off",
+                    "http/protobuf to http://127.0.0.1:4318 as backstop, every 60000 ms, timeout 10000 ms"
+                ),
             ]
+        );
+        assert_eq!(
+            second.telemetry.endpoint, None,
+            "the exporters run as started"
         );
         // The running values stay, and the report says what runs.
         assert_eq!(second.server.listen.to_string(), "127.0.0.1:8080");
