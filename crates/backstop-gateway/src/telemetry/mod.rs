@@ -206,68 +206,63 @@ impl Telemetry {
     }
 }
 
+/// Builds one signal's OTLP exporter for `settings.protocol`: the span and
+/// metric exporters' builders are different types with the same methods.
+macro_rules! otlp_exporter {
+    ($builder:expr, $settings:expr, $endpoint:expr, $signal:literal, $http_path:literal) => {{
+        let (settings, endpoint) = ($settings, $endpoint);
+        let (url, built) = match settings.protocol {
+            OtlpProtocol::HttpProtobuf => {
+                let url = format!("{endpoint}{}", $http_path);
+                let built = $builder
+                    .with_http()
+                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                    .with_endpoint(url.clone())
+                    .with_timeout(settings.export_timeout)
+                    .build();
+                (url, built)
+            }
+            OtlpProtocol::Grpc => {
+                let built = $builder
+                    .with_tonic()
+                    .with_endpoint(endpoint.to_owned())
+                    .with_timeout(settings.export_timeout)
+                    .build();
+                (endpoint.to_owned(), built)
+            }
+        };
+        built.map_err(|source| TelemetryError::Exporter {
+            signal: $signal,
+            endpoint: url,
+            source,
+        })
+    }};
+}
+
 fn span_exporter(
     settings: &TelemetrySettings,
     endpoint: &str,
 ) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
-    let builder = opentelemetry_otlp::SpanExporter::builder();
-    let (url, built) = match settings.protocol {
-        OtlpProtocol::HttpProtobuf => {
-            let url = format!("{endpoint}/v1/traces");
-            let built = builder
-                .with_http()
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_endpoint(url.clone())
-                .with_timeout(settings.export_timeout)
-                .build();
-            (url, built)
-        }
-        OtlpProtocol::Grpc => {
-            let built = builder
-                .with_tonic()
-                .with_endpoint(endpoint.to_owned())
-                .with_timeout(settings.export_timeout)
-                .build();
-            (endpoint.to_owned(), built)
-        }
-    };
-    built.map_err(|source| TelemetryError::Exporter {
-        signal: "traces",
-        endpoint: url,
-        source,
-    })
+    otlp_exporter!(
+        opentelemetry_otlp::SpanExporter::builder(),
+        settings,
+        endpoint,
+        "traces",
+        "/v1/traces"
+    )
 }
 
 fn metric_exporter(
     settings: &TelemetrySettings,
     endpoint: &str,
 ) -> Result<opentelemetry_otlp::MetricExporter, TelemetryError> {
-    let builder = opentelemetry_otlp::MetricExporter::builder();
-    let (url, built) = match settings.protocol {
-        OtlpProtocol::HttpProtobuf => {
-            let url = format!("{endpoint}/v1/metrics");
-            let built = builder
-                .with_http()
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_endpoint(url.clone())
-                .with_timeout(settings.export_timeout)
-                .build();
-            (url, built)
-        }
-        OtlpProtocol::Grpc => {
-            let built = builder
-                .with_tonic()
-                .with_endpoint(endpoint.to_owned())
-                .with_timeout(settings.export_timeout)
-                .build();
-            (endpoint.to_owned(), built)
-        }
-    };
-    built.map_err(|source| TelemetryError::Exporter {
-        signal: "metrics",
-        endpoint: url,
-        source,
-    })
+    otlp_exporter!(
+        opentelemetry_otlp::MetricExporter::builder(),
+        settings,
+        endpoint,
+        "metrics",
+        "/v1/metrics"
+    )
 }
 
 /// Each model's provider type and address, from the resolved config.
