@@ -27,9 +27,9 @@ use clap::Args;
 use serde::Serialize;
 
 use super::measure::{Load, Sample, Side, interleaved};
-use super::pin::{self, Pinning};
-use super::{LOG_LEVEL, ROUNDS, SCENARIO, mock, procfs, start_gateway, stop};
-use crate::{TaskError, build, workspace_root};
+use super::pin::Pinning;
+use super::{LOG_LEVEL, ROUNDS, SCENARIO, Setup, mock, procfs, start_gateway, stop};
+use crate::{TaskError, build};
 
 /// Added p50 the Redis backend may cost a request, in microseconds.
 const TARGET_ADDED_P50_US: f64 = 300.0;
@@ -120,27 +120,12 @@ chain = ["mock"]
 
 /// Runs the benchmark; exit 0 when the target is met, 1 when it is missed.
 pub fn run(args: &FleetArgs) -> Result<ExitCode, TaskError> {
-    let binary = build::release_gateway()?;
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| workspace_root().join("target").join("bench"));
-    std::fs::create_dir_all(&out)
-        .map_err(|e| TaskError::new(format!("creating {}", out.display()), e))?;
-    let pinning = if args.no_pin {
-        Pinning::Off("--no-pin".to_owned())
-    } else {
-        pin::pin_self()
-    };
-    eprintln!("{}", pinning.describe());
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if pinning == Pinning::Pinned {
-        runtime.worker_threads(1);
-    }
-    let runtime = runtime
-        .enable_all()
-        .build()
-        .map_err(|e| TaskError::new("cannot start the async runtime", e))?;
+    let Setup {
+        binary,
+        out,
+        pinning,
+        runtime,
+    } = Setup::new(args.out.clone(), args.no_pin)?;
     let bench = runtime.block_on(bench(&binary, &out, &pinning))?;
     let markdown = render_markdown(&bench);
     let json = serde_json::to_string_pretty(&bench)

@@ -99,32 +99,56 @@ const MIN_KEEP_UP: f64 = 0.95;
 const READY_WITHIN: Duration = Duration::from_secs(20);
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// What every gateway benchmark starts from: the release binary, the
+/// output folder, this process pinned to one core (or why not) and a
+/// runtime sized for it.
+struct Setup {
+    binary: PathBuf,
+    out: PathBuf,
+    pinning: Pinning,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Setup {
+    fn new(out: Option<PathBuf>, no_pin: bool) -> Result<Self, TaskError> {
+        let binary = build::release_gateway()?;
+        let out = out.unwrap_or_else(|| workspace_root().join("target").join("bench"));
+        std::fs::create_dir_all(&out)
+            .map_err(|e| TaskError::new(format!("creating {}", out.display()), e))?;
+        // Before any thread starts: threads inherit the affinity.
+        let pinning = if no_pin {
+            Pinning::Off("--no-pin".to_owned())
+        } else {
+            pin::pin_self()
+        };
+        eprintln!("{}", pinning.describe());
+        let mut runtime = tokio::runtime::Builder::new_multi_thread();
+        if pinning == Pinning::Pinned {
+            // One core: more workers would only contend for it.
+            runtime.worker_threads(1);
+        }
+        let runtime = runtime
+            .enable_all()
+            .build()
+            .map_err(|e| TaskError::new("cannot start the async runtime", e))?;
+        Ok(Self {
+            binary,
+            out,
+            pinning,
+            runtime,
+        })
+    }
+}
+
 /// Runs the benchmark; exit 0 when every target is met, 1 when one is
 /// missed.
 pub fn run(args: &GatewayArgs) -> Result<ExitCode, TaskError> {
-    let binary = build::release_gateway()?;
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| workspace_root().join("target").join("bench"));
-    std::fs::create_dir_all(&out)
-        .map_err(|e| TaskError::new(format!("creating {}", out.display()), e))?;
-    // Before any thread starts: threads inherit the affinity.
-    let pinning = if args.no_pin {
-        Pinning::Off("--no-pin".to_owned())
-    } else {
-        pin::pin_self()
-    };
-    eprintln!("{}", pinning.describe());
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if pinning == Pinning::Pinned {
-        // One core: more workers would only contend for it.
-        runtime.worker_threads(1);
-    }
-    let runtime = runtime
-        .enable_all()
-        .build()
-        .map_err(|e| TaskError::new("cannot start the async runtime", e))?;
+    let Setup {
+        binary,
+        out,
+        pinning,
+        runtime,
+    } = Setup::new(args.out.clone(), args.no_pin)?;
     if args.streams.part == streams::Part::Streams {
         let bench = runtime.block_on(streams::bench(&binary, &out, &pinning, &args.streams))?;
         let markdown = stream_report::render_markdown(&bench);

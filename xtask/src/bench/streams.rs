@@ -33,10 +33,10 @@ use clap::{Args, ValueEnum};
 use tokio::time::Instant;
 
 use super::pin::Pinning;
-use super::procfs;
 use super::stream_client::{self, Gauge, StreamPlan, StreamRun};
 use super::stream_mock::{Ask, StreamMock};
 use super::stream_report::{FailoverStreams, ManyStreams, StreamPair, StreamSample, StreamsBench};
+use super::{procfs, start_gateway, stop};
 use crate::TaskError;
 
 /// Which parts of `cargo xtask bench gateway` run.
@@ -70,8 +70,6 @@ pub struct StreamArgs {
 
 const SCENARIO: &str = "bench";
 const ROUNDS: usize = 3;
-const READY_WITHIN: Duration = Duration::from_secs(20);
-const STOP_GRACE: Duration = Duration::from_secs(5);
 /// The per-chunk CPU the issue measured before the batched relay, for the
 /// "5x less" target when no `--before` build runs beside.
 pub const BEFORE_CPU_PER_CHUNK_US: f64 = 14.5;
@@ -148,40 +146,6 @@ fn raise_fd_limit() -> u64 {
         }
     }
     limit.current.unwrap_or(u64::MAX)
-}
-
-async fn start_gateway(
-    command: &GatewayCommand,
-    out: &Path,
-    name: &str,
-    config: &str,
-) -> Result<GatewayProcess, TaskError> {
-    let path = out.join(format!("{name}.toml"));
-    std::fs::write(&path, config)
-        .map_err(|e| TaskError::new(format!("writing {}", path.display()), e))?;
-    command
-        .check(&path)
-        .await
-        .map_err(|e| TaskError::new(format!("checking {}", path.display()), e))?;
-    let gateway = command
-        .serve(&path, &out.join(format!("{name}.log")), READY_WITHIN)
-        .await
-        .map_err(|e| TaskError::new(format!("starting the gateway on {}", path.display()), e))?;
-    eprintln!(
-        "{name}: gateway pid {} on {} (CPUs {})",
-        gateway.pid(),
-        gateway.addr(),
-        procfs::cpus_allowed(gateway.pid()).unwrap_or_else(|e| e.to_string())
-    );
-    Ok(gateway)
-}
-
-async fn stop(gateway: GatewayProcess) -> Result<(), TaskError> {
-    gateway
-        .stop(STOP_GRACE)
-        .await
-        .map(|_| ())
-        .map_err(|e| TaskError::new("stopping the gateway", e))
 }
 
 /// Where one side's streams go and whose counters to read.
