@@ -251,15 +251,40 @@ impl ChatRequest {
 /// every other character a token. Used to charge budgets for answers whose
 /// upstream reported no usage, or that were cut off.
 pub fn estimate_tokens(text: &str) -> u32 {
-    let (mut ascii, mut other) = (0u64, 0u64);
-    for c in text.chars() {
-        if c.is_ascii() {
-            ascii += 1;
-        } else {
-            other += 1;
+    let mut tally = TokenTally::default();
+    tally.add(text);
+    tally.tokens()
+}
+
+/// [`estimate_tokens`] of text that arrives in pieces, without keeping the
+/// text: the same count as the whole text's.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct TokenTally {
+    ascii: u64,
+    other: u64,
+}
+
+impl TokenTally {
+    /// Counts `text` in.
+    pub(crate) fn add(&mut self, text: &str) {
+        for c in text.chars() {
+            if c.is_ascii() {
+                self.ascii += 1;
+            } else {
+                self.other += 1;
+            }
         }
     }
-    u32::try_from(ascii.div_ceil(4) + other).unwrap_or(u32::MAX)
+
+    /// The estimate of everything counted so far.
+    pub(crate) fn tokens(&self) -> u32 {
+        u32::try_from(self.ascii.div_ceil(4) + self.other).unwrap_or(u32::MAX)
+    }
+
+    /// Whether nothing was counted yet (no character).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ascii == 0 && self.other == 0
+    }
 }
 
 /// Token counts of one call.
@@ -618,6 +643,24 @@ impl ChatChunk {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_tally_of_pieces_estimates_what_the_whole_text_does() {
+        let pieces = ["The quick", " brown ", "fox — über", "", "是的 ok", "!"];
+        let mut tally = TokenTally::default();
+        assert!(tally.is_empty());
+        for piece in pieces {
+            tally.add(piece);
+        }
+        assert!(!tally.is_empty());
+        let whole: String = pieces.concat();
+        assert_eq!(tally.tokens(), estimate_tokens(&whole));
+        // 28 ASCII bytes (7 tokens) and 4 other characters (4 tokens).
+        assert_eq!(tally.tokens(), 11);
+        let mut empty = TokenTally::default();
+        empty.add("");
+        assert!(empty.is_empty());
+    }
 
     #[test]
     fn unknown_request_fields_survive_a_round_trip() {

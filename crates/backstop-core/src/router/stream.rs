@@ -27,7 +27,7 @@ use super::decide::{Next, decide};
 use super::guard::{BudgetHold, CallGuard};
 use super::run::{RunShared, RunState, Winner, error_name};
 use super::{RequestContext, Route, RouterInner};
-use crate::chat::{ChatChunk, ChatRequest, Content, Message, Role, Usage, estimate_tokens};
+use crate::chat::{ChatChunk, ChatRequest, Content, Message, Role, TokenTally, Usage};
 use crate::error::{Attempt, FailureKind, ProviderError, RouteError};
 use crate::latency::LatencyKind;
 use crate::model::ModelIndex;
@@ -222,7 +222,7 @@ pub(crate) async fn start(
         pending: VecDeque::new(),
         id,
         created,
-        delivered: String::new(),
+        delivered: Delivered::default(),
         delivered_other: false,
         verify: None,
         usage: None,
@@ -264,6 +264,52 @@ struct Verify {
     matched: usize,
 }
 
+/// Text of choice 0 the caller has received. Its token estimate is always
+/// counted (budgets are charged with it when the upstream reports no
+/// usage); the text itself is kept only while something may need it: a
+/// mid-stream failover to a model not tried yet (`continue` sends it as the
+/// prefill, `restart` checks the new answer against it) or a traced
+/// request (the call's output is recorded). Otherwise an open stream would
+/// hold its whole answer for nothing until it ends.
+struct Delivered {
+    /// `None` once nothing can need it.
+    text: Option<String>,
+    tally: TokenTally,
+}
+
+impl Default for Delivered {
+    fn default() -> Self {
+        Self {
+            text: Some(String::new()),
+            tally: TokenTally::default(),
+        }
+    }
+}
+
+impl Delivered {
+    fn push(&mut self, piece: &str) {
+        self.tally.add(piece);
+        if let Some(text) = &mut self.text {
+            text.push_str(piece);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.tally.is_empty()
+    }
+
+    /// The text, when it is kept.
+    fn text(&self) -> Option<&str> {
+        self.text.as_deref()
+    }
+
+    /// Stops keeping the text (for good: nothing that could need it comes
+    /// back once gone).
+    fn forget_text(&mut self) {
+        self.text = None;
+    }
+}
+
 struct Machine {
     shared: Arc<RunShared>,
     state: RunState,
@@ -271,8 +317,7 @@ struct Machine {
     pending: VecDeque<ChatChunk>,
     id: String,
     created: u64,
-    /// Text of choice 0 the caller has received.
-    delivered: String,
+    delivered: Delivered,
     /// Something other than text (a tool call, another choice) reached the
     /// caller; such an answer cannot be continued by another model.
     delivered_other: bool,
@@ -316,7 +361,18 @@ impl Machine {
     /// An estimate of what the current call cost so far, for budgets when
     /// the upstream reported no usage (or was cut off before it could).
     fn streamed_usage(&self) -> Usage {
-        Usage::new(self.shared.prompt_tokens, estimate_tokens(&self.delivered))
+        Usage::new(self.shared.prompt_tokens, self.delivered.tally.tokens())
+    }
+
+    /// Whether the delivered text may still be needed: a traced request
+    /// records it; a mid-stream failover sends or checks it, and can
+    /// happen only when the policy allows one and a model is left to try.
+    fn text_needed(&self) -> bool {
+        let shared = &self.shared;
+        shared.cx.trace.is_some()
+            || (shared.route.policy.mid_stream != MidStreamPolicy::Error
+                && !many_choices(&shared.request)
+                && self.state.cursor < self.state.order.len())
     }
 
     fn take_over(&mut self, winner: Winner<StreamStart>) {
@@ -337,6 +393,9 @@ impl Machine {
             deadlines: start.deadlines,
             continues: winner.continues,
         });
+        if !self.text_needed() {
+            self.delivered.forget_text();
+        }
     }
 
     async fn next_item(&mut self) -> Option<StreamItem> {
@@ -348,7 +407,7 @@ impl Machine {
                 match self.process(chunk) {
                     Ok(Some(chunk)) => return Some(StreamItem::Chunk(chunk)),
                     Ok(None) => continue,
-                    Err(error) => match self.fail(error).await {
+                    Err(error) => match Box::pin(self.fail(error)).await {
                         Some(item) => return Some(item),
                         None => continue,
                     },
@@ -378,7 +437,9 @@ impl Machine {
                 tracing::debug!(error = %failure, "stream tail lost after finish");
                 return Some(self.succeed());
             }
-            if let Some(item) = self.fail(failure).await {
+            // Boxed: a failover's state (a whole new model call) is large
+            // and rare, and would otherwise sit inside every open stream.
+            if let Some(item) = Box::pin(self.fail(failure)).await {
                 return Some(item);
             }
         }
@@ -448,7 +509,7 @@ impl Machine {
                 }
             }
             if let Some(text) = &choice.delta.content {
-                self.delivered.push_str(text);
+                self.delivered.push(text);
             }
             if choice.delta.carries_extra() {
                 self.delivered_other = true;
@@ -478,7 +539,7 @@ impl Machine {
             id: &u.id,
             finish_reasons: u.finish_reasons.iter().map(String::as_str).collect(),
             usage: self.usage.clone(),
-            output: Some(&self.delivered),
+            output: self.delivered.text(),
         });
         self.shared.recorder().stream_succeeded(
             current.index,
@@ -548,8 +609,11 @@ impl Machine {
         {
             return Some(self.abort(None));
         }
+        // The text is kept whenever a model is left to try (see
+        // `text_needed`); without one, `first_success` finds no candidate.
+        let delivered = self.delivered.text().unwrap_or_default();
         let prefill = (policy == MidStreamPolicy::Continue && !self.delivered.is_empty())
-            .then(|| Arc::new(with_prefill(&self.shared.request, &self.delivered)));
+            .then(|| Arc::new(with_prefill(&self.shared.request, delivered)));
         let requests = Requests { prefill };
         let shared = self.shared.clone();
         match self
@@ -558,13 +622,17 @@ impl Machine {
             .await
         {
             Ok(winner) => {
+                debug_assert!(
+                    self.delivered.text().is_some(),
+                    "a model was left to try, so the delivered text was kept"
+                );
                 tracing::info!(
                     model = %self.shared.model_id(winner.index),
                     continues = winner.continues,
                     "stream resumed on another model"
                 );
                 self.verify = (!winner.continues && !self.delivered.is_empty()).then(|| Verify {
-                    expected: self.delivered.clone(),
+                    expected: self.delivered.text().unwrap_or_default().to_owned(),
                     matched: 0,
                 });
                 self.take_over(winner);

@@ -60,6 +60,44 @@ async fn continue_policy_sends_the_partial_answer_as_prefill_and_streams_the_res
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_second_cut_sends_the_whole_answer_so_far_to_the_third_model() {
+    // a is cut after three words, b continues for two more and is cut,
+    // c (the last model) gets everything a and b streamed as its prefill.
+    let a = ScriptedProvider::always(Script::cut_after(ANSWER, 3));
+    let b = ScriptedProvider::always(Script::cut_after(&ANSWER["The quick brown".len()..], 2));
+    let sent = "The quick brown fox jumps";
+    let c = ScriptedProvider::always(Script::reply(&ANSWER[sent.len()..]));
+    let s = setup(
+        vec![
+            (model("a"), a),
+            (prefill_model("b"), b.clone()),
+            (prefill_model("c"), c.clone()),
+        ],
+        mid_stream(MidStreamPolicy::Continue),
+        simple_strategies(),
+    );
+    let stream = s
+        .router
+        .stream(stream_request(), RequestContext::default())
+        .await
+        .unwrap();
+    let (text, last) = drain(stream).await;
+    assert_eq!(text, ANSWER);
+    let StreamItem::Done(summary) = last else {
+        panic!("expected Done, got {last:?}");
+    };
+    assert_eq!(&*summary.model_used, "c");
+    assert_eq!(
+        b.requests()[0].messages.last().unwrap().text_content(),
+        "The quick brown"
+    );
+    assert_eq!(
+        c.requests()[0].messages.last().unwrap().text_content(),
+        sent
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn continue_to_a_model_without_prefill_restarts_and_skips_what_was_sent() {
     let a = ScriptedProvider::always(Script::cut_after(ANSWER, 3));
     let b = continuing();

@@ -88,6 +88,9 @@ pub(crate) struct Batched<S, F> {
     items: S,
     encode: F,
     buffer: Vec<u8>,
+    /// The capacity the next batch's buffer gets, allocated when its first
+    /// event comes: an open stream waiting for its next chunk holds none.
+    capacity: usize,
     /// Events were encoded since the last turn began: the upstream reader
     /// may have more of its last read to hand over.
     progressed: bool,
@@ -110,6 +113,7 @@ where
             items,
             encode,
             buffer,
+            capacity: START_CAPACITY,
             progressed: false,
             turn: None,
             ended: false,
@@ -117,8 +121,8 @@ where
     }
 
     fn take(&mut self) -> Poll<Option<Result<Bytes, Infallible>>> {
-        let capacity = self.buffer.capacity().clamp(START_CAPACITY, MAX_BATCH);
-        let frame = std::mem::replace(&mut self.buffer, Vec::with_capacity(capacity));
+        self.capacity = self.buffer.capacity().clamp(START_CAPACITY, MAX_BATCH);
+        let frame = std::mem::take(&mut self.buffer);
         self.progressed = false;
         self.turn = None;
         Poll::Ready(Some(Ok(Bytes::from(frame))))
@@ -145,6 +149,9 @@ where
             match Pin::new(&mut this.items).poll_next(cx) {
                 Poll::Ready(Some(item)) => {
                     let terminal = !matches!(item, StreamItem::Chunk(_));
+                    if this.buffer.capacity() == 0 {
+                        this.buffer.reserve(this.capacity);
+                    }
                     (this.encode)(item, &mut this.buffer);
                     this.progressed = true;
                     if terminal {
@@ -315,5 +322,30 @@ mod tests {
         }
         let (p, _) = poll(&mut body);
         assert_eq!(text(p).map(|t| t.len()), Some(2 * big.len()));
+    }
+
+    #[test]
+    fn a_stream_waiting_between_batches_holds_no_buffer_and_later_events_pass_whole() {
+        let (tx, rx) = mpsc::unbounded();
+        let mut body = Batched::new(Vec::new(), rx, encode);
+        tx.unbounded_send(chunk("first")).unwrap();
+        let _ = poll(&mut body);
+        let (p, _) = poll(&mut body);
+        assert_eq!(text(p).as_deref(), Some("first"));
+        // Waiting for the next chunk: the batch went out with its buffer.
+        let (p, _) = poll(&mut body);
+        assert!(p.is_pending());
+        assert_eq!(body.buffer.capacity(), 0);
+        // An event larger than the first capacity, then a small one: each
+        // batch holds its events whole.
+        let big = "y".repeat(START_CAPACITY * 5 + 3);
+        tx.unbounded_send(chunk(&big)).unwrap();
+        let _ = poll(&mut body);
+        let (p, _) = poll(&mut body);
+        assert_eq!(text(p).as_deref(), Some(big.as_str()));
+        tx.unbounded_send(chunk("last")).unwrap();
+        let _ = poll(&mut body);
+        let (p, _) = poll(&mut body);
+        assert_eq!(text(p).as_deref(), Some("last"));
     }
 }
