@@ -101,6 +101,12 @@ fn build_client(connect_timeout: Duration) -> Result<reqwest::Client, reqwest::E
         // A redirected POST would be replayed as a GET; an API never
         // redirects on purpose, so a 3xx is reported instead.
         .redirect(reqwest::redirect::Policy::none())
+        // reqwest's own retry layer retries only HTTP/2 and HTTP/3 protocol
+        // refusals, which an HTTP/1 client never gets, yet its default
+        // policy clones every request (headers, URI, extensions, body) in
+        // case it does. Retries are the Router's; without retries allowed
+        // here, nothing is cloned.
+        .retry(reqwest::retry::never().max_retries_per_request(0))
         .build()
 }
 
