@@ -179,10 +179,7 @@ fn inspect_command(path: PathBuf) -> ExitCode {
 }
 
 fn serve_command(config: PathBuf, listen: Option<SocketAddr>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");
@@ -216,6 +213,24 @@ fn serve_command(config: PathBuf, listen: Option<SocketAddr>) -> ExitCode {
         let bound = listener.local_addr().unwrap_or(address);
         run(file, resolved, listener, bound).await
     })
+}
+
+/// The serving runtime, sized to the CPUs this process may use.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    runtime_for(std::thread::available_parallelism().map_or(0, |n| n.get()))
+}
+
+/// On one allowed CPU (`taskset -c 0`, a container limited to one CPU), a
+/// current-thread runtime: the multi-thread one would run its one worker
+/// beside the main thread's accept loop, two threads taking turns on the
+/// one core. Otherwise tokio's multi-thread runtime, a worker per CPU.
+fn runtime_for(cpus: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = if cpus == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    builder.enable_all().build()
 }
 
 async fn run(
@@ -327,7 +342,22 @@ fn counted(n: usize, noun: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::colour;
+    use super::{colour, runtime_for};
+    use tokio::runtime::RuntimeFlavor;
+
+    #[test]
+    fn one_cpu_gets_a_current_thread_runtime_more_get_workers() {
+        let flavour = |cpus| {
+            runtime_for(cpus)
+                .expect("a runtime")
+                .handle()
+                .runtime_flavor()
+        };
+        assert_eq!(flavour(1), RuntimeFlavor::CurrentThread);
+        assert_eq!(flavour(2), RuntimeFlavor::MultiThread);
+        // available_parallelism failed: tokio's own default.
+        assert_eq!(flavour(0), RuntimeFlavor::MultiThread);
+    }
 
     #[test]
     fn colour_only_on_a_terminal_and_never_under_no_color() {
