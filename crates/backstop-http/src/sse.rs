@@ -46,11 +46,19 @@ impl SseDecoder {
                 continue;
             }
             self.after_cr = false;
-            match rest.iter().position(|&b| b == b'\n' || b == b'\r') {
+            match memchr::memchr2(b'\n', b'\r', rest) {
                 Some(end) => {
-                    self.line.extend_from_slice(&rest[..end]);
                     self.after_cr = rest[end] == b'\r';
-                    self.end_line(out);
+                    if self.line.is_empty() {
+                        // A whole line in this piece: read in place.
+                        self.end_line(&rest[..end], out);
+                    } else {
+                        let mut line = std::mem::take(&mut self.line);
+                        line.extend_from_slice(&rest[..end]);
+                        self.end_line(&line, out);
+                        line.clear();
+                        self.line = line;
+                    }
                     rest = &rest[end + 1..];
                 }
                 None => {
@@ -67,35 +75,37 @@ impl SseDecoder {
         !self.line.is_empty() || self.pending
     }
 
-    fn end_line(&mut self, out: &mut Vec<SseEvent>) {
-        if self.line.is_empty() {
+    fn end_line(&mut self, line: &[u8], out: &mut Vec<SseEvent>) {
+        if line.is_empty() {
             self.dispatch(out);
             return;
         }
         self.pending = true;
-        // Fields are read in place: no copy of the line.
-        let line = self.line.as_slice();
-        if line.first() != Some(&b':') {
-            let (field, value) = match line.iter().position(|&b| b == b':') {
-                Some(i) => {
-                    let value = &line[i + 1..];
-                    (&line[..i], value.strip_prefix(b" ").unwrap_or(value))
-                }
-                None => (line, &[][..]),
-            };
-            match field {
-                b"data" => {
-                    if self.has_data {
-                        self.data.push('\n');
-                    }
-                    self.data.push_str(&String::from_utf8_lossy(value));
-                    self.has_data = true;
-                }
-                b"event" => self.event = Some(String::from_utf8_lossy(value).into_owned()),
-                _ => {}
-            }
+        if line.first() == Some(&b':') {
+            return;
         }
-        self.line.clear();
+        let (field, value) = match line.iter().position(|&b| b == b':') {
+            Some(i) => {
+                let value = &line[i + 1..];
+                (&line[..i], value.strip_prefix(b" ").unwrap_or(value))
+            }
+            None => (line, &[][..]),
+        };
+        match field {
+            b"data" => {
+                if self.has_data {
+                    self.data.push('\n');
+                }
+                push_text(&mut self.data, value);
+                self.has_data = true;
+            }
+            b"event" => {
+                let mut name = String::new();
+                push_text(&mut name, value);
+                self.event = Some(name);
+            }
+            _ => {}
+        }
     }
 
     fn dispatch(&mut self, out: &mut Vec<SseEvent>) {
@@ -109,6 +119,15 @@ impl SseDecoder {
             data: std::mem::take(&mut self.data),
         });
         self.has_data = false;
+    }
+}
+
+/// Appends `bytes` as text, invalid UTF-8 replaced by U+FFFD (checked by
+/// the fast validator first: nearly every line is valid).
+fn push_text(into: &mut String, bytes: &[u8]) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => into.push_str(text),
+        Err(_) => into.push_str(&String::from_utf8_lossy(bytes)),
     }
 }
 
@@ -165,6 +184,21 @@ mod tests {
                         data: "[DONE]".into()
                     },
                 ],
+                "split every {piece} bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_is_replaced_and_a_line_may_span_pieces() {
+        let input = b"data: a\xffb\n\ndata: long line\r\n\r\n";
+        for piece in 1..input.len() {
+            let (events, partial) = decode_in_pieces(input, piece);
+            assert!(!partial);
+            let data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
+            assert_eq!(
+                data,
+                ["a\u{fffd}b", "long line"],
                 "split every {piece} bytes"
             );
         }
