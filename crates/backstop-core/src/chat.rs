@@ -7,6 +7,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+mod read_chunk;
+
 /// Fields a struct does not name, kept as they came.
 pub type Extra = Map<String, Value>;
 
@@ -397,7 +399,7 @@ impl ChatResponse {
 }
 
 /// The incremental part of a streamed choice.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Delta {
     /// Set on the first chunk of a choice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -512,7 +514,7 @@ impl ToolCall {
 }
 
 /// One choice of a stream chunk.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ChunkChoice {
     /// Position among the choices.
     #[serde(default)]
@@ -529,7 +531,7 @@ pub struct ChunkChoice {
 }
 
 /// One server-sent event of a streamed chat completion.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ChatChunk {
     /// The completion's id (the same on every chunk).
     #[serde(default)]
@@ -552,6 +554,178 @@ pub struct ChatChunk {
     /// `system_fingerprint`, ...
     #[serde(flatten)]
     pub extra: Extra,
+    /// The chunk's JSON text as the upstream sent it, when a provider
+    /// parsed the chunk from OpenAI-shaped JSON and nothing but `model`
+    /// has changed since: a door writes it through with only `model`
+    /// rewritten instead of serialising the typed fields again. Whoever
+    /// changes any other field must set it to `None` (the Router does).
+    /// Never serialised; equality ignores it.
+    #[serde(skip)]
+    pub raw: Option<RawJson>,
+}
+
+/// A chunk's JSON text as it came, with where its top-level `model` value
+/// is, so that it can be written again with only `model` changed.
+///
+/// Kept only for single-line JSON objects whose top-level `model` is a
+/// plain string key (no escapes in the key) with a string value; anything
+/// else is rebuilt from the typed fields.
+#[derive(Debug, Clone)]
+pub struct RawJson {
+    text: String,
+    /// The `model` value, quotes included.
+    model: std::ops::Range<usize>,
+}
+
+impl PartialEq for ChatChunk {
+    /// The typed fields; the raw text is a cache of their wire form, so
+    /// two chunks are equal whichever text they came from.
+    fn eq(&self, other: &Self) -> bool {
+        let Self {
+            id,
+            object,
+            created,
+            model,
+            choices,
+            usage,
+            extra,
+            raw: _,
+        } = self;
+        *id == other.id
+            && *object == other.object
+            && *created == other.created
+            && *model == other.model
+            && *choices == other.choices
+            && *usage == other.usage
+            && *extra == other.extra
+    }
+}
+
+impl RawJson {
+    /// Keeps `text`, the JSON object a chunk was read from, if its
+    /// top-level `model` can be found; `None` otherwise (the chunk is then
+    /// rebuilt when written).
+    pub fn new(text: String) -> Option<Self> {
+        if text.as_bytes().contains(&b'\n') || text.as_bytes().contains(&b'\r') {
+            // An SSE `data:` line cannot carry a line break.
+            return None;
+        }
+        let model = top_level_string(text.as_bytes(), b"model")?;
+        Some(Self { text, model })
+    }
+
+    /// The JSON text as it came.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Appends the JSON text with its `model` value replaced by `model`.
+    pub fn write_with_model(&self, model: &str, out: &mut Vec<u8>) {
+        let (head, tail) = (
+            self.text.get(..self.model.start),
+            self.text.get(self.model.end..),
+        );
+        let (Some(head), Some(tail)) = (head, tail) else {
+            // Unreachable: the range was found in this text.
+            out.extend_from_slice(self.text.as_bytes());
+            return;
+        };
+        out.extend_from_slice(head.as_bytes());
+        write_json_string(model, out);
+        out.extend_from_slice(tail.as_bytes());
+    }
+}
+
+/// Appends `s` as a JSON string (quoted, escaped as `serde_json` does).
+fn write_json_string(s: &str, out: &mut Vec<u8>) {
+    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else if let Ok(json) = serde_json::to_string(s) {
+        out.extend_from_slice(json.as_bytes());
+    }
+}
+
+/// Where the string value of the top-level key `key` of the JSON object
+/// `json` is (quotes included). `None` when `json` is not an object, the
+/// key is absent, its value is not a string, or its key is written with
+/// escapes. The scan only tells strings from structure: `json` is assumed
+/// valid (it was parsed before).
+fn top_level_string(json: &[u8], key: &[u8]) -> Option<std::ops::Range<usize>> {
+    let skip_ws = |mut i: usize| {
+        while json.get(i).is_some_and(u8::is_ascii_whitespace) {
+            i += 1;
+        }
+        i
+    };
+    // The end of the string whose opening quote is at `i` (past its
+    // closing quote).
+    let string_end = |mut i: usize| {
+        i += 1;
+        loop {
+            match json.get(i)? {
+                b'\\' => i += 2,
+                b'"' => return Some(i + 1),
+                _ => i += 1,
+            }
+        }
+    };
+    let mut i = skip_ws(0);
+    if json.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    loop {
+        i = skip_ws(i);
+        match json.get(i)? {
+            b'}' => return None,
+            b',' => {
+                i += 1;
+                continue;
+            }
+            b'"' => {}
+            _ => return None,
+        }
+        let key_end = string_end(i)?;
+        let is_key = json.get(i + 1..key_end - 1) == Some(key);
+        i = skip_ws(key_end);
+        if json.get(i) != Some(&b':') {
+            return None;
+        }
+        i = skip_ws(i + 1);
+        // The value: a string, or anything else skipped to the next `,` or
+        // `}` at this depth.
+        let value_start = i;
+        if json.get(i) == Some(&b'"') {
+            i = string_end(i)?;
+            if is_key {
+                // The first is the one: a chunk read with a named field
+                // twice is an error (see `read_chunk`), so there is no
+                // other.
+                return Some(value_start..i);
+            }
+            continue;
+        }
+        if is_key {
+            return None;
+        }
+        let mut depth = 0usize;
+        loop {
+            match json.get(i)? {
+                b'"' => {
+                    i = string_end(i)?;
+                    continue;
+                }
+                b'{' | b'[' => depth += 1,
+                b'}' | b']' if depth == 0 => break,
+                b'}' | b']' => depth -= 1,
+                b',' if depth == 0 => break,
+                _ => {}
+            }
+            i += 1;
+        }
+    }
 }
 
 impl ChatChunk {
@@ -579,6 +753,7 @@ impl ChatChunk {
             }],
             usage: None,
             extra: Extra::new(),
+            raw: None,
         }
     }
 
@@ -612,6 +787,7 @@ impl ChatChunk {
             choices: Vec::new(),
             usage: Some(usage),
             extra: Extra::new(),
+            raw: None,
         }
     }
 
@@ -750,6 +926,86 @@ mod tests {
         message.set_tool_calls(&[]);
         assert!(message.tool_calls().is_empty());
         assert!(!message.extra.contains_key("tool_calls"));
+    }
+
+    /// The raw text of `json` written with `model`.
+    fn rewritten(json: &str, model: &str) -> Option<String> {
+        let raw = RawJson::new(json.to_owned())?;
+        let mut out = Vec::new();
+        raw.write_with_model(model, &mut out);
+        Some(String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn a_raw_chunk_is_written_with_only_its_model_changed() {
+        let json = r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o","system_fingerprint":"fp_1","choices":[{"index":0,"delta":{"content":"Hi"},"logprobs":null,"finish_reason":null}],"usage":null,"obfuscation":"x1"}"#;
+        assert_eq!(
+            rewritten(json, "fast").unwrap(),
+            json.replace(r#""model":"gpt-4o""#, r#""model":"fast""#)
+        );
+        // The same model: the text as it came, byte for byte.
+        assert_eq!(rewritten(json, "gpt-4o").unwrap(), json);
+    }
+
+    #[test]
+    fn the_new_model_is_escaped_and_the_old_one_may_hold_escapes() {
+        let json = r#"{"model":"a\"b\\c\u00e9","choices":[]}"#;
+        let out = rewritten(json, "say \"hi\"\\\n").unwrap();
+        assert_eq!(out, r#"{"model":"say \"hi\"\\\n","choices":[]}"#);
+        let value: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(value["model"], "say \"hi\"\\\n");
+    }
+
+    #[test]
+    fn unicode_around_the_model_survives() {
+        let json = "{ \"id\" : \"é\", \"choices\":[{\"delta\":{\"content\":\"降水 \\\"model\\\": \\\"x\\\"\"}}], \"model\" :\t\"모델\" }";
+        let out = rewritten(json, "快").unwrap();
+        assert_eq!(out, json.replace("\"모델\"", "\"快\""));
+    }
+
+    #[test]
+    fn only_the_top_level_model_is_found() {
+        // `model` keys inside nested objects and strings are not the chunk's.
+        let json = r#"{"meta":{"model":"inner","list":[{"model":"x"},"}"]},"choices":[{"delta":{"content":""model":"y""}}],"model":"outer"}"#;
+        let out = rewritten(json, "m").unwrap();
+        assert_eq!(out, json.replace(r#""model":"outer""#, r#""model":"m""#));
+    }
+
+    #[test]
+    fn a_chunk_without_a_plain_model_string_is_not_kept() {
+        // Absent, not a string, written with escapes in the key,
+        // spread over lines, not an object: the chunk is rebuilt instead.
+        for json in [
+            r#"{"id":"c","choices":[]}"#,
+            r#"{"id":"c","model":null,"choices":[]}"#,
+            r#"{"id":"c","model":{"name":"m"},"choices":[]}"#,
+            r#"{"id":"c","mod\u0065l":"m","choices":[]}"#,
+            "{\"model\":\"a\",\n\"choices\":[]}",
+            "{\"model\":\"a\",\r\"choices\":[]}",
+            r#"["model","a"]"#,
+        ] {
+            assert!(RawJson::new(json.to_owned()).is_none(), "{json}");
+        }
+    }
+
+    #[test]
+    fn extra_fields_are_kept_byte_for_byte() {
+        // Number spellings, key order, nulls and whitespace that a parse
+        // and re-serialisation would change.
+        let json = r#"{"z":1.50,"choices":[{"index":0,"delta":{"content":"a","refusal":null},"logprobs":{"content":[{"token":"a","logprob":-1e-5}]}}],  "model":"up","a":[ ],"created":1e0}"#;
+        let out = rewritten(json, "down").unwrap();
+        assert_eq!(out, json.replace(r#""model":"up""#, r#""model":"down""#));
+    }
+
+    #[test]
+    fn equality_ignores_the_raw_text() {
+        let mut chunk = ChatChunk::text("c", "m", 0, "x");
+        let json = serde_json::to_string(&chunk).unwrap();
+        let parsed: ChatChunk = serde_json::from_str(&json).unwrap();
+        assert!(parsed.raw.is_none(), "serde never fills the raw text");
+        chunk.raw = RawJson::new(json);
+        assert!(chunk.raw.is_some());
+        assert_eq!(chunk, parsed);
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub mod trace;
 pub use budget::{BudgetPolicy, BudgetSnapshot, OverBudget, Reservation};
 pub use chat::{
     ChatChunk, ChatRequest, ChatResponse, Choice, ChunkChoice, Content, Delta, Extra, Message,
-    Role, StreamOptions, ToolCall, ToolCallDelta, Usage,
+    RawJson, Role, StreamOptions, ToolCall, ToolCallDelta, Usage,
 };
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use embeddings::{

@@ -174,3 +174,171 @@ async fn a_lone_chunk_reaches_the_caller_before_the_upstream_sends_the_next_on_e
         drop(gw);
     }
 }
+
+/// An SSE body of the given `data:` payloads, exactly as written, and
+/// `data: [DONE]` when `done`.
+fn raw_sse(payloads: &[String], done: bool) -> wiremock::ResponseTemplate {
+    let mut body = String::new();
+    for payload in payloads {
+        body.push_str("data: ");
+        body.push_str(payload);
+        body.push_str("\n\n");
+    }
+    if done {
+        body.push_str("data: [DONE]\n\n");
+    }
+    wiremock::ResponseTemplate::new(200)
+        .insert_header("content-type", "text/event-stream")
+        .set_body_string(body)
+}
+
+/// Chunks in OpenAI's shape with what a parse and re-serialisation would
+/// change: key order, spacing, number spellings, nulls, extra fields,
+/// escapes and non-ASCII text, and an upstream model name with escapes.
+fn unusual_chunks(id: &str, model: &str) -> Vec<String> {
+    let head = format!(
+        r#""id":"{id}","object":"chat.completion.chunk","created":1700000000,"model":{model},"service_tier":"default","system_fingerprint":"fp_\u00e9""#
+    );
+    vec![
+        format!(
+            r#"{{{head},"choices":[{{"index":0,"delta":{{"role":"assistant","content":"","refusal":null}},"logprobs":null,"finish_reason":null}}],"usage":null,"obfuscation":"Qz9"}}"#
+        ),
+        format!(
+            r#"{{"choices":[ {{"index":0,"delta":{{"content":"Füchse \"model\": sind"}},"logprobs":{{"content":[{{"token":"F","logprob":-1.50e-3,"bytes":[70]}}]}},"finish_reason":null}} ], {head} ,"usage":null}}"#
+        ),
+        format!(
+            r#"{{{head},"choices":[{{"index":0,"delta":{{"content":" 小さい\n\u2028🦊"}},"logprobs":null,"finish_reason":null}}],"usage":null}}"#
+        ),
+        format!(
+            r#"{{{head},"choices":[{{"index":0,"delta":{{}},"logprobs":null,"finish_reason":"stop"}}],"usage":null}}"#
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn a_streamed_answer_arrives_byte_identical_but_for_model() {
+    let upstream_model = r#""gpt-4o \"mini\"\\2024""#;
+    let chunks = unusual_chunks("chatcmpl-raw", upstream_model);
+    let mut sent = chunks.clone();
+    // The usage-only chunk: its usage goes to the gateway's last chunk.
+    sent.push(format!(
+        r#"{{"id":"chatcmpl-raw","object":"chat.completion.chunk","created":1700000000,"model":{upstream_model},"choices":[],"usage":{{"prompt_tokens":5,"completion_tokens":4,"total_tokens":9}}}}"#
+    ));
+    let upstream = openai_upstream(vec![raw_sse(&sent, true)]).await;
+    let gw = Backstop::start(
+        &config(
+            &[("m", openai_provider(&upstream.uri()))],
+            &[model("m")],
+            "",
+            "",
+        ),
+        &[],
+    );
+    let events = events(post(&gw, &body(true)).await).await;
+    let relayed = chunks.len();
+    assert_eq!(events.len(), relayed + 2, "{events:#?}");
+    for (got, came) in events.iter().zip(&chunks) {
+        let want = came.replace(&format!(r#""model":{upstream_model}"#), r#""model":"m""#);
+        assert_ne!(&want, came, "the test chunk names its model");
+        assert_eq!(got, &want, "relayed as it came, but for `model`");
+    }
+    let last = last_json(&events);
+    assert_eq!(last["id"], "chatcmpl-raw");
+    assert_eq!(last["model"], "m");
+    assert_eq!(last["usage"]["total_tokens"], 9);
+    assert_eq!(last["backstop"]["model_used"], "m");
+    assert_eq!(events.last().unwrap(), "[DONE]");
+}
+
+/// A chunk of an OpenAI stream, compact.
+fn plain_chunk(id: &str, created: u64, delta: &str, finish: &str) -> String {
+    format!(
+        r#"{{"id":"{id}","object":"chat.completion.chunk","created":{created},"model":"up","system_fingerprint":"fp","choices":[{{"index":0,"delta":{delta},"logprobs":null,"finish_reason":{finish}}}],"usage":null}}"#
+    )
+}
+
+#[tokio::test]
+async fn chunks_the_router_changes_after_a_failover_are_rebuilt() {
+    // The primary is cut after two words; the backup answers the whole
+    // text again under its own id and time (restart), or its
+    // continuation with an opening role (continue, with a prefill).
+    for (policy, backup_says, prefill) in [
+        ("restart", vec!["Foxes are", " small", " mammals."], false),
+        ("continue", vec![" small", " mammals."], true),
+    ] {
+        // Cut: no finish reason, no `[DONE]`.
+        let primary = openai_upstream(vec![raw_sse(
+            &[
+                plain_chunk(
+                    "chatcmpl-a",
+                    1,
+                    r#"{"role":"assistant","content":""}"#,
+                    "null",
+                ),
+                plain_chunk("chatcmpl-a", 1, r#"{"content":"Foxes"}"#, "null"),
+                plain_chunk("chatcmpl-a", 1, r#"{"content":" are"}"#, "null"),
+            ],
+            false,
+        )])
+        .await;
+        let mut backup_chunks = vec![plain_chunk(
+            "chatcmpl-b",
+            2,
+            r#"{"role":"assistant","content":""}"#,
+            "null",
+        )];
+        for piece in &backup_says {
+            backup_chunks.push(plain_chunk(
+                "chatcmpl-b",
+                2,
+                &format!(r#"{{"content":"{piece}"}}"#),
+                "null",
+            ));
+        }
+        backup_chunks.push(plain_chunk("chatcmpl-b", 2, "{}", r#""stop""#));
+        let backup = openai_upstream(vec![raw_sse(&backup_chunks, true)]).await;
+        let mut backup_model = model("backup");
+        backup_model.prefill = prefill;
+        let toml = config(
+            &[
+                ("primary", openai_provider(&primary.uri())),
+                ("backup", openai_provider(&backup.uri())),
+            ],
+            &[model("primary"), backup_model],
+            &format!("mid_stream = \"{policy}\""),
+            "",
+        );
+        let gw = Backstop::start(&toml, &[]);
+        let events = events(post(&gw, &body(true)).await).await;
+        assert_eq!(
+            streamed_text(&events),
+            "Foxes are small mammals.",
+            "{policy}"
+        );
+        assert_eq!(events.last().unwrap(), "[DONE]", "{policy}");
+        let chunks: Vec<Value> = events[..events.len() - 2]
+            .iter()
+            .map(|e| serde_json::from_str(e).unwrap())
+            .collect();
+        let roles = chunks
+            .iter()
+            .filter(|c| !c["choices"][0]["delta"]["role"].is_null())
+            .count();
+        assert_eq!(roles, 1, "{policy}: one opening role: {events:#?}");
+        for chunk in &chunks {
+            assert_eq!(chunk["id"], "chatcmpl-a", "{policy}: {chunk}");
+            assert_eq!(chunk["created"], 1, "{policy}: {chunk}");
+        }
+        let models: Vec<&str> = chunks
+            .iter()
+            .map(|c| c["model"].as_str().unwrap())
+            .collect();
+        assert_eq!(models[..3], ["primary"; 3], "{policy}");
+        assert!(
+            models[3..].iter().all(|m| *m == "backup"),
+            "{policy}: {models:?}"
+        );
+        assert_eq!(last_json(&events)["backstop"]["model_used"], "backup");
+        drop(gw);
+    }
+}

@@ -287,6 +287,7 @@ impl Translator {
             }],
             usage: None,
             extra: Extra::new(),
+            raw: None,
         }
     }
 }

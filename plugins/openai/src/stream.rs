@@ -17,7 +17,7 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use backstop_core::{ChatChunk, ChunkStream, ModelSpec, ProviderError};
+use backstop_core::{ChatChunk, ChunkStream, ModelSpec, ProviderError, RawJson};
 use backstop_http::sse::SseEvent;
 use serde_json::Value;
 
@@ -56,7 +56,7 @@ impl ChunkReader for Reader {
             }
             match self.body.next_event().await {
                 Ok(event) => {
-                    if let Some(item) = self.on_event(&event) {
+                    if let Some(item) = self.on_event(event) {
                         return Some(item);
                     }
                 }
@@ -77,7 +77,7 @@ impl ChunkReader for Reader {
 
 impl Reader {
     /// Handles one event; `None` when it yields nothing.
-    fn on_event(&mut self, event: &SseEvent) -> Option<Result<ChatChunk, ProviderError>> {
+    fn on_event(&mut self, event: SseEvent) -> Option<Result<ChatChunk, ProviderError>> {
         let data = event.data.trim();
         if data == "[DONE]" {
             self.done = true;
@@ -93,7 +93,7 @@ impl Reader {
                 return Some(Err(self.fail(&value)));
             }
         }
-        let chunk = match serde_json::from_str::<ChatChunk>(data) {
+        let mut chunk = match serde_json::from_str::<ChatChunk>(data) {
             Ok(chunk) if chunk.object == "error" => {
                 // vLLM's error object, which parses as a chunk with no
                 // choices; classified from its own fields.
@@ -115,6 +115,14 @@ impl Reader {
             return Some(Err(self.fail(error)));
         }
         self.choices.observe(&chunk);
+        // The text as it came, for a door that writes it through with only
+        // `model` changed: the event's own string, not a copy.
+        let text = if data.len() == event.data.len() {
+            event.data
+        } else {
+            data.to_owned()
+        };
+        chunk.raw = RawJson::new(text);
         Some(Ok(chunk))
     }
 

@@ -454,6 +454,13 @@ impl Machine {
         };
         let model = self.shared.model_id(current.index);
         let resumed = current.continues || self.verify.is_some() || !self.delivered.is_empty();
+        // The upstream's text can be written through (with only `model`
+        // rewritten) unless this rewrite changes anything else.
+        let mut keeps_raw = chunk.raw.is_some()
+            && chunk.usage.is_none()
+            && self.verify.is_none()
+            && chunk.id == self.id
+            && chunk.created == self.created;
         if let Some(usage) = chunk.usage.take() {
             self.usage = Some(usage);
         }
@@ -478,8 +485,8 @@ impl Machine {
         chunk.created = self.created;
 
         for choice in &mut chunk.choices {
-            if resumed {
-                choice.delta.role = None;
+            if resumed && choice.delta.role.take().is_some() {
+                keeps_raw = false;
             }
             if choice.index != 0 {
                 self.delivered_other = true;
@@ -515,12 +522,16 @@ impl Machine {
                 self.delivered_other = true;
             }
         }
+        let choices = chunk.choices.len();
         chunk.choices.retain(|c| {
             c.delta.role.is_some()
                 || c.delta.content.as_deref().is_some_and(|t| !t.is_empty())
                 || c.delta.carries_extra()
                 || c.finish_reason.is_some()
         });
+        if !keeps_raw || chunk.choices.len() != choices {
+            chunk.raw = None;
+        }
         Ok((!chunk.choices.is_empty()).then_some(chunk))
     }
 

@@ -8,7 +8,9 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use backstop_core::{ChatRequest, ChatResponse, FallbackStream, RequestContext, StreamItem, Usage};
+use backstop_core::{
+    ChatChunk, ChatRequest, ChatResponse, FallbackStream, RequestContext, StreamItem, Usage,
+};
 use backstop_http::sse::write_data;
 use serde::Serialize;
 
@@ -126,7 +128,7 @@ fn sse_body(
         Vec::new(),
         stream,
         move |item, out: &mut Vec<u8>| match item {
-            StreamItem::Chunk(chunk) => write_json_data(out, &chunk),
+            StreamItem::Chunk(chunk) => write_chunk(out, &chunk),
             StreamItem::Done(outcome) => {
                 let last = FinalChunk {
                     id: &id,
@@ -151,11 +153,25 @@ fn sse_body(
     )
 }
 
+/// Appends one chunk as a `data:` event: the upstream's own JSON text with
+/// only `model` rewritten when the chunk kept it (see
+/// [`ChatChunk::raw`]), else the typed chunk serialised.
+fn write_chunk(out: &mut Vec<u8>, chunk: &ChatChunk) {
+    match &chunk.raw {
+        Some(raw) => {
+            out.extend_from_slice(b"data: ");
+            raw.write_with_model(&chunk.model, out);
+            out.extend_from_slice(b"\n\n");
+        }
+        None => write_json_data(out, chunk),
+    }
+}
+
 /// For tests: a chunk as the gateway writes it.
 #[cfg(test)]
-fn encode_chunk(chunk: &backstop_core::ChatChunk) -> String {
+fn encode_chunk(chunk: &ChatChunk) -> String {
     let mut out = Vec::new();
-    write_json_data(&mut out, chunk);
+    write_chunk(&mut out, chunk);
     String::from_utf8(out).unwrap_or_default()
 }
 

@@ -186,6 +186,9 @@ impl<'de> Visitor<'de> for Batch<'_> {
                 choices: chunk.choices,
                 usage: chunk.usage,
                 extra: chunk.extra,
+                // What crossed the plugin boundary was re-encoded: no
+                // upstream text to write through.
+                raw: None,
             });
         }
         Ok(())
