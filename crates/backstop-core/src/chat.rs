@@ -664,10 +664,10 @@ fn top_level_string(json: &[u8], key: &[u8]) -> Option<std::ops::Range<usize>> {
     let string_end = |mut i: usize| {
         i += 1;
         loop {
+            i += memchr::memchr2(b'"', b'\\', json.get(i..)?)?;
             match json.get(i)? {
-                b'\\' => i += 2,
                 b'"' => return Some(i + 1),
-                _ => i += 1,
+                _ => i += 2,
             }
         }
     };

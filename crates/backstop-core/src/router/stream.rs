@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use smallvec::SmallVec;
 use tokio::time::Instant;
 
@@ -415,9 +415,18 @@ impl Machine {
             }
             let idle = self.shared.route.policy.timeouts.idle;
             let current = self.current.as_mut()?;
-            let (deadline, phase, limit) =
-                current.deadlines.phase(Instant::now(), "next chunk", idle);
-            let next = tokio::time::timeout_at(deadline, current.rest.next()).await;
+            // A chunk already at hand (most of an upstream read) is taken
+            // without reading the clock or arming the idle timer.
+            let next = match current.rest.next().now_or_never() {
+                Some(next) => Ok(next),
+                None => {
+                    let (deadline, phase, limit) =
+                        current.deadlines.phase(Instant::now(), "next chunk", idle);
+                    tokio::time::timeout_at(deadline, current.rest.next())
+                        .await
+                        .map_err(|_| (phase, limit))
+                }
+            };
             let failure = match next {
                 Ok(Some(Ok(chunk))) => {
                     self.pending.push_back(chunk);
@@ -429,7 +438,7 @@ impl Machine {
                     "the stream ended without a finish reason",
                 ),
                 Ok(Some(Err(error))) => error,
-                Err(_) => ProviderError::timeout(phase, limit),
+                Err((phase, limit)) => ProviderError::timeout(phase, limit),
             };
             if self.finished() {
                 // The answer itself is complete; only its tail (usage, the
