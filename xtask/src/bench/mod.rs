@@ -41,6 +41,9 @@
 pub mod fleet;
 mod floor_proxy;
 mod measure;
+mod paced;
+mod paced_client;
+mod paced_mock;
 mod pin;
 mod procfs;
 mod report;

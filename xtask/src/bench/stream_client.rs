@@ -58,7 +58,8 @@ pub struct Timings {
 }
 
 impl Timings {
-    fn new() -> Self {
+    /// Empty histograms.
+    pub fn new() -> Self {
         let h = || {
             Histogram::<u64>::new_with_bounds(1, 120_000_000_000, 3)
                 .expect("valid HdrHistogram bounds")
@@ -96,16 +97,37 @@ pub struct StreamRun {
     pub first_problem: Option<String>,
 }
 
-/// Streams under way now (for RSS per open stream).
+impl Default for StreamRun {
+    fn default() -> Self {
+        Self {
+            timings: Timings::new(),
+            complete: 0,
+            cut: 0,
+            lost: 0,
+            chunks: 0,
+            wall: Duration::ZERO,
+            first_problem: None,
+        }
+    }
+}
+
+/// Streams under way now (for RSS per open stream) and content chunks
+/// received so far (for CPU per chunk while they are open).
 #[derive(Debug, Default)]
 pub struct Gauge {
-    open: AtomicU64,
+    pub(super) open: AtomicU64,
+    pub(super) chunks: AtomicU64,
 }
 
 impl Gauge {
     /// Streams whose request was sent and that have not ended.
     pub fn open(&self) -> u64 {
         self.open.load(Ordering::Relaxed)
+    }
+
+    /// Content chunks received so far.
+    pub fn chunks(&self) -> u64 {
+        self.chunks.load(Ordering::Relaxed)
     }
 }
 
@@ -139,15 +161,7 @@ pub async fn run(plan: Arc<StreamPlan>, gauge: Arc<Gauge>) -> StreamRun {
             worker(&plan, &next, &gauge).await
         }));
     }
-    let mut out = StreamRun {
-        timings: Timings::new(),
-        complete: 0,
-        cut: 0,
-        lost: 0,
-        chunks: 0,
-        wall: Duration::ZERO,
-        first_problem: None,
-    };
+    let mut out = StreamRun::default();
     for task in tasks {
         match task.await {
             Ok(w) => {
@@ -299,8 +313,18 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
+/// A decimal number of 1 to 19 digits.
+fn digits(bytes: &[u8]) -> Option<u64> {
+    if bytes.is_empty() || bytes.len() > 19 {
+        return None;
+    }
+    bytes.iter().try_fold(0u64, |n, b| {
+        b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
+    })
+}
+
 /// Reads one stream's events.
-struct Reader {
+pub(super) struct Reader {
     ask: Ask,
     chunks: u32,
     done: bool,
@@ -310,7 +334,7 @@ struct Reader {
 }
 
 impl Reader {
-    fn new(ask: Ask) -> Self {
+    pub(super) fn new(ask: Ask) -> Self {
         Self {
             ask,
             chunks: 0,
@@ -320,29 +344,46 @@ impl Reader {
         }
     }
 
-    fn event(
+    /// Content chunks so far.
+    pub(super) fn chunks(&self) -> u32 {
+        self.chunks
+    }
+
+    /// Content chunks asked for.
+    pub(super) fn asked(&self) -> u32 {
+        self.ask.chunks
+    }
+
+    /// Takes one whole event (up to its blank line).
+    pub(super) fn event(
         &mut self,
         event: &[u8],
         arrived: u64,
         sent: Instant,
         timings: &mut Timings,
     ) -> Result<(), String> {
-        let event = String::from_utf8_lossy(event);
-        let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) else {
+        // Bytes, not text: only the data line's few markers matter.
+        let Some(data) = event
+            .split(|b| *b == b'\n')
+            .find_map(|l| l.strip_prefix(b"data:"))
+            .map(|d| d.strip_prefix(b" ").unwrap_or(d))
+            .map(|d| d.strip_suffix(b"\r").unwrap_or(d))
+        else {
             return Ok(());
         };
-        if data == "[DONE]" {
+        if data == b"[DONE]" {
             self.done = true;
             return Ok(());
         }
-        if data.starts_with("{\"error\"") {
-            return Err(format!("an error event: {data}"));
+        if data.starts_with(b"{\"error\"") {
+            return Err(format!("an error event: {}", String::from_utf8_lossy(data)));
         }
-        let Some(at) = data.find("\"content\":\"") else {
+        const CONTENT: &[u8] = b"\"content\":\"";
+        let Some(at) = data.windows(CONTENT.len()).position(|w| w == CONTENT) else {
             return Ok(());
         };
-        let rest = &data[at + 11..];
-        let content = rest.split('"').next().unwrap_or_default();
+        let rest = &data[at + CONTENT.len()..];
+        let content = rest.split(|b| *b == b'"').next().unwrap_or_default();
         if content.is_empty() {
             return Ok(());
         }
@@ -354,11 +395,13 @@ impl Reader {
         if self.ask.timestamps {
             // One or more `t<ns>|` stamps (a chunk is never merged, but a
             // restarted text could be).
-            for stamp in content.split('|').filter(|s| !s.is_empty()) {
-                let stamped: u64 = stamp
-                    .strip_prefix('t')
-                    .and_then(|n| n.parse().ok())
-                    .ok_or_else(|| format!("a chunk without a timestamp: {content}"))?;
+            for stamp in content.split(|b| *b == b'|').filter(|s| !s.is_empty()) {
+                let stamped = stamp.strip_prefix(b"t").and_then(digits).ok_or_else(|| {
+                    format!(
+                        "a chunk without a timestamp: {}",
+                        String::from_utf8_lossy(content)
+                    )
+                })?;
                 let _ = timings
                     .transit
                     .record(arrived.saturating_sub(stamped).max(1));
@@ -372,12 +415,15 @@ impl Reader {
                 self.previous = Some((arrived, stamped));
             }
         } else {
-            self.text.push_str(content);
+            let text = std::str::from_utf8(content)
+                .map_err(|_| "a chunk's text is not UTF-8".to_owned())?;
+            self.text.push_str(text);
         }
         Ok(())
     }
 
-    fn finish(&self) -> Result<(), String> {
+    /// Whether the stream had all it should.
+    pub(super) fn finish(&self) -> Result<(), String> {
         if !self.done {
             return Err(format!(
                 "no [DONE] after {} of {} chunks",
@@ -399,5 +445,47 @@ impl Reader {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_whole_decimal_numbers() {
+        assert_eq!(digits(b"1234567"), Some(1_234_567));
+        assert_eq!(digits(b""), None);
+        assert_eq!(digits(b"12a"), None);
+        assert_eq!(digits(b"12345678901234567890"), None);
+    }
+
+    #[test]
+    fn the_reader_takes_data_lines_with_or_without_the_space() {
+        let ask = Ask {
+            chunks: 2,
+            gap: Duration::ZERO,
+            timestamps: false,
+        };
+        let mut reader = Reader::new(ask);
+        let mut timings = Timings::new();
+        let sent = Instant::now();
+        for event in [
+            &b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n"[..],
+            b"data:{\"choices\":[{\"delta\":{\"content\":\"w0 \"}}]}\n\n",
+            b": a comment\r\ndata: {\"choices\":[{\"delta\":{\"content\":\"w1 \"}}]}\r\n\r\n",
+            b"data:[DONE]\n\n",
+        ] {
+            assert_eq!(reader.event(event, 0, sent, &mut timings), Ok(()));
+        }
+        assert_eq!(reader.chunks(), 2);
+        assert_eq!(reader.finish(), Ok(()));
+        let mut reader = Reader::new(ask);
+        assert!(
+            reader
+                .event(b"data: {\"error\":{}}\n\n", 0, sent, &mut timings)
+                .is_err()
+        );
+        assert!(reader.finish().is_err());
     }
 }

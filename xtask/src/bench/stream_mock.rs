@@ -16,8 +16,8 @@
 //!
 //! [`StreamMock::cut`] ends every stream under way abruptly (the
 //! connection is reset mid-body), for failover under many streams. The
-//! mock counts how late paced chunks were against their schedule, which
-//! says whether the harness's core kept up.
+//! many-open-streams run has its own, cheaper mock
+//! ([`super::paced_mock`]) with the same answers.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -97,9 +97,6 @@ pub fn words(chunks: u32) -> String {
 struct Counters {
     streams: AtomicU64,
     open: AtomicU64,
-    paced: AtomicU64,
-    /// Paced chunks handed over more than [`LATE`] after they were due.
-    late: AtomicU64,
 }
 
 /// A paced chunk this late says the harness's core did not keep up.
@@ -182,14 +179,6 @@ impl StreamMock {
         self.counters.open.load(Ordering::Relaxed)
     }
 
-    /// Paced chunks sent so far, and how many of them were late.
-    pub fn pacing(&self) -> (u64, u64) {
-        (
-            self.counters.paced.load(Ordering::Relaxed),
-            self.counters.late.load(Ordering::Relaxed),
-        )
-    }
-
     /// Stops accepting; open connections end with their streams.
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
@@ -211,7 +200,7 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
 
 /// The first user message's text and the number of words of an assistant
 /// prefill (the last message, when it is the assistant's).
-fn read_ask(body: &[u8]) -> Option<(Ask, u32)> {
+pub(super) fn read_ask(body: &[u8]) -> Option<(Ask, u32)> {
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
     let messages = v.get("messages")?.as_array()?;
     let ask = messages
@@ -297,6 +286,57 @@ impl Drop for Chunks {
     }
 }
 
+/// One SSE event of an answer.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Event {
+    /// The role chunk that opens an answer.
+    Role,
+    /// Content chunk *i* of an answer to this ask: `t<now_ns>|` or `w<i> `.
+    Content(Ask, u32),
+    /// The chunk with `finish_reason`.
+    Finish,
+    /// The usage chunk of an answer to this ask.
+    Usage(Ask),
+    /// `data: [DONE]`.
+    Done,
+}
+
+/// Appends `event` (OpenAI's real chunk shape, `\n\n`-terminated) to
+/// `out`; allocates nothing when `out` has room.
+pub(super) fn write_event(out: &mut Vec<u8>, event: Event) {
+    use std::io::Write as _;
+    // Writing to a Vec cannot fail.
+    let _ = match event {
+        Event::Role => write!(
+            out,
+            "{HEAD}{{\"role\":\"assistant\",\"content\":\"\"}},\"logprobs\":null,\"finish_reason\":null}}]}}\n\n"
+        ),
+        Event::Content(ask, i) => {
+            let _ = write!(out, "{HEAD}{{\"content\":\"");
+            let _ = if ask.timestamps {
+                write!(out, "t{}|", now_ns())
+            } else {
+                write!(out, "w{i} ")
+            };
+            write!(
+                out,
+                "\"}},\"logprobs\":null,\"finish_reason\":null}}]}}\n\n"
+            )
+        }
+        Event::Finish => write!(
+            out,
+            "{HEAD}{{}},\"logprobs\":null,\"finish_reason\":\"stop\"}}]}}\n\n"
+        ),
+        Event::Usage(ask) => write!(
+            out,
+            "data: {{\"id\":\"chatcmpl-bench\",\"object\":\"chat.completion.chunk\",\"created\":1767225600,\"model\":\"mock-upstream\",\"system_fingerprint\":\"fp_bench\",\"choices\":[],\"usage\":{{\"prompt_tokens\":12,\"completion_tokens\":{},\"total_tokens\":{}}}}}\n\n",
+            ask.chunks,
+            ask.chunks + 12
+        ),
+        Event::Done => out.write_all(b"data: [DONE]\n\n"),
+    };
+}
+
 const HEAD: &str = r#"data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1767225600,"model":"mock-upstream","system_fingerprint":"fp_bench","choices":[{"index":0,"delta":"#;
 
 impl Chunks {
@@ -315,16 +355,15 @@ impl Chunks {
             self.phase = Phase::Over;
             return cut();
         }
-        let text = match self.phase {
+        let mut text = Vec::with_capacity(256);
+        match self.phase {
             Phase::Role => {
                 self.phase = if self.ask.chunks > self.next {
                     Phase::Content
                 } else {
                     Phase::Finish
                 };
-                format!(
-                    "{HEAD}{{\"role\":\"assistant\",\"content\":\"\"}},\"logprobs\":null,\"finish_reason\":null}}]}}\n\n"
-                )
+                write_event(&mut text, Event::Role);
             }
             Phase::Content => {
                 let i = self.next;
@@ -342,42 +381,27 @@ impl Chunks {
                             "cut by the benchmark",
                         )));
                     }
-                    self.counters.paced.fetch_add(1, Ordering::Relaxed);
-                    if Instant::now().saturating_duration_since(due) > LATE {
-                        self.counters.late.fetch_add(1, Ordering::Relaxed);
-                    }
                 }
                 self.next += 1;
                 if self.next >= self.ask.chunks {
                     self.phase = Phase::Finish;
                 }
-                let content = if self.ask.timestamps {
-                    format!("t{}|", now_ns())
-                } else {
-                    format!("w{i} ")
-                };
-                format!(
-                    "{HEAD}{{\"content\":\"{content}\"}},\"logprobs\":null,\"finish_reason\":null}}]}}\n\n"
-                )
+                write_event(&mut text, Event::Content(self.ask, i));
             }
             Phase::Finish => {
                 self.phase = Phase::Usage;
-                format!("{HEAD}{{}},\"logprobs\":null,\"finish_reason\":\"stop\"}}]}}\n\n")
+                write_event(&mut text, Event::Finish);
             }
             Phase::Usage => {
                 self.phase = Phase::Done;
-                format!(
-                    "data: {{\"id\":\"chatcmpl-bench\",\"object\":\"chat.completion.chunk\",\"created\":1767225600,\"model\":\"mock-upstream\",\"system_fingerprint\":\"fp_bench\",\"choices\":[],\"usage\":{{\"prompt_tokens\":12,\"completion_tokens\":{},\"total_tokens\":{}}}}}\n\n",
-                    self.ask.chunks,
-                    self.ask.chunks + 12
-                )
+                write_event(&mut text, Event::Usage(self.ask));
             }
             Phase::Done => {
                 self.phase = Phase::Over;
-                "data: [DONE]\n\n".to_owned()
+                write_event(&mut text, Event::Done);
             }
             Phase::Over => return None,
-        };
+        }
         Some(Ok(Frame::data(Bytes::from(text))))
     }
 }

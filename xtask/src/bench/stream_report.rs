@@ -112,57 +112,199 @@ impl StreamPair {
     }
 }
 
-/// Many slow streams open at once.
-#[derive(Debug, Clone, Serialize)]
-pub struct ManyStreams {
-    /// Streams asked for (all open at the plateau when the harness holds).
-    pub streams: usize,
-    /// Between chunks, milliseconds.
-    pub chunk_gap_ms: f64,
-    /// Chunks per stream.
-    pub chunks_per_stream: u32,
-    /// Over how long the streams were started, seconds.
-    pub ramp_s: f64,
-    /// The same load straight to the mock.
-    pub direct: StreamSample,
-    /// Through a fresh gateway.
-    pub gateway: StreamSample,
-    /// The gateway's RSS before the load.
-    pub idle_rss_bytes: u64,
-    /// Its RSS when most streams were open.
+/// What the once-a-second samples of a many-streams run say about its
+/// plateau (the samples with at least 95 % of the peak open streams).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Plateau {
+    /// The most streams open at once.
+    pub peak_open: u64,
+    /// The gateway's RSS at the peak (the highest with that many open);
+    /// zero without a gateway.
     pub peak_rss_bytes: u64,
-    /// Streams open then.
-    pub peak_open_streams: u64,
-    /// The gateway's CPU seconds per second while at least 95 % of the
-    /// peak were open.
-    pub cpu_seconds_per_second: Option<f64>,
-    /// Share of the mock's paced chunks more than 5 ms late, direct run:
-    /// above 1 %, the harness's core did not keep up.
-    pub mock_late_share_direct: f64,
-    /// The same during the gateway run.
-    pub mock_late_share_gateway: f64,
+    /// Seconds the plateau lasted (first to last sample).
+    pub seconds: f64,
+    /// Content chunks received per second.
+    pub chunks_per_s: Option<f64>,
+    /// The gateway's CPU seconds per second.
+    pub gateway_cpu_per_s: Option<f64>,
+    /// The gateway's CPU per chunk received, microseconds.
+    pub gateway_cpu_us_per_chunk: Option<f64>,
+    /// The harness's (this process's) CPU seconds per second.
+    pub harness_cpu_per_s: Option<f64>,
+    /// The harness's CPU per chunk received, microseconds.
+    pub harness_cpu_us_per_chunk: Option<f64>,
 }
 
-impl ManyStreams {
+impl Plateau {
+    /// From samples in time order.
+    pub(super) fn of(ticks: &[super::streams::Tick]) -> Self {
+        let mut out = Plateau::default();
+        for t in ticks {
+            if t.open > out.peak_open || (t.open == out.peak_open && t.rss > out.peak_rss_bytes) {
+                out.peak_open = t.open;
+                out.peak_rss_bytes = t.rss;
+            }
+        }
+        let full = out.peak_open as f64 * 0.95;
+        let mut on = ticks.iter().filter(|t| t.open > 0 && t.open as f64 >= full);
+        let (Some(a), Some(b)) = (on.next(), on.next_back()) else {
+            return out;
+        };
+        let seconds = b.at_s - a.at_s;
+        if seconds <= 0.0 {
+            return out;
+        }
+        out.seconds = round1(seconds);
+        let chunks = b.chunks.saturating_sub(a.chunks) as f64;
+        let per_s = |v: f64| Some((v / seconds * 1000.0).round() / 1000.0);
+        let per_chunk =
+            |cpu: f64| (chunks > 0.0).then(|| (cpu * 1e6 / chunks * 100.0).round() / 100.0);
+        out.chunks_per_s = per_s(chunks).map(|c| c.round());
+        let gateway = b.gateway_cpu_s - a.gateway_cpu_s;
+        if b.gateway_cpu_s > 0.0 {
+            out.gateway_cpu_per_s = per_s(gateway);
+            out.gateway_cpu_us_per_chunk = per_chunk(gateway);
+        }
+        let harness = b.harness_cpu_s - a.harness_cpu_s;
+        out.harness_cpu_per_s = per_s(harness);
+        out.harness_cpu_us_per_chunk = per_chunk(harness);
+        out
+    }
+}
+
+/// More than this share of the mock's paced chunks late: the harness did
+/// not keep its pace.
+pub const LATE_BOUND: f64 = 0.01;
+
+/// The gateway's core counts as saturated from this many CPU seconds per
+/// second.
+pub const SATURATED: f64 = 0.9;
+
+/// Many slow streams straight to the mock: the harness alone.
+#[derive(Debug, Clone, Serialize)]
+pub struct HarnessSide {
+    /// How every stream went; `harness_cpu_us_per_chunk` over the whole run.
+    pub sample: StreamSample,
+    /// Share of the mock's paced chunks more than 5 ms late (or not taken
+    /// by the socket when due).
+    pub late_share: f64,
+    /// At the plateau.
+    pub plateau: Plateau,
+}
+
+impl HarnessSide {
+    /// Every stream complete and at most 1 % of the chunks late.
+    pub fn held(&self) -> bool {
+        self.sample.cut == 0
+            && self.sample.lost == 0
+            && self.sample.complete > 0
+            && self.late_share <= LATE_BOUND
+    }
+}
+
+/// Many slow streams through a fresh gateway.
+#[derive(Debug, Clone, Serialize)]
+pub struct GatewaySide {
+    /// How every stream went; the gateway's CPU per chunk and system calls
+    /// over the whole run.
+    pub sample: StreamSample,
+    /// The mock's late share during this run.
+    pub late_share: f64,
+    /// The gateway's RSS before the load.
+    pub idle_rss_bytes: u64,
+    /// At the plateau: the gateway's RSS and CPU, the chunks relayed.
+    pub plateau: Plateau,
+}
+
+impl GatewaySide {
     /// (Peak RSS - idle RSS) / streams open, KiB.
     pub fn rss_per_stream_kib(&self) -> Option<f64> {
-        (self.peak_open_streams > 0).then(|| {
+        (self.plateau.peak_open > 0).then(|| {
             round1(
-                self.peak_rss_bytes.saturating_sub(self.idle_rss_bytes) as f64
+                self.plateau
+                    .peak_rss_bytes
+                    .saturating_sub(self.idle_rss_bytes) as f64
                     / 1024.0
-                    / self.peak_open_streams as f64,
+                    / self.plateau.peak_open as f64,
             )
         })
     }
 
-    /// Gateway gap-added p99 minus the direct run's, microseconds.
-    pub fn added_gap_p99_us(&self) -> f64 {
-        round1(self.gateway.gap_added_p99_us - self.direct.gap_added_p99_us)
+    /// Whether the gateway's core was (nearly) full at the plateau.
+    pub fn saturated(&self) -> bool {
+        self.plateau
+            .gateway_cpu_per_s
+            .is_some_and(|c| c >= SATURATED)
+    }
+}
+
+/// One count of the many-streams run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ManyStreamsRun {
+    /// Streams, all open at the plateau when the harness holds.
+    pub streams: usize,
+    /// Over how long the streams were started, seconds.
+    pub ramp_s: f64,
+    /// Straight to the mock.
+    pub direct: HarnessSide,
+    /// Through the gateway (not run at a lower count the harness did not
+    /// hold either).
+    pub gateway: Option<GatewaySide>,
+}
+
+impl ManyStreamsRun {
+    /// The harness held this count straight to the mock and kept its pace
+    /// through the gateway: the added latency is the gateway's.
+    pub fn harness_held(&self) -> bool {
+        self.direct.held()
+            && self
+                .gateway
+                .as_ref()
+                .is_some_and(|g| g.late_share <= LATE_BOUND)
     }
 
-    /// Whether the harness kept its pace on both runs.
-    pub fn harness_held(&self) -> bool {
-        self.mock_late_share_direct <= 0.01 && self.mock_late_share_gateway <= 0.01
+    /// Gateway gap-added percentile minus the direct run's, microseconds.
+    pub fn added_gap_us(&self, p99: bool) -> Option<f64> {
+        let pick = |s: &StreamSample| {
+            if p99 {
+                s.gap_added_p99_us
+            } else {
+                s.gap_added_p50_us
+            }
+        };
+        self.gateway
+            .as_ref()
+            .map(|g| round1(pick(&g.sample) - pick(&self.direct.sample)))
+    }
+}
+
+/// Many slow streams open at once.
+#[derive(Debug, Clone, Serialize)]
+pub struct ManyStreams {
+    /// Streams asked for (`--many-streams`).
+    pub asked: usize,
+    /// Between chunks, milliseconds.
+    pub chunk_gap_ms: f64,
+    /// Chunks per stream.
+    pub chunks_per_stream: u32,
+    /// The asked count first, then any lower counts tried because the
+    /// harness did not hold it.
+    pub runs: Vec<ManyStreamsRun>,
+}
+
+impl ManyStreams {
+    /// The run at the asked count.
+    pub fn asked_run(&self) -> Option<&ManyStreamsRun> {
+        self.runs.first()
+    }
+
+    /// The lower count the harness held, with its gateway side, when the
+    /// asked one was not held.
+    pub fn lower_held(&self) -> Option<&ManyStreamsRun> {
+        self.runs
+            .iter()
+            .skip(1)
+            .find(|r| r.gateway.is_some() && r.direct.held())
     }
 }
 
@@ -242,45 +384,30 @@ pub fn evaluate(bench: &StreamsBench) -> Vec<Target> {
     }
     let clean = |s: &StreamSample| s.cut == 0 && s.lost == 0 && s.complete > 0;
     let all_clean = bench.pairs.iter().all(|p| clean(&p.gateway));
-    out.push(target(
-        "relayed streams complete",
-        format!(
-            "{} cut, {} lost",
-            bench.pairs.iter().map(|p| p.gateway.cut).sum::<u64>(),
-            bench.pairs.iter().map(|p| p.gateway.lost).sum::<u64>()
-        ),
-        "0 cut, 0 lost".into(),
-        all_clean,
-    ));
-    if let Some(m) = &bench.many {
-        let label = format!("{} open streams", m.streams);
-        let gap = m.added_gap_p99_us();
-        // Against a direct run that lost streams or fell behind its pace,
-        // the difference means nothing.
-        let held = m.harness_held() && clean(&m.direct);
+    // `--relay-rounds 0` skips the relay loads: nothing to judge.
+    if !bench.pairs.is_empty() {
         out.push(target(
-            &format!("added inter-chunk p99, {label}"),
-            if held {
-                format!("{gap:.1} us")
-            } else {
-                format!("{gap:.1} us (the harness did not hold this many)")
-            },
-            "<= 1000 us".into(),
-            held && gap <= 1000.0,
-        ));
-        let rss = m.rss_per_stream_kib();
-        out.push(target(
-            &format!("RSS per open stream, {label}"),
-            rss.map_or_else(|| "not measured".into(), |r| format!("{r:.1} KiB")),
-            "<= 16 KiB".into(),
-            rss.is_some_and(|r| r <= 16.0),
-        ));
-        out.push(target(
-            &format!("streams complete, {label}"),
-            format!("{} cut, {} lost", m.gateway.cut, m.gateway.lost),
+            "relayed streams complete",
+            format!(
+                "{} cut, {} lost",
+                bench.pairs.iter().map(|p| p.gateway.cut).sum::<u64>(),
+                bench.pairs.iter().map(|p| p.gateway.lost).sum::<u64>()
+            ),
             "0 cut, 0 lost".into(),
-            clean(&m.gateway),
+            all_clean,
         ));
+    }
+    if let Some(m) = &bench.many {
+        if let Some(r) = m.asked_run() {
+            many_targets(&mut out, r, &format!("{} open streams", r.streams), true);
+        }
+        if let Some(r) = m.lower_held() {
+            let label = format!(
+                "{} open streams (the most the harness held; {} asked)",
+                r.streams, m.asked
+            );
+            many_targets(&mut out, r, &label, false);
+        }
     }
     if let Some(f) = &bench.failover {
         out.push(target(
@@ -297,6 +424,52 @@ pub fn evaluate(bench: &StreamsBench) -> Vec<Target> {
         ));
     }
     out
+}
+
+/// The targets at one count of the many-streams run; `whole`: with the
+/// stream-count row (the asked count).
+fn many_targets(out: &mut Vec<Target>, r: &ManyStreamsRun, label: &str, whole: bool) {
+    let clean = |s: &StreamSample| s.cut == 0 && s.lost == 0 && s.complete > 0;
+    let gap = r.added_gap_us(true);
+    let held = r.harness_held();
+    out.push(target(
+        &format!("added inter-chunk p99, {label}"),
+        match gap {
+            None => "not measured".into(),
+            Some(g) if held => format!("{g:.1} us"),
+            Some(g) if !r.direct.held() => format!(
+                "{g:.1} us (the harness could not hold {}: {} lost or cut, {:.1} % of the mock's chunks late straight to it)",
+                r.streams,
+                r.direct.sample.lost + r.direct.sample.cut,
+                r.direct.late_share * 100.0
+            ),
+            Some(g) => format!(
+                "{g:.1} us (the harness did not hold its pace through the gateway: {:.1} % of the mock's chunks late)",
+                r.gateway.as_ref().map_or(0.0, |g| g.late_share * 100.0)
+            ),
+        },
+        "<= 1000 us".into(),
+        held && gap.is_some_and(|g| g <= 1000.0),
+    ));
+    let rss = r.gateway.as_ref().and_then(GatewaySide::rss_per_stream_kib);
+    out.push(target(
+        &format!("RSS per open stream, {label}"),
+        rss.map_or_else(|| "not measured".into(), |r| format!("{r:.1} KiB")),
+        "<= 16 KiB".into(),
+        rss.is_some_and(|r| r <= 16.0),
+    ));
+    if whole {
+        let g = r.gateway.as_ref();
+        out.push(target(
+            &format!("streams complete, {label}"),
+            g.map_or_else(
+                || "not measured".into(),
+                |g| format!("{} cut, {} lost", g.sample.cut, g.sample.lost),
+            ),
+            "0 cut, 0 lost".into(),
+            g.is_some_and(|g| clean(&g.sample)),
+        ));
+    }
 }
 
 fn opt(v: Option<f64>, unit: &str) -> String {
@@ -365,37 +538,7 @@ pub fn render_markdown(bench: &StreamsBench) -> String {
         );
     }
     if let Some(m) = &bench.many {
-        let _ = writeln!(
-            out,
-            "\nMany open streams: {} streams ramped over {:.0} s, a chunk every {:.0} ms, {} chunks each. Straight to the mock: {}/{}/{} ok/cut/lost, gap added p99 {:.1} us. Through the gateway: {}/{}/{} ok/cut/lost, gap added p50 {:.1} us, p99 {:.1} us ({:+.1} us over direct); RSS {:.1} MiB idle, {:.1} MiB with {} open ({} KiB per open stream); CPU {} s per second at the plateau, {} per chunk; mock chunks more than 5 ms late: {:.2} % direct, {:.2} % gateway ({}).",
-            m.streams,
-            m.ramp_s,
-            m.chunk_gap_ms,
-            m.chunks_per_stream,
-            m.direct.complete,
-            m.direct.cut,
-            m.direct.lost,
-            m.direct.gap_added_p99_us,
-            m.gateway.complete,
-            m.gateway.cut,
-            m.gateway.lost,
-            m.gateway.gap_added_p50_us,
-            m.gateway.gap_added_p99_us,
-            m.added_gap_p99_us(),
-            m.idle_rss_bytes as f64 / 1048576.0,
-            m.peak_rss_bytes as f64 / 1048576.0,
-            m.peak_open_streams,
-            opt(m.rss_per_stream_kib(), ""),
-            opt(m.cpu_seconds_per_second, ""),
-            opt(m.gateway.cpu_us_per_chunk, " us"),
-            m.mock_late_share_direct * 100.0,
-            m.mock_late_share_gateway * 100.0,
-            if m.harness_held() {
-                "the harness kept its pace"
-            } else {
-                "the harness did NOT keep its pace: fewer streams are what it can hold"
-            },
-        );
+        render_many(&mut out, m);
     }
     if let Some(f) = &bench.failover {
         let _ = writeln!(
@@ -417,8 +560,129 @@ pub fn render_markdown(bench: &StreamsBench) -> String {
     out
 }
 
+fn render_many(out: &mut String, m: &ManyStreams) {
+    let _ = writeln!(
+        out,
+        "\nMany open streams: a chunk every {:.0} ms, {} chunks each, from the paced mock; mock and client on one thread of the harness's core, the gateway on its own. Straight to the mock (the harness alone), then through a fresh gateway; added = through the gateway minus straight to the mock. The harness holds a count when every stream ends complete straight to the mock and at most 1 % of the mock's chunks are more than 5 ms late.\n",
+        m.chunk_gap_ms, m.chunks_per_stream,
+    );
+    out.push_str("| open streams | side | ok/cut/lost | gap added p50 | gap added p99 | mock chunks late | harness CPU s/s | harness CPU per chunk | gateway CPU s/s | gateway CPU per paced chunk | gateway RSS per open stream |\n|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
+    for r in &m.runs {
+        let d = &r.direct;
+        let _ = writeln!(
+            out,
+            "| {} | direct{} | {}/{}/{} | {:.1} us | {:.1} us | {:.2} % | {} | {} | | | |",
+            r.streams,
+            if d.held() { "" } else { " (not held)" },
+            d.sample.complete,
+            d.sample.cut,
+            d.sample.lost,
+            d.sample.gap_added_p50_us,
+            d.sample.gap_added_p99_us,
+            d.late_share * 100.0,
+            opt(d.plateau.harness_cpu_per_s, ""),
+            opt(d.plateau.harness_cpu_us_per_chunk, " us"),
+        );
+        if let Some(g) = &r.gateway {
+            let _ = writeln!(
+                out,
+                "| {} | gateway | {}/{}/{} | {:.1} us | {:.1} us | {:.2} % | {} | {} | {}{} | {} | {} KiB |",
+                r.streams,
+                g.sample.complete,
+                g.sample.cut,
+                g.sample.lost,
+                g.sample.gap_added_p50_us,
+                g.sample.gap_added_p99_us,
+                g.late_share * 100.0,
+                opt(g.plateau.harness_cpu_per_s, ""),
+                opt(g.plateau.harness_cpu_us_per_chunk, " us"),
+                opt(g.plateau.gateway_cpu_per_s, ""),
+                if g.saturated() { " (saturated)" } else { "" },
+                opt(g.plateau.gateway_cpu_us_per_chunk, " us"),
+                opt(g.rss_per_stream_kib(), ""),
+            );
+            let _ = writeln!(
+                out,
+                "| {} | added by the gateway | | {:+.1} us | {:+.1} us | | | | | | |",
+                r.streams,
+                r.added_gap_us(false).unwrap_or_default(),
+                r.added_gap_us(true).unwrap_or_default(),
+            );
+        }
+    }
+    for r in &m.runs {
+        let mut notes = Vec::new();
+        if !r.direct.held() {
+            notes.push(format!(
+                "the harness could not hold {} streams straight to the mock ({} lost, {} cut, {:.1} % of the mock's chunks late{})",
+                r.streams,
+                r.direct.sample.lost,
+                r.direct.sample.cut,
+                r.direct.late_share * 100.0,
+                r.direct
+                    .sample
+                    .first_problem
+                    .as_deref()
+                    .map_or_else(String::new, |p| format!("; first problem: {p}")),
+            ));
+        } else if r.gateway.is_some() && !r.harness_held() {
+            notes.push(
+                "the harness held this count straight to the mock but fell behind its pace through the gateway".to_owned(),
+            );
+        }
+        if let Some(g) = &r.gateway {
+            let peak = g.plateau.chunks_per_s.unwrap_or_default();
+            notes.push(format!(
+                "the gateway relayed {:.0} chunks/s at the plateau ({} s with {} open), {} s of CPU per second, {} per paced chunk{}; RSS {:.1} MiB idle, {:.1} MiB at the peak",
+                peak,
+                g.plateau.seconds,
+                g.plateau.peak_open,
+                opt(g.plateau.gateway_cpu_per_s, ""),
+                opt(g.plateau.gateway_cpu_us_per_chunk, " us"),
+                if g.saturated() {
+                    format!(
+                        ": its core was saturated, so it cannot relay {} streams' {:.0} paced chunks/s on one core",
+                        r.streams,
+                        r.streams as f64 * 1000.0 / m.chunk_gap_ms.max(1.0)
+                    )
+                } else {
+                    String::new()
+                },
+                g.idle_rss_bytes as f64 / 1048576.0,
+                g.plateau.peak_rss_bytes as f64 / 1048576.0,
+            ));
+        }
+        if !notes.is_empty() {
+            let _ = writeln!(out, "\n{} streams: {}.", r.streams, notes.join("; "));
+        }
+    }
+    if m.asked_run().is_some_and(|r| !r.direct.held()) {
+        let _ = writeln!(
+            out,
+            "\n{}",
+            match m.lower_held() {
+                Some(r) => format!(
+                    "The harness could not hold {}; the figures at {} (the most it held) are the gateway's at that count.",
+                    m.asked, r.streams
+                ),
+                None => format!(
+                    "The harness could not hold {}, nor any lower count tried ({}).",
+                    m.asked,
+                    m.runs
+                        .iter()
+                        .skip(1)
+                        .map(|r| r.streams.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::super::streams::Tick;
     use super::*;
 
     fn sample(cpu: Option<f64>, gap_p99: f64) -> StreamSample {
@@ -428,6 +692,32 @@ mod tests {
             gap_added_p99_us: gap_p99,
             cpu_us_per_chunk: cpu,
             ..StreamSample::default()
+        }
+    }
+
+    fn many_run(streams: usize, direct_p99: f64, gateway_p99: f64) -> ManyStreamsRun {
+        ManyStreamsRun {
+            streams,
+            ramp_s: 10.0,
+            direct: HarnessSide {
+                sample: sample(None, direct_p99),
+                late_share: 0.0,
+                plateau: Plateau {
+                    harness_cpu_per_s: Some(0.5),
+                    ..Plateau::default()
+                },
+            },
+            gateway: Some(GatewaySide {
+                sample: sample(Some(3.0), gateway_p99),
+                late_share: 0.0,
+                idle_rss_bytes: 10 << 20,
+                plateau: Plateau {
+                    peak_open: streams as u64,
+                    peak_rss_bytes: (10 << 20) + streams as u64 * 15 * 1024,
+                    gateway_cpu_per_s: Some(0.5),
+                    ..Plateau::default()
+                },
+            }),
         }
     }
 
@@ -445,18 +735,10 @@ mod tests {
                 before: Some(sample(Some(10.0), 50.0)),
             }],
             many: Some(ManyStreams {
-                streams: 10_000,
+                asked: 10_000,
                 chunk_gap_ms: 50.0,
                 chunks_per_stream: 600,
-                ramp_s: 10.0,
-                direct: sample(None, 300.0),
-                gateway: sample(Some(3.0), 1200.0),
-                idle_rss_bytes: 10 << 20,
-                peak_rss_bytes: (10 << 20) + 10_000 * 15 * 1024,
-                peak_open_streams: 10_000,
-                cpu_seconds_per_second: Some(0.5),
-                mock_late_share_direct: 0.0,
-                mock_late_share_gateway: 0.0,
+                runs: vec![many_run(10_000, 300.0, 1200.0)],
             }),
             failover: Some(FailoverStreams {
                 streams: 10,
@@ -482,8 +764,8 @@ mod tests {
         assert_eq!(&met(&b)[..2], &[false, false]);
         // A cut stream, 16.1 KiB per stream, a lost failover stream.
         b.pairs[0].gateway.cut = 1;
-        if let Some(m) = b.many.as_mut() {
-            m.peak_rss_bytes = (10 << 20) + 10_000 * 16_500;
+        if let Some(g) = b.many.as_mut().and_then(|m| m.runs[0].gateway.as_mut()) {
+            g.plateau.peak_rss_bytes = (10 << 20) + 10_000 * 16_500;
         }
         if let Some(f) = b.failover.as_mut() {
             f.sample.lost = 1;
@@ -497,14 +779,112 @@ mod tests {
         let mut b = bench();
         assert!(evaluate(&b)[3].met);
         if let Some(m) = b.many.as_mut() {
-            m.direct.lost = 5;
+            m.runs[0].direct.sample.lost = 5;
         }
         assert!(!evaluate(&b)[3].met);
         let mut b = bench();
-        if let Some(m) = b.many.as_mut() {
-            m.mock_late_share_gateway = 0.2;
+        if let Some(g) = b.many.as_mut().and_then(|m| m.runs[0].gateway.as_mut()) {
+            g.late_share = 0.2;
         }
         let t = &evaluate(&b)[3];
         assert!(!t.met && t.measured.contains("did not hold"), "{t:?}");
+        // Over 1 % late straight to the mock is not held either, and says so.
+        let mut b = bench();
+        if let Some(m) = b.many.as_mut() {
+            m.runs[0].direct.late_share = 0.011;
+        }
+        let t = &evaluate(&b)[3];
+        assert!(
+            !t.met && t.measured.contains("could not hold 10000"),
+            "{t:?}"
+        );
+    }
+
+    #[test]
+    fn a_lower_count_the_harness_held_gets_its_own_labelled_targets() {
+        let mut b = bench();
+        if let Some(m) = b.many.as_mut() {
+            m.runs[0].direct.late_share = 0.3;
+            // A count it did not hold either: straight to the mock only.
+            let mut not_held = many_run(7_500, 300.0, 0.0);
+            not_held.direct.late_share = 0.05;
+            not_held.gateway = None;
+            m.runs.push(not_held);
+            m.runs.push(many_run(5_000, 400.0, 900.0));
+        }
+        let t = evaluate(&b);
+        let rows: Vec<&Target> = t
+            .iter()
+            .filter(|t| {
+                t.figure
+                    .contains("5000 open streams (the most the harness held; 10000 asked)")
+            })
+            .collect();
+        assert_eq!(rows.len(), 2, "{t:?}");
+        assert_eq!(rows[0].measured, "500.0 us");
+        assert!(rows[0].met && rows[1].met, "{rows:?}");
+        // The asked count stays not met.
+        assert!(!t[3].met, "{t:?}");
+        assert!(!t.iter().any(|t| t.figure.contains("7500")), "{t:?}");
+        let md = render_markdown(&b);
+        assert!(
+            md.contains("the figures at 5000 (the most it held)"),
+            "{md}"
+        );
+        assert!(md.contains("| 7500 | direct (not held) |"), "{md}");
+    }
+
+    fn tick(at_s: f64, open: u64, chunks: u64, gateway_cpu_s: f64, harness_cpu_s: f64) -> Tick {
+        Tick {
+            at_s,
+            gateway_cpu_s,
+            harness_cpu_s,
+            open,
+            chunks,
+            rss: open * 1000,
+        }
+    }
+
+    #[test]
+    fn the_plateau_is_the_samples_with_95_percent_of_the_peak_open() {
+        let ticks = [
+            tick(1.0, 1_000, 0, 0.1, 0.2),
+            tick(2.0, 9_600, 100_000, 0.5, 0.6),
+            tick(3.0, 10_000, 300_000, 1.4, 1.2),
+            tick(4.0, 9_900, 500_000, 2.3, 1.8),
+            tick(5.0, 2_000, 550_000, 2.5, 2.0),
+        ];
+        let p = Plateau::of(&ticks);
+        assert_eq!((p.peak_open, p.peak_rss_bytes), (10_000, 10_000_000));
+        assert_eq!(p.seconds, 2.0);
+        assert_eq!(p.chunks_per_s, Some(200_000.0));
+        assert_eq!(p.gateway_cpu_per_s, Some(0.9));
+        assert_eq!(p.gateway_cpu_us_per_chunk, Some(4.5));
+        assert_eq!(p.harness_cpu_per_s, Some(0.6));
+        assert_eq!(p.harness_cpu_us_per_chunk, Some(3.0));
+        // Without a gateway its figures stay empty; one sample is no plateau.
+        let direct: Vec<Tick> = ticks
+            .iter()
+            .map(|t| Tick {
+                gateway_cpu_s: 0.0,
+                ..*t
+            })
+            .collect();
+        assert_eq!(Plateau::of(&direct).gateway_cpu_per_s, None);
+        assert_eq!(Plateau::of(&ticks[..1]).chunks_per_s, None);
+    }
+
+    #[test]
+    fn a_saturated_gateway_core_is_said() {
+        let mut b = bench();
+        if let Some(g) = b.many.as_mut().and_then(|m| m.runs[0].gateway.as_mut()) {
+            g.plateau.gateway_cpu_per_s = Some(0.95);
+            g.plateau.chunks_per_s = Some(190_000.0);
+        }
+        let md = render_markdown(&b);
+        assert!(
+            md.contains("its core was saturated, so it cannot relay 10000 streams' 200000 paced chunks/s on one core"),
+            "{md}"
+        );
     }
 }

@@ -32,10 +32,16 @@ use backstop_chaos::{GatewayCommand, GatewayProcess};
 use clap::{Args, ValueEnum};
 use tokio::time::Instant;
 
+use super::paced::{PacedHarness, PacedRun};
+use super::paced_client::PacedPlan;
+use super::paced_mock::Pacing;
 use super::pin::Pinning;
 use super::stream_client::{self, Gauge, StreamPlan, StreamRun};
 use super::stream_mock::{Ask, StreamMock};
-use super::stream_report::{FailoverStreams, ManyStreams, StreamPair, StreamSample, StreamsBench};
+use super::stream_report::{
+    FailoverStreams, GatewaySide, HarnessSide, ManyStreams, ManyStreamsRun, Plateau, StreamPair,
+    StreamSample, StreamsBench,
+};
 use super::{procfs, start_gateway, stop};
 use crate::TaskError;
 
@@ -59,6 +65,9 @@ pub struct StreamArgs {
     /// Open streams of the many-streams run (0: skip it).
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub many_streams: usize,
+    /// Interleaved rounds of the relay-cost loads (0: skip them).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub relay_rounds: usize,
     /// Open streams of the failover-under-many-streams run (0: skip it).
     #[arg(long, value_name = "N", default_value_t = 2_000)]
     pub failover_streams: usize,
@@ -69,7 +78,9 @@ pub struct StreamArgs {
 }
 
 const SCENARIO: &str = "bench";
-const ROUNDS: usize = 3;
+/// The many-open-streams run's streams: a chunk every 50 ms for 30 s.
+const MANY_GAP: Duration = Duration::from_millis(50);
+const MANY_CHUNKS: u32 = 600;
 /// The per-chunk CPU the issue measured before the batched relay, for the
 /// "5x less" target when no `--before` build runs beside.
 pub const BEFORE_CPU_PER_CHUNK_US: f64 = 14.5;
@@ -131,19 +142,33 @@ mid_stream = "restart"
     )
 }
 
-/// Raises this process's open-file limit to its hard limit (gateways
-/// started afterwards inherit it); returns the soft limit in force.
-fn raise_fd_limit() -> u64 {
-    use rustix::process::{Resource, getrlimit, setrlimit};
+/// Raises this process's open-file limit (gateways started afterwards
+/// inherit it) to at least `want` when allowed (the hard limit too, up to
+/// `fs.nr_open`, when running as root), otherwise to the hard limit;
+/// returns the soft limit in force.
+fn raise_fd_limit(want: u64) -> u64 {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
-    if let Some(hard) = limit.maximum {
-        let raised = rustix::process::Rlimit {
-            current: Some(hard),
-            maximum: Some(hard),
+    if let Some(hard) = limit.maximum.filter(|h| *h < want) {
+        let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(hard);
+        let raised = want.min(nr_open).max(hard);
+        let both = Rlimit {
+            current: Some(raised),
+            maximum: Some(raised),
         };
-        if setrlimit(Resource::Nofile, raised).is_ok() {
-            return hard;
+        if raised > hard && setrlimit(Resource::Nofile, both).is_ok() {
+            return raised;
         }
+    }
+    let soft_to_hard = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    if setrlimit(Resource::Nofile, soft_to_hard).is_ok() {
+        return limit.maximum.unwrap_or(u64::MAX);
     }
     limit.current.unwrap_or(u64::MAX)
 }
@@ -357,7 +382,10 @@ pub async fn bench(
     args: &StreamArgs,
 ) -> Result<StreamsBench, TaskError> {
     let load_before = procfs::load_average();
-    let fd_limit = raise_fd_limit();
+    // Through the gateway, this process holds both ends' sockets of the
+    // many-streams run: two per stream, and the gateway as many.
+    let fd_limit =
+        raise_fd_limit((args.many_streams.max(args.failover_streams) as u64) * 3 + 4_096);
     eprintln!("streams: open-file limit {fd_limit}");
     let mut command = GatewayCommand::new(binary)
         .env("RUST_LOG", "info")
@@ -460,9 +488,10 @@ pub async fn bench(
         ),
     ];
     let mut pairs = Vec::new();
-    for (label, load) in loads {
-        eprintln!("streams: {label}, {ROUNDS} interleaved rounds");
-        let mut samples = interleaved(label, &sides, load, ROUNDS).await?.into_iter();
+    let rounds = args.relay_rounds;
+    for (label, load) in loads.into_iter().filter(|_| rounds > 0) {
+        eprintln!("streams: {label}, {rounds} interleaved rounds");
+        let mut samples = interleaved(label, &sides, load, rounds).await?.into_iter();
         pairs.push(StreamPair {
             label: label.to_owned(),
             chunks_per_stream: load.ask.chunks,
@@ -477,12 +506,12 @@ pub async fn bench(
         stop(b).await?;
     }
 
+    mock.shutdown().await;
     let many = if args.many_streams > 0 {
-        Some(many_streams(&command, out, &mock, args.many_streams, max_connections).await?)
+        Some(many_streams(&command, out, args.many_streams, max_connections).await?)
     } else {
         None
     };
-    mock.shutdown().await;
 
     let failover = if args.failover_streams > 0 {
         Some(failover_streams(&command, out, args.failover_streams, max_connections).await?)
@@ -503,150 +532,263 @@ pub async fn bench(
     Ok(bench)
 }
 
-/// Samples the gateway's RSS and CPU and the open streams once a second
-/// until told to stop; returns (at peak open streams: RSS, open streams),
-/// and the CPU seconds per second over the samples with at least 95 % of
-/// the peak open.
-async fn watch(
-    pid: u32,
+/// What the sampler saw once a second.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(super) struct Tick {
+    /// Seconds since sampling began.
+    pub at_s: f64,
+    /// The gateway's CPU time so far (zero without a gateway).
+    pub gateway_cpu_s: f64,
+    /// This process's (the harness's) CPU time so far.
+    pub harness_cpu_s: f64,
+    /// Streams open.
+    pub open: u64,
+    /// Content chunks received so far.
+    pub chunks: u64,
+    /// The gateway's RSS (zero without a gateway).
+    pub rss: u64,
+}
+
+/// Samples once a second until told to stop (bounded by the run, which
+/// its deadline bounds).
+async fn sample(
+    gateway: Option<u32>,
     gauge: Arc<Gauge>,
     stop: tokio::sync::oneshot::Receiver<()>,
-) -> (u64, u64, Option<f64>) {
+) -> Vec<Tick> {
     let mut stop = stop;
-    let mut peak = (0u64, 0u64);
-    // (when, CPU time, open streams)
-    let mut samples: Vec<(Instant, Duration, u64)> = Vec::new();
+    let start = Instant::now();
+    let me = std::process::id();
+    let mut ticks = Vec::new();
     loop {
         tokio::select! {
             _ = &mut stop => break,
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
-        let open = gauge.open();
-        let rss = procfs::rss_bytes(pid).unwrap_or(0);
-        if open > peak.1 || (open == peak.1 && rss > peak.0) {
-            peak = (rss, open);
-        }
-        samples.push((
-            Instant::now(),
-            procfs::cpu_time(pid).unwrap_or_default(),
-            open,
-        ));
+        ticks.push(Tick {
+            at_s: start.elapsed().as_secs_f64(),
+            gateway_cpu_s: gateway
+                .and_then(|pid| procfs::cpu_time(pid).ok())
+                .unwrap_or_default()
+                .as_secs_f64(),
+            harness_cpu_s: procfs::cpu_time(me).unwrap_or_default().as_secs_f64(),
+            open: gauge.open(),
+            chunks: gauge.chunks(),
+            rss: gateway
+                .and_then(|pid| procfs::rss_bytes(pid).ok())
+                .unwrap_or(0),
+        });
     }
-    let full = peak.1 as f64 * 0.95;
-    let plateau: Vec<&(Instant, Duration, u64)> =
-        samples.iter().filter(|s| s.2 as f64 >= full).collect();
-    let cpu = match (plateau.first(), plateau.last()) {
-        (Some(a), Some(b)) if b.0 > a.0 => {
-            Some(b.1.saturating_sub(a.1).as_secs_f64() / b.0.duration_since(a.0).as_secs_f64())
-        }
-        _ => None,
-    };
-    (peak.0, peak.1, cpu)
+    ticks
 }
 
-async fn many_streams(
+/// Runs `plan` on the harness, sampling around it; the process's own CPU
+/// over the whole run as well.
+async fn paced_run(
+    harness: &PacedHarness,
+    plan: PacedPlan,
+    gateway: Option<u32>,
+) -> Result<(PacedRun, Plateau, Deltas), TaskError> {
+    let gauge = Arc::new(Gauge::default());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let sampler = tokio::spawn(sample(gateway, gauge.clone(), stop_rx));
+    let before = read_counters(gateway)?;
+    let run = harness.run(plan, gauge).await;
+    let after = read_counters(gateway);
+    let _ = stop_tx.send(());
+    let ticks = sampler.await.unwrap_or_default();
+    let run = run?;
+    Ok((run, Plateau::of(&ticks), Deltas::between(&before, &after?)))
+}
+
+fn late_share(p: &Pacing) -> f64 {
+    if p.paced == 0 {
+        0.0
+    } else {
+        p.late as f64 / p.paced as f64
+    }
+}
+
+/// The many-open-streams run at `n` streams: straight to the paced mock,
+/// then (when `with_gateway`) through a fresh gateway.
+async fn many_at(
+    harness: &PacedHarness,
     command: &GatewayCommand,
     out: &Path,
-    mock: &StreamMock,
     n: usize,
     max_connections: usize,
-) -> Result<ManyStreams, TaskError> {
+    with_gateway: bool,
+) -> Result<ManyStreamsRun, TaskError> {
     let ask = Ask {
-        chunks: 600,
-        gap: Duration::from_millis(50),
+        chunks: MANY_CHUNKS,
+        gap: MANY_GAP,
         timestamps: true,
     };
     // About 1,000 new streams a second, at least 5 s.
     let ramp = Duration::from_secs_f64((n as f64 / 1_000.0).max(5.0));
-    let load = Load {
+    let plan = |addr: std::net::SocketAddr, model: &str| PacedPlan {
+        addr,
+        path: "/v1/chat/completions".to_owned(),
+        model: model.to_owned(),
         ask,
         streams: n,
-        concurrency: n,
         ramp,
         deadline: ask.gap * ask.chunks + ramp + Duration::from_secs(30),
     };
     eprintln!(
-        "streams: {n} open streams, a chunk every 50 ms for 30 s, ramped over {:.0} s; straight to the mock first",
-        ramp.as_secs_f64()
+        "streams: {n} open streams, a chunk every {} ms for {:.0} s, ramped over {:.0} s; straight to the mock{}",
+        ask.gap.as_millis(),
+        (ask.gap * ask.chunks).as_secs_f64(),
+        ramp.as_secs_f64(),
+        if with_gateway {
+            ", then through the gateway"
+        } else {
+            ""
+        }
     );
-    let paced_before = mock.pacing();
-    let (direct_run, _) = run_once(&Where::direct(mock), &load).await?;
-    let paced_direct = mock.pacing();
-    let direct = StreamSample::of(&direct_run, None, None, None, Duration::ZERO);
+    let (direct_run, direct_plateau, d) =
+        paced_run(harness, plan(harness.mock_addr(), "mock-upstream"), None).await?;
+    let direct = HarnessSide {
+        sample: StreamSample::of(&direct_run.run, None, None, None, d.own_cpu),
+        late_share: late_share(&direct_run.pacing),
+        plateau: direct_plateau,
+    };
     eprintln!(
-        "  direct: {} complete, {} cut, {} lost, gap added p99 {:.1} us",
-        direct.complete, direct.cut, direct.lost, direct.gap_added_p99_us
+        "  direct: {} complete, {} cut, {} lost{}; gap added p50 {:.1} us p99 {:.1} us; mock late {:.2} %; harness {} s/s, {} per chunk",
+        direct.sample.complete,
+        direct.sample.cut,
+        direct.sample.lost,
+        direct
+            .sample
+            .first_problem
+            .as_deref()
+            .map_or_else(String::new, |p| format!(" (first: {p})")),
+        direct.sample.gap_added_p50_us,
+        direct.sample.gap_added_p99_us,
+        direct.late_share * 100.0,
+        opt2(direct.plateau.harness_cpu_per_s),
+        opt2(direct.sample.harness_cpu_us_per_chunk) + " us",
     );
-
+    let mut run = ManyStreamsRun {
+        streams: n,
+        ramp_s: ramp.as_secs_f64(),
+        direct,
+        gateway: None,
+    };
+    if !with_gateway {
+        return Ok(run);
+    }
     let gateway = start_gateway(
         command,
         out,
-        "gateway-many-streams",
-        &config(&mock.api_base_url(), max_connections),
+        &format!("gateway-many-streams-{n}"),
+        &config(&harness.api_base_url(), max_connections),
     )
     .await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let pid = gateway.pid();
-    let idle_rss = procfs::rss_bytes(pid)?;
-    let gauge = Arc::new(Gauge::default());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
-    let watcher = tokio::spawn(watch(pid, gauge.clone(), stop_rx));
-    let plan = Arc::new(StreamPlan {
-        authority: gateway.addr().to_string(),
-        path: "/v1/chat/completions".to_owned(),
-        models: vec![SCENARIO.to_owned()],
-        ask,
-        streams: n,
-        concurrency: n,
-        ramp,
-        deadline: load.deadline,
-    });
-    let before = read_counters(Some(pid))?;
-    let run = stream_client::run(plan, gauge).await;
-    let after = read_counters(Some(pid))?;
-    let _ = stop_tx.send(());
-    let (peak_rss, peak_open, cpu_per_second) = watcher.await.unwrap_or((0, 0, None));
-    let paced_gateway = mock.pacing();
-    let d = Deltas::between(&before, &after);
-    let through = StreamSample::of(&run, d.cpu, d.syscr, d.syscw, d.own_cpu);
-    stop(gateway).await?;
-    let late = |a: (u64, u64), b: (u64, u64)| {
-        let sent = b.0.saturating_sub(a.0);
-        let late = b.1.saturating_sub(a.1);
-        if sent == 0 {
-            0.0
-        } else {
-            late as f64 / sent as f64
-        }
-    };
-    let many = ManyStreams {
-        streams: n,
-        chunk_gap_ms: ask.gap.as_secs_f64() * 1e3,
-        chunks_per_stream: ask.chunks,
-        ramp_s: ramp.as_secs_f64(),
-        direct,
-        gateway: through,
+    let measured = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let idle_rss = procfs::rss_bytes(pid)?;
+        let result = paced_run(harness, plan(gateway.addr(), SCENARIO), Some(pid)).await?;
+        Ok::<_, TaskError>((idle_rss, result))
+    }
+    .await;
+    // Stopped also when the run failed.
+    let stopped = stop(gateway).await;
+    let (idle_rss, (through_run, plateau, d)) = measured?;
+    stopped?;
+    let through = GatewaySide {
+        sample: StreamSample::of(&through_run.run, d.cpu, d.syscr, d.syscw, d.own_cpu),
+        late_share: late_share(&through_run.pacing),
         idle_rss_bytes: idle_rss,
-        peak_rss_bytes: peak_rss,
-        peak_open_streams: peak_open,
-        cpu_seconds_per_second: cpu_per_second,
-        mock_late_share_direct: late(paced_before, paced_direct),
-        mock_late_share_gateway: late(paced_direct, paced_gateway),
+        plateau,
     };
     eprintln!(
-        "  gateway: {} complete, {} cut, {} lost, gap added p99 {:.1} us; RSS {:.1} MiB at {} open ({:.1} KiB per stream); CPU {:.2} s/s; mock late {:.2} % / {:.2} %",
-        many.gateway.complete,
-        many.gateway.cut,
-        many.gateway.lost,
-        many.gateway.gap_added_p99_us,
-        peak_rss as f64 / 1048576.0,
-        peak_open,
-        many.rss_per_stream_kib().unwrap_or(f64::NAN),
-        cpu_per_second.unwrap_or(f64::NAN),
-        many.mock_late_share_direct * 100.0,
-        many.mock_late_share_gateway * 100.0,
+        "  gateway: {} complete, {} cut, {} lost{}; gap added p50 {:.1} us p99 {:.1} us; RSS {:.1} MiB at {} open ({} KiB per stream); gateway CPU {} s/s, {} us per paced chunk at the plateau; mock late {:.2} %; harness {} s/s",
+        through.sample.complete,
+        through.sample.cut,
+        through.sample.lost,
+        through
+            .sample
+            .first_problem
+            .as_deref()
+            .map_or_else(String::new, |p| format!(" (first: {p})")),
+        through.sample.gap_added_p50_us,
+        through.sample.gap_added_p99_us,
+        through.plateau.peak_rss_bytes as f64 / 1048576.0,
+        through.plateau.peak_open,
+        opt2(through.rss_per_stream_kib()),
+        opt2(through.plateau.gateway_cpu_per_s),
+        opt2(through.plateau.gateway_cpu_us_per_chunk),
+        through.late_share * 100.0,
+        opt2(through.plateau.harness_cpu_per_s),
     );
-    Ok(many)
+    run.gateway = Some(through);
+    Ok(run)
+}
+
+fn opt2(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"))
+}
+
+/// Lower counts tried when the harness does not hold the asked one.
+const MAX_LOWER_STEPS: usize = 3;
+
+/// The many-open-streams run: at `n`, both sides; when the harness did
+/// not hold `n` (straight to the mock: streams lost or cut, or more than
+/// 1 % of the mock's chunks late), lower counts straight to the mock
+/// ([`lower_count`], at most [`MAX_LOWER_STEPS`]) until one holds, and
+/// that one through the gateway as well.
+async fn many_streams(
+    command: &GatewayCommand,
+    out: &Path,
+    n: usize,
+    max_connections: usize,
+) -> Result<ManyStreams, TaskError> {
+    let harness = PacedHarness::start(MANY_GAP)?;
+    let mut runs = vec![many_at(&harness, command, out, n, max_connections, true).await?];
+    let mut count = n;
+    for _ in 0..MAX_LOWER_STEPS {
+        let last = runs.last().map(|r: &ManyStreamsRun| &r.direct);
+        let Some(last) = last.filter(|d| !d.held()) else {
+            break;
+        };
+        let Some(lower) = lower_count(count, last.plateau.harness_cpu_per_s) else {
+            break;
+        };
+        count = lower;
+        eprintln!(
+            "streams: the harness could not hold {n} streams; trying {count} straight to the mock"
+        );
+        let mut run = many_at(&harness, command, out, count, max_connections, false).await?;
+        if run.direct.held() {
+            run = many_at(&harness, command, out, count, max_connections, true).await?;
+            runs.push(run);
+            break;
+        }
+        runs.push(run);
+    }
+    drop(harness);
+    Ok(ManyStreams {
+        asked: n,
+        chunk_gap_ms: MANY_GAP.as_secs_f64() * 1e3,
+        chunks_per_stream: MANY_CHUNKS,
+        runs,
+    })
+}
+
+/// The next count to try after a run at `n` the harness did not hold:
+/// what its CPU at the plateau says one core can pace at 80 % busy
+/// (half when unknown), kept between a quarter and three quarters of
+/// `n`, rounded down to 500 (100 under 2,000); `None` under 100.
+pub(super) fn lower_count(n: usize, harness_cpu_per_s: Option<f64>) -> Option<usize> {
+    let estimate = harness_cpu_per_s
+        .filter(|c| *c > 0.05)
+        .map_or(n / 2, |c| (n as f64 * 0.8 / c) as usize);
+    let next = estimate.clamp(n / 4, n * 3 / 4);
+    let step = if next >= 2_000 { 500 } else { 100 };
+    let next = next / step * step;
+    (next >= 100 && next < n).then_some(next)
 }
 
 async fn failover_streams(
@@ -725,4 +867,26 @@ async fn failover_streams(
     primary.shutdown().await;
     secondary.shutdown().await;
     Ok(failover)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lower_counts_follow_the_harness_cpu_within_bounds() {
+        // Saturated at 10,000: 80 % of a core is 8,000, kept under 3/4.
+        assert_eq!(lower_count(10_000, Some(1.0)), Some(7_500));
+        // Far over: not under a quarter.
+        assert_eq!(lower_count(10_000, Some(8.0)), Some(2_500));
+        // 0.9 s/s at 4,000: 3,555 rounded down to 500.
+        assert_eq!(lower_count(4_000, Some(0.9)), Some(3_000));
+        // Unknown: half.
+        assert_eq!(lower_count(10_000, None), Some(5_000));
+        assert_eq!(lower_count(1_000, None), Some(500));
+        // Small counts step by 100 and stop under 100.
+        assert_eq!(lower_count(300, Some(1.0)), Some(200));
+        assert_eq!(lower_count(150, Some(1.0)), Some(100));
+        assert_eq!(lower_count(120, Some(1.0)), None);
+    }
 }
