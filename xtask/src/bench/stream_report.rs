@@ -283,6 +283,11 @@ impl ManyStreamsRun {
 pub struct ManyStreams {
     /// Streams asked for (`--many-streams`).
     pub asked: usize,
+    /// The open-file limit the run had.
+    pub fd_limit: u64,
+    /// The most streams that limit allows ([`super::streams::fd_cap`]),
+    /// when under the asked count: the run was at this count instead.
+    pub fd_cap: Option<usize>,
     /// Between chunks, milliseconds.
     pub chunk_gap_ms: f64,
     /// Chunks per stream.
@@ -656,6 +661,13 @@ fn render_many(out: &mut String, m: &ManyStreams) {
             let _ = writeln!(out, "\n{} streams: {}.", r.streams, notes.join("; "));
         }
     }
+    if let Some(cap) = m.fd_cap {
+        let _ = writeln!(
+            out,
+            "\nThe open-file limit ({}, which this process could not raise) allows {cap} streams, not the {} asked: the gateway and the harness each hold two sockets per stream. The run is at {cap}.",
+            m.fd_limit, m.asked
+        );
+    }
     if m.asked_run().is_some_and(|r| !r.direct.held()) {
         let _ = writeln!(
             out,
@@ -663,11 +675,11 @@ fn render_many(out: &mut String, m: &ManyStreams) {
             match m.lower_held() {
                 Some(r) => format!(
                     "The harness could not hold {}; the figures at {} (the most it held) are the gateway's at that count.",
-                    m.asked, r.streams
+                    m.runs[0].streams, r.streams
                 ),
                 None => format!(
                     "The harness could not hold {}, nor any lower count tried ({}).",
-                    m.asked,
+                    m.runs[0].streams,
                     m.runs
                         .iter()
                         .skip(1)
@@ -736,6 +748,8 @@ mod tests {
             }],
             many: Some(ManyStreams {
                 asked: 10_000,
+                fd_limit: 1 << 20,
+                fd_cap: None,
                 chunk_gap_ms: 50.0,
                 chunks_per_stream: 600,
                 runs: vec![many_run(10_000, 300.0, 1200.0)],

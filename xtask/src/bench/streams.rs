@@ -508,7 +508,7 @@ pub async fn bench(
 
     mock.shutdown().await;
     let many = if args.many_streams > 0 {
-        Some(many_streams(&command, out, args.many_streams, max_connections).await?)
+        Some(many_streams(&command, out, args.many_streams, fd_limit, max_connections).await?)
     } else {
         None
     };
@@ -734,31 +734,46 @@ fn opt2(v: Option<f64>) -> String {
 /// Lower counts tried when the harness does not hold the asked one.
 const MAX_LOWER_STEPS: usize = 3;
 
-/// The many-open-streams run: at `n`, both sides; when the harness did
-/// not hold `n` (straight to the mock: streams lost or cut, or more than
-/// 1 % of the mock's chunks late), lower counts straight to the mock
+/// The many-open-streams run: at `n` (or the most the open-file limit
+/// allows, [`fd_cap`]), both sides; when the harness did not hold it
+/// (straight to the mock: streams lost or cut, or more than 1 % of the
+/// mock's chunks late), lower counts straight to the mock
 /// ([`lower_count`], at most [`MAX_LOWER_STEPS`]) until one holds, and
 /// that one through the gateway as well.
 async fn many_streams(
     command: &GatewayCommand,
     out: &Path,
     n: usize,
+    fd_limit: u64,
     max_connections: usize,
 ) -> Result<ManyStreams, TaskError> {
+    let cap = fd_cap(fd_limit);
+    let first = n.min(cap);
+    if first < n {
+        eprintln!(
+            "streams: the open-file limit ({fd_limit}) allows {cap} streams, not {n}: the gateway and the harness each hold two sockets per stream"
+        );
+    }
     let harness = PacedHarness::start(MANY_GAP)?;
-    let mut runs = vec![many_at(&harness, command, out, n, max_connections, true).await?];
-    let mut count = n;
+    let mut runs = vec![many_at(&harness, command, out, first, max_connections, true).await?];
+    let mut count = first;
     for _ in 0..MAX_LOWER_STEPS {
         let last = runs.last().map(|r: &ManyStreamsRun| &r.direct);
         let Some(last) = last.filter(|d| !d.held()) else {
             break;
         };
-        let Some(lower) = lower_count(count, last.plateau.harness_cpu_per_s) else {
+        let per_chunk = last
+            .plateau
+            .harness_cpu_us_per_chunk
+            .or(last.sample.harness_cpu_us_per_chunk);
+        let Some(lower) = lower_count(count, per_chunk.map(|us| pace_capacity(us, MANY_GAP)))
+        else {
             break;
         };
         count = lower;
         eprintln!(
-            "streams: the harness could not hold {n} streams; trying {count} straight to the mock"
+            "streams: the harness could not hold {} streams; trying {count} straight to the mock",
+            runs.last().map_or(first, |r| r.streams)
         );
         let mut run = many_at(&harness, command, out, count, max_connections, false).await?;
         if run.direct.held() {
@@ -771,21 +786,35 @@ async fn many_streams(
     drop(harness);
     Ok(ManyStreams {
         asked: n,
+        fd_limit,
+        fd_cap: (first < n).then_some(cap),
         chunk_gap_ms: MANY_GAP.as_secs_f64() * 1e3,
         chunks_per_stream: MANY_CHUNKS,
         runs,
     })
 }
 
+/// The most streams an open-file limit allows: the gateway holds two
+/// sockets per stream (the caller's and the upstream's), and so does the
+/// harness (the client's and the mock's); 256 spare, in hundreds.
+pub(super) fn fd_cap(fd_limit: u64) -> usize {
+    let streams = fd_limit.saturating_sub(256) / 2;
+    usize::try_from(streams / 100 * 100).unwrap_or(usize::MAX)
+}
+
+/// The streams one core paces at 80 % busy when a chunk costs
+/// `us_per_chunk` and each stream sends one every `gap`.
+pub(super) fn pace_capacity(us_per_chunk: f64, gap: Duration) -> usize {
+    let chunks_per_s = 1.0 / gap.as_secs_f64().max(1e-6);
+    (0.8e6 / us_per_chunk.max(0.01) / chunks_per_s) as usize
+}
+
 /// The next count to try after a run at `n` the harness did not hold:
-/// what its CPU at the plateau says one core can pace at 80 % busy
-/// (half when unknown), kept between a quarter and three quarters of
-/// `n`, rounded down to 500 (100 under 2,000); `None` under 100.
-pub(super) fn lower_count(n: usize, harness_cpu_per_s: Option<f64>) -> Option<usize> {
-    let estimate = harness_cpu_per_s
-        .filter(|c| *c > 0.05)
-        .map_or(n / 2, |c| (n as f64 * 0.8 / c) as usize);
-    let next = estimate.clamp(n / 4, n * 3 / 4);
+/// `estimate` (what its CPU per chunk says a core paces, [`pace_capacity`];
+/// half of `n` when unknown), kept between a quarter and three quarters
+/// of `n`, rounded down to 500 (100 under 2,000); `None` under 100.
+pub(super) fn lower_count(n: usize, estimate: Option<usize>) -> Option<usize> {
+    let next = estimate.unwrap_or(n / 2).clamp(n / 4, n * 3 / 4);
     let step = if next >= 2_000 { 500 } else { 100 };
     let next = next / step * step;
     (next >= 100 && next < n).then_some(next)
@@ -874,19 +903,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lower_counts_follow_the_harness_cpu_within_bounds() {
-        // Saturated at 10,000: 80 % of a core is 8,000, kept under 3/4.
-        assert_eq!(lower_count(10_000, Some(1.0)), Some(7_500));
-        // Far over: not under a quarter.
-        assert_eq!(lower_count(10_000, Some(8.0)), Some(2_500));
-        // 0.9 s/s at 4,000: 3,555 rounded down to 500.
-        assert_eq!(lower_count(4_000, Some(0.9)), Some(3_000));
+    fn lower_counts_follow_the_harness_cost_within_bounds() {
+        // 8 us per chunk, a chunk every 50 ms: 5,000 streams at 80 %.
+        assert_eq!(pace_capacity(8.0, Duration::from_millis(50)), 5_000);
+        assert_eq!(lower_count(10_000, Some(5_000)), Some(5_000));
+        // Never over three quarters, never under a quarter.
+        assert_eq!(lower_count(10_000, Some(9_000)), Some(7_500));
+        assert_eq!(lower_count(10_000, Some(100)), Some(2_500));
+        // 3,555 rounded down to 500.
+        assert_eq!(lower_count(4_000, Some(3_555)), Some(3_000));
         // Unknown: half.
         assert_eq!(lower_count(10_000, None), Some(5_000));
         assert_eq!(lower_count(1_000, None), Some(500));
         // Small counts step by 100 and stop under 100.
-        assert_eq!(lower_count(300, Some(1.0)), Some(200));
-        assert_eq!(lower_count(150, Some(1.0)), Some(100));
-        assert_eq!(lower_count(120, Some(1.0)), None);
+        assert_eq!(lower_count(300, Some(1_000)), Some(200));
+        assert_eq!(lower_count(150, Some(1_000)), Some(100));
+        assert_eq!(lower_count(120, Some(1_000)), None);
+    }
+
+    #[test]
+    fn the_open_file_limit_caps_the_streams_at_two_sockets_each() {
+        assert_eq!(fd_cap(20_000), 9_800);
+        assert_eq!(fd_cap(1_048_576), 524_100);
+        assert_eq!(fd_cap(100), 0);
     }
 }
