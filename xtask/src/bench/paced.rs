@@ -43,16 +43,8 @@ impl PacedHarness {
     /// Starts the thread and its mock on 127.0.0.1 (a free port), pacing
     /// chunks `gap` apart.
     pub fn start(gap: Duration) -> Result<Self, TaskError> {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")
-            .map_err(|e| TaskError::new("binding the paced mock", e))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| TaskError::new("the paced mock's address", e))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| TaskError::new("the paced mock's listener", e))?;
         let (jobs, mut queue) = mpsc::unbounded_channel::<Job>();
-        let (ready_tx, ready) = std::sync::mpsc::channel::<Result<(), String>>();
+        let (ready_tx, ready) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
         let thread = std::thread::Builder::new()
             .name("paced-harness".into())
             .spawn(move || {
@@ -68,13 +60,14 @@ impl PacedHarness {
                 };
                 let local = tokio::task::LocalSet::new();
                 local.block_on(&runtime, async move {
-                    let mock = tokio::net::TcpListener::from_std(listener)
-                        .map_err(|e| e.to_string())
-                        .and_then(|l| PacedMock::start(l, gap));
-                    let mock = match mock {
-                        Ok(m) => {
-                            let _ = ready_tx.send(Ok(()));
-                            m
+                    let started = listen().and_then(|listener| {
+                        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+                        Ok((addr, PacedMock::start(listener, gap)?))
+                    });
+                    let mock = match started {
+                        Ok((addr, mock)) => {
+                            let _ = ready_tx.send(Ok(addr));
+                            mock
                         }
                         Err(e) => {
                             let _ = ready_tx.send(Err(e));
@@ -101,14 +94,17 @@ impl PacedHarness {
                 });
             })
             .map_err(|e| TaskError::new("starting the paced harness thread", e))?;
-        let harness = Self {
-            addr,
+        let mut harness = Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             jobs: Some(jobs),
             thread: Some(thread),
         };
         match ready.recv() {
-            Ok(Ok(())) => Ok(harness),
-            Ok(Err(e)) => Err(TaskError::msg(format!("the paced harness: {e}"))),
+            Ok(Ok(addr)) => {
+                harness.addr = addr;
+                Ok(harness)
+            }
+            Ok(Err(e)) => Err(TaskError::msg(format!("the paced mock: {e}"))),
             Err(_) => Err(TaskError::msg("the paced harness thread ended at start")),
         }
     }
@@ -136,6 +132,21 @@ impl PacedHarness {
             .map_err(|_| TaskError::msg("the paced harness thread ended mid-run"))
     }
 }
+
+/// 127.0.0.1 on a free port with a deep accept queue: thousands of
+/// streams start within seconds, and an overflowing queue resets them.
+fn listen() -> Result<tokio::net::TcpListener, String> {
+    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .map_err(|e| format!("binding: {e}"))?;
+    socket
+        .listen(ACCEPT_QUEUE)
+        .map_err(|e| format!("listening: {e}"))
+}
+
+/// The accept queue asked for (the kernel caps it at `net.core.somaxconn`).
+const ACCEPT_QUEUE: u32 = 8192;
 
 impl Drop for PacedHarness {
     fn drop(&mut self) {
