@@ -90,6 +90,8 @@ pub(crate) struct Batched<S, F> {
     buffer: Vec<u8>,
     /// The capacity the next batch's buffer gets, allocated when its first
     /// event comes: an open stream waiting for its next chunk holds none.
+    /// It follows the size of the last batch, so one burst (a stream that
+    /// fell behind) does not make every later batch as large.
     capacity: usize,
     /// Events were encoded since the last turn began: the upstream reader
     /// may have more of its last read to hand over.
@@ -121,7 +123,11 @@ where
     }
 
     fn take(&mut self) -> Poll<Option<Result<Bytes, Infallible>>> {
-        self.capacity = self.buffer.capacity().clamp(START_CAPACITY, MAX_BATCH);
+        self.capacity = self
+            .buffer
+            .len()
+            .next_power_of_two()
+            .clamp(START_CAPACITY, MAX_BATCH);
         let frame = std::mem::take(&mut self.buffer);
         self.progressed = false;
         self.turn = None;
@@ -343,9 +349,12 @@ mod tests {
         let _ = poll(&mut body);
         let (p, _) = poll(&mut body);
         assert_eq!(text(p).as_deref(), Some(big.as_str()));
+        assert_eq!(body.capacity, START_CAPACITY * 8);
         tx.unbounded_send(chunk("last")).unwrap();
         let _ = poll(&mut body);
         let (p, _) = poll(&mut body);
         assert_eq!(text(p).as_deref(), Some("last"));
+        // A small batch after the big one: the next is small again.
+        assert_eq!(body.capacity, START_CAPACITY);
     }
 }
