@@ -13,8 +13,9 @@
 //!
 //! It runs as its own process, `cargo xtask bench floor-proxy --upstream
 //! URL` (a hidden subcommand), started under the same `taskset` wrapper as
-//! the gateway and with the same runtime (tokio's multi-thread runtime,
-//! default worker count: one worker on one allowed core), so its
+//! the gateway and with the same runtime rule (the gateway's `runtime_for`:
+//! tokio's current-thread runtime when one CPU is allowed, as under the
+//! bench's `taskset -c 0`, the multi-thread one otherwise), so its
 //! `/proc/PID/stat` CPU time compares with the gateway's. It prints
 //! `listening on ADDR` on stdout once it accepts connections.
 
@@ -69,8 +70,15 @@ pub fn serve(args: &FloorArgs) -> Result<ExitCode, TaskError> {
             args.upstream
         )));
     };
-    // The gateway's runtime: multi-thread, default worker count.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // The gateway's runtime rule (crates/backstop-gateway/src/main.rs,
+    // `runtime_for`): current-thread on one allowed CPU, else multi-thread.
+    let one_cpu = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
+    let mut builder = if one_cpu {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = builder
         .enable_all()
         .build()
         .map_err(|e| TaskError::new("cannot start the async runtime", e))?;
