@@ -610,7 +610,7 @@ impl RawJson {
             // An SSE `data:` line cannot carry a line break.
             return None;
         }
-        let model = top_level_string(text.as_bytes(), b"model")?;
+        let model = find_model(text.as_bytes())?;
         Some(Self { text, model })
     }
 
@@ -647,12 +647,17 @@ fn write_json_string(s: &str, out: &mut Vec<u8>) {
     }
 }
 
-/// Where the string value of the top-level key `key` of the JSON object
-/// `json` is (quotes included). `None` when `json` is not an object, the
-/// key is absent, its value is not a string, or its key is written with
-/// escapes. The scan only tells strings from structure: `json` is assumed
-/// valid (it was parsed before).
-fn top_level_string(json: &[u8], key: &[u8]) -> Option<std::ops::Range<usize>> {
+/// The keys a chunk's text must have for it to be written through: the
+/// ones the typed chunk would write even when the upstream left them out.
+const HEADER: [&[u8]; 3] = [b"id", b"object", b"created"];
+
+/// Where the string value of the top-level `model` of the JSON object
+/// `json` is (quotes included). `None` when `json` is not an object,
+/// `model` is absent or not a string, one of [`HEADER`] is absent, or one
+/// of these keys is written with escapes. The scan only tells strings from
+/// structure: `json` is assumed valid (it was parsed before), and stops
+/// once it has seen all four (OpenAI writes them first).
+fn find_model(json: &[u8]) -> Option<std::ops::Range<usize>> {
     let skip_ws = |mut i: usize| {
         while json.get(i).is_some_and(u8::is_ascii_whitespace) {
             i += 1;
@@ -676,7 +681,12 @@ fn top_level_string(json: &[u8], key: &[u8]) -> Option<std::ops::Range<usize>> {
         return None;
     }
     i += 1;
+    let mut model = None;
+    let mut header = [false; HEADER.len()];
     loop {
+        if model.is_some() && header.iter().all(|seen| *seen) {
+            return model;
+        }
         i = skip_ws(i);
         match json.get(i)? {
             b'}' => return None,
@@ -688,7 +698,11 @@ fn top_level_string(json: &[u8], key: &[u8]) -> Option<std::ops::Range<usize>> {
             _ => return None,
         }
         let key_end = string_end(i)?;
-        let is_key = json.get(i + 1..key_end - 1) == Some(key);
+        let name = json.get(i + 1..key_end - 1)?;
+        let is_key = name == b"model";
+        if let Some(at) = HEADER.iter().position(|h| *h == name) {
+            header[at] = true;
+        }
         i = skip_ws(key_end);
         if json.get(i) != Some(&b':') {
             return None;
@@ -703,7 +717,7 @@ fn top_level_string(json: &[u8], key: &[u8]) -> Option<std::ops::Range<usize>> {
                 // The first is the one: a chunk read with a named field
                 // twice is an error (see `read_chunk`), so there is no
                 // other.
-                return Some(value_start..i);
+                model = Some(value_start..i);
             }
             continue;
         }
@@ -930,6 +944,7 @@ mod tests {
 
     /// The raw text of `json` written with `model`.
     fn rewritten(json: &str, model: &str) -> Option<String> {
+        serde_json::from_str::<Value>(json).expect("the test's JSON is valid");
         let raw = RawJson::new(json.to_owned())?;
         let mut out = Vec::new();
         raw.write_with_model(model, &mut out);
@@ -949,16 +964,19 @@ mod tests {
 
     #[test]
     fn the_new_model_is_escaped_and_the_old_one_may_hold_escapes() {
-        let json = r#"{"model":"a\"b\\c\u00e9","choices":[]}"#;
+        let json = r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"a\"b\\c\u00e9","choices":[]}"#;
         let out = rewritten(json, "say \"hi\"\\\n").unwrap();
-        assert_eq!(out, r#"{"model":"say \"hi\"\\\n","choices":[]}"#);
+        assert_eq!(
+            out,
+            r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"say \"hi\"\\\n","choices":[]}"#
+        );
         let value: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(value["model"], "say \"hi\"\\\n");
     }
 
     #[test]
     fn unicode_around_the_model_survives() {
-        let json = "{ \"id\" : \"é\", \"choices\":[{\"delta\":{\"content\":\"降水 \\\"model\\\": \\\"x\\\"\"}}], \"model\" :\t\"모델\" }";
+        let json = "{ \"id\" : \"é\", \"object\":\"o\",\"created\":1, \"choices\":[{\"delta\":{\"content\":\"降水 \\\"model\\\": \\\"x\\\"\"}}], \"model\" :\t\"모델\" }";
         let out = rewritten(json, "快").unwrap();
         assert_eq!(out, json.replace("\"모델\"", "\"快\""));
     }
@@ -966,33 +984,46 @@ mod tests {
     #[test]
     fn only_the_top_level_model_is_found() {
         // `model` keys inside nested objects and strings are not the chunk's.
-        let json = r#"{"meta":{"model":"inner","list":[{"model":"x"},"}"]},"choices":[{"delta":{"content":""model":"y""}}],"model":"outer"}"#;
+        let json = r#"{"meta":{"model":"inner","list":[{"model":"x"},"}"]},"choices":[{"delta":{"content":"\"model\":\"y\""}}],"model":"outer","id":"c","object":"o","created":1}"#;
         let out = rewritten(json, "m").unwrap();
         assert_eq!(out, json.replace(r#""model":"outer""#, r#""model":"m""#));
     }
 
     #[test]
     fn a_chunk_without_a_plain_model_string_is_not_kept() {
-        // Absent, not a string, written with escapes in the key,
-        // spread over lines, not an object: the chunk is rebuilt instead.
+        // Absent (model, or id, object or created), not a string, written
+        // with escapes in the key, spread over lines, not an object: the
+        // chunk is rebuilt instead.
         for json in [
-            r#"{"id":"c","choices":[]}"#,
-            r#"{"id":"c","model":null,"choices":[]}"#,
-            r#"{"id":"c","model":{"name":"m"},"choices":[]}"#,
-            r#"{"id":"c","mod\u0065l":"m","choices":[]}"#,
-            "{\"model\":\"a\",\n\"choices\":[]}",
-            "{\"model\":\"a\",\r\"choices\":[]}",
+            r#"{"id":"c","object":"o","created":1,"choices":[]}"#,
+            r#"{"object":"o","created":1,"model":"m"}"#,
+            r#"{"id":"c","created":1,"model":"m"}"#,
+            r#"{"id":"c","object":"o","model":"m"}"#,
+            r#"{"id":"c","object":"o","cre\u0061ted":1,"model":"m"}"#,
+            r#"{"id":"c","object":"o","created":1,"model":null,"choices":[]}"#,
+            r#"{"id":"c","object":"o","created":1,"model":{"name":"m"},"choices":[]}"#,
+            r#"{"id":"c","object":"o","created":1,"mod\u0065l":"m","choices":[]}"#,
+            "{\"id\":\"c\",\"object\":\"o\",\"created\":1,\"model\":\"a\",\n\"choices\":[]}",
+            "{\"id\":\"c\",\"object\":\"o\",\"created\":1,\"model\":\"a\",\r\"choices\":[]}",
             r#"["model","a"]"#,
         ] {
             assert!(RawJson::new(json.to_owned()).is_none(), "{json}");
         }
+        let kept = r#"{"id":"c","object":"o","created":1,"model":"m","choices":[]}"#;
+        assert!(RawJson::new(kept.to_owned()).is_some());
+        // The header may come after `model` too.
+        let kept = r#"{"model":"m","choices":[],"created":1,"object":"o","id":"c"}"#;
+        assert_eq!(
+            rewritten(kept, "n").unwrap(),
+            kept.replace(r#""m""#, r#""n""#)
+        );
     }
 
     #[test]
     fn extra_fields_are_kept_byte_for_byte() {
         // Number spellings, key order, nulls and whitespace that a parse
         // and re-serialisation would change.
-        let json = r#"{"z":1.50,"choices":[{"index":0,"delta":{"content":"a","refusal":null},"logprobs":{"content":[{"token":"a","logprob":-1e-5}]}}],  "model":"up","a":[ ],"created":1e0}"#;
+        let json = r#"{"id":"c","object":"o","created":0,"z":1.50,"choices":[{"index":0,"delta":{"content":"a","refusal":null},"logprobs":{"content":[{"token":"a","logprob":-1e-5}]}}],  "model":"up","a":[ ],"n":1e0}"#;
         let out = rewritten(json, "down").unwrap();
         assert_eq!(out, json.replace(r#""model":"up""#, r#""model":"down""#));
     }
