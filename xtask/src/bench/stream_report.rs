@@ -371,18 +371,17 @@ pub fn evaluate(bench: &StreamsBench) -> Vec<Target> {
             "<= 2 us".into(),
             cpu.is_some_and(|c| c <= 2.0),
         ));
-        let before = pair
-            .before
-            .as_ref()
-            .and_then(|b| b.cpu_us_per_chunk)
-            .unwrap_or(BEFORE_CPU_PER_CHUNK_US);
+        // The issue's own figure: its harness measured 14.5 us per chunk
+        // before the batched relay. A `--before` build is shown beside in
+        // the samples table, not judged: it may already relay in batches.
+        let before = BEFORE_CPU_PER_CHUNK_US;
         let ratio = cpu.filter(|c| *c > 0.0).map(|c| before / c);
         out.push(target(
-            &format!("CPU per chunk, before / now, {}", pair.label),
-            ratio.map_or_else(
-                || "not measured".into(),
-                |r| format!("{r:.1}x ({before:.2} us before)"),
+            &format!(
+                "CPU per chunk, issue 18's {before} us / now, {}",
+                pair.label
             ),
+            ratio.map_or_else(|| "not measured".into(), |r| format!("{r:.1}x")),
             ">= 5x".into(),
             ratio.is_some_and(|r| r >= 5.0),
         ));
@@ -773,8 +772,15 @@ mod tests {
     fn targets_follow_issue_18() {
         let mut b = bench();
         assert!(met(&b).iter().all(|m| *m), "{:?}", evaluate(&b));
-        // Per chunk above 2 us and less than 5x under the before build.
+        // Per chunk above 2 us but 5x under the issue's 14.5 us...
         b.pairs[0].gateway.cpu_us_per_chunk = Some(2.1);
+        assert_eq!(&met(&b)[..2], &[false, true]);
+        // ...and above 2.9 us, less than 5x under it, whatever a
+        // `--before` build measured.
+        b.pairs[0].gateway.cpu_us_per_chunk = Some(3.0);
+        if let Some(before) = b.pairs[0].before.as_mut() {
+            before.cpu_us_per_chunk = Some(100.0);
+        }
         assert_eq!(&met(&b)[..2], &[false, false]);
         // A cut stream, 16.1 KiB per stream, a lost failover stream.
         b.pairs[0].gateway.cut = 1;

@@ -81,8 +81,8 @@ const SCENARIO: &str = "bench";
 /// The many-open-streams run's streams: a chunk every 50 ms for 30 s.
 const MANY_GAP: Duration = Duration::from_millis(50);
 const MANY_CHUNKS: u32 = 600;
-/// The per-chunk CPU the issue measured before the batched relay, for the
-/// "5x less" target when no `--before` build runs beside.
+/// The per-chunk CPU the issue measured before the batched relay, the
+/// base of its "5x less" target.
 pub const BEFORE_CPU_PER_CHUNK_US: f64 = 14.5;
 
 fn config(mock_url: &str, max_connections: usize) -> String {
