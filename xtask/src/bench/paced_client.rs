@@ -27,6 +27,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::paced_mock::write_all;
 use super::stream_client::{Gauge, Reader, StreamRun, Timings};
 use super::stream_mock::{Ask, now_ns};
 
@@ -210,19 +211,6 @@ async fn one(plan: &PacedPlan, request: &[u8], shared: &Shared) -> Ending {
             Step::Closed(why) => return response.closed(&why),
         }
     }
-}
-
-async fn write_all(tcp: &TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
-    while !bytes.is_empty() {
-        tcp.writable().await?;
-        match tcp.try_write(bytes) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 enum Step {

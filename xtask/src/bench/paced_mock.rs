@@ -264,7 +264,9 @@ fn send<'a>(tcp: &TcpStream, mut bytes: &'a [u8]) -> Option<&'a [u8]> {
     Some(bytes)
 }
 
-async fn write_all(tcp: &TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
+/// Writes all of `bytes` on a non-blocking socket (the client's request
+/// too).
+pub(super) async fn write_all(tcp: &TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
     while !bytes.is_empty() {
         tcp.writable().await?;
         match tcp.try_write(bytes) {
