@@ -77,6 +77,7 @@ fn smallest_answer() -> ChatResponse {
         }],
         usage: Some(Usage::new(9, 2)),
         extra: Extra::new(),
+        raw: None,
     }
 }
 

@@ -332,7 +332,7 @@ pub struct Choice {
 }
 
 /// A complete (non-streaming) chat completion.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChatResponse {
     /// The completion's id.
     #[serde(default)]
@@ -354,6 +354,38 @@ pub struct ChatResponse {
     /// `system_fingerprint`, `service_tier`, ...
     #[serde(flatten)]
     pub extra: Extra,
+    /// The body's JSON text as the upstream sent it, when a provider parsed
+    /// the answer from OpenAI-shaped JSON and nothing but `model` has
+    /// changed since: the chat-completions door writes it through with
+    /// only `model` rewritten (and its `backstop` object added) instead of
+    /// serialising the typed fields again. Whoever changes any other field
+    /// must set it to `None`. Never serialised; equality ignores it.
+    #[serde(skip)]
+    pub raw: Option<RawJson>,
+}
+
+impl PartialEq for ChatResponse {
+    /// The typed fields; the raw text is a cache of their wire form (see
+    /// [`ChatChunk`]'s equality).
+    fn eq(&self, other: &Self) -> bool {
+        let Self {
+            id,
+            object,
+            created,
+            model,
+            choices,
+            usage,
+            extra,
+            raw: _,
+        } = self;
+        *id == other.id
+            && *object == other.object
+            && *created == other.created
+            && *model == other.model
+            && *choices == other.choices
+            && *usage == other.usage
+            && *extra == other.extra
+    }
 }
 
 fn object_completion() -> String {
@@ -386,6 +418,7 @@ impl ChatResponse {
             }],
             usage,
             extra: Extra::new(),
+            raw: None,
         }
     }
 
@@ -610,6 +643,12 @@ impl RawJson {
             // An SSE `data:` line cannot carry a line break.
             return None;
         }
+        Self::of_body(text)
+    }
+
+    /// Keeps `text`, a complete answer's JSON body (line breaks allowed),
+    /// if its top-level `model` can be found; `None` otherwise.
+    pub fn of_body(text: String) -> Option<Self> {
         let model = find_model(text.as_bytes())?;
         Some(Self { text, model })
     }
@@ -633,6 +672,40 @@ impl RawJson {
         out.extend_from_slice(head.as_bytes());
         write_json_string(model, out);
         out.extend_from_slice(tail.as_bytes());
+    }
+
+    /// Appends the JSON object with its `model` value replaced by `model`
+    /// and one more member, `"key": value` (`value` already JSON), last.
+    /// `key` must be a plain name (no character JSON escapes). Returns
+    /// `false`, with `out` as it was, if the text does not end its object
+    /// with `}` (it always does: it was parsed as one).
+    pub fn write_with_model_and_member(
+        &self,
+        model: &str,
+        key: &str,
+        value: &[u8],
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let start = out.len();
+        self.write_with_model(model, out);
+        // The object's closing brace: its last byte but whitespace.
+        let close = out[start..]
+            .iter()
+            .rposition(|b| !b.is_ascii_whitespace())
+            .map(|at| start + at)
+            .filter(|at| out.get(*at) == Some(&b'}'));
+        let Some(close) = close else {
+            out.truncate(start);
+            return false;
+        };
+        out.truncate(close);
+        // The object has members before this one: `model` at least.
+        out.extend_from_slice(b",\"");
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(b"\":");
+        out.extend_from_slice(value);
+        out.push(b'}');
+        true
     }
 }
 
@@ -960,6 +1033,31 @@ mod tests {
         );
         // The same model: the text as it came, byte for byte.
         assert_eq!(rewritten(json, "gpt-4o").unwrap(), json);
+    }
+
+    #[test]
+    fn a_raw_body_gets_its_model_changed_and_one_member_added_last() {
+        // Pretty-printed, as some servers answer: line breaks are kept.
+        let json = "{\n  \"id\": \"chatcmpl-1\",\n  \"object\": \"chat.completion\",\n  \"created\": 1,\n  \"model\": \"gpt-4o\",\n  \"choices\": [],\n  \"usage\": null\n}\n";
+        assert!(RawJson::new(json.to_owned()).is_none(), "not an SSE line");
+        let raw = RawJson::of_body(json.to_owned()).expect("kept");
+        let mut out = b"prefix".to_vec();
+        assert!(raw.write_with_model_and_member("fast", "backstop", br#"{"level":1}"#, &mut out));
+        let text = String::from_utf8(out).unwrap();
+        let body = text.strip_prefix("prefix").unwrap();
+        let value: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(value["model"], "fast");
+        assert_eq!(value["backstop"]["level"], 1);
+        assert!(value["usage"].is_null());
+        assert!(
+            body.ends_with(
+                r#""usage": null
+,"backstop":{"level":1}}"#
+            ),
+            "{body}"
+        );
+        // A body without the header keys is not kept.
+        assert!(RawJson::of_body(r#"{"model":"m","choices":[]}"#.to_owned()).is_none());
     }
 
     #[test]

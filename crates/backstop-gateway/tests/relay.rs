@@ -250,6 +250,45 @@ async fn a_streamed_answer_arrives_byte_identical_but_for_model() {
     assert_eq!(events.last().unwrap(), "[DONE]");
 }
 
+#[tokio::test]
+async fn a_complete_answer_arrives_byte_identical_but_for_model_and_backstop() {
+    // Pretty-printed, fields Backstop does not know, `usage` null, an
+    // escaped upstream model name: all come through as they were.
+    let upstream_model = r#""gpt-4o \"mini\"\\2024""#;
+    let answer = format!(
+        "{{\n  \"id\": \"chatcmpl-raw\",\n  \"object\": \"chat.completion\",\n  \"created\": 1700000000,\n  \"model\": {upstream_model},\n  \"choices\": [{{\"index\": 0, \"message\": {{\"role\": \"assistant\", \"content\": \"Füchse \\\"model\\\": 小\", \"refusal\": null, \"annotations\": []}}, \"logprobs\": null, \"finish_reason\": \"stop\"}}],\n  \"usage\": null,\n  \"service_tier\": \"default\",\n  \"system_fingerprint\": \"fp_\\u00e9\"\n}}\n"
+    );
+    let upstream = openai_upstream(vec![
+        wiremock::ResponseTemplate::new(200).set_body_raw(answer.clone(), "application/json"),
+    ])
+    .await;
+    let gw = Backstop::start(
+        &config(
+            &[("m", openai_provider(&upstream.uri()))],
+            &[model("m")],
+            "",
+            "",
+        ),
+        &[],
+    );
+    let response = post(&gw, &body(false)).await;
+    assert_eq!(response.status(), 200);
+    let got = response.text().await.unwrap();
+    let (head, backstop) = got.split_once(",\"backstop\":").expect("a backstop member");
+    let want = answer.replace(&format!(r#""model": {upstream_model}"#), r#""model": "m""#);
+    assert_ne!(want, answer, "the test answer names its model");
+    let want = want.trim_end().strip_suffix('}').unwrap();
+    assert_eq!(head, want, "written as it came, but for `model`");
+    let info: Value = serde_json::from_str(backstop.strip_suffix('}').unwrap()).unwrap();
+    assert_eq!(info["model_used"], "m");
+    let parsed: Value = serde_json::from_str(&got).unwrap();
+    assert_eq!(
+        parsed["choices"][0]["message"]["content"],
+        "Füchse \"model\": 小"
+    );
+    assert!(parsed["usage"].is_null());
+}
+
 /// A chunk of an OpenAI stream, compact.
 fn plain_chunk(id: &str, created: u64, delta: &str, finish: &str) -> String {
     format!(

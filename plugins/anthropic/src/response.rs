@@ -184,6 +184,7 @@ pub(crate) fn completion(
         }],
         usage: Some(message.usage.to_usage()),
         extra: Extra::new(),
+        raw: None,
     })
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use backstop_core::{
     Call, ChatResponse, ChunkStream, EmbedCall, EmbeddingsResponse, FailureKind, Provider,
-    ProviderError, Timeouts,
+    ProviderError, RawJson, Timeouts,
 };
 use reqwest::Url;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
@@ -178,7 +178,14 @@ fn parse_completion(body: &[u8], key: Option<&ApiKey>) -> Result<ChatResponse, P
             FailureKind::InvalidResponse,
             "the response has no choices",
         )),
-        Ok(response) => Ok(response),
+        Ok(mut response) => {
+            // The text as it came, for the door to write through with only
+            // `model` changed (JSON that parsed is UTF-8).
+            response.raw = std::str::from_utf8(body)
+                .ok()
+                .and_then(|text| RawJson::of_body(text.to_owned()));
+            Ok(response)
+        }
         Err(parse) => match serde_json::from_slice::<serde_json::Value>(body) {
             Ok(value) if value.get("error").is_some_and(|e| !e.is_null()) => {
                 Err(DIALECT.in_band_error(&value, key))
@@ -446,5 +453,16 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.kind, FailureKind::Overloaded);
+    }
+
+    #[test]
+    fn a_parsed_answer_keeps_its_text_for_write_through() {
+        let body = br#"{"id":"x","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}]}"#;
+        let response = parse_completion(body, None).unwrap();
+        let raw = response.raw.expect("kept");
+        assert_eq!(raw.as_str().as_bytes(), body);
+        // Without the header keys the typed fields are written instead.
+        let body = br#"{"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"hi"}}]}"#;
+        assert!(parse_completion(body, None).unwrap().raw.is_none());
     }
 }

@@ -90,11 +90,7 @@ async fn complete(gateway: &Gateway, request: ChatRequest, cx: RequestContext) -
         Ok(result) => result,
         Err(e) => return gateway.route_error(e).into_response(),
     };
-    let body = CompleteBody {
-        response: &result.response,
-        backstop: BackstopInfo::from(&result.outcome),
-    };
-    let json = match serde_json::to_vec(&body) {
+    let json = match encode_answer(&result.response, BackstopInfo::from(&result.outcome)) {
         Ok(json) => json,
         Err(e) => {
             return ApiError::unavailable(format!("could not encode the answer: {e}"))
@@ -102,6 +98,26 @@ async fn complete(gateway: &Gateway, request: ChatRequest, cx: RequestContext) -
         }
     };
     super::json_answer(json, &result.outcome)
+}
+
+/// The answer's body: the upstream's own JSON text with only `model`
+/// rewritten and the `backstop` object added last, when the answer kept it
+/// (see [`ChatResponse::raw`]) and has no `backstop` member of its own;
+/// else the typed answer serialised.
+fn encode_answer(
+    response: &ChatResponse,
+    backstop: BackstopInfo<'_>,
+) -> Result<Vec<u8>, serde_json::Error> {
+    if let Some(raw) = &response.raw
+        && !response.extra.contains_key("backstop")
+    {
+        let info = serde_json::to_vec(&backstop)?;
+        let mut out = Vec::with_capacity(raw.as_str().len() + info.len() + 16);
+        if raw.write_with_model_and_member(&response.model, "backstop", &info, &mut out) {
+            return Ok(out);
+        }
+    }
+    serde_json::to_vec(&CompleteBody { response, backstop })
 }
 
 async fn stream(gateway: &Gateway, request: ChatRequest, cx: RequestContext) -> Response {

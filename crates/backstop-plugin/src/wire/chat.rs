@@ -10,7 +10,7 @@
 //! nothing is lost.
 
 use backstop_core::{
-    ChatRequest, ChatResponse, Choice, ChunkChoice, Content, Delta, Extra, Message, Role,
+    ChatRequest, ChatResponse, Choice, ChunkChoice, Content, Delta, Extra, Message, RawJson, Role,
     StreamOptions, Usage,
 };
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -192,6 +192,10 @@ struct ChatResponseDef {
     usage: Option<Usage>,
     #[serde(default, skip_serializing_if = "no_extra")]
     extra: Extra,
+    /// Not carried across the plugin boundary: the host writes the typed
+    /// fields.
+    #[serde(skip)]
+    raw: Option<RawJson>,
 }
 
 #[derive(Serialize, Deserialize)]
