@@ -287,6 +287,13 @@ impl FloorProxy {
         self.pid
     }
 
+    /// Its listening address.
+    pub fn addr(&self) -> Result<std::net::SocketAddr, TaskError> {
+        self.addr
+            .parse()
+            .map_err(|e| TaskError::new(format!("the floor proxy's address {}", self.addr), e))
+    }
+
     /// The OpenAI-style base URL for the load generator.
     pub fn base_url(&self) -> String {
         format!("http://{}/v1", self.addr)

@@ -104,6 +104,11 @@ pub struct StreamPair {
     pub gateway: StreamSample,
     /// Through the `--before` build, when one ran.
     pub before: Option<StreamSample>,
+    /// Through the floor proxy (a minimal hyper proxy streaming the bytes
+    /// through), when it ran.
+    pub floor: Option<StreamSample>,
+    /// The gateway's CPU per chunk over the floor proxy's.
+    pub gateway_over_floor_cpu: Option<f64>,
 }
 
 impl StreamPair {
@@ -202,7 +207,8 @@ impl HarnessSide {
     }
 }
 
-/// Many slow streams through a fresh gateway.
+/// Many slow streams through a fresh gateway, or through a fresh floor
+/// proxy (then the plateau's `gateway_*` figures are the floor proxy's).
 #[derive(Debug, Clone, Serialize)]
 pub struct GatewaySide {
     /// How every stream went; the gateway's CPU per chunk and system calls
@@ -250,6 +256,60 @@ pub struct ManyStreamsRun {
     /// Through the gateway (not run at a lower count the harness did not
     /// hold either).
     pub gateway: Option<GatewaySide>,
+    /// Through the floor proxy, right after the gateway, measured the
+    /// same way (its process's RSS, CPU and syscalls).
+    pub floor: Option<GatewaySide>,
+    /// The gateway's figures over the floor proxy's.
+    pub floor_ratios: Option<StreamFloorRatios>,
+}
+
+/// The gateway's figure over the floor proxy's, at one count of the
+/// many-streams run ([`ratio`]: `None` when either is missing or the
+/// floor's is not above zero).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct StreamFloorRatios {
+    /// RSS per open stream.
+    pub rss_per_stream: Option<f64>,
+    /// CPU per paced chunk at the plateau.
+    pub cpu_us_per_paced_chunk: Option<f64>,
+    /// CPU seconds per second at the plateau.
+    pub cpu_per_s: Option<f64>,
+    /// Added inter-chunk gap p50 (each minus straight to the mock).
+    pub added_gap_p50: Option<f64>,
+    /// Added inter-chunk gap p99.
+    pub added_gap_p99: Option<f64>,
+}
+
+/// `gateway / floor`, to two decimals; `None` when either is missing or
+/// the floor is not above zero.
+pub fn ratio(gateway: Option<f64>, floor: Option<f64>) -> Option<f64> {
+    let (g, f) = gateway.zip(floor)?;
+    (f > 0.0 && g.is_finite()).then(|| (g / f * 100.0).round() / 100.0)
+}
+
+/// A target's verdict with the floor figure next to it: `met`, or
+/// `missed (floor X)`; a floor that misses the limit too is said so
+/// (`floor X, over the target too`: no proxy on hyper's defaults meets
+/// it on this machine).
+pub fn judged(met: bool, floor: Option<f64>, limit: f64, unit: &str) -> String {
+    let floor = floor.map_or_else(
+        || "floor not measured".to_owned(),
+        |f| {
+            format!(
+                "floor {f:.1}{unit}{}",
+                if f > limit {
+                    ", over the target too"
+                } else {
+                    ""
+                }
+            )
+        },
+    );
+    if met {
+        format!("met ({floor})")
+    } else {
+        format!("missed ({floor})")
+    }
 }
 
 impl ManyStreamsRun {
@@ -265,6 +325,15 @@ impl ManyStreamsRun {
 
     /// Gateway gap-added percentile minus the direct run's, microseconds.
     pub fn added_gap_us(&self, p99: bool) -> Option<f64> {
+        self.added_by(self.gateway.as_ref(), p99)
+    }
+
+    /// The same through the floor proxy.
+    pub fn floor_added_gap_us(&self, p99: bool) -> Option<f64> {
+        self.added_by(self.floor.as_ref(), p99)
+    }
+
+    fn added_by(&self, side: Option<&GatewaySide>, p99: bool) -> Option<f64> {
         let pick = |s: &StreamSample| {
             if p99 {
                 s.gap_added_p99_us
@@ -272,9 +341,32 @@ impl ManyStreamsRun {
                 s.gap_added_p50_us
             }
         };
-        self.gateway
-            .as_ref()
-            .map(|g| round1(pick(&g.sample) - pick(&self.direct.sample)))
+        side.map(|g| round1(pick(&g.sample) - pick(&self.direct.sample)))
+    }
+
+    /// The harness held this count straight to the mock and kept its pace
+    /// through the floor proxy.
+    pub fn floor_held(&self) -> bool {
+        self.direct.held()
+            && self
+                .floor
+                .as_ref()
+                .is_some_and(|f| f.late_share <= LATE_BOUND)
+    }
+
+    /// The gateway's figures over the floor's, when both ran.
+    pub fn ratios_to_floor(&self) -> Option<StreamFloorRatios> {
+        let (g, f) = self.gateway.as_ref().zip(self.floor.as_ref())?;
+        Some(StreamFloorRatios {
+            rss_per_stream: ratio(g.rss_per_stream_kib(), f.rss_per_stream_kib()),
+            cpu_us_per_paced_chunk: ratio(
+                g.plateau.gateway_cpu_us_per_chunk,
+                f.plateau.gateway_cpu_us_per_chunk,
+            ),
+            cpu_per_s: ratio(g.plateau.gateway_cpu_per_s, f.plateau.gateway_cpu_per_s),
+            added_gap_p50: ratio(self.added_gap_us(false), self.floor_added_gap_us(false)),
+            added_gap_p99: ratio(self.added_gap_us(true), self.floor_added_gap_us(true)),
+        })
     }
 }
 
@@ -365,9 +457,19 @@ pub fn evaluate(bench: &StreamsBench) -> Vec<Target> {
         .filter(|p| p.label.contains("back to back"))
     {
         let cpu = pair.gateway.cpu_us_per_chunk;
+        let floor = pair.floor.as_ref().and_then(|f| f.cpu_us_per_chunk);
         out.push(target(
             &format!("gateway CPU per relayed chunk, {}", pair.label),
-            cpu.map_or_else(|| "not measured".into(), |c| format!("{c:.2} us")),
+            cpu.map_or_else(
+                || "not measured".into(),
+                |c| match floor {
+                    Some(f) => format!(
+                        "{c:.2} us (floor proxy {f:.2} us: {}x)",
+                        opt(pair.gateway_over_floor_cpu, "")
+                    ),
+                    None => format!("{c:.2} us"),
+                },
+            ),
             "<= 2 us".into(),
             cpu.is_some_and(|c| c <= 2.0),
         ));
@@ -436,31 +538,58 @@ fn many_targets(out: &mut Vec<Target>, r: &ManyStreamsRun, label: &str, whole: b
     let clean = |s: &StreamSample| s.cut == 0 && s.lost == 0 && s.complete > 0;
     let gap = r.added_gap_us(true);
     let held = r.harness_held();
+    let ratios = r.floor_ratios.or_else(|| r.ratios_to_floor());
+    let gap_met = held && gap.is_some_and(|g| g <= 1000.0);
+    let gap_measured = match gap {
+        None => "not measured".into(),
+        Some(g) if held => format!("{g:.1} us"),
+        Some(g) if !r.direct.held() => format!(
+            "{g:.1} us (the harness could not hold {}: {} lost or cut, {:.1} % of the mock's chunks late straight to it)",
+            r.streams,
+            r.direct.sample.lost + r.direct.sample.cut,
+            r.direct.late_share * 100.0
+        ),
+        Some(g) => format!(
+            "{g:.1} us (the harness did not hold its pace through the gateway: {:.1} % of the mock's chunks late)",
+            r.gateway.as_ref().map_or(0.0, |g| g.late_share * 100.0)
+        ),
+    };
     out.push(target(
         &format!("added inter-chunk p99, {label}"),
-        match gap {
-            None => "not measured".into(),
-            Some(g) if held => format!("{g:.1} us"),
-            Some(g) if !r.direct.held() => format!(
-                "{g:.1} us (the harness could not hold {}: {} lost or cut, {:.1} % of the mock's chunks late straight to it)",
-                r.streams,
-                r.direct.sample.lost + r.direct.sample.cut,
-                r.direct.late_share * 100.0
-            ),
-            Some(g) => format!(
-                "{g:.1} us (the harness did not hold its pace through the gateway: {:.1} % of the mock's chunks late)",
-                r.gateway.as_ref().map_or(0.0, |g| g.late_share * 100.0)
-            ),
-        },
+        with_floor(
+            gap_measured,
+            r.floor.as_ref().map(|f| {
+                (
+                    judged(gap_met, r.floor_added_gap_us(true), 1000.0, " us"),
+                    ratios.and_then(|x| x.added_gap_p99),
+                    (!r.floor_held()).then(|| {
+                        format!(
+                            "the harness did not hold its pace through the floor proxy: {:.1} % late",
+                            f.late_share * 100.0
+                        )
+                    }),
+                )
+            }),
+        ),
         "<= 1000 us".into(),
-        held && gap.is_some_and(|g| g <= 1000.0),
+        gap_met,
     ));
     let rss = r.gateway.as_ref().and_then(GatewaySide::rss_per_stream_kib);
+    let rss_met = rss.is_some_and(|r| r <= 16.0);
     out.push(target(
         &format!("RSS per open stream, {label}"),
-        rss.map_or_else(|| "not measured".into(), |r| format!("{r:.1} KiB")),
+        with_floor(
+            rss.map_or_else(|| "not measured".into(), |r| format!("{r:.1} KiB")),
+            r.floor.as_ref().map(|f| {
+                (
+                    judged(rss_met, f.rss_per_stream_kib(), 16.0, " KiB"),
+                    ratios.and_then(|x| x.rss_per_stream),
+                    None,
+                )
+            }),
+        ),
         "<= 16 KiB".into(),
-        rss.is_some_and(|r| r <= 16.0),
+        rss_met,
     ));
     if whole {
         let g = r.gateway.as_ref();
@@ -474,6 +603,22 @@ fn many_targets(out: &mut Vec<Target>, r: &ManyStreamsRun, label: &str, whole: b
             g.is_some_and(|g| clean(&g.sample)),
         ));
     }
+}
+
+/// `measured`, then (when the floor proxy ran) the verdict with the floor
+/// figure, the gateway's ratio to it and a note on the floor's run.
+fn with_floor(measured: String, floor: Option<(String, Option<f64>, Option<String>)>) -> String {
+    let Some((verdict, ratio, note)) = floor else {
+        return measured;
+    };
+    let mut out = format!("{measured}: {verdict}");
+    if let Some(r) = ratio {
+        let _ = write!(out, "; {r:.2}x the floor");
+    }
+    if let Some(note) = note {
+        let _ = write!(out, " ({note})");
+    }
+    out
 }
 
 fn opt(v: Option<f64>, unit: &str) -> String {
@@ -512,6 +657,9 @@ pub fn render_markdown(bench: &StreamsBench) -> String {
         if let Some(b) = &p.before {
             sides.push(("before", b));
         }
+        if let Some(f) = &p.floor {
+            sides.push(("floor proxy", f));
+        }
         for (name, s) in sides {
             let _ = writeln!(
                 out,
@@ -532,8 +680,10 @@ pub fn render_markdown(bench: &StreamsBench) -> String {
         }
         let _ = writeln!(
             out,
-            "| {} | added by the gateway | | | | | {:+.1} us | {:+.1} us | {:+.1} us | {:+.1} us | {:+.1} us |",
+            "| {} | added by the gateway | | {} | | | {:+.1} us | {:+.1} us | {:+.1} us | {:+.1} us | {:+.1} us |",
             p.label,
+            p.gateway_over_floor_cpu
+                .map_or_else(String::new, |r| format!("{r:.2}x the floor")),
             p.added(|s| s.transit_p50_us),
             p.added(|s| s.transit_p99_us),
             p.added(|s| s.gap_added_p50_us),
@@ -564,13 +714,55 @@ pub fn render_markdown(bench: &StreamsBench) -> String {
     out
 }
 
+/// One proxy's row of the many-streams table.
+fn proxy_row(out: &mut String, streams: usize, name: &str, g: &GatewaySide) {
+    let _ = writeln!(
+        out,
+        "| {streams} | {name} | {}/{}/{} | {:.1} us | {:.1} us | {:.2} % | {} | {} | {}{} | {} | {} KiB |",
+        g.sample.complete,
+        g.sample.cut,
+        g.sample.lost,
+        g.sample.gap_added_p50_us,
+        g.sample.gap_added_p99_us,
+        g.late_share * 100.0,
+        opt(g.plateau.harness_cpu_per_s, ""),
+        opt(g.plateau.harness_cpu_us_per_chunk, " us"),
+        opt(g.plateau.gateway_cpu_per_s, ""),
+        if g.saturated() { " (saturated)" } else { "" },
+        opt(g.plateau.gateway_cpu_us_per_chunk, " us"),
+        opt(g.rss_per_stream_kib(), ""),
+    );
+}
+
+/// What one proxy did at the plateau of a many-streams run.
+fn proxy_note(name: &str, g: &GatewaySide, streams: usize, chunk_gap_ms: f64) -> String {
+    format!(
+        "the {name} relayed {:.0} chunks/s at the plateau ({} s with {} open), {} s of CPU per second, {} per paced chunk{}; RSS {:.1} MiB idle, {:.1} MiB at the peak",
+        g.plateau.chunks_per_s.unwrap_or_default(),
+        g.plateau.seconds,
+        g.plateau.peak_open,
+        opt(g.plateau.gateway_cpu_per_s, ""),
+        opt(g.plateau.gateway_cpu_us_per_chunk, " us"),
+        if g.saturated() {
+            format!(
+                ": its core was saturated, so it cannot relay {streams} streams' {:.0} paced chunks/s on one core",
+                streams as f64 * 1000.0 / chunk_gap_ms.max(1.0)
+            )
+        } else {
+            String::new()
+        },
+        g.idle_rss_bytes as f64 / 1048576.0,
+        g.plateau.peak_rss_bytes as f64 / 1048576.0,
+    )
+}
+
 fn render_many(out: &mut String, m: &ManyStreams) {
     let _ = writeln!(
         out,
-        "\nMany open streams: a chunk every {:.0} ms, {} chunks each, from the paced mock; mock and client on one thread of the harness's core, the gateway on its own. Straight to the mock (the harness alone), then through a fresh gateway; added = through the gateway minus straight to the mock. The harness holds a count when every stream ends complete straight to the mock and at most 1 % of the mock's chunks are more than 5 ms late.\n",
+        "\nMany open streams: a chunk every {:.0} ms, {} chunks each, from the paced mock; mock and client on one thread of the harness's core, the gateway on its own. Straight to the mock (the harness alone), then through a fresh gateway, then through a fresh floor proxy (a minimal hyper proxy that streams the bytes through, on the gateway's core); added = through the proxy minus straight to the mock; gateway / floor = the gateway's figure over the floor proxy's. The harness holds a count when every stream ends complete straight to the mock and at most 1 % of the mock's chunks are more than 5 ms late.\n",
         m.chunk_gap_ms, m.chunks_per_stream,
     );
-    out.push_str("| open streams | side | ok/cut/lost | gap added p50 | gap added p99 | mock chunks late | harness CPU s/s | harness CPU per chunk | gateway CPU s/s | gateway CPU per paced chunk | gateway RSS per open stream |\n|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
+    out.push_str("| open streams | side | ok/cut/lost | gap added p50 | gap added p99 | mock chunks late | harness CPU s/s | harness CPU per chunk | proxy CPU s/s | proxy CPU per paced chunk | proxy RSS per open stream |\n|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
     for r in &m.runs {
         let d = &r.direct;
         let _ = writeln!(
@@ -588,29 +780,36 @@ fn render_many(out: &mut String, m: &ManyStreams) {
             opt(d.plateau.harness_cpu_us_per_chunk, " us"),
         );
         if let Some(g) = &r.gateway {
-            let _ = writeln!(
-                out,
-                "| {} | gateway | {}/{}/{} | {:.1} us | {:.1} us | {:.2} % | {} | {} | {}{} | {} | {} KiB |",
-                r.streams,
-                g.sample.complete,
-                g.sample.cut,
-                g.sample.lost,
-                g.sample.gap_added_p50_us,
-                g.sample.gap_added_p99_us,
-                g.late_share * 100.0,
-                opt(g.plateau.harness_cpu_per_s, ""),
-                opt(g.plateau.harness_cpu_us_per_chunk, " us"),
-                opt(g.plateau.gateway_cpu_per_s, ""),
-                if g.saturated() { " (saturated)" } else { "" },
-                opt(g.plateau.gateway_cpu_us_per_chunk, " us"),
-                opt(g.rss_per_stream_kib(), ""),
-            );
+            proxy_row(out, r.streams, "gateway", g);
             let _ = writeln!(
                 out,
                 "| {} | added by the gateway | | {:+.1} us | {:+.1} us | | | | | | |",
                 r.streams,
                 r.added_gap_us(false).unwrap_or_default(),
                 r.added_gap_us(true).unwrap_or_default(),
+            );
+        }
+        if let Some(f) = &r.floor {
+            proxy_row(out, r.streams, "floor proxy", f);
+            let _ = writeln!(
+                out,
+                "| {} | added by the floor proxy | | {:+.1} us | {:+.1} us | | | | | | |",
+                r.streams,
+                r.floor_added_gap_us(false).unwrap_or_default(),
+                r.floor_added_gap_us(true).unwrap_or_default(),
+            );
+        }
+        if let Some(x) = r.floor_ratios.or_else(|| r.ratios_to_floor()) {
+            let x2 = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}x"));
+            let _ = writeln!(
+                out,
+                "| {} | gateway / floor | | {} (added) | {} (added) | | | | {} | {} | {} |",
+                r.streams,
+                x2(x.added_gap_p50),
+                x2(x.added_gap_p99),
+                x2(x.cpu_per_s),
+                x2(x.cpu_us_per_paced_chunk),
+                x2(x.rss_per_stream),
             );
         }
     }
@@ -634,27 +833,13 @@ fn render_many(out: &mut String, m: &ManyStreams) {
                 "the harness held this count straight to the mock but fell behind its pace through the gateway".to_owned(),
             );
         }
-        if let Some(g) = &r.gateway {
-            let peak = g.plateau.chunks_per_s.unwrap_or_default();
-            notes.push(format!(
-                "the gateway relayed {:.0} chunks/s at the plateau ({} s with {} open), {} s of CPU per second, {} per paced chunk{}; RSS {:.1} MiB idle, {:.1} MiB at the peak",
-                peak,
-                g.plateau.seconds,
-                g.plateau.peak_open,
-                opt(g.plateau.gateway_cpu_per_s, ""),
-                opt(g.plateau.gateway_cpu_us_per_chunk, " us"),
-                if g.saturated() {
-                    format!(
-                        ": its core was saturated, so it cannot relay {} streams' {:.0} paced chunks/s on one core",
-                        r.streams,
-                        r.streams as f64 * 1000.0 / m.chunk_gap_ms.max(1.0)
-                    )
-                } else {
-                    String::new()
-                },
-                g.idle_rss_bytes as f64 / 1048576.0,
-                g.plateau.peak_rss_bytes as f64 / 1048576.0,
-            ));
+        if r.floor.is_some() && r.direct.held() && !r.floor_held() {
+            notes.push("the harness fell behind its pace through the floor proxy".to_owned());
+        }
+        for (name, g) in [("gateway", &r.gateway), ("floor proxy", &r.floor)] {
+            if let Some(g) = g {
+                notes.push(proxy_note(name, g, r.streams, m.chunk_gap_ms));
+            }
         }
         if !notes.is_empty() {
             let _ = writeln!(out, "\n{} streams: {}.", r.streams, notes.join("; "));
@@ -729,6 +914,8 @@ mod tests {
                     ..Plateau::default()
                 },
             }),
+            floor: None,
+            floor_ratios: None,
         }
     }
 
@@ -744,6 +931,8 @@ mod tests {
                 direct: sample(None, 1.0),
                 gateway: sample(Some(1.9), 1.0),
                 before: Some(sample(Some(10.0), 50.0)),
+                floor: None,
+                gateway_over_floor_cpu: None,
             }],
             many: Some(ManyStreams {
                 asked: 10_000,
@@ -892,6 +1081,160 @@ mod tests {
             .collect();
         assert_eq!(Plateau::of(&direct).gateway_cpu_per_s, None);
         assert_eq!(Plateau::of(&ticks[..1]).chunks_per_s, None);
+    }
+
+    #[test]
+    fn ratios_to_the_floor_need_both_figures_and_a_floor_above_zero() {
+        assert_eq!(ratio(Some(37.4), Some(30.0)), Some(1.25));
+        assert_eq!(ratio(Some(3.0), None), None);
+        assert_eq!(ratio(None, Some(3.0)), None);
+        assert_eq!(ratio(Some(3.0), Some(0.0)), None);
+        assert_eq!(ratio(Some(3.0), Some(-1.0)), None);
+    }
+
+    #[test]
+    fn a_target_is_judged_met_or_missed_with_the_floor_beside_it() {
+        assert_eq!(
+            judged(false, Some(30.24), 16.0, " KiB"),
+            "missed (floor 30.2 KiB, over the target too)"
+        );
+        assert_eq!(
+            judged(false, Some(9.0), 16.0, " KiB"),
+            "missed (floor 9.0 KiB)"
+        );
+        assert_eq!(judged(true, Some(9.0), 16.0, " KiB"), "met (floor 9.0 KiB)");
+        assert_eq!(
+            judged(false, None, 1000.0, " us"),
+            "missed (floor not measured)"
+        );
+    }
+
+    /// `many_run` with a floor proxy beside the gateway: `kib` per open
+    /// stream, `cpu_us` per paced chunk, `p99` us added gap.
+    fn with_floor(mut r: ManyStreamsRun, kib: u64, cpu_us: f64, p99: f64) -> ManyStreamsRun {
+        let streams = r.streams as u64;
+        let mut floor = r
+            .gateway
+            .clone()
+            .unwrap_or_else(|| panic!("a gateway side"));
+        floor.sample.gap_added_p99_us = r.direct.sample.gap_added_p99_us + p99;
+        floor.plateau.peak_rss_bytes = floor.idle_rss_bytes + streams * kib * 1024;
+        floor.plateau.gateway_cpu_us_per_chunk = Some(cpu_us);
+        floor.plateau.gateway_cpu_per_s = Some(0.25);
+        if let Some(g) = r.gateway.as_mut() {
+            g.plateau.gateway_cpu_us_per_chunk = Some(12.0);
+        }
+        r.floor = Some(floor);
+        r.floor_ratios = r.ratios_to_floor();
+        r
+    }
+
+    #[test]
+    fn the_gateway_is_stated_over_the_floor_proxy_at_the_same_count() {
+        // Gateway: 15 KiB, 12 us, +900 us; floor: 10 KiB, 8 us, +300 us.
+        let r = with_floor(many_run(2_000, 300.0, 1200.0), 10, 8.0, 300.0);
+        let x = r.floor_ratios.unwrap_or_else(|| panic!("ratios"));
+        assert_eq!(x.rss_per_stream, Some(1.5));
+        assert_eq!(x.cpu_us_per_paced_chunk, Some(1.5));
+        assert_eq!(x.cpu_per_s, Some(2.0));
+        assert_eq!(x.added_gap_p99, Some(3.0));
+        assert_eq!(r.floor_added_gap_us(true), Some(300.0));
+        // No floor side: no ratios.
+        assert_eq!(many_run(2_000, 300.0, 1200.0).ratios_to_floor(), None);
+    }
+
+    #[test]
+    fn the_many_streams_targets_carry_the_floor_and_its_verdict() {
+        let mut b = bench();
+        if let Some(m) = b.many.as_mut() {
+            // Gateway 15 KiB (met) and +900 us (met); the floor 20 KiB and
+            // +1,100 us, over both targets.
+            m.runs[0] = with_floor(many_run(10_000, 300.0, 1200.0), 20, 8.0, 1100.0);
+        }
+        let t = evaluate(&b);
+        let find = |figure: &str| {
+            t.iter()
+                .find(|t| t.figure == figure)
+                .unwrap_or_else(|| panic!("{figure}: {t:?}"))
+        };
+        let gap = find("added inter-chunk p99, 10000 open streams");
+        assert!(gap.met, "{gap:?}");
+        assert_eq!(
+            gap.measured,
+            "900.0 us: met (floor 1100.0 us, over the target too); 0.82x the floor"
+        );
+        let rss = find("RSS per open stream, 10000 open streams");
+        assert_eq!(
+            rss.measured,
+            "15.0 KiB: met (floor 20.0 KiB, over the target too); 0.75x the floor"
+        );
+        // The gateway over 16 KiB with a floor under it: missed, floor said.
+        if let Some(g) = b.many.as_mut().and_then(|m| m.runs[0].gateway.as_mut()) {
+            g.plateau.peak_rss_bytes = g.idle_rss_bytes + 10_000 * 40 * 1024;
+        }
+        if let Some(f) = b.many.as_mut().and_then(|m| m.runs[0].floor.as_mut()) {
+            f.plateau.peak_rss_bytes = f.idle_rss_bytes + 10_000 * 12 * 1024;
+            f.late_share = 0.05;
+        }
+        if let Some(r) = b.many.as_mut().map(|m| &mut m.runs[0]) {
+            r.floor_ratios = r.ratios_to_floor();
+        }
+        let t = evaluate(&b);
+        let rss = t
+            .iter()
+            .find(|t| t.figure == "RSS per open stream, 10000 open streams")
+            .unwrap_or_else(|| panic!("{t:?}"));
+        assert!(!rss.met);
+        assert_eq!(
+            rss.measured,
+            "40.0 KiB: missed (floor 12.0 KiB); 3.33x the floor"
+        );
+        let gap = t
+            .iter()
+            .find(|t| t.figure == "added inter-chunk p99, 10000 open streams")
+            .unwrap_or_else(|| panic!("{t:?}"));
+        assert!(
+            gap.measured.ends_with(
+                "(the harness did not hold its pace through the floor proxy: 5.0 % late)"
+            ),
+            "{gap:?}"
+        );
+        let md = render_markdown(&b);
+        assert!(md.contains("| 10000 | floor proxy | 10/0/0 |"), "{md}");
+        assert!(
+            md.contains("| 10000 | added by the floor proxy | | +0.0 us | +1100.0 us |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 10000 | gateway / floor | | - (added) | 0.82x (added) | | | | 2.00x | 1.50x | 3.33x |"),
+            "{md}"
+        );
+        assert!(md.contains("the floor proxy relayed"), "{md}");
+        assert!(
+            md.contains("the harness fell behind its pace through the floor proxy"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn the_relay_rows_carry_the_floor_proxy_and_the_cpu_ratio() {
+        let mut b = bench();
+        b.pairs[0].floor = Some(sample(Some(0.95), 1.0));
+        b.pairs[0].gateway_over_floor_cpu = ratio(Some(1.9), Some(0.95));
+        let t = evaluate(&b);
+        assert_eq!(t[0].measured, "1.90 us (floor proxy 0.95 us: 2.00x)");
+        assert!(t[0].met);
+        let md = render_markdown(&b);
+        assert!(
+            md.contains(
+                "| 200 chunks back to back, concurrency 1 | floor proxy | 10/0/0 | 0.95 us |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| added by the gateway | | 2.00x the floor |"),
+            "{md}"
+        );
     }
 
     #[test]

@@ -10,12 +10,17 @@
 //!    its system calls per stream (`/proc/PID/io` `syscw`, `syscr`), the
 //!    transit of every chunk and the gap it added (see
 //!    [`super::stream_client`]), the time to first token.
+//!    The floor proxy ([`super::floor_proxy`], a minimal hyper proxy that
+//!    streams the answer's bytes through) takes its turn in the same
+//!    rounds, on the gateway's core: the gateway's CPU per chunk over it.
 //! 2. Many open streams: a fresh gateway, the file-descriptor limit
 //!    raised, `--many-streams` streams (default 10,000) ramped up, each a
 //!    chunk every 50 ms for 30 s; the same load straight to the mock
-//!    first, for what the harness itself adds. Reports the gateway's RSS
-//!    per open stream and CPU per second at the plateau, the added gap
-//!    p99, every stream's ending, and whether the mock kept its pace.
+//!    first, for what the harness itself adds, and through a fresh floor
+//!    proxy after the gateway, for what any hyper proxy pays. Reports the
+//!    gateway's and the floor's RSS per open stream and CPU per second at
+//!    the plateau, the added gap p50/p99, every stream's ending, whether
+//!    the mock kept its pace, and the gateway's ratios to the floor.
 //! 3. Failover under many streams: `--failover-streams` streams (default
 //!    2,000) across two scenarios (`mid_stream = "continue"` and
 //!    `"restart"`), primary and secondary mocks answering the same words;
@@ -32,6 +37,7 @@ use backstop_chaos::{GatewayCommand, GatewayProcess};
 use clap::{Args, ValueEnum};
 use tokio::time::Instant;
 
+use super::floor_proxy::FloorProxy;
 use super::paced::{PacedHarness, PacedRun};
 use super::paced_client::PacedPlan;
 use super::paced_mock::Pacing;
@@ -40,7 +46,7 @@ use super::stream_client::{self, Gauge, StreamPlan, StreamRun};
 use super::stream_mock::{Ask, StreamMock};
 use super::stream_report::{
     FailoverStreams, GatewaySide, HarnessSide, ManyStreams, ManyStreamsRun, Plateau, StreamPair,
-    StreamSample, StreamsBench,
+    StreamSample, StreamsBench, ratio,
 };
 use super::{procfs, start_gateway, stop};
 use crate::TaskError;
@@ -190,6 +196,14 @@ impl Where {
         }
     }
 
+    fn floor(floor: &FloorProxy) -> Result<Self, TaskError> {
+        Ok(Self {
+            authority: floor.addr()?.to_string(),
+            models: vec!["mock-upstream".to_owned()],
+            pid: Some(floor.pid()),
+        })
+    }
+
     fn gateway(gateway: &GatewayProcess, models: &[&str]) -> Self {
         Self {
             authority: gateway.addr().to_string(),
@@ -333,7 +347,7 @@ impl Pool {
 /// The same load at every side, the sides taking turns over rounds.
 async fn interleaved(
     label: &str,
-    sides: &[&Where],
+    sides: &[(&str, &Where)],
     load: Load,
     rounds: usize,
 ) -> Result<Vec<StreamSample>, TaskError> {
@@ -343,21 +357,20 @@ async fn interleaved(
         streams: load.concurrency.max(4),
         ..load
     };
-    for side in sides {
+    for (_, side) in sides {
         run_once(side, &warm).await?;
     }
     let mut pools: Vec<Pool> = sides.iter().map(|_| Pool::new()).collect();
     for _ in 0..rounds {
-        for (side, pool) in sides.iter().zip(&mut pools) {
+        for ((_, side), pool) in sides.iter().zip(&mut pools) {
             let (run, deltas) = run_once(side, &load).await?;
             pool.add(run, deltas);
         }
     }
     let samples: Vec<StreamSample> = pools.into_iter().map(Pool::sample).collect();
-    for (i, s) in samples.iter().enumerate() {
+    for ((name, _), s) in sides.iter().zip(&samples) {
         eprintln!(
-            "  {label} [{}]: {} streams ({} cut, {} lost), transit p50 {:.1} us p99 {:.1} us, gap added p99 {:.1} us, TTFT p50 {:.1} us, CPU/chunk {}, syscw/stream {}",
-            ["direct", "gateway", "before"].get(i).unwrap_or(&"?"),
+            "  {label} [{name}]: {} streams ({} cut, {} lost), transit p50 {:.1} us p99 {:.1} us, gap added p99 {:.1} us, TTFT p50 {:.1} us, CPU/chunk {}, syscw/stream {}",
             s.complete,
             s.cut,
             s.lost,
@@ -421,13 +434,25 @@ pub async fn bench(
         ),
         None => None,
     };
+    // The floor: a minimal hyper proxy on the gateway's core, in front of
+    // the same mock.
+    let mock_origin = mock.api_base_url();
+    let mock_origin = mock_origin.strip_suffix("/v1").unwrap_or(&mock_origin);
+    let floor = FloorProxy::start(
+        mock_origin,
+        pinning.gateway_wrapper(),
+        &out.join("floor-proxy-streams.log"),
+    )
+    .await?;
     let direct = Where::direct(&mock);
     let through = Where::gateway(&gateway, &[SCENARIO]);
     let through_before = before.as_ref().map(|b| Where::gateway(b, &[SCENARIO]));
-    let mut sides = vec![&direct, &through];
+    let through_floor = Where::floor(&floor)?;
+    let mut sides = vec![("direct", &direct), ("gateway", &through)];
     if let Some(b) = &through_before {
-        sides.push(b);
+        sides.push(("before", b));
     }
+    sides.push(("floor", &through_floor));
 
     let loads = [
         (
@@ -491,16 +516,31 @@ pub async fn bench(
     let rounds = args.relay_rounds;
     for (label, load) in loads.into_iter().filter(|_| rounds > 0) {
         eprintln!("streams: {label}, {rounds} interleaved rounds");
-        let mut samples = interleaved(label, &sides, load, rounds).await?.into_iter();
+        let samples = interleaved(label, &sides, load, rounds).await?;
+        let side = |name: &str| {
+            sides
+                .iter()
+                .zip(&samples)
+                .find(|((n, _), _)| *n == name)
+                .map(|(_, s)| s.clone())
+        };
+        let gateway = side("gateway").unwrap_or_default();
+        let floor = side("floor");
         pairs.push(StreamPair {
             label: label.to_owned(),
             chunks_per_stream: load.ask.chunks,
             concurrency: load.concurrency,
-            direct: samples.next().unwrap_or_default(),
-            gateway: samples.next().unwrap_or_default(),
-            before: samples.next(),
+            direct: side("direct").unwrap_or_default(),
+            gateway_over_floor_cpu: ratio(
+                gateway.cpu_us_per_chunk,
+                floor.as_ref().and_then(|f| f.cpu_us_per_chunk),
+            ),
+            gateway,
+            before: side("before"),
+            floor,
         });
     }
+    floor.stop().await?;
     stop(gateway).await?;
     if let Some(b) = before {
         stop(b).await?;
@@ -508,7 +548,17 @@ pub async fn bench(
 
     mock.shutdown().await;
     let many = if args.many_streams > 0 {
-        Some(many_streams(&command, out, args.many_streams, fd_limit, max_connections).await?)
+        Some(
+            many_streams(
+                &command,
+                pinning.gateway_wrapper(),
+                out,
+                args.many_streams,
+                fd_limit,
+                max_connections,
+            )
+            .await?,
+        )
     } else {
         None
     };
@@ -610,10 +660,12 @@ fn late_share(p: &Pacing) -> f64 {
 }
 
 /// The many-open-streams run at `n` streams: straight to the paced mock,
-/// then (when `with_gateway`) through a fresh gateway.
+/// then (when `with_gateway`) through a fresh gateway and through a fresh
+/// floor proxy (under `floor_wrapper`, the gateway's `taskset`).
 async fn many_at(
     harness: &PacedHarness,
     command: &GatewayCommand,
+    floor_wrapper: Option<Vec<String>>,
     out: &Path,
     n: usize,
     max_connections: usize,
@@ -641,7 +693,7 @@ async fn many_at(
         (ask.gap * ask.chunks).as_secs_f64(),
         ramp.as_secs_f64(),
         if with_gateway {
-            ", then through the gateway"
+            ", then through the gateway, then through the floor proxy"
         } else {
             ""
         }
@@ -674,6 +726,8 @@ async fn many_at(
         ramp_s: ramp.as_secs_f64(),
         direct,
         gateway: None,
+        floor: None,
+        floor_ratios: None,
     };
     if !with_gateway {
         return Ok(run);
@@ -685,26 +739,63 @@ async fn many_at(
         &config(&harness.api_base_url(), max_connections),
     )
     .await?;
-    let pid = gateway.pid();
-    let measured = async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let idle_rss = procfs::rss_bytes(pid)?;
-        let result = paced_run(harness, plan(gateway.addr(), SCENARIO), Some(pid)).await?;
-        Ok::<_, TaskError>((idle_rss, result))
-    }
-    .await;
+    let measured = proxied(harness, plan(gateway.addr(), SCENARIO), gateway.pid()).await;
     // Stopped also when the run failed.
     let stopped = stop(gateway).await;
-    let (idle_rss, (through_run, plateau, d)) = measured?;
+    let through = measured?;
     stopped?;
-    let through = GatewaySide {
+    say_proxied("gateway", &through);
+    run.gateway = Some(through);
+
+    let floor = FloorProxy::start(
+        &format!("http://{}", harness.mock_addr()),
+        floor_wrapper,
+        &out.join(format!("floor-proxy-many-streams-{n}.log")),
+    )
+    .await?;
+    let measured = match floor.addr() {
+        Ok(addr) => proxied(harness, plan(addr, "mock-upstream"), floor.pid()).await,
+        Err(e) => Err(e),
+    };
+    let stopped = floor.stop().await;
+    let floor = measured?;
+    stopped?;
+    say_proxied("floor proxy", &floor);
+    run.floor = Some(floor);
+    run.floor_ratios = run.ratios_to_floor();
+    if let Some(r) = &run.floor_ratios {
+        eprintln!(
+            "  gateway / floor: RSS per open stream {}x, CPU per paced chunk {}x, CPU s/s {}x, added gap p99 {}x",
+            opt2(r.rss_per_stream),
+            opt2(r.cpu_us_per_paced_chunk),
+            opt2(r.cpu_per_s),
+            opt2(r.added_gap_p99),
+        );
+    }
+    Ok(run)
+}
+
+/// `plan` through the proxy `pid` (the gateway or the floor proxy): its
+/// idle RSS after half a second, then the run with its counters.
+async fn proxied(
+    harness: &PacedHarness,
+    plan: PacedPlan,
+    pid: u32,
+) -> Result<GatewaySide, TaskError> {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_rss = procfs::rss_bytes(pid)?;
+    let (through_run, plateau, d) = paced_run(harness, plan, Some(pid)).await?;
+    Ok(GatewaySide {
         sample: StreamSample::of(&through_run.run, d.cpu, d.syscr, d.syscw, d.own_cpu),
         late_share: late_share(&through_run.pacing),
         idle_rss_bytes: idle_rss,
         plateau,
-    };
+    })
+}
+
+fn say_proxied(name: &str, through: &GatewaySide) {
     eprintln!(
-        "  gateway: {} complete, {} cut, {} lost{}; gap added p50 {:.1} us p99 {:.1} us; RSS {:.1} MiB at {} open ({} KiB per stream); gateway CPU {} s/s, {} us per paced chunk at the plateau; mock late {:.2} %; harness {} s/s",
+        "  {name}: {} complete, {} cut, {} lost{}; gap added p50 {:.1} us p99 {:.1} us; RSS {:.1} MiB at {} open ({} KiB per stream); CPU {} s/s, {} us per paced chunk at the plateau; mock late {:.2} %; harness {} s/s",
         through.sample.complete,
         through.sample.cut,
         through.sample.lost,
@@ -723,8 +814,6 @@ async fn many_at(
         through.late_share * 100.0,
         opt2(through.plateau.harness_cpu_per_s),
     );
-    run.gateway = Some(through);
-    Ok(run)
 }
 
 fn opt2(v: Option<f64>) -> String {
@@ -742,6 +831,7 @@ const MAX_LOWER_STEPS: usize = 3;
 /// that one through the gateway as well.
 async fn many_streams(
     command: &GatewayCommand,
+    floor_wrapper: Option<Vec<String>>,
     out: &Path,
     n: usize,
     fd_limit: u64,
@@ -755,7 +845,18 @@ async fn many_streams(
         );
     }
     let harness = PacedHarness::start(MANY_GAP)?;
-    let mut runs = vec![many_at(&harness, command, out, first, max_connections, true).await?];
+    let at = |count: usize, with_gateway: bool| {
+        many_at(
+            &harness,
+            command,
+            floor_wrapper.clone(),
+            out,
+            count,
+            max_connections,
+            with_gateway,
+        )
+    };
+    let mut runs = vec![at(first, true).await?];
     let mut count = first;
     for _ in 0..MAX_LOWER_STEPS {
         let last = runs.last().map(|r: &ManyStreamsRun| &r.direct);
@@ -775,9 +876,9 @@ async fn many_streams(
             "streams: the harness could not hold {} streams; trying {count} straight to the mock",
             runs.last().map_or(first, |r| r.streams)
         );
-        let mut run = many_at(&harness, command, out, count, max_connections, false).await?;
+        let mut run = at(count, false).await?;
         if run.direct.held() {
-            run = many_at(&harness, command, out, count, max_connections, true).await?;
+            run = at(count, true).await?;
             runs.push(run);
             break;
         }
