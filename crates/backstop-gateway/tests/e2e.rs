@@ -1037,3 +1037,144 @@ async fn a_fleet_of_two_gateways_shares_one_rolling_budget() {
         "the upstream saw what the cap allows"
     );
 }
+
+/// What the test's forward proxy saw: request heads, and for a `CONNECT`
+/// the first bytes sent through the tunnel.
+type ProxyLog = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// A forward proxy on 127.0.0.1 that answers every absolute-form request
+/// itself with a completion of `ANSWER`, and accepts a `CONNECT` only to
+/// close the tunnel after the client's first bytes.
+async fn forward_proxy() -> (u16, ProxyLog, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let log = ProxyLog::default();
+    let record = log.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut data = Vec::new();
+                let mut buf = [0u8; 8192];
+                let end = loop {
+                    if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break end + 4;
+                    }
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => data.extend_from_slice(&buf[..n]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&data[..end]).into_owned();
+                if head.starts_with("CONNECT ") {
+                    let _ = socket
+                        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                        .await;
+                    let mut first = vec![0u8; 5];
+                    let _ = socket.read_exact(&mut first).await;
+                    record.lock().unwrap().push((head, first));
+                    return;
+                }
+                // The request body (the gateway sends a content-length).
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                while data.len() < end + length {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => data.extend_from_slice(&buf[..n]),
+                    }
+                }
+                record.lock().unwrap().push((head, Vec::new()));
+                let body = json!({
+                    "id": "chatcmpl-p", "object": "chat.completion", "created": 1_700_000_000,
+                    "model": "proxied-upstream",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": ANSWER},
+                                 "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}
+                })
+                .to_string();
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    (port, log, task)
+}
+
+#[tokio::test]
+async fn upstreams_are_reached_through_the_environments_proxies() {
+    let (port, log, proxy) = forward_proxy().await;
+    let via = format!("http://gw:pa%20ss@127.0.0.1:{port}");
+    // `.invalid` names never resolve: only the proxy can reach them. The
+    // https primary's tunnel is closed by the proxy, so the http backup,
+    // sent to the proxy in absolute form, answers.
+    let config = config(
+        &[
+            (
+                "tunneled",
+                "type = \"openai\"\nbase_url = \"https://secure.invalid/v1\"".to_owned(),
+            ),
+            (
+                "proxied",
+                "type = \"openai\"\nbase_url = \"http://plain.invalid:8080/v1\"".to_owned(),
+            ),
+        ],
+        &[model("tunneled"), model("proxied")],
+        "",
+        "",
+    );
+    let gw = Backstop::start(
+        &config,
+        &[
+            ("HTTPS_PROXY", via.as_str()),
+            ("http_proxy", via.as_str()),
+            ("NO_PROXY", "localhost"),
+        ],
+    );
+    let r = post(&gw, &body(false)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-backstop-model"], "proxied");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], ANSWER);
+    drop(gw);
+    proxy.abort();
+
+    let log = log.lock().unwrap().clone();
+    // base64("gw:pa ss")
+    let auth = |head: &str| {
+        head.lines().any(|l| {
+            l.split_once(':').is_some_and(|(n, v)| {
+                n.eq_ignore_ascii_case("proxy-authorization") && v.trim() == "Basic Z3c6cGEgc3M="
+            })
+        })
+    };
+    let tunnels: Vec<_> = log
+        .iter()
+        .filter(|(h, _)| h.starts_with("CONNECT "))
+        .collect();
+    assert!(!tunnels.is_empty(), "{log:?}");
+    for (head, first) in &tunnels {
+        assert!(
+            head.starts_with("CONNECT secure.invalid:443 HTTP/1.1\r\n"),
+            "{head}"
+        );
+        assert!(auth(head), "{head}");
+        assert_eq!(first[0], 0x16, "a TLS handshake inside the tunnel");
+    }
+    let forwarded: Vec<_> = log.iter().filter(|(h, _)| h.starts_with("POST ")).collect();
+    assert_eq!(forwarded.len(), 1, "{log:?}");
+    let head = &forwarded[0].0;
+    assert!(
+        head.starts_with("POST http://plain.invalid:8080/v1/chat/completions HTTP/1.1\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("host: plain.invalid:8080\r\n"), "{head}");
+    assert!(auth(head), "{head}");
+}

@@ -5,16 +5,21 @@
 //! each provider's reader of those events made the Router's chunk stream.
 
 use std::collections::VecDeque;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use backstop_core::{ChatChunk, ChunkStream, FailureKind, ProviderError};
+use base64::Engine as _;
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue};
+use http::{Method, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use reqwest::Url;
 
+use crate::client::{BodyError, Client, Outgoing, Response};
 use crate::sse::{SseDecoder, SseEvent};
 use crate::{
     ApiKey, error_body, error_chain, is_env_var_name, log_preview, retry_after, send_error,
@@ -71,6 +76,76 @@ pub fn parse_base_url(url: &str) -> Result<Url, String> {
     Ok(parsed)
 }
 
+/// An endpoint parsed once, when its provider is built: the URL as
+/// configured, for messages and logs (through [`redact_url`]), and the URI
+/// requests go to. A `user:password@` in the URL is not sent in the URI but
+/// as `Authorization: Basic`, as reqwest did.
+///
+/// [`redact_url`]: crate::redact_url
+#[derive(Clone)]
+pub struct Endpoint {
+    url: Url,
+    uri: Uri,
+    basic: Option<HeaderValue>,
+}
+
+impl Endpoint {
+    /// The endpoint at `url` (an http(s) URL, as [`parse_base_url`]
+    /// checks); the error is the reason it cannot be a request's URI.
+    pub fn new(url: Url) -> Result<Self, String> {
+        let mut bare = url.clone();
+        let basic = if !url.username().is_empty() || url.password().is_some() {
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            let mut credentials = format!("{}:", decode(url.username()));
+            if let Some(password) = url.password() {
+                credentials.push_str(&decode(password));
+            }
+            let _ = bare.set_username("");
+            let _ = bare.set_password(None);
+            let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
+            let mut value =
+                HeaderValue::from_str(&format!("Basic {encoded}")).map_err(|e| e.to_string())?;
+            value.set_sensitive(true);
+            Some(value)
+        } else {
+            None
+        };
+        let uri = Uri::try_from(bare.as_str()).map_err(|e| e.to_string())?;
+        Ok(Self { url, uri, basic })
+    }
+
+    /// The URL as configured (it may hold secrets: show it through
+    /// [`redact_url`](crate::redact_url)).
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::redact_url(self.url.as_str()))
+    }
+}
+
+/// A JSON `POST` of `body` to `endpoint`, accepting `accept`; the caller
+/// adds its own headers.
+pub fn post(endpoint: &Endpoint, body: Vec<u8>, accept: &'static str) -> Outgoing {
+    let mut request = http::Request::new(Full::new(Bytes::from(body)));
+    *request.method_mut() = Method::POST;
+    *request.uri_mut() = endpoint.uri.clone();
+    let headers = request.headers_mut();
+    if let Some(basic) = &endpoint.basic {
+        headers.append(AUTHORIZATION, basic.clone());
+    }
+    headers.append(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.append(ACCEPT, HeaderValue::from_static(accept));
+    request
+}
+
 /// Encodes a request body as JSON; a failure is the caller's bad request.
 pub fn encode_body<T: serde::Serialize>(body: &T) -> Result<Vec<u8>, ProviderError> {
     serde_json::to_vec(body).map_err(|e| {
@@ -81,39 +156,39 @@ pub fn encode_body<T: serde::Serialize>(body: &T) -> Result<Vec<u8>, ProviderErr
     })
 }
 
-/// `request` with the call's extra headers ([`Call::headers`]: a trace
-/// context, say); a name or value that is not a valid header is left out.
+/// Adds the call's extra headers ([`Call::headers`]: a trace context,
+/// say) to `request`; a name or value that is not a valid header is left
+/// out.
 ///
 /// [`Call::headers`]: backstop_core::Call::headers
-pub fn with_headers(
-    mut request: reqwest::RequestBuilder,
-    headers: &[(String, String)],
-) -> reqwest::RequestBuilder {
+pub fn with_headers(request: &mut Outgoing, headers: &[(String, String)]) {
     for (name, value) in headers {
         match (
-            reqwest::header::HeaderName::from_bytes(name.as_bytes()),
-            reqwest::header::HeaderValue::from_str(value),
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
         ) {
-            (Ok(name), Ok(value)) => request = request.header(name, value),
+            (Ok(name), Ok(value)) => {
+                request.headers_mut().append(name, value);
+            }
             _ => {
                 tracing::debug!(header = %name, "an extra upstream header is not valid HTTP; left out")
             }
         }
     }
-    request
 }
 
-/// Sends a request. A success status returns the response; any other is
-/// read (a bounded part of its body) and classified by `classify` with the
-/// status, the body and the upstream's Retry-After.
+/// Sends a request with `client`. A success status returns the response;
+/// any other is read (a bounded part of its body) and classified by
+/// `classify` with the status, the body and the upstream's Retry-After.
 pub async fn send(
-    request: reqwest::RequestBuilder,
+    client: &Client,
+    request: Outgoing,
     connect_timeout: Duration,
     model: &str,
     classify: impl FnOnce(u16, &[u8], Option<Duration>) -> ProviderError,
-) -> Result<reqwest::Response, ProviderError> {
-    let response = request
-        .send()
+) -> Result<Response, ProviderError> {
+    let response = client
+        .send(request)
         .await
         .map_err(|e| send_error(e, connect_timeout))?;
     let status = response.status();
@@ -129,19 +204,16 @@ pub async fn send(
 
 /// Reads a complete response body with its status; a body cut in transit
 /// is `StreamInterrupted`.
-pub async fn read_body(response: reqwest::Response) -> Result<(u16, Bytes), ProviderError> {
+pub async fn read_body(response: Response) -> Result<(u16, Bytes), ProviderError> {
     let status = response.status().as_u16();
-    let body = response.bytes().await.map_err(|e| {
+    let body = response.into_body().collect().await.map_err(|e| {
         ProviderError::new(
             FailureKind::StreamInterrupted,
-            format!(
-                "the response body was cut: {}",
-                error_chain(&e.without_url())
-            ),
+            format!("the response body was cut: {}", error_chain(&e)),
         )
         .with_status(status)
     })?;
-    Ok((status, body))
+    Ok((status, body.to_bytes()))
 }
 
 /// What reads a streamed answer one chunk at a time (each provider's
@@ -164,26 +236,20 @@ pub fn stream_chunks(reader: impl ChunkReader) -> ChunkStream {
     .boxed()
 }
 
-type Body = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
-
-/// A streamed response body, read as SSE events.
+/// A streamed response body, read as SSE events as its bytes arrive.
 pub struct SseBody {
-    body: Body,
+    body: Incoming,
     decoder: SseDecoder,
     scratch: Vec<SseEvent>,
     events: VecDeque<SseEvent>,
 }
 
 impl SseBody {
-    /// Reads `response`'s body (errors carry no URL, which may hold
+    /// Reads `response`'s body (its errors carry no URL, which may hold
     /// secrets).
-    pub fn new(response: reqwest::Response) -> Self {
+    pub fn new(response: Response) -> Self {
         Self {
-            body: Box::pin(
-                response
-                    .bytes_stream()
-                    .map(|r| r.map_err(reqwest::Error::without_url)),
-            ),
+            body: response.into_body(),
             decoder: SseDecoder::new(),
             scratch: Vec::new(),
             events: VecDeque::new(),
@@ -192,15 +258,18 @@ impl SseBody {
 
     /// The next event; `Err` when the body ended: `None` cleanly, or the
     /// transport's error.
-    pub async fn next_event(&mut self) -> Result<SseEvent, Option<reqwest::Error>> {
+    pub async fn next_event(&mut self) -> Result<SseEvent, Option<BodyError>> {
         loop {
             if let Some(event) = self.events.pop_front() {
                 return Ok(event);
             }
-            match self.body.next().await {
-                Some(Ok(bytes)) => {
-                    self.decoder.feed(&bytes, &mut self.scratch);
-                    self.events.extend(self.scratch.drain(..));
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    // Trailers carry no events.
+                    if let Some(bytes) = frame.data_ref() {
+                        self.decoder.feed(bytes, &mut self.scratch);
+                        self.events.extend(self.scratch.drain(..));
+                    }
                 }
                 Some(Err(error)) => return Err(Some(error)),
                 None => return Err(None),
@@ -276,7 +345,7 @@ impl SkipLog {
     pub fn end(
         &self,
         complete: bool,
-        cut: Option<&reqwest::Error>,
+        cut: Option<&BodyError>,
         finish: &str,
         unfinished: &str,
     ) -> Option<ProviderError> {
@@ -296,10 +365,10 @@ impl SkipLog {
 
 /// Whether a response says its body is JSON (a server asked for a stream
 /// that answers with a complete body, or with an error, instead).
-pub fn is_json(response: &reqwest::Response) -> bool {
+pub fn is_json(response: &Response) -> bool {
     response
         .headers()
-        .get(reqwest::header::CONTENT_TYPE)
+        .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"))
 }

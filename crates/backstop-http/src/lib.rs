@@ -9,10 +9,10 @@
 //! of error bodies. A provider crate built as a dynamic plugin links it in
 //! like any other library.
 //!
-//! reqwest sets the connect timeout per `Client`, while the Router passes
-//! one per call; scenarios use only a few distinct values, so a handful of
-//! pooled clients, one per value, serves them all. Every other timeout is
-//! the Router's.
+//! The upstream client ([`client`]) sets the connect timeout per pool,
+//! while the Router passes one per call; scenarios use only a few distinct
+//! values, so a handful of pooled clients, one per value, serves them all.
+//! Every other timeout is the Router's.
 //!
 //! It also holds the wire formats every HTTP side of Backstop shares:
 //! [`sse`], server-sent events framing (the providers read it, the gateway
@@ -21,6 +21,7 @@
 //! body says; [`webhook`] sends the alert rule's webhooks.
 
 pub mod body;
+pub mod client;
 pub mod sse;
 pub mod upstream_error;
 pub mod webhook;
@@ -30,7 +31,16 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use backstop_core::{FailureKind, ProviderError};
-use reqwest::header::{HeaderMap, HeaderValue};
+use http::header::{HeaderMap, HeaderValue};
+use http_body_util::BodyExt;
+
+pub use client::{Client, ClientError, Proxies, Response};
+/// The header types the providers build requests with.
+pub use http::header;
+/// A parsed URL (what [`body::parse_base_url`] returns).
+pub use reqwest::Url;
+
+use rustls::ClientConfig;
 
 /// Clients kept at most; more distinct connect timeouts than this evict the
 /// oldest.
@@ -39,49 +49,47 @@ const MAX_CLIENTS: usize = 8;
 /// How much of an error body is read.
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
-/// Pooled HTTP clients, one per connect timeout.
+/// Pooled HTTP clients, one per connect timeout, sharing one TLS
+/// configuration and the proxies read from the environment when the cache
+/// was built.
 pub struct Clients {
-    cache: Mutex<Vec<(Duration, reqwest::Client)>>,
+    tls: Arc<ClientConfig>,
+    proxies: Arc<Proxies>,
+    cache: Mutex<Vec<(Duration, Arc<Client>)>>,
 }
 
 impl Clients {
-    /// A cache holding a client for `connect_timeout`, built now so that a
-    /// broken TLS stack shows up when the provider is built.
-    pub fn new(connect_timeout: Duration) -> Result<Self, reqwest::Error> {
-        let client = build_client(connect_timeout)?;
+    /// A cache holding a client for `connect_timeout`, its TLS set up now so
+    /// that a broken TLS stack shows up when the provider is built, and the
+    /// process environment's proxies ([`Proxies::from_env`]).
+    pub fn new(connect_timeout: Duration) -> Result<Self, ClientError> {
+        Self::with_proxies(connect_timeout, Proxies::from_env())
+    }
+
+    /// As [`Clients::new`], with these proxies.
+    pub fn with_proxies(connect_timeout: Duration, proxies: Proxies) -> Result<Self, ClientError> {
+        let tls = client::tls_config()?;
+        let proxies = Arc::new(proxies);
+        let client = Arc::new(Client::new(connect_timeout, &tls, &proxies));
         Ok(Self {
+            tls,
+            proxies,
             cache: Mutex::new(vec![(connect_timeout, client)]),
         })
     }
 
-    /// The client for this connect timeout (a cheap handle on its pool).
-    pub fn get(&self, connect_timeout: Duration) -> Result<reqwest::Client, ProviderError> {
-        if let Some(client) = self.find(connect_timeout) {
-            return Ok(client);
-        }
-        let client = build_client(connect_timeout).map_err(|e| {
-            ProviderError::new(
-                FailureKind::Connect,
-                format!("could not build an HTTP client: {}", error_chain(&e)),
-            )
-        })?;
+    /// The client for this connect timeout.
+    pub fn get(&self, connect_timeout: Duration) -> Arc<Client> {
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, raced)) = cache.iter().find(|(t, _)| *t == connect_timeout) {
-            return Ok(raced.clone());
+        if let Some((_, client)) = cache.iter().find(|(t, _)| *t == connect_timeout) {
+            return client.clone();
         }
+        let client = Arc::new(Client::new(connect_timeout, &self.tls, &self.proxies));
         if cache.len() >= MAX_CLIENTS {
             cache.remove(0);
         }
         cache.push((connect_timeout, client.clone()));
-        Ok(client)
-    }
-
-    fn find(&self, connect_timeout: Duration) -> Option<reqwest::Client> {
-        let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        cache
-            .iter()
-            .find(|(t, _)| *t == connect_timeout)
-            .map(|(_, c)| c.clone())
+        client
     }
 
     #[cfg(test)]
@@ -91,23 +99,6 @@ impl Clients {
             .unwrap_or_else(PoisonError::into_inner)
             .len()
     }
-}
-
-fn build_client(connect_timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        .connect_timeout(connect_timeout)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .tcp_nodelay(true)
-        // A redirected POST would be replayed as a GET; an API never
-        // redirects on purpose, so a 3xx is reported instead.
-        .redirect(reqwest::redirect::Policy::none())
-        // reqwest's own retry layer retries only HTTP/2 and HTTP/3 protocol
-        // refusals, which an HTTP/1 client never gets, yet its default
-        // policy clones every request (headers, URI, extensions, body) in
-        // case it does. Retries are the Router's; without retries allowed
-        // here, nothing is cloned.
-        .retry(reqwest::retry::never().max_retries_per_request(0))
-        .build()
 }
 
 /// An API key: the header value to send and the text to scrub from upstream
@@ -250,11 +241,11 @@ fn is_key_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'*')
 }
 
-/// Classifies an error from sending a request (before any response).
-pub fn send_error(error: reqwest::Error, connect_timeout: Duration) -> ProviderError {
-    let error = error.without_url();
+/// Classifies an error from sending a request (before any response). The
+/// message names no URL (the client's errors carry none).
+pub fn send_error(error: client::SendError, connect_timeout: Duration) -> ProviderError {
     // No other timeout is set on the client, so a timeout is the connect's.
-    if error.is_timeout() {
+    if is_timeout(&error) {
         return ProviderError::new(
             FailureKind::Timeout,
             format!("no connection within {} ms", connect_timeout.as_millis()),
@@ -265,10 +256,28 @@ pub fn send_error(error: reqwest::Error, connect_timeout: Duration) -> ProviderE
     } else {
         "the connection failed before a response"
     };
-    ProviderError::new(
-        FailureKind::Connect,
-        format!("{what}: {}", error_chain(&error)),
-    )
+    // The client's own error only names its kind ("client error
+    // (Connect)"); the cause says what happened.
+    let cause = match std::error::Error::source(&error) {
+        Some(cause) => error_chain(cause),
+        None => error.to_string(),
+    };
+    ProviderError::new(FailureKind::Connect, format!("{what}: {cause}"))
+}
+
+/// Whether an error or one of its causes is a timeout.
+fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if error
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        next = error.source();
+    }
+    false
 }
 
 /// An error and its sources, `: `-separated, without repeats.
@@ -311,12 +320,17 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
 
 /// Reads at most 64 KiB of an error response's body; a body cut short
 /// yields what arrived.
-pub async fn error_body(mut response: reqwest::Response) -> Vec<u8> {
+pub async fn error_body(response: Response) -> Vec<u8> {
+    let mut incoming = response.into_body();
     let mut body = Vec::new();
     while body.len() < ERROR_BODY_LIMIT {
-        match response.chunk().await {
-            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
-            Ok(None) | Err(_) => break,
+        match incoming.frame().await {
+            Some(Ok(frame)) => {
+                if let Some(chunk) = frame.data_ref() {
+                    body.extend_from_slice(chunk);
+                }
+            }
+            Some(Err(_)) | None => break,
         }
     }
     body.truncate(ERROR_BODY_LIMIT);
@@ -454,12 +468,12 @@ mod tests {
     #[test]
     fn clients_are_cached_per_connect_timeout_and_bounded() {
         let clients = Clients::new(Duration::from_secs(5)).unwrap();
-        clients.get(Duration::from_secs(5)).unwrap();
-        clients.get(Duration::from_secs(2)).unwrap();
-        clients.get(Duration::from_secs(2)).unwrap();
+        clients.get(Duration::from_secs(5));
+        let two = clients.get(Duration::from_secs(2));
+        assert!(Arc::ptr_eq(&two, &clients.get(Duration::from_secs(2))));
         assert_eq!(clients.len(), 2);
         for ms in 0..20 {
-            clients.get(Duration::from_millis(ms)).unwrap();
+            clients.get(Duration::from_millis(ms));
         }
         assert_eq!(clients.len(), MAX_CLIENTS);
     }

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use backstop_core::{Call, ChatResponse, ChunkStream, Provider, ProviderError, Timeouts};
-use reqwest::Url;
-use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
+use backstop_http::header::{HeaderName, HeaderValue};
 
 use crate::classify::DIALECT;
 use crate::config::AnthropicConfig;
@@ -17,12 +16,17 @@ use crate::prefill::Join;
 use crate::request::translate;
 use crate::response::completion;
 use crate::stream::chunk_stream;
-use backstop_http::body::{self, encode_body, is_json, key_from_env, not_a_stream, read_body};
-use backstop_http::{ApiKey, Clients, error_chain, redact_url};
+use backstop_http::body::{
+    self, Endpoint, encode_body, is_json, key_from_env, not_a_stream, read_body,
+};
+use backstop_http::{ApiKey, Clients, Response, error_chain, redact_url};
+
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
 
 /// A provider for Anthropic's Messages API.
 pub struct AnthropicProvider {
-    endpoint: Url,
+    endpoint: Endpoint,
     key: ApiKey,
     version: HeaderValue,
     clients: Clients,
@@ -32,7 +36,7 @@ pub struct AnthropicProvider {
 impl fmt::Debug for AnthropicProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AnthropicProvider")
-            .field("endpoint", &redact_url(self.endpoint.as_str()))
+            .field("endpoint", &redact_url(self.endpoint.url().as_str()))
             .field("key", &"<redacted>")
             .field("version", &self.version)
             .finish_non_exhaustive()
@@ -81,28 +85,21 @@ impl AnthropicProvider {
     /// Translates and sends the request; returns the response and the
     /// join for a prefill continuation. Non-success statuses come back
     /// classified.
-    async fn send(
-        &self,
-        call: &Call<'_>,
-        stream: bool,
-    ) -> Result<(reqwest::Response, Join), ProviderError> {
+    async fn send(&self, call: &Call<'_>, stream: bool) -> Result<(Response, Join), ProviderError> {
         let translated = translate(call, stream)?;
-        let body = encode_body(&translated.body)?;
-        let client = self.clients.get(call.connect_timeout)?;
         let accept = if stream {
             "text/event-stream"
         } else {
             "application/json"
         };
-        let request = client
-            .post(self.endpoint.clone())
-            .header("x-api-key", self.key.header().clone())
-            .header("anthropic-version", self.version.clone())
-            .header(CONTENT_TYPE, "application/json")
-            .header(ACCEPT, accept)
-            .body(body);
-        let request = body::with_headers(request, call.headers);
+        let mut request = body::post(&self.endpoint, encode_body(&translated.body)?, accept);
+        let headers = request.headers_mut();
+        headers.append(X_API_KEY, self.key.header().clone());
+        headers.append(ANTHROPIC_VERSION, self.version.clone());
+        body::with_headers(&mut request, call.headers);
+        let client = self.clients.get(call.connect_timeout);
         let response = body::send(
+            &client,
             request,
             call.connect_timeout,
             &call.model.id,
@@ -114,7 +111,7 @@ impl AnthropicProvider {
 
     async fn read_completion(
         &self,
-        response: reqwest::Response,
+        response: Response,
         mut join: Join,
     ) -> Result<ChatResponse, ProviderError> {
         let (status, body) = read_body(response).await?;
@@ -124,12 +121,12 @@ impl AnthropicProvider {
 
 /// `{base_url}/v1/messages`; a root that already ends in `/v1` is not
 /// doubled.
-fn endpoint(base_url: &str) -> Result<Url, AnthropicBuildError> {
-    let mut url =
-        body::parse_base_url(base_url).map_err(|reason| AnthropicBuildError::InvalidBaseUrl {
-            url: redact_url(base_url),
-            reason,
-        })?;
+fn endpoint(base_url: &str) -> Result<Endpoint, AnthropicBuildError> {
+    let invalid = |reason| AnthropicBuildError::InvalidBaseUrl {
+        url: redact_url(base_url),
+        reason,
+    };
+    let mut url = body::parse_base_url(base_url).map_err(invalid)?;
     let root = url.path().trim_end_matches('/');
     let path = if root.ends_with("/v1") {
         format!("{root}/messages")
@@ -137,15 +134,13 @@ fn endpoint(base_url: &str) -> Result<Url, AnthropicBuildError> {
         format!("{root}/v1/messages")
     };
     url.set_path(&path);
-    Ok(url)
+    Endpoint::new(url).map_err(invalid)
 }
 
 #[async_trait]
 impl Provider for AnthropicProvider {
     fn prepare(&self, connect_timeout: Duration) {
-        if let Err(error) = self.clients.get(connect_timeout) {
-            tracing::warn!(%error, "could not prepare an HTTP client");
-        }
+        self.clients.get(connect_timeout);
     }
 
     async fn complete(&self, call: Call<'_>) -> Result<ChatResponse, ProviderError> {
@@ -196,7 +191,7 @@ mod tests {
             ("http://127.0.0.1:9000", "http://127.0.0.1:9000/v1/messages"),
         ] {
             let p = with_key(AnthropicConfig::with_base_url(base)).unwrap();
-            assert_eq!(p.endpoint.as_str(), expected);
+            assert_eq!(p.endpoint.url().as_str(), expected);
         }
         let e = with_key(AnthropicConfig::with_base_url("api.anthropic.com")).unwrap_err();
         assert!(

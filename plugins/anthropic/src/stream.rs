@@ -35,7 +35,7 @@ use backstop_http::body::{ChunkReader, SkipLog, SseBody, stream_chunks};
 
 /// Turns a streaming response into chunks.
 pub(crate) fn chunk_stream(
-    response: reqwest::Response,
+    response: backstop_http::Response,
     model: &ModelSpec,
     join: Join,
     key: Option<ApiKey>,

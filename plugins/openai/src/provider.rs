@@ -11,23 +11,28 @@ use backstop_core::{
     Call, ChatResponse, ChunkStream, EmbedCall, EmbeddingsResponse, FailureKind, Provider,
     ProviderError, RawJson, Timeouts,
 };
-use reqwest::Url;
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use backstop_http::Url;
+use backstop_http::header::{AUTHORIZATION, HeaderName, HeaderValue};
 
 use crate::classify::DIALECT;
 use crate::config::{MaxTokensField, OPENAI_BASE_URL, OPENAI_KEY_VAR, OpenAiConfig};
 use crate::error::OpenAiBuildError;
 use crate::stream::chunk_stream;
 use crate::wire::WireRequest;
-use backstop_http::body::{self, encode_body, is_json, key_from_env, not_a_stream, read_body};
-use backstop_http::{ApiKey, Clients, error_chain, redact_url};
+use backstop_http::body::{
+    self, Endpoint, encode_body, is_json, key_from_env, not_a_stream, read_body,
+};
+use backstop_http::{ApiKey, Clients, Response, error_chain, redact_url};
+
+/// The request-id header OpenAI echoes in its logs.
+const CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("x-client-request-id");
 
 /// A provider for an OpenAI-compatible chat completions API (and its
 /// embeddings endpoint, for models that declare `dimensions`).
 pub struct OpenAiProvider {
-    endpoint: Url,
+    endpoint: Endpoint,
     /// `{base_url}/embeddings`.
-    embeddings: Url,
+    embeddings: Endpoint,
     key: Option<ApiKey>,
     max_tokens_field: Option<MaxTokensField>,
     clients: Clients,
@@ -37,7 +42,7 @@ pub struct OpenAiProvider {
 impl fmt::Debug for OpenAiProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OpenAiProvider")
-            .field("endpoint", &redact_url(self.endpoint.as_str()))
+            .field("endpoint", &redact_url(self.endpoint.url().as_str()))
             .field("key", &self.key.as_ref().map(|_| "<redacted>"))
             .field("max_tokens_field", &self.max_tokens_field)
             .finish_non_exhaustive()
@@ -59,18 +64,17 @@ impl OpenAiProvider {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, OpenAiBuildError> {
         let base = parse_base_url(&config.base_url)?;
-        let endpoint =
-            base.join("chat/completions")
-                .map_err(|e| OpenAiBuildError::InvalidBaseUrl {
+        let join = |path: &str| {
+            base.join(path)
+                .map_err(|e| e.to_string())
+                .and_then(Endpoint::new)
+                .map_err(|reason| OpenAiBuildError::InvalidBaseUrl {
                     url: redact_url(&config.base_url),
-                    reason: e.to_string(),
-                })?;
-        let embeddings = base
-            .join("embeddings")
-            .map_err(|e| OpenAiBuildError::InvalidBaseUrl {
-                url: redact_url(&config.base_url),
-                reason: e.to_string(),
-            })?;
+                    reason,
+                })
+        };
+        let endpoint = join("chat/completions")?;
+        let embeddings = join("embeddings")?;
         let key_var = match config.api_key_env.as_deref() {
             Some(var) => Some(var),
             None if config.base_url.trim_end_matches('/') == OPENAI_BASE_URL => {
@@ -104,11 +108,7 @@ impl OpenAiProvider {
     }
 
     /// Sends the request; any non-success status comes back classified.
-    async fn send(
-        &self,
-        call: &Call<'_>,
-        stream: bool,
-    ) -> Result<reqwest::Response, ProviderError> {
+    async fn send(&self, call: &Call<'_>, stream: bool) -> Result<Response, ProviderError> {
         let body = WireRequest::new(call, stream, self.max_tokens_field);
         let accept = if stream {
             "text/event-stream"
@@ -132,39 +132,37 @@ impl OpenAiProvider {
     #[allow(clippy::too_many_arguments)]
     async fn post<B: serde::Serialize>(
         &self,
-        endpoint: &Url,
+        endpoint: &Endpoint,
         body: &B,
         accept: &'static str,
         connect_timeout: Duration,
         request_id: Option<&str>,
         headers: &[(String, String)],
         model: &str,
-    ) -> Result<reqwest::Response, ProviderError> {
-        let body = encode_body(body)?;
-        let client = self.clients.get(connect_timeout)?;
-        let mut request = client
-            .post(endpoint.clone())
-            .header(CONTENT_TYPE, "application/json")
-            .header(ACCEPT, accept)
-            .body(body);
+    ) -> Result<Response, ProviderError> {
+        let mut request = body::post(endpoint, encode_body(body)?, accept);
         if let Some(key) = &self.key {
-            request = request.header(AUTHORIZATION, key.header().clone());
+            request
+                .headers_mut()
+                .append(AUTHORIZATION, key.header().clone());
         }
         if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(id).ok()) {
-            request = request.header("x-client-request-id", id);
+            request.headers_mut().append(CLIENT_REQUEST_ID, id);
         }
-        let request = body::with_headers(request, headers);
-        body::send(request, connect_timeout, model, |status, body, wait| {
-            DIALECT.status_error(status, body, wait, self.key.as_ref())
-        })
+        body::with_headers(&mut request, headers);
+        let client = self.clients.get(connect_timeout);
+        body::send(
+            &client,
+            request,
+            connect_timeout,
+            model,
+            |status, body, wait| DIALECT.status_error(status, body, wait, self.key.as_ref()),
+        )
         .await
     }
 
     /// Reads and checks a complete answer.
-    async fn read_completion(
-        &self,
-        response: reqwest::Response,
-    ) -> Result<ChatResponse, ProviderError> {
+    async fn read_completion(&self, response: Response) -> Result<ChatResponse, ProviderError> {
         let (status, body) = read_body(response).await?;
         parse_completion(&body, self.key.as_ref()).map_err(|e| e.with_status(status))
     }
@@ -216,9 +214,7 @@ fn parse_base_url(url: &str) -> Result<Url, OpenAiBuildError> {
 #[async_trait]
 impl Provider for OpenAiProvider {
     fn prepare(&self, connect_timeout: Duration) {
-        if let Err(error) = self.clients.get(connect_timeout) {
-            tracing::warn!(%error, "could not prepare an HTTP client");
-        }
+        self.clients.get(connect_timeout);
     }
 
     async fn complete(&self, call: Call<'_>) -> Result<ChatResponse, ProviderError> {
@@ -287,13 +283,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            p.endpoint.as_str(),
+            p.endpoint.url().as_str(),
             "http://127.0.0.1:8000/v1/chat/completions"
         );
         let p =
             OpenAiProvider::new_with_env(OpenAiConfig::with_base_url("http://h/api/v1/"), |_| None)
                 .unwrap();
-        assert_eq!(p.endpoint.as_str(), "http://h/api/v1/chat/completions");
+        assert_eq!(
+            p.endpoint.url().as_str(),
+            "http://h/api/v1/chat/completions"
+        );
         for bad in ["ftp://h/v1", "not a url", "http://h/v1?x=1"] {
             let e = OpenAiProvider::new_with_env(OpenAiConfig::with_base_url(bad), |_| None)
                 .unwrap_err();

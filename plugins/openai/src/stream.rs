@@ -27,7 +27,7 @@ use backstop_http::body::{ChunkReader, SkipLog, SseBody, stream_chunks};
 
 /// Turns a streaming response into chunks.
 pub(crate) fn chunk_stream(
-    response: reqwest::Response,
+    response: backstop_http::Response,
     model: &ModelSpec,
     key: Option<ApiKey>,
     malformed: Arc<AtomicU64>,
