@@ -13,7 +13,7 @@ use backstop_core::{ChatChunk, ChunkStream, FailureKind, ProviderError};
 use base64::Engine as _;
 use bytes::Bytes;
 use futures::StreamExt;
-use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue};
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HOST, HeaderName, HeaderValue};
 use http::{Method, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -78,14 +78,17 @@ pub fn parse_base_url(url: &str) -> Result<Url, String> {
 
 /// An endpoint parsed once, when its provider is built: the URL as
 /// configured, for messages and logs (through [`redact_url`]), and the URI
-/// requests go to. A `user:password@` in the URL is not sent in the URI but
-/// as `Authorization: Basic`, as reqwest did.
+/// requests go to with its `Host` header. A `user:password@` in the URL is
+/// not sent in the URI but as `Authorization: Basic`, as reqwest did.
 ///
 /// [`redact_url`]: crate::redact_url
 #[derive(Clone)]
 pub struct Endpoint {
     url: Url,
     uri: Uri,
+    /// `host[:port]`, the port only when not the scheme's default, as
+    /// hyper-util would write it for every request.
+    host: HeaderValue,
     basic: Option<HeaderValue>,
 }
 
@@ -115,7 +118,18 @@ impl Endpoint {
             None
         };
         let uri = Uri::try_from(bare.as_str()).map_err(|e| e.to_string())?;
-        Ok(Self { url, uri, basic })
+        let name = uri.host().ok_or("it has no host")?;
+        let host = match url.port() {
+            Some(port) => HeaderValue::from_str(&format!("{name}:{port}")),
+            None => HeaderValue::from_str(name),
+        }
+        .map_err(|e| e.to_string())?;
+        Ok(Self {
+            url,
+            uri,
+            host,
+            basic,
+        })
     }
 
     /// The URL as configured (it may hold secrets: show it through
@@ -138,6 +152,7 @@ pub fn post(endpoint: &Endpoint, body: Vec<u8>, accept: &'static str) -> Outgoin
     *request.method_mut() = Method::POST;
     *request.uri_mut() = endpoint.uri.clone();
     let headers = request.headers_mut();
+    headers.append(HOST, endpoint.host.clone());
     if let Some(basic) = &endpoint.basic {
         headers.append(AUTHORIZATION, basic.clone());
     }
@@ -389,6 +404,37 @@ pub fn not_a_stream<T>(answer: Result<T, ProviderError>) -> ProviderError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_carry_their_host_header_and_userinfo_as_basic_auth() {
+        for (url, uri, host) in [
+            ("http://h/v1/chat", "http://h/v1/chat", "h"),
+            ("https://h:443/v1", "https://h/v1", "h"),
+            ("http://h:80/", "http://h/", "h"),
+            ("https://h:8443/v1", "https://h:8443/v1", "h:8443"),
+            ("http://[::1]:8080/v1", "http://[::1]:8080/v1", "[::1]:8080"),
+            ("http://u:p@h:8080/v1", "http://h:8080/v1", "h:8080"),
+        ] {
+            let e = Endpoint::new(Url::parse(url).unwrap()).unwrap();
+            assert_eq!(
+                (e.uri.to_string().as_str(), e.host.to_str().unwrap()),
+                (uri, host),
+                "{url}"
+            );
+            assert_eq!(e.url.as_str(), url.replace(":443", "").replace(":80/", "/"));
+        }
+        let e = Endpoint::new(Url::parse("http://u:p@h/").unwrap()).unwrap();
+        let basic = e.basic.clone().unwrap();
+        assert_eq!(basic, "Basic dTpw");
+        assert!(basic.is_sensitive());
+        assert_eq!(format!("{e:?}"), "http://h/");
+        assert!(
+            Endpoint::new(Url::parse("http://h/").unwrap())
+                .unwrap()
+                .basic
+                .is_none()
+        );
+    }
 
     #[test]
     fn a_json_answer_to_a_stream_request_fails_with_its_own_error_else_invalid_response() {
