@@ -1039,12 +1039,71 @@ async fn a_fleet_of_two_gateways_shares_one_rolling_budget() {
 }
 
 /// What the test's forward proxy saw: request heads, and for a `CONNECT`
-/// the first bytes sent through the tunnel.
+/// to a `.invalid` host the first bytes sent through the tunnel.
 type ProxyLog = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
 
+/// Reads one request (head and `content-length` body) from `socket`; its
+/// head, or `None` if the connection ended first.
+async fn read_request<S>(socket: &mut S) -> Option<String>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let mut data = Vec::new();
+    let mut buf = [0u8; 8192];
+    let end = loop {
+        if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        match socket.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => data.extend_from_slice(&buf[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&data[..end]).into_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    while data.len() < end + length {
+        match socket.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => data.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(head)
+}
+
+/// Writes a completion of `ANSWER` and closes the connection.
+async fn write_completion<S>(socket: &mut S)
+where
+    S: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    let body = json!({
+        "id": "chatcmpl-p", "object": "chat.completion", "created": 1_700_000_000,
+        "model": "upstream",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": ANSWER},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}
+    })
+    .to_string();
+    let reply = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = socket.write_all(reply.as_bytes()).await;
+    let _ = socket.shutdown().await;
+}
+
 /// A forward proxy on 127.0.0.1 that answers every absolute-form request
-/// itself with a completion of `ANSWER`, and accepts a `CONNECT` only to
-/// close the tunnel after the client's first bytes.
+/// itself with a completion of `ANSWER`, relays a `CONNECT` to 127.0.0.1,
+/// and accepts a `CONNECT` to a `.invalid` host only to close the tunnel
+/// after the client's first bytes.
 async fn forward_proxy() -> (u16, ProxyLog, tokio::task::JoinHandle<()>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1055,57 +1114,152 @@ async fn forward_proxy() -> (u16, ProxyLog, tokio::task::JoinHandle<()>) {
         while let Ok((mut socket, _)) = listener.accept().await {
             let record = record.clone();
             tokio::spawn(async move {
-                let mut data = Vec::new();
-                let mut buf = [0u8; 8192];
-                let end = loop {
-                    if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break end + 4;
-                    }
-                    match socket.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => data.extend_from_slice(&buf[..n]),
-                    }
+                let Some(head) = read_request(&mut socket).await else {
+                    return;
                 };
-                let head = String::from_utf8_lossy(&data[..end]).into_owned();
-                if head.starts_with("CONNECT ") {
-                    let _ = socket
-                        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                        .await;
-                    let mut first = vec![0u8; 5];
-                    let _ = socket.read_exact(&mut first).await;
-                    record.lock().unwrap().push((head, first));
+                let Some(target) = head.strip_prefix("CONNECT ") else {
+                    record.lock().unwrap().push((head, Vec::new()));
+                    write_completion(&mut socket).await;
+                    return;
+                };
+                let target = target.split(' ').next().unwrap_or_default().to_owned();
+                let established = b"HTTP/1.1 200 Connection established\r\n\r\n";
+                if target.starts_with("127.0.0.1:") {
+                    let Ok(mut upstream) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    record.lock().unwrap().push((head, Vec::new()));
+                    let _ = socket.write_all(established).await;
+                    let _ = tokio::io::copy_bidirectional(&mut socket, &mut upstream).await;
                     return;
                 }
-                // The request body (the gateway sends a content-length).
-                let length: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length: "))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
-                while data.len() < end + length {
-                    match socket.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => data.extend_from_slice(&buf[..n]),
-                    }
-                }
-                record.lock().unwrap().push((head, Vec::new()));
-                let body = json!({
-                    "id": "chatcmpl-p", "object": "chat.completion", "created": 1_700_000_000,
-                    "model": "proxied-upstream",
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": ANSWER},
-                                 "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}
-                })
-                .to_string();
-                let reply = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = socket.write_all(reply.as_bytes()).await;
+                let _ = socket.write_all(established).await;
+                let mut first = vec![0u8; 5];
+                let _ = socket.read_exact(&mut first).await;
+                record.lock().unwrap().push((head, first));
             });
         }
     });
     (port, log, task)
+}
+
+/// The test CA and a certificate it signed for 127.0.0.1 (both valid until
+/// 2126), made with openssl:
+/// `req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes
+/// -days 36500 -subj "/CN=Backstop test CA" -addext
+/// basicConstraints=critical,CA:TRUE` for the CA, and for the upstream a
+/// P-256 key whose certificate has `subjectAltName=IP:127.0.0.1`,
+/// `extendedKeyUsage=serverAuth`.
+fn tls_fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tls")
+        .join(name)
+}
+
+/// An https upstream on 127.0.0.1 (the fixture certificate) answering
+/// every request with a completion of `ANSWER`; records the ALPN protocol
+/// each connection agreed on.
+async fn tls_upstream() -> (
+    u16,
+    std::sync::Arc<std::sync::Mutex<Vec<Option<Vec<u8>>>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(tls_fixture("upstream.pem"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(tls_fixture("upstream.key")).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let alpn = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = alpn.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let record = record.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(socket).await else {
+                    return;
+                };
+                let agreed = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+                record.lock().unwrap().push(agreed);
+                if read_request(&mut tls).await.is_some() {
+                    write_completion(&mut tls).await;
+                }
+            });
+        }
+    });
+    (port, alpn, task)
+}
+
+#[tokio::test]
+async fn https_upstreams_are_verified_with_the_platforms_roots_directly_and_through_a_tunnel() {
+    let (tls_port, alpn, upstream) = tls_upstream().await;
+    let (proxy_port, log, proxy) = forward_proxy().await;
+    let config = config(
+        &[(
+            "tls",
+            format!("type = \"openai\"\nbase_url = \"https://127.0.0.1:{tls_port}/v1\""),
+        )],
+        &[model("tls")],
+        "",
+        "",
+    );
+    let ca = tls_fixture("ca.pem");
+    let ca = ca.to_str().unwrap();
+    let via = format!("http://127.0.0.1:{proxy_port}");
+    // Trusted (the platform verifier reads SSL_CERT_FILE on Linux), direct
+    // and through the proxy's tunnel; then not trusted.
+    for env in [
+        vec![("SSL_CERT_FILE", ca)],
+        vec![("SSL_CERT_FILE", ca), ("HTTPS_PROXY", via.as_str())],
+    ] {
+        let gw = Backstop::start(&config, &env);
+        let r = post(&gw, &body(false)).await;
+        assert_eq!(r.status(), 200, "{env:?}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["choices"][0]["message"]["content"], ANSWER);
+    }
+    // The system's roots alone do not include the test CA.
+    let gw = Backstop::start(&config, &[]);
+    let r = post(&gw, &body(false)).await;
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    assert_eq!(status, 503, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["backstop"]["attempts"][0]["kind"], "connect", "{text}");
+    assert_eq!(
+        v["backstop"]["attempts"][0]["message"],
+        "could not connect: invalid peer certificate: UnknownIssuer"
+    );
+    drop(gw);
+    upstream.abort();
+    proxy.abort();
+
+    let agreed = alpn.lock().unwrap().clone();
+    assert_eq!(agreed.len(), 2, "{agreed:?}");
+    for protocol in agreed {
+        assert_eq!(protocol.as_deref(), Some(&b"http/1.1"[..]));
+    }
+    let log = log.lock().unwrap().clone();
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert!(
+        log[0]
+            .0
+            .starts_with(&format!("CONNECT 127.0.0.1:{tls_port} HTTP/1.1\r\n")),
+        "{log:?}"
+    );
 }
 
 #[tokio::test]
