@@ -536,18 +536,29 @@ pub fn evaluate(bench: &StreamsBench) -> Vec<Target> {
 /// stream-count row (the asked count).
 fn many_targets(out: &mut Vec<Target>, r: &ManyStreamsRun, label: &str, whole: bool) {
     let clean = |s: &StreamSample| s.cut == 0 && s.lost == 0 && s.complete > 0;
-    let gap = r.added_gap_us(true);
     let held = r.harness_held();
     let ratios = r.floor_ratios.or_else(|| r.ratios_to_floor());
+    // A harness that could not hold the count straight to the mock has no
+    // straight run to subtract (its own gaps were the lag): the gaps
+    // through each proxy are then stated as seen, not net of it.
+    let direct_held = r.direct.held();
+    let as_seen = |side: Option<&GatewaySide>| side.map(|g| round1(g.sample.gap_added_p99_us));
+    let (gap, floor_gap) = if direct_held {
+        (r.added_gap_us(true), r.floor_added_gap_us(true))
+    } else {
+        (as_seen(r.gateway.as_ref()), as_seen(r.floor.as_ref()))
+    };
+    let gap_ratio = ratios.and_then(|x| x.added_gap_p99).filter(|_| direct_held);
     let gap_met = held && gap.is_some_and(|g| g <= 1000.0);
     let gap_measured = match gap {
         None => "not measured".into(),
         Some(g) if held => format!("{g:.1} us"),
-        Some(g) if !r.direct.held() => format!(
-            "{g:.1} us (the harness could not hold {}: {} lost or cut, {:.1} % of the mock's chunks late straight to it)",
+        Some(g) if !direct_held => format!(
+            "{g:.1} us as seen through the gateway, not net of the harness (the harness could not hold {}: {} lost or cut, {:.1} % of the mock's chunks late straight to it, gap p99 {:.1} us there)",
             r.streams,
             r.direct.sample.lost + r.direct.sample.cut,
-            r.direct.late_share * 100.0
+            r.direct.late_share * 100.0,
+            r.direct.sample.gap_added_p99_us
         ),
         Some(g) => format!(
             "{g:.1} us (the harness did not hold its pace through the gateway: {:.1} % of the mock's chunks late)",
@@ -560,8 +571,8 @@ fn many_targets(out: &mut Vec<Target>, r: &ManyStreamsRun, label: &str, whole: b
             gap_measured,
             r.floor.as_ref().map(|f| {
                 (
-                    judged(gap_met, r.floor_added_gap_us(true), 1000.0, " us"),
-                    ratios.and_then(|x| x.added_gap_p99),
+                    judged(gap_met, floor_gap, 1000.0, " us"),
+                    gap_ratio,
                     (f.late_share > LATE_BOUND).then(|| {
                         format!(
                             "the harness did not hold its pace through the floor proxy: {:.1} % late",
@@ -1005,6 +1016,33 @@ mod tests {
         let t = &evaluate(&b)[3];
         assert!(
             !t.met && t.measured.contains("could not hold 10000"),
+            "{t:?}"
+        );
+        // The straight run's gaps were its own lag: nothing is subtracted
+        // from the gaps seen through the gateway, so no figure goes below
+        // zero however late the harness was.
+        let mut b = bench();
+        if let Some(m) = b.many.as_mut() {
+            m.runs[0] = with_floor(m.runs[0].clone(), 30, 10.0, 500.0);
+            let r = &mut m.runs[0];
+            r.direct.late_share = 0.8;
+            r.direct.sample.gap_added_p99_us = 700_000.0;
+        }
+        let t = &evaluate(&b)[3];
+        let seen = b
+            .many
+            .as_ref()
+            .and_then(|m| m.runs[0].gateway.as_ref())
+            .map(|g| g.sample.gap_added_p99_us)
+            .unwrap_or_default();
+        assert!(
+            !t.met
+                && t.measured
+                    .starts_with(&format!("{seen:.1} us as seen through the gateway"))
+                && t.measured.contains("gap p99 700000.0 us there")
+                && t.measured.contains("missed (floor ")
+                && !t.measured.contains("x the floor")
+                && !t.measured.contains(" -"),
             "{t:?}"
         );
     }
