@@ -364,29 +364,29 @@ pub struct ChatResponse {
     pub raw: Option<RawJson>,
 }
 
-impl PartialEq for ChatResponse {
-    /// The typed fields; the raw text is a cache of their wire form (see
-    /// [`ChatChunk`]'s equality).
-    fn eq(&self, other: &Self) -> bool {
-        let Self {
-            id,
-            object,
-            created,
-            model,
-            choices,
-            usage,
-            extra,
-            raw: _,
-        } = self;
-        *id == other.id
-            && *object == other.object
-            && *created == other.created
-            && *model == other.model
-            && *choices == other.choices
-            && *usage == other.usage
-            && *extra == other.extra
-    }
+/// `PartialEq` over a wire type's typed fields, leaving out its `raw`
+/// text: that text is a cache of their wire form, so two values are equal
+/// whichever text they came from.
+macro_rules! eq_but_raw {
+    ($type:ty { $($field:ident),+ }) => {
+        impl PartialEq for $type {
+            fn eq(&self, other: &Self) -> bool {
+                let Self { $($field,)+ raw: _ } = self;
+                $(*$field == other.$field)&&+
+            }
+        }
+    };
 }
+
+eq_but_raw!(ChatResponse {
+    id,
+    object,
+    created,
+    model,
+    choices,
+    usage,
+    extra
+});
 
 fn object_completion() -> String {
     "chat.completion".to_owned()
@@ -610,29 +610,15 @@ pub struct RawJson {
     model: std::ops::Range<usize>,
 }
 
-impl PartialEq for ChatChunk {
-    /// The typed fields; the raw text is a cache of their wire form, so
-    /// two chunks are equal whichever text they came from.
-    fn eq(&self, other: &Self) -> bool {
-        let Self {
-            id,
-            object,
-            created,
-            model,
-            choices,
-            usage,
-            extra,
-            raw: _,
-        } = self;
-        *id == other.id
-            && *object == other.object
-            && *created == other.created
-            && *model == other.model
-            && *choices == other.choices
-            && *usage == other.usage
-            && *extra == other.extra
-    }
-}
+eq_but_raw!(ChatChunk {
+    id,
+    object,
+    created,
+    model,
+    choices,
+    usage,
+    extra
+});
 
 impl RawJson {
     /// Keeps `text`, the JSON object a chunk was read from, if its

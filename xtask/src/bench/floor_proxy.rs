@@ -335,6 +335,18 @@ mod tests {
         addr
     }
 
+    /// A hyper HTTP/1 connection to `addr`, its task spawned.
+    async fn connect(addr: &str) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (send, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        tokio::spawn(connection);
+        send
+    }
+
     #[test]
     fn only_an_event_stream_is_streamed_through() {
         let is = |v: &'static str| is_event_stream(Some(&HeaderValue::from_static(v)));
@@ -440,13 +452,7 @@ mod tests {
         let (go, go_rx) = oneshot::channel();
         let (origin, upstream) = lockstep_upstream(FIRST, REST, go_rx).await;
         let addr = start_proxy(origin).await;
-        let tcp = TcpStream::connect(&addr)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let (mut send, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        tokio::spawn(connection);
+        let mut send = connect(&addr).await;
         let request = Request::post("/v1/chat/completions")
             .header("host", addr.as_str())
             .header(CONTENT_TYPE, "application/json")
@@ -515,13 +521,7 @@ mod tests {
             let _ = tcp.write_all(answer.as_bytes()).await;
         });
         let addr = start_proxy(origin).await;
-        let tcp = TcpStream::connect(&addr)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let (mut send, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        tokio::spawn(connection);
+        let mut send = connect(&addr).await;
         let request = Request::post("/v1/chat/completions")
             .header("host", addr.as_str())
             .body(Full::new(Bytes::from_static(br#"{"model":"m"}"#)))
