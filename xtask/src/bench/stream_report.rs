@@ -776,6 +776,12 @@ fn render_many(out: &mut String, m: &ManyStreams) {
     out.push_str("| open streams | side | ok/cut/lost | gap added p50 | gap added p99 | mock chunks late | harness CPU s/s | harness CPU per chunk | proxy CPU s/s | proxy CPU per paced chunk | proxy RSS per open stream |\n|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
     for r in &m.runs {
         let d = &r.direct;
+        // A straight run that could not hold the count measured its own
+        // lag: there is nothing to subtract (see `many_targets`).
+        let added = |v: Option<f64>| match v {
+            Some(v) if d.held() => format!("{v:+.1} us"),
+            _ => "-".to_owned(),
+        };
         let _ = writeln!(
             out,
             "| {} | direct{} | {}/{}/{} | {:.1} us | {:.1} us | {:.2} % | {} | {} | | | |",
@@ -794,20 +800,20 @@ fn render_many(out: &mut String, m: &ManyStreams) {
             proxy_row(out, r.streams, "gateway", g);
             let _ = writeln!(
                 out,
-                "| {} | added by the gateway | | {:+.1} us | {:+.1} us | | | | | | |",
+                "| {} | added by the gateway | | {} | {} | | | | | | |",
                 r.streams,
-                r.added_gap_us(false).unwrap_or_default(),
-                r.added_gap_us(true).unwrap_or_default(),
+                added(r.added_gap_us(false)),
+                added(r.added_gap_us(true)),
             );
         }
         if let Some(f) = &r.floor {
             proxy_row(out, r.streams, "floor proxy", f);
             let _ = writeln!(
                 out,
-                "| {} | added by the floor proxy | | {:+.1} us | {:+.1} us | | | | | | |",
+                "| {} | added by the floor proxy | | {} | {} | | | | | | |",
                 r.streams,
-                r.floor_added_gap_us(false).unwrap_or_default(),
-                r.floor_added_gap_us(true).unwrap_or_default(),
+                added(r.floor_added_gap_us(false)),
+                added(r.floor_added_gap_us(true)),
             );
         }
         if let Some(x) = r.floor_ratios.or_else(|| r.ratios_to_floor()) {
@@ -816,8 +822,8 @@ fn render_many(out: &mut String, m: &ManyStreams) {
                 out,
                 "| {} | gateway / floor | | {} (added) | {} (added) | | | | {} | {} | {} |",
                 r.streams,
-                x2(x.added_gap_p50),
-                x2(x.added_gap_p99),
+                x2(x.added_gap_p50.filter(|_| d.held())),
+                x2(x.added_gap_p99.filter(|_| d.held())),
                 x2(x.cpu_per_s),
                 x2(x.cpu_us_per_paced_chunk),
                 x2(x.rss_per_stream),
@@ -1044,6 +1050,13 @@ mod tests {
                 && !t.measured.contains("x the floor")
                 && !t.measured.contains(" -"),
             "{t:?}"
+        );
+        let md = render_markdown(&b);
+        assert!(
+            md.contains("| 10000 | added by the gateway | | - | - |")
+                && md.contains("| 10000 | added by the floor proxy | | - | - |")
+                && md.contains("| 10000 | gateway / floor | | - (added) | - (added) |"),
+            "{md}"
         );
     }
 
